@@ -1,0 +1,262 @@
+//! Command-line and environment configuration.
+//!
+//! Every serve flag can also come from an env var `FORKPOOL_<NAME>` or from a TOML file named by
+//! `--config`. Precedence is flag > env > file > default. The file is merged by turning each of
+//! its keys into the matching `--flag value` and parsing again, but only for flags that still
+//! hold their default; that way a file value is checked by exactly the same parser (and gets the
+//! same error message) as the flag, and there is one source of truth for names and defaults.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::loadtest::LoadtestArgs;
+use crate::pool::worker::WorkerArgs;
+
+/// The whole command line: serve flags at the top level, or a subcommand.
+#[derive(Debug, Parser)]
+#[command(name = "forkpool", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs a worker process; started by the server, not by people.
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+    /// Measures a running (or self-spawned) forkpool: latency under load, throughput, /ls.
+    Loadtest(LoadtestArgs),
+}
+
+/// How the server runs. Shown by `/status`, so nothing secret belongs here.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port (printed as `listening on http://...`).
+    #[arg(long, env = "FORKPOOL_LISTEN", default_value = "127.0.0.1:3636")]
+    pub listen: SocketAddr,
+
+    /// Number of worker processes [default: available cores].
+    #[arg(long, env = "FORKPOOL_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
+    /// Jobs that may wait for a worker; beyond that a request gets 503 with Retry-After.
+    #[arg(long, env = "FORKPOOL_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue: u32,
+
+    /// Deadline of one job, queue wait plus run time (e.g. `60s`, `500ms`).
+    #[arg(long, env = "FORKPOOL_JOB_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[serde(serialize_with = "as_secs")]
+    pub job_timeout: Duration,
+
+    /// Largest protocol line (job or reply) in bytes; a worker that sends more is replaced.
+    #[arg(long, env = "FORKPOOL_MAX_LINE", default_value = "1MiB", value_parser = parse_size)]
+    pub max_line: u64,
+
+    /// Largest number /isprime accepts, in decimal digits (leading zeros not counted).
+    #[arg(long, env = "FORKPOOL_MAX_DIGITS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_digits: u32,
+
+    /// Retire a worker after about this many jobs (±10% jitter); 0 means never.
+    #[arg(long, env = "FORKPOOL_MAX_JOBS_PER_WORKER", default_value_t = 0)]
+    pub max_jobs_per_worker: u64,
+
+    /// Address-space limit of each worker (RLIMIT_AS), e.g. `1GiB`; 0 means no limit.
+    #[arg(long, env = "FORKPOOL_WORKER_MEMORY", default_value = "1GiB", value_parser = parse_size)]
+    pub worker_memory: u64,
+
+    /// Nice value of the workers, so that the HTTP front end always wins the CPU.
+    #[arg(long, env = "FORKPOOL_WORKER_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub worker_nice: i32,
+
+    /// Program started as a worker [default: this executable].
+    #[arg(long, env = "FORKPOOL_WORKER_PROGRAM")]
+    pub worker_program: Option<PathBuf>,
+
+    /// Directory that /ls is confined to [default: the working directory at start-up].
+    #[arg(long, env = "FORKPOOL_LS_ROOT")]
+    pub ls_root: Option<PathBuf>,
+
+    /// Time limit of one whole /ls listing.
+    #[arg(long, env = "FORKPOOL_LS_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[serde(serialize_with = "as_secs")]
+    pub ls_timeout: Duration,
+
+    /// Most `ls` processes running at once; beyond that a request gets 503 with Retry-After.
+    #[arg(long, env = "FORKPOOL_LS_MAX_CONCURRENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ls_max_concurrent: u32,
+
+    /// On SIGINT/SIGTERM, time for in-flight requests and jobs to finish before workers are killed.
+    #[arg(long, env = "FORKPOOL_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "as_secs")]
+    pub shutdown_grace: Duration,
+
+    /// On SIGINT/SIGTERM, keep accepting for this long with /readyz at 503 and no new jobs, so
+    /// that a load balancer sees the drain before the listener closes.
+    #[arg(long, env = "FORKPOOL_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
+    #[serde(serialize_with = "as_secs")]
+    pub shutdown_delay: Duration,
+
+    /// Log format on stderr.
+    #[arg(long, env = "FORKPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// TOML file with any of these flags as keys (e.g. `workers = 4`, `job-timeout = "30s"`).
+    #[arg(long, env = "FORKPOOL_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Worker count in force: the flag, or one per available core.
+    pub fn worker_count(&self) -> usize {
+        self.workers.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+}
+
+impl Cli {
+    /// Parses the process arguments, merging `--config FILE` under flags and env vars.
+    /// Errors (a bad flag, an unknown key in the file) print and exit with code 2, as clap does.
+    pub fn load() -> Cli {
+        Self::load_from(std::env::args_os().collect())
+    }
+
+    fn load_from(args: Vec<OsString>) -> Cli {
+        let matches = Cli::command().get_matches_from(&args);
+        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let Some(path) = cli.config.config.clone().filter(|_| cli.command.is_none()) else {
+            return cli;
+        };
+        let mut args = args;
+        match file_args(&path, &matches) {
+            Ok(extra) => args.extend(extra),
+            Err(message) => Cli::command()
+                .error(clap::error::ErrorKind::InvalidValue, message)
+                .exit(),
+        }
+        let matches = Cli::command().get_matches_from(&args);
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// Turns each key of the TOML file into `--key value`, for flags not set by flag or env.
+fn file_args(path: &std::path::Path, matches: &ArgMatches) -> Result<Vec<OsString>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --config {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("--config {}: {e}", path.display()))?;
+    let command = Cli::command();
+    let mut args = Vec::new();
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        let known = command
+            .get_arguments()
+            .any(|a| a.get_id() == id.as_str() && a.get_long().is_some() && id != "config");
+        if !known {
+            return Err(format!("--config {}: unknown key `{key}`", path.display()));
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(format!(
+                    "--config {}: key `{key}` must be a string or a number, not {}",
+                    path.display(),
+                    other.type_str()
+                ))
+            }
+        };
+        if matches.value_source(&id) == Some(ValueSource::DefaultValue)
+            || matches.value_source(&id).is_none()
+        {
+            args.push(format!("--{}", id.replace('_', "-")).into());
+            args.push(value.into());
+        }
+    }
+    Ok(args)
+}
+
+/// Parses `250ms`, `10s`, `2m`, or a plain number of seconds (`1.5`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 500ms, 10s or 2m"))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
+    };
+    Duration::try_from_secs_f64(number * scale).map_err(|e| format!("`{text}`: {e}"))
+}
+
+/// Parses a byte size: `4096`, `64KiB`, `512MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, ...
+/// meaning the same powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like 4096, 64KiB or 1GiB"))?;
+    let shift = match unit.trim().trim_end_matches(['B', 'b']).trim_end_matches('i') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        _ => return Err(format!("unknown size unit in `{text}` (use KiB, MiB or GiB)")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("1TiB").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+}

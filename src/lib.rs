@@ -1,0 +1,27 @@
+//! forkpool: an HTTP service (axum + tokio) that keeps its event loop free by running CPU work
+//! in a pool of worker processes.
+//!
+//! The server re-executes its own binary in a hidden `worker` mode and talks JSON lines with
+//! each worker over stdin/stdout. Workers can be killed at any moment (deadline, client gone,
+//! crash) without harm to the server or to other jobs.
+//!
+//! # Layout
+//! - [`config`]: clap `Config` (every flag also `FORKPOOL_*` and a TOML key) and subcommands.
+//! - [`server`]: `AppState`, `app() -> Router` with its layers, `run(listener, config, shutdown)`.
+//! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`.
+//! - [`pool`]: `WorkerPool` (spawn, dispatch, queue, deadlines, respawn, recycle);
+//!   `pool::protocol` (JSON-lines messages, framing, the `Job` trait); `pool::worker` (the
+//!   worker-side loop); `pool::process` (one child process: spawn, handshake, kill).
+//! - [`prime`]: primality, pure functions.
+//! - [`error`]: `AppError`, the one JSON error shape, and the status of every typed error.
+//! - [`logging`]: tracing to stderr.
+//! - [`loadtest`]: the `forkpool loadtest` program behind the README's figures.
+
+pub mod config;
+pub mod error;
+pub mod loadtest;
+pub mod logging;
+pub mod pool;
+pub mod prime;
+pub mod routes;
+pub mod server;

@@ -1,0 +1,176 @@
+//! The JSON-lines protocol between the server and a worker, over the worker's stdin/stdout.
+//!
+//! ```text
+//! worker -> server  {"hello":{"version":"0.1.0","pid":4242,"kind":"isprime"}}   once, at start
+//! server -> worker  {"id":7,"rid":"<request id>","job":{...}}
+//! worker -> server  {"id":7,"ms":0.41,"ok":{...}}   or   {"id":7,"ms":0.02,"err":"..."}
+//! ```
+//!
+//! Every message is one line of JSON. Lines are capped in both directions: a worker that sends
+//! more than `max_line` bytes without a newline is broken (or hostile) and gets replaced, and
+//! the reader never buffers more than the cap.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// A kind of CPU work that runs in a worker process. A second kind of job is one new type that
+/// implements this trait (and one line in `main` that names it): the pool itself is generic.
+pub trait Job: Serialize + DeserializeOwned + Send + 'static {
+    /// Name passed to `forkpool worker --kind`, so that the worker knows what it decodes.
+    const KIND: &'static str;
+    /// What a finished job sends back.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// Runs in the worker process. An `Err` is reported to the client; a panic kills the worker.
+    fn run(self) -> Result<Self::Output, String>;
+}
+
+/// First line a worker writes: proves that it is a forkpool worker of the same build.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hello {
+    pub version: String,
+    pub pid: u32,
+    pub kind: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HelloLine {
+    pub hello: Hello,
+}
+
+/// A job as sent to a worker. `rid` is the HTTP request id, so worker logs can be matched up.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request<J> {
+    pub id: u64,
+    pub rid: String,
+    pub job: J,
+}
+
+/// A worker's answer to one [`Request`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Reply<O> {
+    pub id: u64,
+    /// Compute time measured inside the worker, in milliseconds.
+    pub ms: f64,
+    #[serde(flatten)]
+    pub result: Outcome<O>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome<O> {
+    Ok(O),
+    Err(String),
+}
+
+/// Serializes `message` as one protocol line, newline included.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(message).expect("protocol types always serialize");
+    line.push(b'\n');
+    line
+}
+
+/// Parses one protocol line (without its newline).
+pub fn decode<T: DeserializeOwned>(line: &[u8]) -> Result<T, ProtocolError> {
+    serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed(e.to_string()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("line longer than {0} bytes")]
+    TooLong(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("unexpected message: {0}")]
+    Unexpected(String),
+    #[error("pipe error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Splits an async byte stream into lines of at most `max` bytes.
+///
+/// Cancel-safe: bytes already read stay in `buf`, so a `next_line` dropped by `select!` loses
+/// nothing and the next call carries on where it stopped.
+pub struct LineReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already known to hold no newline, so each byte is scanned once.
+    scanned: usize,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    pub fn new(inner: R, max: usize) -> Self {
+        LineReader {
+            inner,
+            buf: Vec::with_capacity(4096),
+            scanned: 0,
+            max,
+        }
+    }
+
+    /// The next line without its newline, or `None` at a clean end of stream.
+    pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>, ProtocolError> {
+        loop {
+            if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+                let end = self.scanned + pos;
+                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+                line.pop();
+                self.scanned = 0;
+                return Ok(Some(line));
+            }
+            self.scanned = self.buf.len();
+            if self.buf.len() > self.max {
+                return Err(ProtocolError::TooLong(self.max));
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return match self.buf.is_empty() {
+                    true => Ok(None),
+                    false => Err(ProtocolError::Malformed("stream ended mid-line".into())),
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn splits_lines_and_caps_length() {
+        let data: &[u8] = b"{\"a\":1}\n{\"b\":2}\n";
+        let mut reader = LineReader::new(data, 64);
+        assert_eq!(reader.next_line().await.unwrap().unwrap(), b"{\"a\":1}");
+        assert_eq!(reader.next_line().await.unwrap().unwrap(), b"{\"b\":2}");
+        assert!(reader.next_line().await.unwrap().is_none());
+
+        let long = vec![b'x'; 100];
+        let mut reader = LineReader::new(&long[..], 64);
+        assert!(matches!(
+            reader.next_line().await,
+            Err(ProtocolError::TooLong(64))
+        ));
+
+        let mut reader = LineReader::new(&b"{\"cut"[..], 64);
+        assert!(matches!(
+            reader.next_line().await,
+            Err(ProtocolError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn reply_round_trip() {
+        let reply: Reply<u32> = Reply {
+            id: 3,
+            ms: 0.5,
+            result: Outcome::Ok(9),
+        };
+        let line = encode(&reply);
+        assert_eq!(line, b"{\"id\":3,\"ms\":0.5,\"ok\":9}\n");
+        let back: Reply<u32> = decode(&line[..line.len() - 1]).unwrap();
+        assert!(matches!(back.result, Outcome::Ok(9)));
+        let err: Reply<u32> = decode(br#"{"id":4,"ms":0.1,"err":"boom"}"#).unwrap();
+        assert!(matches!(err.result, Outcome::Err(ref e) if e == "boom"));
+    }
+}

@@ -1,0 +1,283 @@
+//! The HTTP server: shared state, the router with its layers, and `run`, which serves until a
+//! shutdown future resolves and then drains in order (readiness off, listener closed, requests
+//! finished, workers retired), all within the configured grace period.
+
+use std::future::{Future, IntoFuture};
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::error::AppError;
+use crate::pool::{PoolConfig, WorkerPool};
+use crate::routes::isprime::IsPrimeJob;
+use crate::routes::{isprime, ls, ops, RequestId};
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Shared by every handler. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<State>);
+
+pub struct State {
+    pub config: Config,
+    pub pool: WorkerPool<IsPrimeJob>,
+    /// Canonical form of `--ls-root`, resolved once at start-up.
+    pub ls_root: PathBuf,
+    /// One permit per `ls` process allowed to run.
+    pub ls_slots: Arc<Semaphore>,
+    pub metrics: PrometheusHandle,
+    pub started: Instant,
+    shutting_down: AtomicBool,
+}
+
+impl Deref for AppState {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("--ls-root {path}: {source}")]
+    LsRoot {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot find this executable to start workers from (set --worker-program): {0}")]
+    WorkerProgram(std::io::Error),
+}
+
+impl AppState {
+    /// Resolves paths and starts the worker pool. Must run inside the Tokio runtime.
+    pub fn new(config: Config) -> Result<AppState, StartError> {
+        let root = match &config.ls_root {
+            Some(root) => root.clone(),
+            None => std::env::current_dir().map_err(|source| StartError::LsRoot {
+                path: ".".into(),
+                source,
+            })?,
+        };
+        let ls_root = root
+            .canonicalize()
+            .map_err(|source| StartError::LsRoot { path: root, source })?;
+        let program = match &config.worker_program {
+            Some(program) => program.clone(),
+            None => std::env::current_exe().map_err(StartError::WorkerProgram)?,
+        };
+        let pool = WorkerPool::start(PoolConfig {
+            program,
+            workers: config.worker_count(),
+            queue: config.queue as usize,
+            job_timeout: config.job_timeout,
+            max_line: config.max_line as usize,
+            max_jobs_per_worker: config.max_jobs_per_worker,
+            worker_memory: config.worker_memory,
+            worker_nice: config.worker_nice,
+            log_format: config.log_format,
+        });
+        Ok(AppState(Arc::new(State {
+            ls_slots: Arc::new(Semaphore::new(config.ls_max_concurrent as usize)),
+            config,
+            pool,
+            ls_root,
+            metrics: metrics_handle(),
+            started: Instant::now(),
+            shutting_down: AtomicBool::new(false),
+        })))
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Readiness off and no new jobs; what is queued or running may finish.
+    fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        self.pool.close();
+    }
+}
+
+/// The router with every endpoint and the layers that apply to all of them.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(ops::index))
+        .route("/testrequest", get(ops::testrequest))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/status", get(ops::status))
+        .route("/isprime", get(isprime::get).post(isprime::post))
+        .route("/ls", get(ls::list))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .pipe(with_layers)
+}
+
+/// Layers shared by every route: panics become 500 JSON, and each request gets an id, a log
+/// line and metrics. Separate from [`app`] so that tests can wrap a router of their own.
+pub fn with_layers(router: Router) -> Router {
+    router
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(observe))
+}
+
+trait Pipe: Sized {
+    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
+        f(self)
+    }
+}
+impl Pipe for Router {}
+
+async fn not_found() -> AppError {
+    AppError::new(StatusCode::NOT_FOUND, "no such endpoint; GET / lists them")
+}
+
+async fn method_not_allowed() -> AppError {
+    AppError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed for this endpoint; GET / lists them",
+    )
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "handler panicked");
+    AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+}
+
+/// Request id (the client's `x-request-id` if sane, else a new one), one log line per request
+/// with method, path, status and latency, and the HTTP metrics.
+async fn observe(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(new_request_id, str::to_owned);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+    let status = response.status().as_u16();
+    let latency = started.elapsed();
+    span.in_scope(|| {
+        tracing::info!(%method, path, status, latency_ms = latency.as_secs_f64() * 1e3, "request")
+    });
+    metrics::counter!("forkpool_http_requests_total", "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("forkpool_http_request_duration_seconds", "route" => route)
+        .record(latency.as_secs_f64());
+    response
+}
+
+/// A process-unique id: a random prefix per process, then a counter.
+fn new_request_id() -> String {
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(std::process::id()) as u32
+    });
+    format!("{prefix:08x}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The process-wide Prometheus recorder, installed on first use.
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    const BUCKETS: [f64; 14] = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+    ];
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&BUCKETS)
+                .expect("bucket list is not empty")
+                .install_recorder()
+                .expect("forkpool installs the only metrics recorder")
+        })
+        .clone()
+}
+
+/// Serves `listener` until `shutdown` resolves, then drains: readiness goes to 503 and new jobs
+/// are refused at once; after `--shutdown-delay` the listener closes; in-flight requests and
+/// jobs get what is left of `--shutdown-grace`; then the workers are retired or killed.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let grace = config.shutdown_grace;
+    let delay = config.shutdown_delay;
+    let state = AppState::new(config)?;
+    tokio::spawn(roll_on_sighup(state.clone()));
+    let (began_tx, mut began) = watch::channel(None::<Instant>);
+    let draining = state.clone();
+    let serve = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!(?grace, ?delay, "shutting down");
+        draining.begin_shutdown();
+        let _ = began_tx.send(Some(Instant::now()));
+        tokio::time::sleep(delay).await;
+    });
+    let grace_over = async {
+        let began = *began.wait_for(Option::is_some).await.expect("sender lives in serve");
+        tokio::time::sleep_until((began.expect("checked") + grace).into()).await;
+    };
+    tokio::select! {
+        result = serve.into_future() => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "server error");
+            }
+        }
+        _ = grace_over => tracing::warn!("grace period over with requests still in flight"),
+    }
+    let left = began
+        .borrow()
+        .map_or(Duration::ZERO, |t| (t + grace).saturating_duration_since(Instant::now()));
+    state.pool.shutdown(left).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP: rolling restart of the workers, for picking up a new binary.
+async fn roll_on_sighup(state: AppState) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return tracing::warn!("cannot listen for SIGHUP; rolling restarts are off");
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: rolling restart of the workers");
+        state.pool.roll().await;
+        tracing::info!("rolling restart done");
+    }
+}
