@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::pool::PoolError;
+use crate::routes::isprime::NumberError;
 
 /// An error as the client sees it.
 #[derive(Debug)]
@@ -68,5 +69,15 @@ impl From<PoolError> for AppError {
             }
             PoolError::JobFailed(_) => AppError::new(StatusCode::INTERNAL_SERVER_ERROR, message),
         }
+    }
+}
+
+impl From<NumberError> for AppError {
+    fn from(e: NumberError) -> Self {
+        let status = match e {
+            NumberError::TooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        AppError::new(status, e.to_string())
     }
 }

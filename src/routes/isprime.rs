@@ -9,7 +9,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{StatusCode, Uri};
+use axum::http::Uri;
 use axum::{Extension, Json};
 use malachite_nz::natural::Natural;
 use serde::{Deserialize, Serialize};
@@ -80,16 +80,6 @@ pub enum NumberError {
     TooLong { digits: usize, max: usize },
     #[error("the body must be JSON like {{\"number\": \"N\"}}: {0}")]
     BadBody(String),
-}
-
-impl From<NumberError> for AppError {
-    fn from(e: NumberError) -> Self {
-        let status = match e {
-            NumberError::TooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        AppError::new(status, e.to_string())
-    }
 }
 
 /// Checks a submitted number and returns it in canonical form (no sign, no leading zeros).

@@ -1,0 +1,321 @@
+//! Shared by the integration tests: start the real `forkpool` binary on 127.0.0.1 port 0, talk
+//! HTTP/1.1 to it over plain sockets, and look at its processes in /proc.
+//!
+//! The client is deliberately tiny and blocking: tests must be able to do what real clients do
+//! badly (hang up mid-response, read chunk by chunk), which a full client library hides.
+
+#![allow(dead_code)] // each test file uses a different part of this module
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_forkpool");
+
+/// A running server. Killed (SIGKILL) and reaped on drop; its workers die with it.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Everything the server (and its workers) wrote to stderr so far.
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `forkpool --listen 127.0.0.1:0 ARGS...` and waits until it listens.
+    pub fn start(args: &[&str]) -> Server {
+        Self::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(BIN);
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start forkpool");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read listening line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("address");
+        // Keep draining stdout so the server never blocks on it.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        Server { child, addr, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.request("GET", path, &[], b"")
+    }
+
+    pub fn post_json(&self, path: &str, body: &str) -> Response {
+        self.request(
+            "POST",
+            path,
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
+    /// One request on a fresh connection (`Connection: close`), read to the end.
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        let mut stream = self.send(method, path, headers, body);
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("read response");
+        Response::parse(&raw)
+    }
+
+    /// Sends a request and returns the open connection, for tests that read slowly or hang up.
+    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> TcpStream {
+        let mut stream = TcpStream::connect(self.addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(body).unwrap();
+        stream
+    }
+
+    /// Live (non-zombie) children of the server: its workers and any `ls`.
+    pub fn children(&self) -> Vec<Proc> {
+        children_of(self.pid())
+    }
+
+    /// Pids of the server's worker processes.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .children()
+            .into_iter()
+            .filter(|p| p.name == "forkpool" && p.state != 'Z')
+            .map(|p| p.pid)
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Waits until `n` workers are up (per /readyz and /proc), or panics after 10 s.
+    pub fn wait_for_workers(&self, n: usize) -> Vec<u32> {
+        wait_until(Duration::from_secs(10), || {
+            let pids = self.worker_pids();
+            (pids.len() == n && self.get("/readyz").status == 200).then_some(pids)
+        })
+        .unwrap_or_else(|| panic!("{n} workers did not come up; children: {:?}", self.children()))
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        signal(self.pid(), "TERM");
+    }
+
+    /// The captured stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal by name with `kill(1)`, e.g. `signal(pid, "KILL")`.
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// A parsed HTTP/1.1 response (chunked bodies are decoded).
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// False when a chunked body ended without its final zero-size chunk.
+    pub complete: bool,
+}
+
+impl Response {
+    pub fn parse(raw: &[u8]) -> Response {
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+        let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        let rest = &raw[split + 4..];
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+        let (body, complete) = if chunked { dechunk(rest) } else { (rest.to_vec(), true) };
+        Response { status, headers, body, complete }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+
+    /// Asserts the service's error shape: JSON `{"error": "...", "status": N}` with status N.
+    pub fn assert_error(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let json = self.json();
+        assert_eq!(json["status"], status, "{json}");
+        let message = json["error"].as_str().expect("error message").to_owned();
+        assert!(!message.is_empty());
+        message
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> (Vec<u8>, bool) {
+    let mut body = Vec::new();
+    loop {
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return (body, false);
+        };
+        let size_text = String::from_utf8_lossy(&data[..end]);
+        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16) else {
+            return (body, false);
+        };
+        data = &data[end + 2..];
+        if size == 0 {
+            return (body, true);
+        }
+        if data.len() < size + 2 {
+            body.extend_from_slice(&data[..data.len().min(size)]);
+            return (body, false);
+        }
+        body.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// A process as seen in /proc/PID/stat.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: u32,
+    pub ppid: u32,
+    pub state: char,
+    pub name: String,
+}
+
+pub fn proc_info(pid: u32) -> Option<Proc> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat[open + 1..close].to_owned();
+    let mut rest = stat[close + 2..].split(' ');
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some(Proc { pid, ppid, state, name })
+}
+
+/// All processes whose parent is `parent`, zombies included.
+pub fn children_of(parent: u32) -> Vec<Proc> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(proc_info)
+        .filter(|p| p.ppid == parent)
+        .collect()
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    proc_info(pid).is_some_and(|p| p.state != 'Z')
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or gives up after `limit`.
+pub fn wait_until<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The Mersenne number 2^p - 1 in decimal.
+pub fn mersenne(p: u32) -> String {
+    let mut digits = vec![1u32]; // little-endian base 10^9
+    for _ in 0..p {
+        let mut carry = 0;
+        for d in digits.iter_mut() {
+            let v = *d * 2 + carry;
+            *d = v % 1_000_000_000;
+            carry = v / 1_000_000_000;
+        }
+        if carry > 0 {
+            digits.push(carry);
+        }
+    }
+    digits[0] -= 1; // 2^p is never a multiple of 10^9, so there is no borrow
+    let mut text = digits.last().unwrap().to_string();
+    for d in digits.iter().rev().skip(1) {
+        text.push_str(&format!("{d:09}"));
+    }
+    text
+}
+
+/// A prime whose test keeps a worker busy for a good while (around a second or more), to catch
+/// it mid-job: the Mersenne prime 2^21701 - 1 (6533 digits).
+pub fn slow_prime() -> String {
+    mersenne(21701)
+}
