@@ -3,6 +3,7 @@
 //! Only well-formed numbers within the digit cap reach a worker; everything else is answered
 //! here with a 400 or 413 that says what is wrong.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -141,13 +142,10 @@ pub async fn post(
 /// The text of `number` in a JSON body. Read as raw JSON, so that a long integer keeps every
 /// digit instead of going through a float.
 fn number_from_json(body: &[u8]) -> Result<String, NumberError> {
-    #[derive(Deserialize)]
-    struct Body<'a> {
-        #[serde(borrow)]
-        number: Option<&'a RawValue>,
-    }
-    let body: Body = serde_json::from_slice(body).map_err(|e| NumberError::BadBody(e.to_string()))?;
-    let raw = body.number.ok_or(NumberError::Missing)?.get();
+    // A map, not a struct: serde would also accept a struct written as an array (`[7]`).
+    let body: HashMap<&str, &RawValue> =
+        serde_json::from_slice(body).map_err(|e| NumberError::BadBody(e.to_string()))?;
+    let raw = body.get("number").ok_or(NumberError::Missing)?.get();
     match raw.starts_with('"') {
         true => serde_json::from_str(raw).map_err(|e| NumberError::BadBody(e.to_string())),
         false => Ok(raw.to_owned()),
@@ -213,6 +211,7 @@ mod tests {
         assert_eq!(number_from_json(br#"{"number": "42"}"#).unwrap(), "42");
         assert_eq!(number_from_json(br#"{"number": 1.5}"#).unwrap(), "1.5");
         assert_eq!(number_from_json(br#"{}"#), Err(NumberError::Missing));
+        assert!(matches!(number_from_json(b"[7]"), Err(NumberError::BadBody(_))));
         assert!(matches!(number_from_json(b"{"), Err(NumberError::BadBody(_))));
     }
 }

@@ -1,0 +1,270 @@
+//! The worker pool through the real binary: cancellation, deadlines, crashes, a full queue,
+//! recycling, broken workers, and that no process outlives the server.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{alive, signal, slow_prime, wait_until, Server};
+use serde_json::Value;
+
+/// Starts a slow job on its own connection and waits until a worker is busy with it.
+/// Returns the connection (drop it to hang up) and the busy worker's pid.
+fn start_slow_job(server: &Server) -> (std::net::TcpStream, u32) {
+    let before = busy_pids(server);
+    let body = format!("{{\"number\": \"{}\"}}", slow_prime());
+    let stream = server.send(
+        "POST",
+        "/isprime",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    );
+    let pid = wait_until(Duration::from_secs(10), || {
+        busy_pids(server).into_iter().find(|p| !before.contains(p))
+    })
+    .expect("a worker picks up the slow job");
+    (stream, pid)
+}
+
+fn status(server: &Server) -> Value {
+    let response = server.get("/status");
+    assert_eq!(response.status, 200);
+    response.json()
+}
+
+fn busy_pids(server: &Server) -> Vec<u32> {
+    status(server)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["state"] == "busy")
+        .map(|w| w["pid"].as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn assert_serves(server: &Server) {
+    let response = server.get("/isprime?number=7");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["isPrime"], true);
+}
+
+/// No child of the server is a zombie (every worker that ended was reaped).
+fn assert_no_zombies(server: &Server) {
+    let reaped = wait_until(Duration::from_secs(2), || {
+        let zombies: Vec<_> = server.children().into_iter().filter(|p| p.state == 'Z').collect();
+        zombies.is_empty().then_some(())
+    });
+    assert!(reaped.is_some(), "zombies: {:?}", server.children());
+}
+
+fn read_response(mut stream: std::net::TcpStream) -> common::Response {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    common::Response::parse(&raw)
+}
+
+#[test]
+fn client_hang_up_kills_the_busy_worker_and_a_fresh_one_serves() {
+    let server = Server::start(&["--workers", "1"]);
+    server.wait_for_workers(1);
+    let (stream, pid) = start_slow_job(&server);
+    drop(stream);
+    let gone = wait_until(Duration::from_secs(3), || (!alive(pid)).then_some(()));
+    assert!(gone.is_some(), "worker {pid} still runs after the client left");
+    let fresh = server.wait_for_workers(1);
+    assert_ne!(fresh, [pid]);
+    assert_serves(&server);
+    assert_no_zombies(&server);
+}
+
+#[test]
+fn deadline_gives_504_and_the_pool_recovers() {
+    let server = Server::start(&["--workers", "1", "--job-timeout", "300ms"]);
+    let before = server.wait_for_workers(1);
+    let body = format!("{{\"number\": \"{}\"}}", slow_prime());
+    let response = server.post_json("/isprime", &body);
+    let message = response.assert_error(504);
+    assert!(message.contains("deadline"), "{message}");
+    let after = server.wait_for_workers(1);
+    assert_ne!(after, before, "the worker running the expired job is replaced");
+    assert!(!alive(before[0]));
+    assert_serves(&server);
+    assert_no_zombies(&server);
+}
+
+#[test]
+fn worker_killed_mid_job_gives_502_naming_the_signal() {
+    let server = Server::start(&["--workers", "2"]);
+    server.wait_for_workers(2);
+    let (stream, pid) = start_slow_job(&server);
+    signal(pid, "KILL");
+    let response = read_response(stream);
+    let message = response.assert_error(502);
+    assert!(message.contains("signal 9"), "{message}");
+    assert!(message.contains(&pid.to_string()), "{message}");
+    let workers = server.wait_for_workers(2);
+    assert!(!workers.contains(&pid));
+    assert_serves(&server);
+    assert_no_zombies(&server);
+}
+
+#[test]
+fn full_queue_gives_503_with_retry_after_and_hang_up_leaves_the_queue() {
+    let server = Server::start(&["--workers", "1", "--queue", "1"]);
+    server.wait_for_workers(1);
+    let (running, _) = start_slow_job(&server);
+    let body = format!("{{\"number\": \"{}\"}}", slow_prime());
+    let queued = server.send(
+        "POST",
+        "/isprime",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    );
+    let depth = wait_until(Duration::from_secs(5), || {
+        (status(&server)["queue_depth"] == 1).then_some(())
+    });
+    assert!(depth.is_some(), "the second job waits in the queue");
+    let response = server.get("/isprime?number=7");
+    let message = response.assert_error(503);
+    assert!(message.contains("queue"), "{message}");
+    assert_eq!(response.header("retry-after"), Some("1"));
+
+    drop(queued);
+    let emptied = wait_until(Duration::from_secs(5), || {
+        (status(&server)["queue_depth"] == 0).then_some(())
+    });
+    assert!(emptied.is_some(), "a job whose client left is dropped from the queue");
+    drop(running);
+    server.wait_for_workers(1);
+    assert_serves(&server);
+}
+
+#[test]
+fn no_worker_survives_a_sigkilled_server() {
+    let mut server = Server::start(&["--workers", "2"]);
+    let workers = server.wait_for_workers(2);
+    let (_stream, _) = start_slow_job(&server);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let gone = wait_until(Duration::from_secs(2), || {
+        workers.iter().all(|&pid| !alive(pid)).then_some(())
+    });
+    assert!(gone.is_some(), "workers outlived the server: {workers:?}");
+}
+
+#[test]
+fn abandoned_requests_never_shrink_the_pool() {
+    let server = Server::start(&["--workers", "2"]);
+    server.wait_for_workers(2);
+    let body = format!("{{\"number\": \"{}\"}}", common::mersenne(4423));
+    // Open and abandon requests in bursts: some are queued, some running, some done.
+    for _ in 0..10 {
+        let streams: Vec<_> = (0..30)
+            .map(|_| {
+                server.send(
+                    "POST",
+                    "/isprime",
+                    &[("content-type", "application/json")],
+                    body.as_bytes(),
+                )
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        drop(streams);
+    }
+    server.wait_for_workers(2);
+    let idle = wait_until(Duration::from_secs(10), || {
+        let s = status(&server);
+        let states: Vec<_> = s["workers"].as_array().unwrap().iter().map(|w| w["state"].clone()).collect();
+        (s["queue_depth"] == 0 && states.iter().all(|st| st == "idle")).then_some(())
+    });
+    assert!(idle.is_some(), "the pool settles: {}", status(&server));
+    assert_eq!(server.worker_pids().len(), 2);
+    assert_serves(&server);
+    assert_no_zombies(&server);
+}
+
+#[test]
+fn recycled_workers_are_replaced_without_failing_a_request() {
+    let server = Server::start(&["--workers", "2", "--max-jobs-per-worker", "5"]);
+    let first = server.wait_for_workers(2);
+    for n in 0..40 {
+        let response = server.get(&format!("/isprime?number={}", 1000 + n));
+        assert_eq!(response.status, 200, "request {n}: {}", response.text());
+        let workers = status(&server)["workers"].clone();
+        let up = workers.as_array().unwrap().iter().filter(|w| w["state"] == "idle" || w["state"] == "busy");
+        assert_eq!(up.count(), 2, "capacity dipped at request {n}: {workers}");
+    }
+    let now = server.wait_for_workers(2);
+    assert!(now.iter().all(|pid| !first.contains(pid)), "{first:?} -> {now:?}");
+    assert_no_zombies(&server);
+}
+
+/// A fake worker: a shell script that says `hello` as told, then answers every job with `reply`.
+struct FakeWorker {
+    path: PathBuf,
+}
+
+impl FakeWorker {
+    fn new(name: &str, hello: &str, reply: &str) -> FakeWorker {
+        let path = std::env::temp_dir().join(format!("forkpool-{name}-{}.sh", std::process::id()));
+        let mut file = std::fs::File::create(&path).unwrap();
+        writeln!(file, "#!/bin/sh\necho \"{hello}\"\nwhile read line; do {reply}; done").unwrap();
+        drop(file);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        FakeWorker { path }
+    }
+}
+
+impl Drop for FakeWorker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn hello(version: &str) -> String {
+    format!(r#"{{\"hello\":{{\"version\":\"{version}\",\"pid\":$$,\"kind\":\"isprime\"}}}}"#)
+}
+
+#[test]
+fn a_worker_that_breaks_the_protocol_is_replaced() {
+    let overlong = "head -c 5000 /dev/zero | tr '\\0' x; echo";
+    let fake = FakeWorker::new("garbage", &hello(env!("CARGO_PKG_VERSION")), overlong);
+    let program = fake.path.to_str().unwrap();
+    let server = Server::start(&["--workers", "1", "--worker-program", program, "--max-line", "4KiB"]);
+    let before = server.wait_for_workers(1);
+    let message = server.get("/isprime?number=7").assert_error(502);
+    assert!(message.contains("protocol"), "{message}");
+    assert!(message.contains("longer than 4096"), "{message}");
+    let after = server.wait_for_workers(1);
+    assert_ne!(before, after);
+    assert_no_zombies(&server);
+}
+
+#[test]
+fn a_worker_with_the_wrong_version_never_becomes_ready_and_backs_off() {
+    let fake = FakeWorker::new("version", &hello("0.0.0-other"), "true");
+    let program = fake.path.to_str().unwrap();
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--worker-program",
+        program,
+        "--job-timeout",
+        "500ms",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let message = server.get("/readyz").assert_error(503);
+    assert!(message.contains("no worker"), "{message}");
+    assert_eq!(status(&server)["workers"][0]["state"], "down");
+    // 100 + 200 + 400 + 800 ms of backoff: at most 5 attempts in 1.5 s, not a busy loop.
+    let attempts = server.log().matches("worker failed to start").count();
+    assert!((2..=5).contains(&attempts), "{attempts} start attempts in 1.5 s");
+    assert!(server.log().contains("does not match version"));
+    let message = server.get("/isprime?number=7").assert_error(504);
+    assert!(message.contains("deadline"), "{message}");
+}
