@@ -11,6 +11,7 @@ use axum::Json;
 
 use crate::pool::PoolError;
 use crate::routes::isprime::NumberError;
+use crate::routes::ls::LsError;
 
 /// An error as the client sees it.
 #[derive(Debug)]
@@ -79,5 +80,24 @@ impl From<NumberError> for AppError {
             _ => StatusCode::BAD_REQUEST,
         };
         AppError::new(status, e.to_string())
+    }
+}
+
+impl From<LsError> for AppError {
+    fn from(e: LsError) -> Self {
+        let message = e.to_string();
+        let status = match e {
+            LsError::TooLong { .. } | LsError::NulByte | LsError::Unresolvable { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            LsError::OutsideRoot(_) | LsError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            LsError::NotFound(_) => StatusCode::NOT_FOUND,
+            LsError::Busy(_) => return AppError::busy(message),
+            LsError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            LsError::Io { .. } | LsError::Spawn(_) | LsError::Failed(_) | LsError::Read(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        AppError::new(status, message)
     }
 }

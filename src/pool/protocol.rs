@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(reader.next_line().await.unwrap().unwrap(), b"{\"b\":2}");
         assert!(reader.next_line().await.unwrap().is_none());
 
-        let long = vec![b'x'; 100];
+        let long = [b'x'; 100];
         let mut reader = LineReader::new(&long[..], 64);
         assert!(matches!(
             reader.next_line().await,

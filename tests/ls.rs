@@ -1,0 +1,554 @@
+//! `/ls` against the real binary over real HTTP: listing, confinement, errors, streaming,
+//! the lifecycle of the `ls` process (timeout, failure, client hang-up) and the concurrency cap.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::{wait_until, Response, Server};
+
+/// A directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("forkpool-ls-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path.canonicalize().unwrap())
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn str(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, name.as_bytes()).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        // A test may leave a mode-000 directory behind.
+        if let Ok(entries) = std::fs::read_dir(&self.0) {
+            for entry in entries.flatten() {
+                let _ =
+                    std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o755));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A root holding `big/` with [`BIG_ENTRIES`] entries whose listing is about 6 MiB: more than
+/// a pipe, hyper and both socket buffers hold together, so `ls` blocks in `write` for as long
+/// as the client does not read. The entries are hard links with long names to one empty file:
+/// far cheaper to create and remove than as many files, or symlinks with long targets.
+fn big_root() -> TempDir {
+    let root = TempDir::new("big");
+    let big = root.path().join("big");
+    std::fs::create_dir(&big).unwrap();
+    let file = root.path().join("file");
+    std::fs::File::create(&file).unwrap();
+    let padding = "x".repeat(200);
+    for i in 0..BIG_ENTRIES {
+        std::fs::hard_link(&file, big.join(format!("{i:06}-{padding}"))).unwrap();
+    }
+    root
+}
+
+const BIG_ENTRIES: usize = 23_000;
+
+fn start(root: &TempDir, extra: &[&str]) -> Server {
+    let mut args = vec!["--ls-root", root.str(), "--workers", "1"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// `ls` children of the server, zombies included.
+fn ls_children(server: &Server) -> Vec<common::Proc> {
+    server
+        .children()
+        .into_iter()
+        .filter(|p| p.name == "ls")
+        .collect()
+}
+
+/// Asserts that within 1 s the server has no `ls` child and no zombie child at all.
+fn assert_no_ls_left(server: &Server) {
+    let clean = wait_until(Duration::from_secs(1), || {
+        let children = server.children();
+        let left = children.iter().any(|p| p.name == "ls" || p.state == 'Z');
+        (!left).then_some(())
+    });
+    assert!(
+        clean.is_some(),
+        "ls or zombie left: {:?}\nlog:\n{}",
+        server.children(),
+        server.log()
+    );
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn ls(server: &Server, directory: &str) -> Response {
+    server.get(&format!("/ls?directory={}", encode(directory)))
+}
+
+/// Reads from `stream` until the response head and at least one byte of body have arrived.
+fn read_head_and_some_body(stream: &mut TcpStream) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buf).expect("read");
+        assert!(
+            n > 0,
+            "connection closed early: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&buf[..n]);
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            // The first chunk's size line and some data.
+            if raw.len() > end + 4 + 16 {
+                return raw;
+            }
+        }
+    }
+}
+
+fn open_listing(server: &Server, directory: &str) -> (TcpStream, Vec<u8>) {
+    let mut stream = server.send("GET", &format!("/ls?directory={directory}"), &[], b"");
+    let raw = read_head_and_some_body(&mut stream);
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&raw[..raw.len().min(300)])
+    );
+    (stream, raw)
+}
+
+/// Waits until the server has a live `ls` child and returns its pid.
+fn running_ls(server: &Server) -> u32 {
+    wait_until(Duration::from_secs(5), || {
+        ls_children(server)
+            .into_iter()
+            .find(|p| p.state != 'Z')
+            .map(|p| p.pid)
+    })
+    .unwrap_or_else(|| panic!("no ls running; children {:?}", server.children()))
+}
+
+#[test]
+fn lists_a_directory_with_awkward_names() {
+    let root = TempDir::new("names");
+    for name in ["with space", "ünïcødé ✓", "-dash", "--help", "plain.txt"] {
+        root.file(name);
+    }
+    std::fs::create_dir(root.path().join("sub")).unwrap();
+    // The server's environment does not change the format: `ls` would quote every name.
+    let server = Server::start_with_env(
+        &["--ls-root", root.str(), "--workers", "1"],
+        &[("QUOTING_STYLE", "c"), ("TIME_STYLE", "+%s")],
+    );
+
+    for path in [
+        "/ls",
+        "/ls?directory=",
+        "/ls?directory=%2F",
+        "/ls?directory=.",
+    ] {
+        let response = server.get(path);
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+        assert!(response.complete, "{path}");
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/plain; charset=utf-8")
+        );
+        assert_eq!(response.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(response.header("cache-control"), Some("no-store"));
+        assert_eq!(response.header("x-accel-buffering"), Some("no"));
+        assert_eq!(response.header("x-content-type-options"), Some("nosniff"));
+        let text = response.text();
+        assert!(text.starts_with("total "), "{path}: {text}");
+        for name in [
+            "with space",
+            "ünïcødé ✓",
+            "-dash",
+            "--help",
+            "plain.txt",
+            "sub",
+        ] {
+            let line = text.lines().find(|l| l.ends_with(&format!(" {name}")));
+            assert!(line.is_some(), "{path}: no line for {name:?} in\n{text}");
+        }
+        // `-a`: the dot entries are there; `-h`: sizes are human-readable, `-s`: blocks first.
+        assert!(text.lines().any(|l| l.ends_with(" ..")), "{text}");
+    }
+    assert_no_ls_left(&server);
+}
+
+#[test]
+fn names_are_never_options() {
+    let root = TempDir::new("options");
+    root.file("--help");
+    root.file("-R");
+    std::fs::create_dir(root.path().join("sub")).unwrap();
+    root.file("sub/inner");
+    let server = start(&root, &[]);
+
+    // A file named like an option is listed as a file.
+    let response = ls(&server, "--help");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let text = response.text();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.trim_end()
+            .ends_with(&format!(" {}/--help", root.str())),
+        "{text}"
+    );
+
+    // `-R` would recurse into sub/; as a path it is just a file.
+    let response = ls(&server, "-R");
+    assert_eq!(response.status, 200);
+    assert!(!response.text().contains("inner"), "{}", response.text());
+
+    // An option-looking name that does not exist is a 404, not ls's help text.
+    ls(&server, "--version").assert_error(404);
+    ls(&server, "-la").assert_error(404);
+    assert_no_ls_left(&server);
+}
+
+#[test]
+fn absolute_paths_mean_inside_the_root() {
+    let root = TempDir::new("abs");
+    std::fs::create_dir_all(root.path().join("etc/conf")).unwrap();
+    root.file("etc/conf/a.conf");
+    let server = start(&root, &[]);
+
+    let response = ls(&server, "/etc/conf");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(response.text().contains(" a.conf\n"), "{}", response.text());
+    assert!(!response.text().contains("passwd"));
+
+    // The host's /etc/passwd exists; inside the root it does not.
+    ls(&server, "/etc/passwd").assert_error(404);
+    assert_no_ls_left(&server);
+}
+
+#[test]
+fn climbing_out_is_forbidden() {
+    let root = TempDir::new("climb");
+    std::fs::create_dir(root.path().join("sub")).unwrap();
+    root.file("sub/inside");
+    let outside = TempDir::new("outside");
+    outside.file("secret");
+    // A symlink out of the root, one to a file outside, and one that stays inside.
+    std::os::unix::fs::symlink(outside.path(), root.path().join("out")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret"),
+        root.path().join("secret-link"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("sub", root.path().join("in")).unwrap();
+    let server = start(&root, &[]);
+
+    let escapes = [
+        "..",
+        "../",
+        "/..",
+        "/../..",
+        "../../etc",
+        "/../../../../etc/passwd",
+        "sub/../..",
+        "sub/../../etc",
+        "./..",
+        "out",
+        "out/",
+        "out/secret",
+        "secret-link",
+        // Through the symlink, a name that does not exist outside is still 403, not 404:
+        // the answer must not tell what exists outside the root.
+        "out/no-such-file",
+        "out/..",
+        "in/../..",
+    ];
+    for directory in escapes {
+        let response = ls(&server, directory);
+        response.assert_error(403);
+        assert!(
+            !response.text().contains(outside.str()),
+            "{directory}: {}",
+            response.text()
+        );
+    }
+    // The message names what was asked, never where the root is.
+    let message = ls(&server, "out").assert_error(403);
+    assert!(!message.contains(root.str()), "{message}");
+
+    // `..` and symlinks that stay inside are fine.
+    for directory in ["sub/..", "in", "in/", "sub/./"] {
+        let response = ls(&server, directory);
+        assert_eq!(response.status, 200, "{directory}: {}", response.text());
+        assert!(response.complete);
+    }
+    assert!(ls(&server, "in").text().contains(" inside\n"));
+    assert_no_ls_left(&server);
+}
+
+#[test]
+fn bad_parameters_are_400() {
+    let root = TempDir::new("bad");
+    root.file("a");
+    let server = start(&root, &[]);
+
+    // NUL byte, percent-encoded.
+    server.get("/ls?directory=a%00b").assert_error(400);
+    server.get("/ls?directory=%00").assert_error(400);
+    // Given twice, even with the same value.
+    server.get("/ls?directory=a&directory=a").assert_error(400);
+    server.get("/ls?directory=&directory=a").assert_error(400);
+    // Longer than 4096 bytes.
+    let long = "a/".repeat(2049);
+    assert!(long.len() > 4096);
+    server
+        .get(&format!("/ls?directory={long}"))
+        .assert_error(400);
+    // Exactly 4096 bytes is within the limit: it just does not exist.
+    let limit = format!("/{}", "b".repeat(4095));
+    let response = ls(&server, &limit);
+    assert!(
+        response.status == 404 || response.status == 400,
+        "{}",
+        response.text()
+    );
+    response.assert_error(response.status);
+    assert!(ls_children(&server).is_empty());
+}
+
+#[test]
+fn missing_path_is_404_and_a_file_is_listed() {
+    let root = TempDir::new("files");
+    root.file("a file.txt");
+    let server = start(&root, &[]);
+
+    let message = ls(&server, "nope").assert_error(404);
+    assert!(message.contains("nope"), "{message}");
+    ls(&server, "nope/deeper").assert_error(404);
+    // A path through a file is not found either.
+    ls(&server, "a file.txt/x").assert_error(404);
+
+    let response = ls(&server, "/a file.txt");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(response.complete);
+    let text = response.text();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("-rw"), "{text}");
+    assert!(
+        text.trim_end()
+            .ends_with(&format!("{}/a file.txt", root.str())),
+        "{text}"
+    );
+    assert_no_ls_left(&server);
+}
+
+#[test]
+fn unreadable_directory_is_403() {
+    use std::os::unix::fs::PermissionsExt;
+    if rustix::process::geteuid().is_root() {
+        eprintln!("skipped: root reads mode-000 directories");
+        return;
+    }
+    let root = TempDir::new("perm");
+    let locked = root.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::write(locked.join("f"), b"x").unwrap();
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let server = start(&root, &[]);
+    ls(&server, "locked").assert_error(403);
+    ls(&server, "locked/f").assert_error(403);
+    // Readable but not searchable: names could be read, their details not.
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o444)).unwrap();
+    ls(&server, "locked").assert_error(403);
+    assert!(ls_children(&server).is_empty());
+}
+
+#[test]
+fn body_streams_while_ls_runs() {
+    let root = big_root();
+    let server = start(&root, &[]);
+
+    // The head and the first bytes arrive while `ls` is still alive: the client reads nothing
+    // more, so `ls` cannot finish (its output is larger than every buffer on the way), which
+    // also shows that the server does not gather the output first.
+    let (mut stream, mut raw) = open_listing(&server, "big");
+    let pid = running_ls(&server);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        common::alive(pid),
+        "ls finished although nobody read its output"
+    );
+
+    // Now read the rest: a complete listing of every file.
+    stream.read_to_end(&mut raw).unwrap();
+    let response = Response::parse(&raw);
+    assert!(response.complete, "listing not complete");
+    let text = response.text();
+    let entries = text.lines().filter(|l| l.contains("-xxxxxxxx")).count();
+    assert_eq!(entries, BIG_ENTRIES);
+    assert!(text.len() > 4 << 20, "listing is only {} bytes", text.len());
+    assert_no_ls_left(&server);
+}
+
+#[test]
+fn client_hang_up_kills_and_reaps_ls() {
+    let root = big_root();
+    let server = start(&root, &[]);
+
+    for _ in 0..2 {
+        let (stream, _) = open_listing(&server, "big");
+        let pid = running_ls(&server);
+        drop(stream);
+        assert_no_ls_left(&server);
+        assert!(!common::alive(pid));
+    }
+    // The server is fine afterwards and logged why `ls` was killed.
+    assert_eq!(ls(&server, "/").status, 200);
+    assert_no_ls_left(&server);
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metrics.contains("forkpool_ls_total{outcome=\"cancelled\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("forkpool_ls_running 0"), "{metrics}");
+}
+
+#[test]
+fn timeout_aborts_the_body() {
+    let root = big_root();
+    let server = start(&root, &["--ls-timeout", "500ms"]);
+
+    // Read the start, then stall: `ls` blocks on the full pipe until the deadline kills it.
+    let (mut stream, mut raw) = open_listing(&server, "big");
+    let pid = running_ls(&server);
+    std::thread::sleep(Duration::from_millis(1500));
+    stream.read_to_end(&mut raw).unwrap();
+    let response = Response::parse(&raw);
+    assert_eq!(response.status, 200);
+    assert!(
+        !response.complete,
+        "a timed-out listing must not end cleanly"
+    );
+    assert!(!response
+        .text()
+        .contains(&format!("{:06}-", BIG_ENTRIES - 1)));
+    assert!(!common::alive(pid));
+    assert_no_ls_left(&server);
+    assert!(
+        server.log().contains("--ls-timeout expired"),
+        "{}",
+        server.log()
+    );
+
+    // With a deadline shorter than `ls` needs to start writing, nothing arrives but the head.
+    drop(server);
+    let server = start(&root, &["--ls-timeout", "1ms"]);
+    let response = ls(&server, "big");
+    assert_eq!(response.status, 200);
+    assert!(!response.complete);
+    assert_no_ls_left(&server);
+}
+
+#[test]
+fn failing_ls_aborts_the_body() {
+    // A stand-in `ls` first on PATH: it records its arguments, writes some output and fails.
+    let root = TempDir::new("fake");
+    let bin = TempDir::new("bin");
+    let script = bin.path().join("ls");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprintf '%s\\n' \"$@\"\nprintf 'some output\\n'\necho 'ls: trouble' >&2\nexit 2\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.str(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let server = Server::start_with_env(
+        &["--ls-root", root.str(), "--workers", "1"],
+        &[("PATH", &path)],
+    );
+    let response = ls(&server, "/");
+    assert_eq!(response.status, 200);
+    assert!(!response.complete, "a failed listing must not end cleanly");
+    // The arguments are exactly `-lash -- <canonical root>`, and what was sent before the
+    // failure is what `ls` wrote.
+    let expected = format!("-lash\n--\n{}\nsome output\n", root.str());
+    assert!(
+        expected.as_bytes().starts_with(&response.body),
+        "{:?}",
+        response.text()
+    );
+    assert_no_ls_left(&server);
+    let logged = wait_until(Duration::from_secs(2), || {
+        let log = server.log();
+        (log.contains("ls failed") && log.contains("ls: trouble")).then_some(())
+    });
+    assert!(logged.is_some(), "{}", server.log());
+}
+
+#[test]
+fn concurrency_cap_gives_503() {
+    let root = big_root();
+    let server = start(&root, &["--ls-max-concurrent", "1"]);
+
+    // One listing holds the only slot: its client does not read, so `ls` stays blocked.
+    let (held, _) = open_listing(&server, "big");
+    running_ls(&server);
+    let response = ls(&server, "/");
+    let message = response.assert_error(503);
+    assert!(message.contains("at most 1"), "{message}");
+    assert_eq!(response.header("retry-after"), Some("1"));
+    // Errors decided before the slot is needed still come first.
+    ls(&server, "nope").assert_error(404);
+
+    // Hanging up frees the slot once `ls` is reaped.
+    drop(held);
+    assert_no_ls_left(&server);
+    let response = ls(&server, "/");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(response.complete);
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metrics.contains("forkpool_ls_total{outcome=\"rejected_busy\"} 1"),
+        "{metrics}"
+    );
+    assert_no_ls_left(&server);
+}
