@@ -29,14 +29,22 @@ fn answers_get_and_post_with_the_documented_shape() {
 
     // 2^127 - 1 is prime; as a bare JSON integer it must keep every digit.
     let m127 = mersenne(127);
-    for body in [format!("{{\"number\": {m127}}}"), format!("{{\"number\": \"{m127}\"}}")] {
+    for body in [
+        format!("{{\"number\": {m127}}}"),
+        format!("{{\"number\": \"{m127}\"}}"),
+    ] {
         let json = server.post_json("/isprime", &body).json();
         assert_eq!(json["number"], m127.as_str());
         assert_eq!(json["isPrime"], true);
         assert_eq!(json["method"], "bpsw");
     }
-    let json = server.post_json("/isprime", &format!("{{\"number\": \"{}\"}}", mersenne(67))).json();
-    assert_eq!(json["isPrime"], false, "2^67 - 1 = 193707721 × 761838257287");
+    let json = server
+        .post_json("/isprime", &format!("{{\"number\": \"{}\"}}", mersenne(67)))
+        .json();
+    assert_eq!(
+        json["isPrime"], false,
+        "2^67 - 1 = 193707721 × 761838257287"
+    );
 }
 
 #[test]
@@ -96,9 +104,17 @@ fn numbers_over_the_digit_cap_get_413() {
     let fifty = "9".repeat(50);
     assert_eq!(server.get(&format!("/isprime?number={fifty}")).status, 200);
     // Leading zeros do not count towards the cap.
-    assert_eq!(server.get(&format!("/isprime?number=000{fifty}")).status, 200);
-    let message = server.get(&format!("/isprime?number=1{fifty}")).assert_error(413);
-    assert!(message.contains("51 digits") && message.contains("50"), "{message}");
+    assert_eq!(
+        server.get(&format!("/isprime?number=000{fifty}")).status,
+        200
+    );
+    let message = server
+        .get(&format!("/isprime?number=1{fifty}"))
+        .assert_error(413);
+    assert!(
+        message.contains("51 digits") && message.contains("50"),
+        "{message}"
+    );
     let body = format!("{{\"number\": 1{fifty}}}");
     server.post_json("/isprime", &body).assert_error(413);
 }

@@ -190,8 +190,9 @@ impl<J: Job> WorkerPool<J> {
             kind: J::KIND,
             max_line: config.max_line,
         };
-        let (rolls, receivers): (Vec<_>, Vec<_>) =
-            (0..config.workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let (rolls, receivers): (Vec<_>, Vec<_>) = (0..config.workers)
+            .map(|_| mpsc::unbounded_channel())
+            .unzip();
         let inner = Arc::new(Inner {
             slots: (0..config.workers)
                 .map(|_| {
@@ -286,9 +287,9 @@ impl<J: Job> WorkerPool<J> {
                     job_age_ms: s.job.map(|(_, t)| (now - t).as_secs_f64() * 1e3),
                     jobs_served: s.jobs_served,
                     rss_bytes: s.pid.and_then(rss_bytes),
-                    started_at: s.started_at.and_then(|t| {
-                        t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs_f64())
-                    }),
+                    started_at: s
+                        .started_at
+                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs_f64())),
                 }
             })
             .collect()
@@ -299,7 +300,12 @@ impl<J: Job> WorkerPool<J> {
         self.inner
             .slots
             .iter()
-            .filter(|s| matches!(s.lock().unwrap().state, WorkerState::Idle | WorkerState::Busy))
+            .filter(|s| {
+                matches!(
+                    s.lock().unwrap().state,
+                    WorkerState::Idle | WorkerState::Busy
+                )
+            })
             .count()
     }
 
@@ -558,11 +564,7 @@ impl<J: Job> Inner<J> {
 
     /// Sends one job to `worker` and answers it. `Err` names why the worker must go (it has
     /// already been killed or reaped).
-    async fn run_job(
-        &self,
-        worker: &mut WorkerProcess,
-        mut job: Pending<J>,
-    ) -> Result<(), String> {
+    async fn run_job(&self, worker: &mut WorkerProcess, mut job: Pending<J>) -> Result<(), String> {
         let started = Instant::now();
         metrics::histogram!("forkpool_job_queue_wait_seconds")
             .record((started - job.enqueued).as_secs_f64());
@@ -624,13 +626,21 @@ impl<J: Job> Inner<J> {
             Err(Stop::Cancelled) => {
                 let cause = worker.kill().await;
                 tracing::info!(pid, job = job.id, %cause, "client went away; worker killed");
-                (Err(PoolError::ShuttingDown), "cancelled", Some("killed_cancel".into()))
+                (
+                    Err(PoolError::ShuttingDown),
+                    "cancelled",
+                    Some("killed_cancel".into()),
+                )
             }
             Err(Stop::Died) => {
                 let cause = worker.exit_cause().await;
                 tracing::warn!(pid, job = job.id, %cause, "worker died mid-job");
                 let exit = crash_reason(&cause);
-                (Err(PoolError::WorkerDied { pid, cause }), "crashed", Some(exit))
+                (
+                    Err(PoolError::WorkerDied { pid, cause }),
+                    "crashed",
+                    Some(exit),
+                )
             }
             Err(Stop::Protocol(error)) => {
                 let cause = worker.kill().await;
@@ -752,10 +762,7 @@ mod tests {
     fn backoff_doubles_and_caps() {
         let mut b = Backoff::default();
         let delays: Vec<_> = (0..9).map(|_| b.next().as_millis()).collect();
-        assert_eq!(
-            delays,
-            [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000]
-        );
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000]);
         b.reset();
         assert_eq!(b.next().as_millis(), 100);
     }
@@ -771,8 +778,14 @@ mod tests {
 
     #[test]
     fn crash_reasons() {
-        assert_eq!(crash_reason("killed by signal 9 (SIGKILL)"), "crashed_signal_9");
-        assert_eq!(crash_reason("killed by signal 11 (SIGSEGV)"), "crashed_signal_11");
+        assert_eq!(
+            crash_reason("killed by signal 9 (SIGKILL)"),
+            "crashed_signal_9"
+        );
+        assert_eq!(
+            crash_reason("killed by signal 11 (SIGSEGV)"),
+            "crashed_signal_11"
+        );
         assert_eq!(crash_reason("exited with code 101"), "crashed_exit_101");
     }
 }

@@ -117,8 +117,7 @@ pub fn serve<J: Job>(args: &WorkerArgs) -> Result<(), WorkerError> {
             });
         }
         line.pop();
-        let request: Request<J> =
-            decode(&line).map_err(|e| WorkerError::BadLine(e.to_string()))?;
+        let request: Request<J> = decode(&line).map_err(|e| WorkerError::BadLine(e.to_string()))?;
         let started = Instant::now();
         let result = match request.job.run() {
             Ok(output) => Outcome::Ok(output),

@@ -75,7 +75,9 @@ pub enum NumberError {
     Exponent,
     #[error("`number` looks hexadecimal; use decimal digits")]
     Hex,
-    #[error("`number` has an invalid character {ch:?} at position {position}; use decimal digits only")]
+    #[error(
+        "`number` has an invalid character {ch:?} at position {position}; use decimal digits only"
+    )]
     InvalidCharacter { ch: char, position: usize },
     #[error("`number` has {digits} digits; the limit is {max}")]
     TooLong { digits: usize, max: usize },
@@ -192,10 +194,34 @@ mod tests {
             ("7.5", NumberError::Fractional),
             ("1e9", NumberError::Exponent),
             ("0x1f", NumberError::Hex),
-            ("12a", NumberError::InvalidCharacter { ch: 'a', position: 2 }),
-            ("+-7", NumberError::InvalidCharacter { ch: '-', position: 1 }),
-            ("1 2", NumberError::InvalidCharacter { ch: ' ', position: 1 }),
-            ("١٢", NumberError::InvalidCharacter { ch: '١', position: 0 }),
+            (
+                "12a",
+                NumberError::InvalidCharacter {
+                    ch: 'a',
+                    position: 2,
+                },
+            ),
+            (
+                "+-7",
+                NumberError::InvalidCharacter {
+                    ch: '-',
+                    position: 1,
+                },
+            ),
+            (
+                "1 2",
+                NumberError::InvalidCharacter {
+                    ch: ' ',
+                    position: 1,
+                },
+            ),
+            (
+                "١٢",
+                NumberError::InvalidCharacter {
+                    ch: '١',
+                    position: 0,
+                },
+            ),
             ("123456", NumberError::TooLong { digits: 6, max: 5 }),
         ];
         for (raw, expected) in cases {
@@ -211,7 +237,13 @@ mod tests {
         assert_eq!(number_from_json(br#"{"number": "42"}"#).unwrap(), "42");
         assert_eq!(number_from_json(br#"{"number": 1.5}"#).unwrap(), "1.5");
         assert_eq!(number_from_json(br#"{}"#), Err(NumberError::Missing));
-        assert!(matches!(number_from_json(b"[7]"), Err(NumberError::BadBody(_))));
-        assert!(matches!(number_from_json(b"{"), Err(NumberError::BadBody(_))));
+        assert!(matches!(
+            number_from_json(b"[7]"),
+            Err(NumberError::BadBody(_))
+        ));
+        assert!(matches!(
+            number_from_json(b"{"),
+            Err(NumberError::BadBody(_))
+        ));
     }
 }

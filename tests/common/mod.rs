@@ -83,7 +83,13 @@ impl Server {
     }
 
     /// One request on a fresh connection (`Connection: close`), read to the end.
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         let mut stream = self.send(method, path, headers, body);
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).expect("read response");
@@ -91,9 +97,17 @@ impl Server {
     }
 
     /// Sends a request and returns the open connection, for tests that read slowly or hang up.
-    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> TcpStream {
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> TcpStream {
         let mut stream = TcpStream::connect(self.addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
             self.addr,
@@ -131,7 +145,12 @@ impl Server {
             let pids = self.worker_pids();
             (pids.len() == n && self.get("/readyz").status == 200).then_some(pids)
         })
-        .unwrap_or_else(|| panic!("{n} workers did not come up; children: {:?}", self.children()))
+        .unwrap_or_else(|| {
+            panic!(
+                "{n} workers did not come up; children: {:?}",
+                self.children()
+            )
+        })
     }
 
     /// Sends SIGTERM.
@@ -179,7 +198,14 @@ impl Response {
             .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
         let head = String::from_utf8_lossy(&raw[..split]).into_owned();
         let mut lines = head.split("\r\n");
-        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
         let headers: Vec<(String, String)> = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -188,8 +214,17 @@ impl Response {
         let chunked = headers
             .iter()
             .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-        let (body, complete) = if chunked { dechunk(rest) } else { (rest.to_vec(), true) };
-        Response { status, headers, body, complete }
+        let (body, complete) = if chunked {
+            dechunk(rest)
+        } else {
+            (rest.to_vec(), true)
+        };
+        Response {
+            status,
+            headers,
+            body,
+            complete,
+        }
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -227,7 +262,8 @@ fn dechunk(mut data: &[u8]) -> (Vec<u8>, bool) {
             return (body, false);
         };
         let size_text = String::from_utf8_lossy(&data[..end]);
-        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16) else {
+        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
+        else {
             return (body, false);
         };
         data = &data[end + 2..];
@@ -260,7 +296,12 @@ pub fn proc_info(pid: u32) -> Option<Proc> {
     let mut rest = stat[close + 2..].split(' ');
     let state = rest.next()?.chars().next()?;
     let ppid = rest.next()?.parse().ok()?;
-    Some(Proc { pid, ppid, state, name })
+    Some(Proc {
+        pid,
+        ppid,
+        state,
+        name,
+    })
 }
 
 /// All processes whose parent is `parent`, zombies included.
