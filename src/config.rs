@@ -155,23 +155,28 @@ impl Cli {
     }
 }
 
-/// Turns each key of the TOML file into `--key value`, for flags not set by flag or env.
+/// Turns each key of the TOML file into `--key=value`, for flags not set by flag or env.
+///
+/// Keys are the long flag names (`job-timeout`, not `job_timeout`). Every value is checked by
+/// its flag's own parser, also when a flag or env var overrides it: a file with a bad value is
+/// wrong whatever else is set, and the message names the file, the key and the flag.
 fn file_args(path: &std::path::Path, matches: &ArgMatches) -> Result<Vec<OsString>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read --config {}: {e}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e| format!("--config {}: {e}", path.display()))?;
+    let file = path.display();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read --config {file}: {e}"))?;
+    let table: toml::Table = text.parse().map_err(|e| format!("--config {file}: {e}"))?;
     let command = Cli::command();
     let mut args = Vec::new();
     for (key, value) in table {
-        let id = key.replace('-', "_");
-        let known = command
-            .get_arguments()
-            .any(|a| a.get_id() == id.as_str() && a.get_long().is_some() && id != "config");
-        if !known {
-            return Err(format!("--config {}: unknown key `{key}`", path.display()));
-        }
+        let flags = || command.get_arguments().filter(|a| a.get_id() != "config");
+        let Some(arg) = flags().find(|a| a.get_long() == Some(key.as_str())) else {
+            let kebab = key.replace('_', "-");
+            let hint = match flags().any(|a| a.get_long() == Some(kebab.as_str())) {
+                true => format!(" (did you mean `{kebab}`?)"),
+                false => String::new(),
+            };
+            return Err(format!("--config {file}: unknown key `{key}`{hint}"));
+        };
         let value = match value {
             toml::Value::String(s) => s,
             toml::Value::Integer(i) => i.to_string(),
@@ -179,20 +184,35 @@ fn file_args(path: &std::path::Path, matches: &ArgMatches) -> Result<Vec<OsStrin
             toml::Value::Boolean(b) => b.to_string(),
             other => {
                 return Err(format!(
-                    "--config {}: key `{key}` must be a string or a number, not {}",
-                    path.display(),
+                    "--config {file}: key `{key}` must be a string or a number, not {}",
                     other.type_str()
                 ))
             }
         };
-        if matches.value_source(&id) == Some(ValueSource::DefaultValue)
-            || matches.value_source(&id).is_none()
-        {
-            args.push(format!("--{}", id.replace('_', "-")).into());
-            args.push(value.into());
+        // `--key=value` in one word, so that a value starting with `-` is not taken for a flag.
+        let flag = format!("--{key}={value}");
+        if let Err(e) = Cli::command().try_get_matches_from(["forkpool", flag.as_str()]) {
+            return Err(format!(
+                "--config {file}: key `{key}`: {}",
+                clap_message(&e)
+            ));
+        }
+        let id = arg.get_id().as_str();
+        if matches!(
+            matches.value_source(id),
+            None | Some(ValueSource::DefaultValue)
+        ) {
+            args.push(flag.into());
         }
     }
     Ok(args)
+}
+
+/// The first line of a clap error without its `error: ` prefix.
+fn clap_message(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }
 
 /// Parses `250ms`, `10s`, `2m`, or a plain number of seconds (`1.5`).
@@ -210,7 +230,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m or h)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(number * scale).map_err(|e| format!("`{text}`: {e}"))
 }
@@ -226,12 +250,20 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let number: u64 = number
         .parse()
         .map_err(|_| format!("`{text}` is not a size like 4096, 64KiB or 1GiB"))?;
-    let shift = match unit.trim().trim_end_matches(['B', 'b']).trim_end_matches('i') {
+    let shift = match unit
+        .trim()
+        .trim_end_matches(['B', 'b'])
+        .trim_end_matches('i')
+    {
         "" => 0,
         "K" | "k" => 10,
         "M" | "m" => 20,
         "G" | "g" => 30,
-        _ => return Err(format!("unknown size unit in `{text}` (use KiB, MiB or GiB)")),
+        _ => {
+            return Err(format!(
+                "unknown size unit in `{text}` (use KiB, MiB or GiB)"
+            ))
+        }
     };
     number
         .checked_mul(1 << shift)
@@ -258,5 +290,64 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("1TiB").is_err());
         assert!(parse_size("-1").is_err());
+    }
+
+    fn temp_file(name: &str, text: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("forkpool-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn file_error(name: &str, text: &str) -> String {
+        let path = temp_file(name, text);
+        let matches = Cli::command().get_matches_from(["forkpool"]);
+        let result = file_args(&path, &matches);
+        std::fs::remove_file(&path).unwrap();
+        result.expect_err("the file should be refused")
+    }
+
+    #[test]
+    fn config_file_errors_name_the_key_and_the_flag() {
+        let e = file_error("unknown", "wrkers = 3\n");
+        assert!(e.contains("unknown key `wrkers`"), "{e}");
+        let e = file_error("snake", "job_timeout = \"5s\"\n");
+        assert!(
+            e.contains("`job_timeout`") && e.contains("did you mean `job-timeout`"),
+            "{e}"
+        );
+        let e = file_error("config", "config = \"other.toml\"\n");
+        assert!(e.contains("unknown key `config`"), "{e}");
+        let e = file_error("many", "workers = \"many\"\n");
+        assert!(
+            e.contains("key `workers`") && e.contains("--workers"),
+            "{e}"
+        );
+        let e = file_error("negative", "workers = -1\n");
+        assert!(
+            e.contains("key `workers`") && e.contains("--workers"),
+            "{e}"
+        );
+        let e = file_error("array", "workers = [1]\n");
+        assert!(e.contains("key `workers`") && e.contains("array"), "{e}");
+        let e = file_error("syntax", "workers = \n");
+        assert!(e.contains("--config"), "{e}");
+    }
+
+    #[test]
+    fn flags_beat_the_config_file_and_the_file_beats_defaults() {
+        let path = temp_file("merge", "workers = 1\njob-timeout = \"5s\"\nqueue = 7\n");
+        let cli = Cli::load_from(
+            ["forkpool", "--queue", "9", "--config"]
+                .iter()
+                .map(OsString::from)
+                .chain([path.clone().into_os_string()])
+                .collect(),
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(cli.config.workers, Some(1));
+        assert_eq!(cli.config.job_timeout, Duration::from_secs(5));
+        assert_eq!(cli.config.queue, 9);
+        assert_eq!(cli.config.max_digits, 10_000);
     }
 }

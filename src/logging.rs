@@ -1,5 +1,10 @@
 //! Logging to stderr (stdout is the protocol channel of a worker), `RUST_LOG` honoured,
 //! `info` by default, as text or one JSON object per line.
+//!
+//! Colours only when stderr is a terminal: a log captured by a supervisor (or a test) must stay
+//! plain `key=value` text, and a worker's stderr is the server's, so both decide alike.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -9,6 +14,7 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

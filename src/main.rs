@@ -1,6 +1,8 @@
 //! The `forkpool` binary: parses the command line and dispatches to the server, the hidden
 //! worker mode, or the load test. Nothing else lives here.
 
+use std::future::Future;
+
 use anyhow::{bail, Context};
 use forkpool::config::{Cli, Command, Config};
 use forkpool::pool::protocol::Job;
@@ -28,21 +30,37 @@ fn serve(config: Config) -> anyhow::Result<()> {
     logging::init(config.log_format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        // Installed before anyone can know our address, so that a SIGTERM sent as soon as we
+        // listen is a graceful shutdown and never the default action (death by signal).
+        let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(e) => start_error(format!("--listen {}: cannot listen: {e}", config.listen)),
+        };
         println!("listening on http://{}", listener.local_addr()?);
-        server::run(listener, config, shutdown_signal()).await?;
+        if let Err(e) = server::run(listener, config, shutdown).await {
+            start_error(e.to_string());
+        }
         Ok(())
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// A configuration that cannot start (address in use, bad `--ls-root`): exit code 2, like a
+/// flag that does not parse, with the flag named in the message.
+fn start_error(message: String) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(2)
+}
+
+/// Resolves on SIGINT or SIGTERM. The handlers are installed by this call, not on first poll.
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

@@ -174,7 +174,7 @@ async fn observe(mut request: Request, next: Next) -> Response {
         .headers()
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .filter(|v| is_sane_request_id(v))
         .map_or_else(new_request_id, str::to_owned);
     let route = request
         .extensions()
@@ -200,6 +200,12 @@ async fn observe(mut request: Request, next: Next) -> Response {
     response
 }
 
+/// A client's id is kept if it is 1 to 128 visible ASCII characters (no spaces), so that it
+/// reads as one token in a `key=value` log line.
+fn is_sane_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// A process-unique id: a random prefix per process, then a counter.
 fn new_request_id() -> String {
     static PREFIX: OnceLock<u32> = OnceLock::new();
@@ -223,9 +229,33 @@ fn metrics_handle() -> PrometheusHandle {
                 .set_buckets(&BUCKETS)
                 .expect("bucket list is not empty")
                 .install_recorder()
+                .inspect(|_| describe_metrics())
                 .expect("forkpool installs the only metrics recorder")
         })
         .clone()
+}
+
+/// `# HELP` lines for the metrics that the server and the pool record.
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "forkpool_http_requests_total",
+        "HTTP requests by route and status"
+    );
+    describe_histogram!(
+        "forkpool_http_request_duration_seconds",
+        "HTTP request duration by route"
+    );
+    describe_gauge!("forkpool_pool_workers", "Worker slots by state");
+    describe_gauge!("forkpool_queue_depth", "Jobs waiting for a worker");
+    describe_histogram!(
+        "forkpool_job_queue_wait_seconds",
+        "Time a job waited in the queue"
+    );
+    describe_histogram!("forkpool_job_run_seconds", "Time a job ran on a worker");
+    describe_counter!("forkpool_jobs_total", "Jobs by outcome");
+    describe_counter!("forkpool_worker_exits_total", "Worker exits by reason");
+    describe_counter!("forkpool_worker_spawns_total", "Worker processes started");
 }
 
 /// Serves `listener` until `shutdown` resolves, then drains: readiness goes to 503 and new jobs
@@ -238,8 +268,14 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let grace = config.shutdown_grace;
     let delay = config.shutdown_delay;
+    // Registered here, not in the spawned task: SIGHUP's default action is to terminate, so a
+    // roll requested as soon as we serve must not find the handler missing.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let state = AppState::new(config)?;
-    tokio::spawn(roll_on_sighup(state.clone()));
+    match hangups {
+        Ok(hangups) => drop(tokio::spawn(roll_on_sighup(state.clone(), hangups))),
+        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; rolling restarts are off"),
+    }
     let (began_tx, mut began) = watch::channel(None::<Instant>);
     let draining = state.clone();
     let serve = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
@@ -250,7 +286,10 @@ pub async fn run(
         tokio::time::sleep(delay).await;
     });
     let grace_over = async {
-        let began = *began.wait_for(Option::is_some).await.expect("sender lives in serve");
+        let began = *began
+            .wait_for(Option::is_some)
+            .await
+            .expect("sender lives in serve");
         tokio::time::sleep_until((began.expect("checked") + grace).into()).await;
     };
     tokio::select! {
@@ -261,23 +300,78 @@ pub async fn run(
         }
         _ = grace_over => tracing::warn!("grace period over with requests still in flight"),
     }
-    let left = began
-        .borrow()
-        .map_or(Duration::ZERO, |t| (t + grace).saturating_duration_since(Instant::now()));
+    let left = began.borrow().map_or(Duration::ZERO, |t| {
+        (t + grace).saturating_duration_since(Instant::now())
+    });
     state.pool.shutdown(left).await;
     tracing::info!("stopped");
     Ok(())
 }
 
 /// SIGHUP: rolling restart of the workers, for picking up a new binary.
-async fn roll_on_sighup(state: AppState) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        return tracing::warn!("cannot listen for SIGHUP; rolling restarts are off");
-    };
+async fn roll_on_sighup(state: AppState, mut hangups: tokio::signal::unix::Signal) {
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: rolling restart of the workers");
         state.pool.roll().await;
         tracing::info!("rolling restart done");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn call(router: &Router, path: &str) -> (StatusCode, Option<String>, Vec<u8>) {
+        let request = Request::builder().uri(path).body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert!(response.headers().contains_key(&X_REQUEST_ID));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, content_type, body.to_vec())
+    }
+
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_500_json_error_and_the_router_keeps_serving() {
+        let router = with_layers(
+            Router::new()
+                .route("/boom", get(boom))
+                .route("/ok", get(|| async { "fine" })),
+        );
+        for _ in 0..2 {
+            let (status, content_type, body) = call(&router, "/boom").await;
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(content_type.as_deref(), Some("application/json"));
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["status"], 500, "{json}");
+            assert_eq!(json["error"], "internal error", "{json}");
+            assert_eq!(json.as_object().unwrap().len(), 2, "{json}");
+        }
+        let (status, _, body) = call(&router, "/ok").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, b"fine");
+    }
+
+    #[test]
+    fn client_request_ids_are_kept_only_when_sane() {
+        assert!(is_sane_request_id("abc-123_x.y:z"));
+        assert!(is_sane_request_id(&"a".repeat(128)));
+        assert!(!is_sane_request_id(""));
+        assert!(!is_sane_request_id(&"a".repeat(129)));
+        assert!(!is_sane_request_id("two words"));
+        assert!(!is_sane_request_id("caf\u{e9}"));
+        let (a, b) = (new_request_id(), new_request_id());
+        assert_ne!(a, b);
+        assert!(is_sane_request_id(&a));
     }
 }

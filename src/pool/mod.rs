@@ -489,6 +489,8 @@ impl<J: Job> Inner<J> {
             match lost {
                 None => next = Some(worker),
                 Some(reason) => {
+                    // Nothing is alive in this slot until the next worker says hello.
+                    self.set_state(slot, WorkerState::Down, None);
                     // A worker that crashes straight after start would otherwise respawn in a
                     // busy loop (a broken binary, a bad limit): back off instead.
                     let crashed = reason.starts_with("crashed") || reason == "protocol";
@@ -570,7 +572,7 @@ impl<J: Job> Inner<J> {
             .record((started - job.enqueued).as_secs_f64());
         let line = encode(&Request {
             id: job.id,
-            rid: job.request_id,
+            rid: job.request_id.clone(),
             job: job.job,
         });
         let deadline = job.deadline;
@@ -619,13 +621,13 @@ impl<J: Job> Inner<J> {
             }) => (Err(PoolError::JobFailed(e)), "error", None),
             Err(Stop::Deadline) => {
                 let cause = worker.kill().await;
-                tracing::warn!(pid, job = job.id, %cause, "job passed its deadline; worker killed");
+                tracing::warn!(pid, job = job.id, request_id = %job.request_id, %cause, "job passed its deadline; worker killed");
                 let error = PoolError::Timeout(self.config.job_timeout);
                 (Err(error), "timeout", Some("killed_timeout".into()))
             }
             Err(Stop::Cancelled) => {
                 let cause = worker.kill().await;
-                tracing::info!(pid, job = job.id, %cause, "client went away; worker killed");
+                tracing::info!(pid, job = job.id, request_id = %job.request_id, %cause, "client went away; worker killed");
                 (
                     Err(PoolError::ShuttingDown),
                     "cancelled",
@@ -634,7 +636,7 @@ impl<J: Job> Inner<J> {
             }
             Err(Stop::Died) => {
                 let cause = worker.exit_cause().await;
-                tracing::warn!(pid, job = job.id, %cause, "worker died mid-job");
+                tracing::warn!(pid, job = job.id, request_id = %job.request_id, %cause, "worker died mid-job");
                 let exit = crash_reason(&cause);
                 (
                     Err(PoolError::WorkerDied { pid, cause }),
@@ -644,7 +646,7 @@ impl<J: Job> Inner<J> {
             }
             Err(Stop::Protocol(error)) => {
                 let cause = worker.kill().await;
-                tracing::warn!(pid, job = job.id, %error, %cause, "worker broke the protocol; killed");
+                tracing::warn!(pid, job = job.id, request_id = %job.request_id, %error, %cause, "worker broke the protocol; killed");
                 let error = PoolError::Protocol { pid, error };
                 (Err(error), "crashed", Some("protocol".into()))
             }

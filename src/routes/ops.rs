@@ -46,10 +46,16 @@ pub async fn healthz() -> impl IntoResponse {
 
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
     if state.is_shutting_down() {
-        return Err(AppError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
+        return Err(AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down",
+        ));
     }
     match state.pool.live_workers() {
-        0 => Err(AppError::new(StatusCode::SERVICE_UNAVAILABLE, "no worker is alive")),
+        0 => Err(AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no worker is alive",
+        )),
         live => Ok(Json(json!({ "status": "ready", "live_workers": live }))),
     }
 }
@@ -63,19 +69,26 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("forkpool_queue_depth").set(state.pool.queue_depth() as f64);
     state.metrics.run_upkeep();
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
 
 pub async fn status(State(state): State<AppState>) -> impl IntoResponse {
+    // The config in force: defaults that are resolved at start-up show their resolved value.
+    let mut config = serde_json::to_value(&state.config).unwrap_or_default();
+    config["workers"] = json!(state.config.worker_count());
+    config["ls_root"] = json!(state.ls_root);
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
         "shutting_down": state.is_shutting_down(),
         "queue_depth": state.pool.queue_depth(),
-        "config": &state.config,
+        "config": config,
         "workers": state.pool.status(),
     }))
 }
