@@ -127,12 +127,12 @@ impl Server {
         children_of(self.pid())
     }
 
-    /// Pids of the server's worker processes.
+    /// Pids of the server's worker processes (the real binary, or a fake `forkpool-*` script).
     pub fn worker_pids(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self
             .children()
             .into_iter()
-            .filter(|p| p.name == "forkpool" && p.state != 'Z')
+            .filter(|p| p.name.starts_with("forkpool") && p.state != 'Z')
             .map(|p| p.pid)
             .collect();
         pids.sort_unstable();
