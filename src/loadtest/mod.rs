@@ -1,14 +1,311 @@
-//! `forkpool loadtest`: measures a running forkpool.
+//! `forkpool loadtest`: measures a running forkpool (or one it spawns) and reports; it does not
+//! judge. The README holds the targets; this program produces the figures behind them.
+//!
+//! Scenarios, each bounded in time and request count, loopback only:
+//! - `idle`: sequential /testrequest probes with a small pause.
+//! - `saturated`: K = m x workers heavy /isprime jobs in flight (m from `--multiples`), probed
+//!   while every worker is busy; the jobs' completion times and any 503.
+//! - `dispatch`: closed-loop requests/s of `/isprime?number=7` and of `/testrequest`.
+//! - `ls`: a full /ls of a directory of `--ls-files` files against `ls -lash` run directly, and
+//!   the server's RSS growth meanwhile.
+//!
+//! Every probe is made twice, on a new connection and on a kept-alive one. The RSS of the server
+//! and its workers is read from /proc while idle.
+//!
+//! Layout: [`client`] (hyper connections), [`scenarios`], [`report`] (data, JSON and table),
+//! [`plot`] (SVG), [`spawn`] (`--spawn`).
 
-use clap::Args;
+mod client;
+mod plot;
+mod report;
+mod scenarios;
+mod spawn;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::parse_duration;
+use client::Target;
+use report::Report;
+use scenarios::{Plan, Run};
+use spawn::SpawnedServer;
+
+pub use scenarios::mersenne;
 
 #[derive(Debug, Clone, Args)]
 pub struct LoadtestArgs {
-    /// Server to measure.
+    /// Server to measure (loopback only).
     #[arg(long, default_value = "http://127.0.0.1:3636")]
     pub url: String,
+
+    /// Start a server of this same binary on 127.0.0.1 port 0 instead, and stop it afterwards.
+    #[arg(long)]
+    pub spawn: bool,
+
+    /// With --spawn: number of workers [default: the server's default].
+    #[arg(long, requires = "spawn")]
+    pub workers: Option<u16>,
+
+    /// With --spawn: one more flag for the server, repeatable, e.g. `--server-arg=--worker-nice=19`.
+    #[arg(long = "server-arg", requires = "spawn", allow_hyphen_values = true)]
+    pub server_args: Vec<String>,
+
+    /// Scenarios to run, in this order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "idle,saturated,dispatch,ls"
+    )]
+    pub scenarios: Vec<Scenario>,
+
+    /// Idle scenario: number of probes of each kind.
+    #[arg(long, default_value_t = 200)]
+    pub idle_probes: usize,
+
+    /// Pause between two probes.
+    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    pub probe_pause: Duration,
+
+    /// Saturated scenario: the heavy job tests 2^P-1; use a Mersenne prime exponent (4423, 9689,
+    /// 11213, 19937, 21701, 23209) so that the test runs to the end. The default (2917 digits)
+    /// takes about a second per job in a release build.
+    #[arg(long, default_value_t = 9689, value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    pub heavy_exponent: u32,
+
+    /// Saturated scenario: heavy jobs in flight, as multiples of the worker count.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    pub multiples: Vec<usize>,
+
+    /// Dispatch scenario: length of each of its two phases.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Dispatch scenario: requests in flight (one kept-alive connection each).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+
+    /// Ls scenario: files in the listed directory.
+    #[arg(long, default_value_t = 100_000)]
+    pub ls_files: usize,
+
+    /// Ls scenario: timed runs of each side (the median is reported).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub ls_runs: u16,
+
+    /// Also write the report, every probe included, as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Also write a plot of probe latency over time, saturated phases shaded, as SVG.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
-pub fn run(_args: LoadtestArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not written yet")
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    Idle,
+    Saturated,
+    Dispatch,
+    Ls,
+}
+
+/// Runs the load test and prints the table. Fails only when it could not measure at all (no
+/// server, bad flags, an output file that cannot be written); a scenario that fails is
+/// reported in the table and the JSON.
+pub fn run(args: LoadtestArgs) -> anyhow::Result<()> {
+    let mut spawned = match args.spawn {
+        true => Some(SpawnedServer::start(args.workers, &args.server_args)?),
+        false => None,
+    };
+    let url = match &spawned {
+        Some(server) => format!("http://{}", server.addr),
+        None => args.url.clone(),
+    };
+    let target = Target::parse(&url).map_err(anyhow::Error::msg)?;
+    let bar = progress_bar();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the Tokio runtime")?;
+    let ls_root = spawned.as_ref().map(|s| s.root().to_owned());
+    let measured = runtime.block_on(async {
+        tokio::select! {
+            report = measure(&args, target, &url, ls_root.as_deref(), bar.clone()) => report,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    bar.finish_and_clear();
+    drop(runtime);
+    if let Some(server) = &mut spawned {
+        server.stop(Duration::from_secs(15));
+    }
+    let mut report = measured?;
+    if let Some(server) = &spawned {
+        report.spawned = true;
+        report.server_pid.get_or_insert(server.pid());
+    }
+    if spawned.is_some() {
+        spawn::reap_leftovers(&report.worker_pids, Duration::from_secs(5));
+    }
+    drop(spawned);
+
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_vec_pretty(&report).expect("the report serializes");
+        std::fs::write(path, text)
+            .with_context(|| format!("cannot write --json {}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        plot::write_svg(&report, path)?;
+    }
+    Ok(())
+}
+
+async fn measure(
+    args: &LoadtestArgs,
+    target: Target,
+    url: &str,
+    ls_root: Option<&Path>,
+    bar: ProgressBar,
+) -> anyhow::Result<Report> {
+    let mut report = Report {
+        url: url.to_owned(),
+        server_args: args.server_args.clone(),
+        started_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        ..Report::default()
+    };
+    let mut run = Run {
+        target,
+        plan: Plan {
+            idle_probes: args.idle_probes,
+            probe_pause: args.probe_pause,
+            heavy_exponent: args.heavy_exponent,
+            multiples: args.multiples.clone(),
+            concurrency: args.concurrency.into(),
+            duration: args.duration,
+            ls_files: args.ls_files,
+            ls_runs: args.ls_runs.into(),
+        },
+        clock: Instant::now(),
+        bar,
+        server_pid: None,
+        workers: 0,
+        samples: Vec::new(),
+    };
+    run.bar
+        .set_message("waiting for the server and its workers");
+    let (pid, worker_pids) = run
+        .wait_idle(Duration::from_secs(20))
+        .await
+        .map_err(|e| anyhow::anyhow!("{url} is not ready: {e}"))?;
+    let status = target
+        .get_json("/status")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    report.server_pid = Some(pid);
+    report.worker_pids = worker_pids.clone();
+    report.workers = worker_pids.len();
+    report.worker_nice = status["config"]["worker_nice"].as_i64();
+    run.server_pid = Some(pid);
+    run.workers = worker_pids.len();
+    run.clock = Instant::now();
+
+    let wants = |s: Scenario| args.scenarios.contains(&s);
+    if wants(Scenario::Idle) {
+        report.idle = Some(run.idle().await);
+    }
+    match run.memory().await {
+        Ok(memory) => report.memory = Some(memory),
+        Err(e) => report.errors.push(format!("idle memory: {e}")),
+    }
+    if wants(Scenario::Saturated) {
+        report.saturated = Some(run.saturated().await);
+    }
+    if wants(Scenario::Dispatch) {
+        report.dispatch = Some(run.dispatch().await);
+    }
+    if wants(Scenario::Ls) {
+        let root = match ls_root {
+            Some(root) => Ok(root.to_owned()),
+            None => server_ls_root(&status, pid),
+        };
+        match root {
+            Ok(root) => match run.ls(&root).await {
+                Ok(ls) => report.ls = Some(ls),
+                Err(e) => report.errors.push(format!("ls: {e}")),
+            },
+            Err(e) => report.errors.push(format!("ls: {e}")),
+        }
+    }
+    report.duration_s = run.clock.elapsed().as_secs_f64();
+    report.samples = run.samples;
+    Ok(report)
+}
+
+/// The ls root of a server we did not start: `--ls-root` from /status, else its working
+/// directory. The ls scenario creates (and then removes) its directory in there.
+fn server_ls_root(status: &serde_json::Value, pid: u32) -> Result<PathBuf, String> {
+    if let Some(root) = status["config"]["ls_root"].as_str() {
+        return Ok(PathBuf::from(root));
+    }
+    std::fs::read_link(format!("/proc/{pid}/cwd"))
+        .map_err(|e| format!("cannot find the server's ls root (its working directory): {e}"))
+}
+
+/// A spinner with the current step on stderr; nothing at all when stderr is not a terminal.
+fn progress_bar() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed}] {msg}").expect("the template is valid"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: LoadtestArgs,
+    }
+
+    #[test]
+    fn flags() {
+        let cli = Cli::parse_from([
+            "x",
+            "--spawn",
+            "--server-arg=--worker-nice=19",
+            "--server-arg",
+            "--queue=4",
+            "--scenarios",
+            "idle,dispatch",
+            "--duration",
+            "1s",
+        ]);
+        assert_eq!(cli.args.server_args, ["--worker-nice=19", "--queue=4"]);
+        assert_eq!(cli.args.scenarios, [Scenario::Idle, Scenario::Dispatch]);
+        assert_eq!(cli.args.duration, Duration::from_secs(1));
+        assert_eq!(cli.args.multiples, [1, 2, 4]);
+        assert!(
+            Cli::try_parse_from(["x", "--workers", "2"]).is_err(),
+            "needs --spawn"
+        );
+    }
 }

@@ -1,0 +1,117 @@
+//! `--spawn`: runs this same executable as a server on 127.0.0.1 port 0, with `--ls-root` in a
+//! temporary directory, and stops it (SIGTERM, then SIGKILL if it lingers) when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rustix::process::{kill_process, Pid, Signal};
+use tempfile::TempDir;
+
+/// A server started by the load test. Stopped on drop, together with its temporary directory.
+pub struct SpawnedServer {
+    child: Child,
+    pub addr: SocketAddr,
+    /// `--ls-root` of the server; the ls scenario creates its directory in here.
+    root: TempDir,
+}
+
+impl SpawnedServer {
+    pub fn start(workers: Option<u16>, extra: &[String]) -> anyhow::Result<SpawnedServer> {
+        let root = tempfile::Builder::new()
+            .prefix("forkpool-loadtest-")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let program = std::env::current_exe().context("cannot find this executable")?;
+        let mut command = Command::new(program);
+        command
+            .args(["--listen", "127.0.0.1:0", "--ls-root"])
+            .arg(root.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(n) = workers {
+            command.args(["--workers", &n.to_string()]);
+        }
+        command.args(extra);
+        let mut child = command.spawn().context("cannot start the server")?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        let mut line = String::new();
+        let read = stdout.read_line(&mut line);
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .and_then(|a| a.parse().ok());
+        let Some(addr) = addr else {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            bail!(
+                "the server did not start (first line {line:?}, {read:?}, {status:?}); run it by hand with the same flags to see why: {extra:?}"
+            );
+        };
+        // Drain stdout so that the server never blocks writing to it.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        Ok(SpawnedServer { child, addr, root })
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then up to `grace` for a clean exit, then SIGKILL. Idempotent.
+    pub fn stop(&mut self, grace: Duration) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
+            let _ = kill_process(pid, Signal::TERM);
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SpawnedServer {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(15));
+    }
+}
+
+/// Waits up to `limit` for each of `pids` to be gone (or a zombie), then SIGKILLs any left.
+/// Used for the workers of a spawned server, which exit once the server closes their stdin.
+pub fn reap_leftovers(pids: &[u32], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    // A live (non-zombie) forkpool process; the name check guards against a reused pid.
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let (open, close) = (s.find('(')?, s.rfind(')')?);
+                let live = &s[open + 1..close] == "forkpool" && !s[close + 2..].starts_with('Z');
+                Some(live)
+            })
+            .unwrap_or(false)
+    };
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for &pid in pids.iter().filter(|&&p| alive(p)) {
+        if let Some(pid) = Pid::from_raw(pid as i32) {
+            let _ = kill_process(pid, Signal::KILL);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Regression guard for a blocked event loop (probes while every worker is busy, loose bound),
+//! and `forkpool loadtest --spawn` end to end with tiny bounds. The real targets are measured by
+//! the load test itself in a release build, not here.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{alive, slow_prime, wait_until, Server, BIN};
+
+/// True when /status lists `n` workers, all busy.
+fn all_busy(server: &Server, n: usize) -> bool {
+    let status = server.get("/status").json();
+    let workers = status["workers"].as_array().cloned().unwrap_or_default();
+    workers.len() == n && workers.iter().all(|w| w["state"] == "busy")
+}
+
+#[test]
+fn testrequest_answers_while_every_worker_is_busy() {
+    let server = Server::start(&["--workers", "2"]);
+    server.wait_for_workers(2);
+    let body = format!("{{\"number\":\"{}\"}}", slow_prime());
+    // Two heavy jobs per worker, so that both stay busy for the whole probe run.
+    let jobs: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let headers = [("content-type", "application/json")];
+            server.send("POST", "/isprime", &headers, body.as_bytes())
+        })
+        .collect();
+    let busy = wait_until(Duration::from_secs(10), || {
+        all_busy(&server, 2).then_some(())
+    });
+    assert!(
+        busy.is_some(),
+        "workers never all busy: {}",
+        server.get("/status").text()
+    );
+
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let started = Instant::now();
+        let response = server.get("/testrequest");
+        times.push(started.elapsed());
+        assert_eq!(response.status, 200);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        all_busy(&server, 2),
+        "a worker went idle during the probes, so they did not measure saturation; use a \
+         slower heavy job"
+    );
+    times.sort();
+    let p99 = times[(times.len() * 99).div_ceil(100) - 1];
+    assert!(
+        p99 < Duration::from_millis(100),
+        "/testrequest p99 {p99:?} with every worker busy: is the event loop blocked? {times:?}"
+    );
+    // The heavy jobs are abandoned; the server is killed when it drops.
+    drop(jobs);
+}
+
+#[test]
+fn loadtest_spawn_runs_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json_path, svg_path) = (dir.path().join("lt.json"), dir.path().join("lt.svg"));
+    let output = Command::new(BIN)
+        .args(["loadtest", "--spawn", "--workers", "2"])
+        .args(["--scenarios", "idle,saturated,dispatch,ls"])
+        .args([
+            "--idle-probes",
+            "20",
+            "--multiples",
+            "1",
+            "--heavy-exponent",
+            "4423",
+        ])
+        .args(["--duration", "1s", "--concurrency", "8"])
+        .args(["--ls-files", "300", "--ls-runs", "1"])
+        .arg("--server-arg=--queue=64")
+        .arg("--json")
+        .arg(&json_path)
+        .arg("--svg")
+        .arg(&svg_path)
+        .output()
+        .expect("run forkpool loadtest");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}\n{stderr}",
+        output.status
+    );
+    for heading in [
+        "/testrequest probes",
+        "heavy jobs",
+        "dispatch",
+        "ls (300 files",
+    ] {
+        assert!(
+            stdout.contains(heading),
+            "no {heading:?} in the table:\n{stdout}"
+        );
+    }
+    assert!(
+        stderr.is_empty(),
+        "no progress output when stderr is not a terminal: {stderr}"
+    );
+
+    let mut text = String::new();
+    std::fs::File::open(&json_path)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["spawned"], true);
+    assert_eq!(json["workers"], 2);
+    assert_eq!(json["server_args"][0], "--queue=64");
+    assert!(
+        json["memory"]["total_kib"].as_u64().unwrap() > 0,
+        "{}",
+        json["memory"]
+    );
+    for kind in ["new_conn", "kept_alive"] {
+        assert_eq!(json["idle"][kind]["count"], 20, "{}", json["idle"]);
+        assert!(json["idle"][kind]["p99_ms"].as_f64().unwrap() > 0.0);
+    }
+    let phase = &json["saturated"]["phases"][0];
+    assert_eq!(phase["k"], 2);
+    assert_eq!(phase["heavy"]["ok"], 2, "{phase}");
+    assert!(json["saturated"]["digits"].as_u64().unwrap() > 1000);
+    for endpoint in ["isprime", "testrequest"] {
+        assert!(
+            json["dispatch"][endpoint]["ok"].as_u64().unwrap() > 0,
+            "{}",
+            json["dispatch"]
+        );
+    }
+    assert!(json["dispatch"]["ratio"].as_f64().unwrap() > 0.0);
+    assert_eq!(json["ls"]["files"], 300, "ls failed: {}", json["errors"]);
+    assert!(json["ls"]["body_bytes"].as_u64().unwrap() > 300 * 20);
+    assert!(json["samples"].as_array().unwrap().len() >= 40);
+    assert_eq!(
+        json["errors"].as_array().unwrap().len(),
+        0,
+        "{}",
+        json["errors"]
+    );
+
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"),
+        "{svg:.200}"
+    );
+
+    // Nothing left behind: the server and its workers are gone.
+    let server = json["server_pid"].as_u64().unwrap() as u32;
+    let mut pids: Vec<u32> = json["worker_pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap() as u32)
+        .collect();
+    pids.push(server);
+    assert!(pids.iter().all(|&p| !alive(p)), "left behind: {pids:?}");
+}
