@@ -80,6 +80,8 @@ impl AppState {
             Some(program) => program.clone(),
             None => std::env::current_exe().map_err(StartError::WorkerProgram)?,
         };
+        // Before the pool: it registers metric handles, which need the recorder in place.
+        let metrics = metrics_handle();
         let pool = WorkerPool::start(PoolConfig {
             program,
             workers: config.worker_count(),
@@ -96,7 +98,7 @@ impl AppState {
             config,
             pool,
             ls_root,
-            metrics: metrics_handle(),
+            metrics,
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
         })))
@@ -276,6 +278,7 @@ pub async fn run(
         Ok(hangups) => drop(tokio::spawn(roll_on_sighup(state.clone(), hangups))),
         Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; rolling restarts are off"),
     }
+    tokio::spawn(drain_histograms(state.metrics.clone()));
     let (began_tx, mut began) = watch::channel(None::<Instant>);
     let draining = state.clone();
     let serve = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
@@ -306,6 +309,17 @@ pub async fn run(
     state.pool.shutdown(left).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Folds recorded histogram samples into their buckets every few seconds. The exporter keeps
+/// raw samples until then, so without this a server that is never scraped would grow by every
+/// request it serves.
+async fn drain_histograms(metrics: PrometheusHandle) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        metrics.run_upkeep();
+    }
 }
 
 /// SIGHUP: rolling restart of the workers, for picking up a new binary.

@@ -658,7 +658,8 @@ fn status_lists_exactly_the_workers_with_live_pids() {
 
 #[test]
 fn the_client_request_id_reaches_the_worker_log_line_of_its_job() {
-    let server = Server::start(&["--workers", "1"]);
+    // A worker logs each finished job at debug (the server's request line is the info one).
+    let server = Server::start_with_env(&["--workers", "1"], &[("RUST_LOG", "debug")]);
     let [worker] = wait_ready(&server, 1)[..] else {
         unreachable!()
     };
@@ -706,7 +707,10 @@ fn the_client_request_id_reaches_the_worker_log_line_of_its_job() {
 
 #[test]
 fn log_format_json_writes_one_json_object_per_line() {
-    let server = Server::start(&["--workers", "1", "--log-format", "json"]);
+    let server = Server::start_with_env(
+        &["--workers", "1", "--log-format", "json"],
+        &[("RUST_LOG", "debug")],
+    );
     wait_ready(&server, 1);
     let id = "json-rid-1";
     let response = server.request("GET", "/isprime?number=101", &[("x-request-id", id)], b"");
