@@ -73,9 +73,15 @@ pub struct Config {
     #[arg(long, env = "FORKPOOL_WORKER_MEMORY", default_value = "1GiB", value_parser = parse_size)]
     pub worker_memory: u64,
 
-    /// Nice value of the workers, so that the HTTP front end always wins the CPU.
+    /// Nice value of the workers with `--worker-sched other`, so the HTTP front end wins the CPU.
     #[arg(long, env = "FORKPOOL_WORKER_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub worker_nice: i32,
+
+    /// Scheduling class of the workers: `idle` (SCHED_IDLE: they run only on CPU time nothing
+    /// else wants, and yield it at once) or `other` (the normal class, at `--worker-nice`; use
+    /// it on a machine shared with other busy programs, where idle workers could starve).
+    #[arg(long, env = "FORKPOOL_WORKER_SCHED", value_enum, default_value_t = WorkerSched::Idle)]
+    pub worker_sched: WorkerSched,
 
     /// Program started as a worker [default: this executable].
     #[arg(long, env = "FORKPOOL_WORKER_PROGRAM")]
@@ -112,6 +118,13 @@ pub struct Config {
     /// TOML file with any of these flags as keys (e.g. `workers = 4`, `job-timeout = "30s"`).
     #[arg(long, env = "FORKPOOL_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerSched {
+    Other,
+    Idle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]

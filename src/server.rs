@@ -91,6 +91,7 @@ impl AppState {
             max_jobs_per_worker: config.max_jobs_per_worker,
             worker_memory: config.worker_memory,
             worker_nice: config.worker_nice,
+            worker_sched: config.worker_sched,
             log_format: config.log_format,
         });
         Ok(AppState(Arc::new(State {

@@ -313,3 +313,47 @@ fn a_worker_with_the_wrong_version_never_becomes_ready_and_backs_off() {
     let message = server.get("/isprime?number=7").assert_error(504);
     assert!(message.contains("deadline"), "{message}");
 }
+
+/// Field `n` (1-based, as in proc(5)) of /proc/PID/stat.
+fn stat_field(pid: u32, n: usize) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(n - 3).unwrap().parse().unwrap()
+}
+
+fn max_address_space(pid: u32) -> String {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().to_owned()
+}
+
+#[test]
+fn workers_run_isolated_at_low_priority_under_a_memory_limit() {
+    const SCHED_OTHER: i64 = 0;
+    const SCHED_IDLE: i64 = 5;
+    let server = Server::start(&["--workers", "1", "--worker-memory", "512MiB"]);
+    let [pid] = server.wait_for_workers(1)[..] else {
+        unreachable!()
+    };
+    assert_eq!(stat_field(pid, 5), pid as i64, "own process group");
+    assert_eq!(stat_field(pid, 41), SCHED_IDLE, "scheduling policy");
+    assert_eq!(max_address_space(pid), (512u64 << 20).to_string());
+
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--worker-sched",
+        "other",
+        "--worker-nice",
+        "7",
+    ]);
+    let [pid] = server.wait_for_workers(1)[..] else {
+        unreachable!()
+    };
+    assert_eq!(stat_field(pid, 41), SCHED_OTHER, "scheduling policy");
+    assert_eq!(stat_field(pid, 19), 7, "nice");
+    assert_eq!(max_address_space(pid), (1u64 << 30).to_string());
+}

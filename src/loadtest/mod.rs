@@ -214,7 +214,12 @@ async fn measure(
     report.server_pid = Some(pid);
     report.worker_pids = worker_pids.clone();
     report.workers = worker_pids.len();
-    report.worker_nice = status["config"]["worker_nice"].as_i64();
+    report.worker_priority = match status["config"]["worker_sched"].as_str() {
+        Some("idle") => Some("SCHED_IDLE".to_owned()),
+        _ => status["config"]["worker_nice"]
+            .as_i64()
+            .map(|n| format!("nice {n}")),
+    };
     run.server_pid = Some(pid);
     run.workers = worker_pids.len();
     run.clock = Instant::now();

@@ -30,8 +30,9 @@ fn draw(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> 
         "forkpool: /testrequest latency, {} workers{}; shaded: all workers busy, K heavy jobs in flight",
         report.workers,
         report
-            .worker_nice
-            .map_or_else(String::new, |n| format!(" at nice {n}"))
+            .worker_priority
+            .as_ref()
+            .map_or_else(String::new, |p| format!(" at {p}"))
     );
     let mut chart = ChartBuilder::on(&root)
         .caption(caption, ("sans-serif", 24))

@@ -14,8 +14,8 @@ pub struct Report {
     pub server_pid: Option<u32>,
     pub worker_pids: Vec<u32>,
     pub workers: usize,
-    /// `worker_nice` from the server's /status config.
-    pub worker_nice: Option<i64>,
+    /// How the workers yield the CPU (`nice 10`, `SCHED_IDLE`), from the server's /status.
+    pub worker_priority: Option<String>,
     /// Extra flags given to a spawned server with `--server-arg`.
     pub server_args: Vec<String>,
     /// Unix time in seconds at the start of the run.
@@ -180,8 +180,9 @@ impl Report {
     pub fn table(&self) -> String {
         let mut out = String::new();
         let nice = self
-            .worker_nice
-            .map_or_else(String::new, |n| format!(", worker nice {n}"));
+            .worker_priority
+            .as_ref()
+            .map_or_else(String::new, |p| format!(", workers at {p}"));
         let how = if self.spawned { "spawned" } else { "running" };
         let _ = writeln!(
             out,

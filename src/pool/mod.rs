@@ -41,7 +41,9 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::sleep;
 
-use crate::config::LogFormat;
+use clap::ValueEnum;
+
+use crate::config::{LogFormat, WorkerSched};
 use process::{SpawnError, SpawnSpec, WorkerProcess};
 use protocol::{decode, encode, Job, Outcome, ProtocolError, Reply, Request};
 
@@ -56,6 +58,7 @@ pub struct PoolConfig {
     pub max_jobs_per_worker: u64,
     pub worker_memory: u64,
     pub worker_nice: i32,
+    pub worker_sched: WorkerSched,
     pub log_format: LogFormat,
 }
 
@@ -750,10 +753,11 @@ impl<J: Job> Inner<J> {
 
 /// Arguments of `forkpool worker` for job type `J`.
 fn worker_args<J: Job>(config: &PoolConfig) -> Vec<String> {
-    let log_format = match config.log_format {
-        LogFormat::Text => "text",
-        LogFormat::Json => "json",
-    };
+    /// The command-line spelling of a clap value enum.
+    fn flag(value: impl ValueEnum) -> String {
+        let value = value.to_possible_value().expect("no variant is skipped");
+        value.get_name().to_owned()
+    }
     [
         "worker",
         "--kind",
@@ -764,10 +768,12 @@ fn worker_args<J: Job>(config: &PoolConfig) -> Vec<String> {
         &config.worker_memory.to_string(),
         "--nice",
         &config.worker_nice.to_string(),
+        "--sched",
+        &flag(config.worker_sched),
         "--max-line",
         &config.max_line.to_string(),
         "--log-format",
-        log_format,
+        &flag(config.log_format),
     ]
     .map(String::from)
     .to_vec()

@@ -19,7 +19,7 @@ use clap::Args;
 use rustix::process::{Pid, Resource, Rlimit, Signal};
 
 use super::protocol::{decode, encode, Hello, HelloLine, Job, Outcome, Reply, Request};
-use crate::config::LogFormat;
+use crate::config::{LogFormat, WorkerSched};
 
 /// Flags the server passes to a worker it starts.
 #[derive(Debug, Clone, Args)]
@@ -36,6 +36,9 @@ pub struct WorkerArgs {
     /// Nice value to run at.
     #[arg(long, default_value_t = 0)]
     pub nice: i32,
+    /// Scheduling class to run in.
+    #[arg(long, value_enum, default_value_t = WorkerSched::Other)]
+    pub sched: WorkerSched,
     /// Largest job line accepted, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_line: u64,
@@ -50,6 +53,8 @@ pub enum WorkerError {
     Orphaned { expected: i32, actual: Option<i32> },
     #[error("cannot set up the worker process: {0}")]
     Setup(#[from] rustix::io::Errno),
+    #[error("cannot switch to SCHED_IDLE: {0}")]
+    SchedIdle(std::io::Error),
     #[error("job line longer than {0} bytes")]
     LineTooLong(u64),
     #[error("bad job line: {0}")]
@@ -78,7 +83,23 @@ fn harden(args: &WorkerArgs) -> Result<(), WorkerError> {
     if args.nice > 0 {
         rustix::process::setpriority_process(None, args.nice)?;
     }
+    if args.sched == WorkerSched::Idle {
+        set_sched_idle().map_err(WorkerError::SchedIdle)?;
+    }
     Ok(())
+}
+
+/// Moves this (single-threaded) process to SCHED_IDLE: it runs only on CPU time that no
+/// normal task wants, and a waking normal task preempts it at once instead of at the next tick.
+/// Neither rustix nor nix wraps `sched_setscheduler`, so this is the one direct libc call.
+fn set_sched_idle() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is an initialised `sched_param` that outlives the call, and pid 0 names
+    // the calling thread, the only one this process has at this point.
+    match unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
 }
 
 /// The worker's main loop for job type `J`: hello, then one reply per job line until EOF.
