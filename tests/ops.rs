@@ -9,11 +9,11 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{alive, signal, slow_prime, wait_until, Response, Server, BIN};
+use common::{alive, run_to_exit, signal, slow_prime, wait_until, Response, Server};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
@@ -294,30 +294,11 @@ fn wait_busy(server: &Server, finished: impl Fn() -> bool) -> (u32, u64) {
         .expect("the slow job was never seen running (is src/prime.rs still the placeholder?)")
 }
 
-/// Runs `forkpool ARGS` expecting it to exit by itself; (exit code, stderr).
-fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut command = Command::new(BIN);
-    command
-        .args(["--listen", "127.0.0.1:0", "--workers", "1"])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("start forkpool");
-    if wait_until(Duration::from_secs(20), || child.try_wait().unwrap()).is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("forkpool {args:?} started instead of refusing its configuration");
-    }
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+/// Runs a server that must refuse to start: (exit code, stderr).
+fn refuse_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let args = [&["--listen", "127.0.0.1:0", "--workers", "1"], args].concat();
+    let (code, _, stderr) = run_to_exit(&args, env);
+    (code, stderr)
 }
 
 /// A TOML file that is removed on drop.
@@ -814,7 +795,7 @@ fn config_file_errors_exit_2_naming_the_problem() {
     for (name, text, expected) in cases {
         let file = TempFile::new(name, text);
         // A valid flag for the same key does not excuse a bad value in the file.
-        let (code, stderr) = run_to_exit(&["--config", file.path()], &[]);
+        let (code, stderr) = refuse_start(&["--config", file.path()], &[]);
         assert_eq!(code, Some(2), "{name}: {stderr}");
         for word in expected {
             assert!(
@@ -827,7 +808,7 @@ fn config_file_errors_exit_2_naming_the_problem() {
             "{name}: the file is not named: {stderr}"
         );
     }
-    let (code, stderr) = run_to_exit(&["--config", "/nonexistent/forkpool.toml"], &[]);
+    let (code, stderr) = refuse_start(&["--config", "/nonexistent/forkpool.toml"], &[]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("/nonexistent/forkpool.toml"), "{stderr}");
 }

@@ -6,40 +6,15 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
-use common::{alive, slow_prime, wait_until, Server, BIN};
+use common::{alive, run_to_exit, slow_prime, wait_until, Server};
 
 /// Waits for the server process to exit by itself.
 fn wait_exit(server: &mut Server, limit: Duration) -> Option<ExitStatus> {
     wait_until(limit, || server.child.try_wait().expect("try_wait"))
-}
-
-/// Runs `forkpool ARGS` that is expected to exit on its own (a start-up error, --help); kills
-/// it and panics if it is still running after 20 s. Returns (exit code, stdout, stderr).
-fn run_to_exit(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start forkpool");
-    let status = wait_until(Duration::from_secs(20), || child.try_wait().unwrap());
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("forkpool {args:?} did not exit");
-    }
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -184,7 +159,7 @@ fn workers_die_with_a_killed_server() {
 #[test]
 fn a_bad_listen_address_exits_2_naming_the_flag() {
     for address in ["nope", "127.0.0.1", "127.0.0.1:99999", ""] {
-        let (code, _, stderr) = run_to_exit(&["--listen", address, "--workers", "1"]);
+        let (code, _, stderr) = run_to_exit(&["--listen", address, "--workers", "1"], &[]);
         assert_eq!(code, Some(2), "--listen {address:?}: {stderr}");
         assert!(
             stderr.contains("--listen"),
@@ -194,7 +169,7 @@ fn a_bad_listen_address_exits_2_naming_the_flag() {
     // Well formed but taken: also a start-up error that names the flag.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
-    let (code, stdout, stderr) = run_to_exit(&["--listen", &address, "--workers", "1"]);
+    let (code, stdout, stderr) = run_to_exit(&["--listen", &address, "--workers", "1"], &[]);
     assert_eq!(code, Some(2), "--listen {address}: {stderr}");
     assert!(
         stderr.contains("--listen") && stderr.contains(&address),
@@ -205,7 +180,7 @@ fn a_bad_listen_address_exits_2_naming_the_flag() {
 
 #[test]
 fn help_mentions_every_serve_flag() {
-    let (code, help, _) = run_to_exit(&["--help"]);
+    let (code, help, _) = run_to_exit(&["--help"], &[]);
     assert_eq!(code, Some(0));
     let expected = [
         "--listen",

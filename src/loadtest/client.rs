@@ -2,6 +2,7 @@
 //! exactly when a connection is opened: [`Target::fresh`] connects, sends one request and hangs
 //! up; a [`Conn`] is one kept-alive connection reused for many requests.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -93,19 +94,11 @@ impl Target {
 
     /// Connect, one request, read the whole body, hang up; timed as a whole.
     pub async fn fresh(&self, call: &Call, limit: Duration) -> Result<Response, ClientError> {
-        let started = Instant::now();
-        let exchange = async {
+        timed(limit, async {
             let mut conn = Conn::open(*self).await?;
             conn.send_untimed(call).await
-        };
-        let (status, body) = tokio::time::timeout(limit, exchange)
-            .await
-            .map_err(|_| ClientError::Timeout(limit))??;
-        Ok(Response {
-            status,
-            body,
-            elapsed: started.elapsed(),
         })
+        .await
     }
 
     /// GET on a fresh connection, as JSON.
@@ -119,6 +112,22 @@ impl Target {
         }
         serde_json::from_slice(&response.body).map_err(|e| format!("GET {path}: not JSON: {e}"))
     }
+}
+
+/// Runs one exchange under `limit` and times it as a whole.
+async fn timed(
+    limit: Duration,
+    exchange: impl Future<Output = Result<(StatusCode, Bytes), ClientError>>,
+) -> Result<Response, ClientError> {
+    let started = Instant::now();
+    let (status, body) = tokio::time::timeout(limit, exchange)
+        .await
+        .map_err(|_| ClientError::Timeout(limit))??;
+    Ok(Response {
+        status,
+        body,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// One kept-alive HTTP/1.1 connection.
@@ -147,15 +156,7 @@ impl Conn {
 
     /// Sends `call` and reads the whole body; timed from send to the last byte.
     pub async fn send(&mut self, call: &Call, limit: Duration) -> Result<Response, ClientError> {
-        let started = Instant::now();
-        let (status, body) = tokio::time::timeout(limit, self.send_untimed(call))
-            .await
-            .map_err(|_| ClientError::Timeout(limit))??;
-        Ok(Response {
-            status,
-            body,
-            elapsed: started.elapsed(),
-        })
+        timed(limit, self.send_untimed(call)).await
     }
 
     async fn send_untimed(&mut self, call: &Call) -> Result<(StatusCode, Bytes), ClientError> {

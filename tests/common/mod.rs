@@ -171,6 +171,33 @@ impl Drop for Server {
     }
 }
 
+/// Runs `forkpool ARGS` that is expected to exit on its own (a start-up error, `--help`);
+/// kills it and panics if it still runs after 20 s. Returns (exit code, stdout, stderr).
+pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("start forkpool");
+    if wait_until(Duration::from_secs(20), || child.try_wait().unwrap()).is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("forkpool {args:?} did not exit");
+    }
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Sends a signal by name with `kill(1)`, e.g. `signal(pid, "KILL")`.
 pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
