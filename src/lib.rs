@@ -9,9 +9,11 @@
 //! - [`config`]: clap `Config` (every flag also `FORKPOOL_*` and a TOML key) and subcommands.
 //! - [`server`]: `AppState`, `app() -> Router` with its layers, `run(listener, config, shutdown)`.
 //! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`.
-//! - [`pool`]: `WorkerPool` (spawn, dispatch, queue, deadlines, respawn, recycle);
-//!   `pool::protocol` (JSON-lines messages, framing, the `Job` trait); `pool::worker` (the
-//!   worker-side loop); `pool::process` (one child process: spawn, handshake, kill).
+//! - [`pool`]: `WorkerPool` (submit, queue, deadlines, roll, shutdown); `pool::driver` (the
+//!   per-slot loop on the pool's own thread: dispatch, respawn with backoff, recycle);
+//!   `pool::process` (one child process: spawn, handshake, kill); `pool::protocol` (JSON-lines
+//!   messages, framing, the `Job` trait); `pool::status` (per-worker rows); `pool::worker`
+//!   (the worker-side loop).
 //! - [`prime`]: primality, pure functions.
 //! - [`error`]: `AppError`, the one JSON error shape, and the status of every typed error.
 //! - [`logging`]: tracing to stderr.

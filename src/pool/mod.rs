@@ -13,6 +13,12 @@
 //! dropped receiver (`Sender::closed`) and kills the worker, so an abandoned job never keeps a
 //! core busy, and the slot gets a fresh worker.
 //!
+//! The drivers run on a thread of their own (see `driver::Dispatcher`), so HTTP load on the
+//! server's runtime never delays the next job, and the workers' parent thread lives exactly as
+//! long as the pool. Files: `driver` (the per-slot loop), `process` (one child: spawn,
+//! handshake, kill), `protocol` (messages and framing), `status` (what /status shows),
+//! `worker` (the worker side).
+//!
 //! Failure modes and what happens:
 //! - queue full: `QueueFull` (503) at once; nothing queues without bound.
 //! - deadline (queue wait + run): dropped from the queue, or the worker is killed and replaced.
@@ -22,30 +28,28 @@
 //! - recycling (`max_jobs_per_worker`, SIGHUP roll): the replacement is started and has said
 //!   hello before the old worker retires, so capacity never dips.
 
+mod driver;
 mod process;
 pub mod protocol;
+mod status;
 pub mod worker;
 
-use std::collections::hash_map::RandomState;
 use std::collections::VecDeque;
-use std::future::Future;
-use std::hash::BuildHasher;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, Notify};
-use tokio::task::JoinHandle;
-use tokio::time::sleep;
+use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
 
 use crate::config::{LogFormat, WorkerSched};
-use process::{SpawnError, SpawnSpec, WorkerProcess};
-use protocol::{decode, encode, Job, Outcome, ProtocolError, Reply, Request};
+use driver::Dispatcher;
+use process::SpawnSpec;
+use protocol::{Job, ProtocolError};
+use status::Slot;
+pub use status::{WorkerState, WorkerStatus};
 
 /// Pool settings, taken from the server [`Config`](crate::config::Config).
 #[derive(Debug, Clone)]
@@ -103,60 +107,6 @@ struct Queue<J: Job> {
     closed: bool,
 }
 
-/// What `/status` and `/metrics` show of one worker slot.
-#[derive(Debug, Clone, Serialize)]
-pub struct WorkerStatus {
-    pub slot: usize,
-    pub pid: Option<u32>,
-    pub state: WorkerState,
-    pub job: Option<u64>,
-    pub job_age_ms: Option<f64>,
-    pub jobs_served: u64,
-    pub rss_bytes: Option<u64>,
-    /// Unix time in seconds.
-    pub started_at: Option<f64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkerState {
-    Starting,
-    Idle,
-    Busy,
-    /// Waiting out a backoff after failed starts.
-    Down,
-    Stopped,
-}
-
-impl WorkerState {
-    pub const ALL: [WorkerState; 5] = [
-        WorkerState::Starting,
-        WorkerState::Idle,
-        WorkerState::Busy,
-        WorkerState::Down,
-        WorkerState::Stopped,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkerState::Starting => "starting",
-            WorkerState::Idle => "idle",
-            WorkerState::Busy => "busy",
-            WorkerState::Down => "down",
-            WorkerState::Stopped => "stopped",
-        }
-    }
-}
-
-/// Live bookkeeping of one slot, updated by its driver.
-struct Slot {
-    pid: Option<u32>,
-    state: WorkerState,
-    job: Option<(u64, Instant)>,
-    jobs_served: u64,
-    started_at: Option<SystemTime>,
-}
-
 struct Inner<J: Job> {
     config: PoolConfig,
     spec: SpawnSpec,
@@ -209,15 +159,7 @@ impl<J: Job> WorkerPool<J> {
             .unzip();
         let inner = Arc::new(Inner {
             slots: (0..config.workers)
-                .map(|_| {
-                    Mutex::new(Slot {
-                        pid: None,
-                        state: WorkerState::Starting,
-                        job: None,
-                        jobs_served: 0,
-                        started_at: None,
-                    })
-                })
+                .map(|_| Mutex::new(Slot::new()))
                 .collect(),
             queue: Mutex::new(Queue {
                 jobs: VecDeque::with_capacity(config.queue),
@@ -297,27 +239,7 @@ impl<J: Job> WorkerPool<J> {
 
     /// One row per worker slot, for `/status` and `/metrics`.
     pub fn status(&self) -> Vec<WorkerStatus> {
-        let now = Instant::now();
-        self.inner
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(slot, s)| {
-                let s = s.lock().unwrap();
-                WorkerStatus {
-                    slot,
-                    pid: s.pid,
-                    state: s.state,
-                    job: s.job.map(|(id, _)| id),
-                    job_age_ms: s.job.map(|(_, t)| (now - t).as_secs_f64() * 1e3),
-                    jobs_served: s.jobs_served,
-                    rss_bytes: s.pid.and_then(rss_bytes),
-                    started_at: s
-                        .started_at
-                        .and_then(|t| t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs_f64())),
-                }
-            })
-            .collect()
+        status::rows(&self.inner.slots)
     }
 
     /// Workers that are up and able to take a job (idle or busy).
@@ -375,49 +297,6 @@ impl<J: Job> WorkerPool<J> {
     }
 }
 
-/// The pool's own runtime: one thread, `current_thread`, that runs every driver.
-///
-/// Why not the server's runtime: under HTTP load its threads are saturated with connection
-/// tasks, and a driver that waits its turn behind them leaves its worker idle between jobs
-/// (measured at full dispatch load: workers busy about 5% of the time). On a thread of its own
-/// a driver runs as soon as its pipe is readable. It is also the thread that spawns every
-/// worker, which matters for `PR_SET_PDEATHSIG`: the signal fires when the *thread* that
-/// forked the child exits, and this thread lives exactly as long as the pool.
-struct Dispatcher {
-    runtime: tokio::runtime::Handle,
-    /// Dropping or sending ends the thread, and with it its runtime.
-    stop: Mutex<Option<oneshot::Sender<()>>>,
-}
-
-impl Dispatcher {
-    fn start() -> Dispatcher {
-        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("forkpool-pool".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a current-thread runtime builds");
-                let _ = handle_tx.send(runtime.handle().clone());
-                // Both a stop and a dropped sender end the pool.
-                let _ = runtime.block_on(stopped);
-            })
-            .expect("spawn the pool thread");
-        Dispatcher {
-            runtime: handle_rx.recv().expect("the pool thread sends its handle"),
-            stop: Mutex::new(Some(stop)),
-        }
-    }
-
-    fn stop(&self) {
-        if let Some(stop) = self.stop.lock().unwrap().take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
 /// Removes a job from the queue when its submitter goes away before a driver took it.
 struct Unqueue<'a, J: Job> {
     inner: &'a Inner<J>,
@@ -440,313 +319,6 @@ impl<J: Job> Drop for Unqueue<'_, J> {
     fn drop(&mut self) {
         if self.armed {
             self.remove_if_queued("cancelled");
-        }
-    }
-}
-
-/// How a running job ended when it did not end with a reply.
-enum Stop {
-    Deadline,
-    Cancelled,
-    Died,
-    Protocol(ProtocolError),
-}
-
-/// What a driver waits for between jobs. One lives on the driver's stack at a time, so the
-/// size gap between variants costs nothing worth a box.
-#[allow(clippy::large_enum_variant)]
-enum Event<J: Job> {
-    Job(Pending<J>),
-    /// The queue is closed and empty: retire.
-    Closed,
-    /// Output (or EOF) from a worker that has no job: it died or misbehaves.
-    IdleOutput(Result<Option<Vec<u8>>, ProtocolError>),
-    Roll(oneshot::Sender<()>),
-    Replacement(Result<WorkerProcess, SpawnError>),
-}
-
-type Spawning = Pin<Box<dyn Future<Output = Result<WorkerProcess, SpawnError>> + Send>>;
-
-impl<J: Job> Inner<J> {
-    /// The life of one worker slot: start a worker, feed it jobs, replace it when it is lost or
-    /// due for recycling, until the pool closes.
-    async fn drive(
-        self: Arc<Self>,
-        slot: usize,
-        mut rolls: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
-    ) {
-        let mut backoff = Backoff::default();
-        let mut next: Option<WorkerProcess> = None;
-        loop {
-            let mut worker = match next.take() {
-                Some(worker) => worker,
-                None => match self.start_worker(slot, &mut backoff).await {
-                    Some(worker) => worker,
-                    None => return self.set_state(slot, WorkerState::Stopped, None),
-                },
-            };
-            let retire_after = jitter(self.config.max_jobs_per_worker);
-            let mut served = 0u64;
-            let mut spawning: Option<Spawning> = None;
-            let mut roll_done: Option<oneshot::Sender<()>> = None;
-            // `None`: replaced in place by a new worker; `Some(reason)`: the worker is gone.
-            let lost: Option<String> = loop {
-                self.set_state(slot, WorkerState::Idle, Some(&worker));
-                let event = tokio::select! {
-                    job = self.next_job() => job.map_or(Event::Closed, Event::Job),
-                    line = worker.next_line() => Event::IdleOutput(line),
-                    Some(done) = rolls.recv() => Event::Roll(done),
-                    new = async { spawning.as_mut().expect("guarded").await }, if spawning.is_some() =>
-                        Event::Replacement(new),
-                };
-                match event {
-                    Event::Job(job) => {
-                        self.set_busy(slot, job.id);
-                        match self.run_job(&mut worker, job).await {
-                            Ok(()) => {
-                                served += 1;
-                                backoff.reset();
-                                self.slots[slot].lock().unwrap().jobs_served += 1;
-                                if retire_after > 0 && served >= retire_after && spawning.is_none()
-                                {
-                                    spawning = Some(Box::pin(self.spawn_replacement()));
-                                }
-                            }
-                            Err(reason) => break Some(reason),
-                        }
-                    }
-                    Event::Closed => {
-                        self.set_state(slot, WorkerState::Stopped, None);
-                        worker.retire().await;
-                        return;
-                    }
-                    Event::IdleOutput(line) => {
-                        let cause = match line {
-                            Ok(None) => worker.exit_cause().await,
-                            Ok(Some(_)) => {
-                                format!("unexpected output while idle; {}", worker.kill().await)
-                            }
-                            Err(e) => format!("{e}; {}", worker.kill().await),
-                        };
-                        tracing::warn!(pid = worker.pid, %cause, "idle worker lost");
-                        break Some(crash_reason(&cause));
-                    }
-                    Event::Roll(done) => {
-                        roll_done = Some(done);
-                        if spawning.is_none() {
-                            spawning = Some(Box::pin(self.spawn_replacement()));
-                        }
-                    }
-                    Event::Replacement(Ok(new)) => {
-                        let old = std::mem::replace(&mut worker, new);
-                        let done = roll_done.take();
-                        count_exit("recycled".into());
-                        tokio::spawn(async move {
-                            old.retire().await;
-                            if let Some(done) = done {
-                                let _ = done.send(());
-                            }
-                        });
-                        break None;
-                    }
-                    Event::Replacement(Err(e)) => {
-                        tracing::warn!(error = %e, "replacement worker failed to start; keeping the old one");
-                        spawning = None;
-                    }
-                }
-            };
-            match lost {
-                None => next = Some(worker),
-                Some(reason) => {
-                    // Nothing is alive in this slot until the next worker says hello.
-                    self.set_state(slot, WorkerState::Down, None);
-                    // A worker that crashes straight after start would otherwise respawn in a
-                    // busy loop (a broken binary, a bad limit): back off instead.
-                    let crashed = reason.starts_with("crashed") || reason == "protocol";
-                    let early = worker.started.elapsed() < Duration::from_secs(1) && served == 0;
-                    count_exit(reason);
-                    if crashed && early {
-                        sleep(backoff.next()).await;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Spawns workers until one says hello, backing off exponentially between failures.
-    /// `None` when the pool closed meanwhile.
-    async fn start_worker(&self, slot: usize, backoff: &mut Backoff) -> Option<WorkerProcess> {
-        loop {
-            if self.queue.lock().unwrap().closed {
-                return None;
-            }
-            self.set_state(slot, WorkerState::Starting, None);
-            match self.spawn_replacement().await {
-                Ok(worker) => return Some(worker),
-                Err(e) => {
-                    let delay = backoff.next();
-                    tracing::error!(slot, error = %e, ?delay, "worker failed to start");
-                    self.set_state(slot, WorkerState::Down, None);
-                    sleep(delay).await;
-                }
-            }
-        }
-    }
-
-    fn spawn_replacement(&self) -> impl Future<Output = Result<WorkerProcess, SpawnError>> {
-        let spec = self.spec.clone();
-        async move {
-            let worker = WorkerProcess::spawn(&spec).await;
-            if let Ok(w) = &worker {
-                metrics::counter!("forkpool_worker_spawns_total").increment(1);
-                tracing::debug!(pid = w.pid, "worker started");
-            }
-            worker
-        }
-    }
-
-    /// Waits for the next live job. `None` once the pool is closed and the queue is empty.
-    async fn next_job(&self) -> Option<Pending<J>> {
-        loop {
-            // Register interest before looking, so a job queued in between still wakes us.
-            let notified = self.job_ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut queue = self.queue.lock().unwrap();
-                while let Some(job) = queue.jobs.pop_front() {
-                    if job.reply.is_closed() {
-                        let outcome = match Instant::now() >= job.deadline {
-                            true => "timeout",
-                            false => "cancelled",
-                        };
-                        metrics::counter!("forkpool_jobs_total", "outcome" => outcome).increment(1);
-                        continue;
-                    }
-                    return Some(job);
-                }
-                if queue.closed {
-                    return None;
-                }
-            }
-            notified.await;
-        }
-    }
-
-    /// Sends one job to `worker` and answers it. `Err` names why the worker must go (it has
-    /// already been killed or reaped).
-    async fn run_job(&self, worker: &mut WorkerProcess, mut job: Pending<J>) -> Result<(), String> {
-        let started = Instant::now();
-        self.metrics
-            .queue_wait
-            .record((started - job.enqueued).as_secs_f64());
-        let line = encode(&Request {
-            id: job.id,
-            rid: job.request_id.clone(),
-            job: job.job,
-        });
-        let deadline = job.deadline;
-        let exchange = async {
-            worker.send(&line).await.map_err(|_| Stop::Died)?;
-            match worker.next_line().await {
-                Ok(Some(line)) => decode::<Reply<J::Output>>(&line)
-                    .and_then(|reply| match reply.id == job.id {
-                        true => Ok(reply),
-                        false => Err(ProtocolError::Unexpected(format!(
-                            "reply for job {} while job {} runs",
-                            reply.id, job.id
-                        ))),
-                    })
-                    .map_err(Stop::Protocol),
-                Ok(None) => Err(Stop::Died),
-                Err(e) => Err(Stop::Protocol(e)),
-            }
-        };
-        // No timer of our own: at the deadline `submit` stops waiting and drops the receiver,
-        // which is what `closed` reports, so one timer per job serves both.
-        let result = tokio::select! {
-            result = exchange => result,
-            _ = job.reply.closed() => Err(match Instant::now() >= deadline {
-                true => Stop::Deadline,
-                false => Stop::Cancelled,
-            }),
-        };
-        self.metrics
-            .run_time
-            .record(started.elapsed().as_secs_f64());
-        let pid = worker.pid;
-        let (answer, outcome, exit) = match result {
-            Ok(Reply {
-                ms,
-                result: Outcome::Ok(output),
-                ..
-            }) => (
-                Ok(Done {
-                    output,
-                    compute_ms: ms,
-                }),
-                "ok",
-                None,
-            ),
-            Ok(Reply {
-                result: Outcome::Err(e),
-                ..
-            }) => (Err(PoolError::JobFailed(e)), "error", None),
-            Err(Stop::Deadline) => {
-                let cause = worker.kill().await;
-                tracing::warn!(pid, job = job.id, request_id = %job.request_id, %cause, "job passed its deadline; worker killed");
-                let error = PoolError::Timeout(self.config.job_timeout);
-                (Err(error), "timeout", Some("killed_timeout".into()))
-            }
-            Err(Stop::Cancelled) => {
-                let cause = worker.kill().await;
-                tracing::info!(pid, job = job.id, request_id = %job.request_id, %cause, "client went away; worker killed");
-                (
-                    Err(PoolError::ShuttingDown),
-                    "cancelled",
-                    Some("killed_cancel".into()),
-                )
-            }
-            Err(Stop::Died) => {
-                let cause = worker.exit_cause().await;
-                tracing::warn!(pid, job = job.id, request_id = %job.request_id, %cause, "worker died mid-job");
-                let exit = crash_reason(&cause);
-                (
-                    Err(PoolError::WorkerDied { pid, cause }),
-                    "crashed",
-                    Some(exit),
-                )
-            }
-            Err(Stop::Protocol(error)) => {
-                let cause = worker.kill().await;
-                tracing::warn!(pid, job = job.id, request_id = %job.request_id, %error, %cause, "worker broke the protocol; killed");
-                let error = PoolError::Protocol { pid, error };
-                (Err(error), "crashed", Some("protocol".into()))
-            }
-        };
-        match outcome {
-            "ok" => self.metrics.jobs_ok.increment(1),
-            _ => metrics::counter!("forkpool_jobs_total", "outcome" => outcome).increment(1),
-        }
-        // The receiver may be gone (timeout, hang-up); then nobody needs the answer.
-        let _ = job.reply.send(answer);
-        exit.map_or(Ok(()), Err)
-    }
-
-    fn set_busy(&self, slot: usize, job: u64) {
-        let mut s = self.slots[slot].lock().unwrap();
-        s.state = WorkerState::Busy;
-        s.job = Some((job, Instant::now()));
-    }
-
-    fn set_state(&self, slot: usize, state: WorkerState, worker: Option<&WorkerProcess>) {
-        let mut s = self.slots[slot].lock().unwrap();
-        s.state = state;
-        s.job = None;
-        let pid = worker.map(|w| w.pid);
-        if s.pid != pid {
-            s.pid = pid;
-            s.started_at = worker.map(|_| SystemTime::now());
         }
     }
 }
@@ -777,96 +349,4 @@ fn worker_args<J: Job>(config: &PoolConfig) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
-}
-
-/// Metric label for a worker that died by itself: `crashed_signal_9`, `crashed_exit_101`.
-fn crash_reason(cause: &str) -> String {
-    let number = cause
-        .split_whitespace()
-        .find(|w| w.parse::<i32>().is_ok())
-        .unwrap_or("unknown");
-    match cause.starts_with("killed") {
-        true => format!("crashed_signal_{number}"),
-        false => format!("crashed_exit_{number}"),
-    }
-}
-
-fn count_exit(reason: String) {
-    metrics::counter!("forkpool_worker_exits_total", "reason" => reason).increment(1);
-}
-
-/// `n` jobs with ±10% jitter, so that workers started together do not all retire together.
-fn jitter(n: u64) -> u64 {
-    if n == 0 {
-        return 0;
-    }
-    let spread = (n / 10) as i64;
-    let random = RandomState::new().hash_one(Instant::now()) as i64;
-    let offset = if spread == 0 {
-        0
-    } else {
-        random.rem_euclid(2 * spread + 1) - spread
-    };
-    (n as i64 + offset).max(1) as u64
-}
-
-/// Resident set size of a process, from `/proc/PID/statm`.
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * rustix::param::page_size() as u64)
-}
-
-/// Exponential backoff for worker starts: 100 ms doubling up to 10 s.
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let delay = Duration::from_millis(100) * 2u32.saturating_pow(self.failures.min(7));
-        self.failures += 1;
-        delay.min(Duration::from_secs(10))
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let mut b = Backoff::default();
-        let delays: Vec<_> = (0..9).map(|_| b.next().as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000]);
-        b.reset();
-        assert_eq!(b.next().as_millis(), 100);
-    }
-
-    #[test]
-    fn jitter_stays_within_ten_percent() {
-        assert_eq!(jitter(0), 0);
-        for _ in 0..100 {
-            let n = jitter(1000);
-            assert!((900..=1100).contains(&n), "{n}");
-        }
-    }
-
-    #[test]
-    fn crash_reasons() {
-        assert_eq!(
-            crash_reason("killed by signal 9 (SIGKILL)"),
-            "crashed_signal_9"
-        );
-        assert_eq!(
-            crash_reason("killed by signal 11 (SIGSEGV)"),
-            "crashed_signal_11"
-        );
-        assert_eq!(crash_reason("exited with code 101"), "crashed_exit_101");
-    }
 }

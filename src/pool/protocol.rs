@@ -114,6 +114,10 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         loop {
             if let Some(pos) = self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
                 let end = self.scanned + pos;
+                // A long line can arrive whole in one read: the cap holds for it too.
+                if end > self.max {
+                    return Err(ProtocolError::TooLong(self.max));
+                }
                 let mut line: Vec<u8> = self.buf.drain(..=end).collect();
                 line.pop();
                 self.scanned = 0;
@@ -147,6 +151,13 @@ mod tests {
 
         let long = [b'x'; 100];
         let mut reader = LineReader::new(&long[..], 64);
+        assert!(matches!(
+            reader.next_line().await,
+            Err(ProtocolError::TooLong(64))
+        ));
+        let mut whole_long_line = long.to_vec();
+        whole_long_line.push(b'\n');
+        let mut reader = LineReader::new(&whole_long_line[..], 64);
         assert!(matches!(
             reader.next_line().await,
             Err(ProtocolError::TooLong(64))

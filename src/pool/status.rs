@@ -1,0 +1,119 @@
+//! What the pool shows of its worker slots: the live bookkeeping each driver updates, and the
+//! rows `/status` and `/metrics` are built from.
+
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// What `/status` and `/metrics` show of one worker slot.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    pub slot: usize,
+    pub pid: Option<u32>,
+    pub state: WorkerState,
+    pub job: Option<u64>,
+    pub job_age_ms: Option<f64>,
+    pub jobs_served: u64,
+    pub rss_bytes: Option<u64>,
+    /// Unix time in seconds.
+    pub started_at: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    Starting,
+    Idle,
+    Busy,
+    /// Waiting out a backoff after failed starts.
+    Down,
+    Stopped,
+}
+
+impl WorkerState {
+    pub const ALL: [WorkerState; 5] = [
+        WorkerState::Starting,
+        WorkerState::Idle,
+        WorkerState::Busy,
+        WorkerState::Down,
+        WorkerState::Stopped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+            WorkerState::Down => "down",
+            WorkerState::Stopped => "stopped",
+        }
+    }
+}
+
+/// Live bookkeeping of one slot, updated by its driver.
+pub(super) struct Slot {
+    pub(super) pid: Option<u32>,
+    pub(super) state: WorkerState,
+    pub(super) job: Option<(u64, Instant)>,
+    pub(super) jobs_served: u64,
+    pub(super) started_at: Option<SystemTime>,
+}
+
+impl Slot {
+    pub(super) fn new() -> Slot {
+        Slot {
+            pid: None,
+            state: WorkerState::Starting,
+            job: None,
+            jobs_served: 0,
+            started_at: None,
+        }
+    }
+
+    pub(super) fn busy(&mut self, job: u64) {
+        self.state = WorkerState::Busy;
+        self.job = Some((job, Instant::now()));
+    }
+
+    /// Any state but busy; `pid` is the worker now in the slot, if any.
+    pub(super) fn set(&mut self, state: WorkerState, pid: Option<u32>) {
+        self.state = state;
+        self.job = None;
+        if self.pid != pid {
+            self.pid = pid;
+            self.started_at = pid.map(|_| SystemTime::now());
+        }
+    }
+}
+
+/// One row per slot.
+pub(super) fn rows(slots: &[Mutex<Slot>]) -> Vec<WorkerStatus> {
+    let now = Instant::now();
+    slots
+        .iter()
+        .enumerate()
+        .map(|(slot, s)| {
+            let s = s.lock().unwrap();
+            WorkerStatus {
+                slot,
+                pid: s.pid,
+                state: s.state,
+                job: s.job.map(|(id, _)| id),
+                job_age_ms: s.job.map(|(_, t)| (now - t).as_secs_f64() * 1e3),
+                jobs_served: s.jobs_served,
+                rss_bytes: s.pid.and_then(rss_bytes),
+                started_at: s
+                    .started_at
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs_f64())),
+            }
+        })
+        .collect()
+}
+
+/// Resident set size of a process, from `/proc/PID/statm`.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64)
+}
