@@ -13,9 +13,10 @@
 //!    and `ls` is spawned directly, no shell, with the canonical absolute path after `--`, so
 //!    no value of `D` can become an option.
 //! 2. **While the body streams**: the response body *is* the listing. A [`Listing`] owns the
-//!    child, its stdout, the permit and the deadline. Each poll of the body does at most one
-//!    `read` of the pipe into a reusable 64 KiB buffer and hands the bytes on as one chunk: no
-//!    per-line work, no accumulation. Backpressure is end to end: when the client reads slowly,
+//!    child, its stdout, the permit and the deadline. Each poll of the body reads what the
+//!    pipe holds into a reusable 64 KiB buffer (after a small read, once more [`COALESCE`]
+//!    later, so that `ls`'s 4 KiB writes travel as fewer, larger chunks) and hands the bytes on
+//!    as one chunk: no per-line work, no accumulation. Backpressure is end to end: when the client reads slowly,
 //!    hyper stops polling, the pipe fills and `ls` blocks in `write`.
 //!
 //! # Failure modes
