@@ -17,6 +17,7 @@
 
 mod client;
 mod plot;
+mod probe;
 mod report;
 mod scenarios;
 mod spawn;

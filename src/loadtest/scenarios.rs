@@ -15,6 +15,7 @@ use malachite_nz::natural::Natural;
 use tokio::task::JoinSet;
 
 use super::client::{Call, Conn, Target};
+use super::probe::{probe_new, ProbeConn};
 use super::report::{
     ConnKind, Dispatch, Heavy, Ls, Memory, ProbePair, Sample, Saturated, SaturatedPhase, Stats,
     Throughput,
@@ -56,7 +57,8 @@ pub struct Run {
 /// Probes /testrequest on a new connection and on a kept-alive one, alternately.
 struct Prober {
     phase: String,
-    kept: Option<Conn>,
+    /// Taken by the blocking probe while it runs, then put back.
+    kept: Option<ProbeConn>,
     new: Vec<Duration>,
     new_errors: usize,
     kept_times: Vec<Duration>,
@@ -75,42 +77,49 @@ impl Prober {
         }
     }
 
-    /// One probe of each kind.
+    /// One probe of each kind, on a blocking thread (see [`super::probe`]).
     async fn probe(&mut self, run: &mut Run) {
-        let call = Call::get("/testrequest");
+        let addr = run.target.addr;
+        let kept = self.kept.take();
         let t = run.clock.elapsed();
-        let result = run.target.fresh(&call, PROBE_TIMEOUT).await;
-        let ok = matches!(&result, Ok(r) if r.status == StatusCode::OK);
-        let elapsed = result.as_ref().map_or(PROBE_TIMEOUT, |r| r.elapsed);
-        match ok {
-            true => self.new.push(elapsed),
-            false => self.new_errors += 1,
-        }
-        run.samples
-            .push(sample(t, elapsed, ConnKind::New, &self.phase, ok));
+        let probes = tokio::task::spawn_blocking(move || {
+            let new = probe_new(addr, PROBE_TIMEOUT);
+            let mut kept = kept.map_or_else(|| ProbeConn::open(addr, PROBE_TIMEOUT), Ok);
+            let reused = kept
+                .as_mut()
+                .map_err(|e| format!("connect: {e}"))
+                .and_then(ProbeConn::probe);
+            (new, reused, kept.ok())
+        })
+        .await;
+        let (new, reused, kept) = probes.unwrap_or_else(|e| {
+            let failed = || Err(format!("probe thread: {e}"));
+            (failed(), failed(), None)
+        });
+        let t_kept = t + new.as_ref().map_or(Duration::ZERO, |d| *d);
+        self.record(t, new, ConnKind::New, run);
+        self.kept = kept.filter(|_| reused.is_ok());
+        self.record(t_kept, reused, ConnKind::KeptAlive, run);
+    }
 
-        if self.kept.is_none() {
-            self.kept = Conn::open(run.target).await.ok();
-        }
-        let t = run.clock.elapsed();
-        let result = match &mut self.kept {
-            Some(conn) => conn
-                .send(&call, PROBE_TIMEOUT)
-                .await
-                .map_err(|e| e.to_string()),
-            None => Err("cannot connect".to_owned()),
+    fn record(
+        &mut self,
+        t: Duration,
+        result: Result<Duration, String>,
+        conn: ConnKind,
+        run: &mut Run,
+    ) {
+        let (times, errors) = match conn {
+            ConnKind::New => (&mut self.new, &mut self.new_errors),
+            ConnKind::KeptAlive => (&mut self.kept_times, &mut self.kept_errors),
         };
-        let ok = matches!(&result, Ok(r) if r.status == StatusCode::OK);
-        let elapsed = result.as_ref().map_or(PROBE_TIMEOUT, |r| r.elapsed);
+        let ok = result.is_ok();
+        let elapsed = result.unwrap_or(PROBE_TIMEOUT);
         match ok {
-            true => self.kept_times.push(elapsed),
-            false => {
-                self.kept_errors += 1;
-                self.kept = None;
-            }
+            true => times.push(elapsed),
+            false => *errors += 1,
         }
-        run.samples
-            .push(sample(t, elapsed, ConnKind::KeptAlive, &self.phase, ok));
+        run.samples.push(sample(t, elapsed, conn, &self.phase, ok));
     }
 
     fn finish(self) -> ProbePair {
