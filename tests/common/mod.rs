@@ -29,18 +29,8 @@ impl Server {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut command = Command::new(BIN);
-        command
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("start forkpool");
+        let args = [&["--listen", "127.0.0.1:0"], args].concat();
+        let mut child = spawn(&args, env);
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
@@ -171,20 +161,24 @@ impl Drop for Server {
     }
 }
 
+/// Starts `forkpool ARGS` with `env` added (and `RUST_LOG` removed unless given), stdout and
+/// stderr piped.
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start forkpool")
+}
+
 /// Runs `forkpool ARGS` that is expected to exit on its own (a start-up error, `--help`);
 /// kills it and panics if it still runs after 20 s. Returns (exit code, stdout, stderr).
 pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let mut command = Command::new(BIN);
-    command
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().expect("start forkpool");
+    let mut child = spawn(args, env);
     if wait_until(Duration::from_secs(20), || child.try_wait().unwrap()).is_none() {
         let _ = child.kill();
         let _ = child.wait();
