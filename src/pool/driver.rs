@@ -296,55 +296,50 @@ impl<J: Job> Inner<J> {
                 result: Outcome::Ok(output),
                 ..
             }) => (
-                Ok(Done {
+                Some(Ok(Done {
                     output,
                     compute_ms: ms,
-                }),
+                })),
                 "ok",
                 None,
             ),
             Ok(Reply {
                 result: Outcome::Err(e),
                 ..
-            }) => (Err(PoolError::JobFailed(e)), "error", None),
+            }) => (Some(Err(PoolError::JobFailed(e))), "error", None),
             Err(Stop::Deadline) => {
                 let cause = worker.kill().await;
                 tracing::warn!(pid, job = job.id, request_id = %job.request_id, %cause, "job passed its deadline; worker killed");
-                let error = PoolError::Timeout(self.config.job_timeout);
-                (Err(error), "timeout", Some("killed_timeout".into()))
+                // `submit` has answered 504 itself: it is the one that stopped waiting.
+                (None, "timeout", Some("killed_timeout".into()))
             }
             Err(Stop::Cancelled) => {
                 let cause = worker.kill().await;
                 tracing::info!(pid, job = job.id, request_id = %job.request_id, %cause, "client went away; worker killed");
-                (
-                    Err(PoolError::ShuttingDown),
-                    "cancelled",
-                    Some("killed_cancel".into()),
-                )
+                (None, "cancelled", Some("killed_cancel".into()))
             }
             Err(Stop::Died) => {
                 let cause = worker.exit_cause().await;
                 tracing::warn!(pid, job = job.id, request_id = %job.request_id, %cause, "worker died mid-job");
                 let exit = crash_reason(&cause);
-                (
-                    Err(PoolError::WorkerDied { pid, cause }),
-                    "crashed",
-                    Some(exit),
-                )
+                let error = PoolError::WorkerDied { pid, cause };
+                (Some(Err(error)), "crashed", Some(exit))
             }
             Err(Stop::Protocol(error)) => {
                 let cause = worker.kill().await;
                 tracing::warn!(pid, job = job.id, request_id = %job.request_id, %error, %cause, "worker broke the protocol; killed");
                 let error = PoolError::Protocol { pid, error };
-                (Err(error), "crashed", Some("protocol".into()))
+                (Some(Err(error)), "crashed", Some("protocol".into()))
             }
         };
         match outcome {
             "ok" => self.metrics.jobs_ok.increment(1),
             _ => metrics::counter!("forkpool_jobs_total", "outcome" => outcome).increment(1),
         }
-        // The receiver may be gone (timeout, hang-up); then nobody needs the answer.
-        let _ = job.reply.send(answer);
+        if let Some(answer) = answer {
+            // The client may have left meanwhile; then nobody needs the answer.
+            let _ = job.reply.send(answer);
+        }
         exit.map_or(Ok(()), Err)
     }
 
