@@ -6,7 +6,12 @@
 //!   it (the server may have died before the prctl took effect). So a worker dies with the
 //!   server even when the server is SIGKILLed.
 //! - `RLIMIT_AS`, so a runaway job fails inside the worker instead of swapping the machine.
-//! - A nice value, so that the HTTP front end wins the CPU when both want it.
+//! - SCHED_IDLE (the default) or a nice value, so that the HTTP front end wins the CPU when
+//!   both want it.
+//!
+//! The parent-pid check compares with the pid the server passed, not with the thread: the
+//! death signal fires when the server's *thread* that spawned us exits, which is why the pool
+//! spawns workers from its own long-lived thread.
 //!
 //! (Its own process group is set by the server at spawn time, so that a kill reaches anything a
 //! job might start.) It exits when stdin reaches EOF. stdout is the protocol channel: logs go to
