@@ -90,6 +90,42 @@ fn request_ids_are_echoed_or_generated() {
 /// Needs the real `src/prime.rs`: on the placeholder the slow job returns at once and is never
 /// seen in flight, and this test fails saying so.
 #[test]
+fn sigterm_kills_a_job_that_outlasts_the_grace_period_and_still_exits_0() {
+    let mut server = Server::start(&["--workers", "1", "--shutdown-grace", "300ms"]);
+    let workers = server.wait_for_workers(1);
+    let body = format!("{{\"number\": \"{}\"}}", slow_prime());
+    let request = server.send(
+        "POST",
+        "/isprime",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    );
+    let busy = wait_until(Duration::from_secs(10), || {
+        (server.get("/status").json()["workers"][0]["state"] == "busy").then_some(())
+    });
+    assert!(busy.is_some(), "the slow job never ran");
+    let sent = Instant::now();
+    server.terminate();
+    let status = wait_exit(&mut server, Duration::from_secs(10)).expect("server exits");
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", server.log());
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    let gone = wait_until(Duration::from_secs(2), || {
+        workers.iter().all(|&pid| !alive(pid)).then_some(())
+    });
+    assert!(gone.is_some(), "a worker outlived the server");
+    assert!(
+        server.log().contains("grace period over"),
+        "{}",
+        server.log()
+    );
+    drop(request);
+}
+
+#[test]
 fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     let mut server = Server::start(&["--workers", "1", "--shutdown-grace", "60s"]);
     let workers = server.wait_for_workers(1);
