@@ -22,14 +22,9 @@ fn all_busy(server: &Server, n: usize) -> bool {
 fn testrequest_answers_while_every_worker_is_busy() {
     let server = Server::start(&["--workers", "2"]);
     server.wait_for_workers(2);
-    let body = format!("{{\"number\":\"{}\"}}", slow_prime());
+    let number = slow_prime();
     // Two heavy jobs per worker, so that both stay busy for the whole probe run.
-    let jobs: Vec<TcpStream> = (0..4)
-        .map(|_| {
-            let headers = [("content-type", "application/json")];
-            server.send("POST", "/isprime", &headers, body.as_bytes())
-        })
-        .collect();
+    let jobs: Vec<TcpStream> = (0..4).map(|_| server.send_job(&number)).collect();
     let busy = wait_until(Duration::from_secs(10), || {
         all_busy(&server, 2).then_some(())
     });

@@ -15,23 +15,12 @@ use serde_json::Value;
 /// Returns the connection (drop it to hang up) and the busy worker's pid.
 fn start_slow_job(server: &Server) -> (std::net::TcpStream, u32) {
     let before = busy_pids(server);
-    let stream = send_job(server, &slow_prime());
+    let stream = server.send_job(&slow_prime());
     let pid = wait_until(Duration::from_secs(10), || {
         busy_pids(server).into_iter().find(|p| !before.contains(p))
     })
     .expect("a worker picks up the slow job");
     (stream, pid)
-}
-
-/// POSTs a primality job for `number` and returns the open connection, unread.
-fn send_job(server: &Server, number: &str) -> std::net::TcpStream {
-    let body = format!("{{\"number\": \"{number}\"}}");
-    server.send(
-        "POST",
-        "/isprime",
-        &[("content-type", "application/json")],
-        body.as_bytes(),
-    )
 }
 
 fn status(server: &Server) -> Value {
@@ -135,7 +124,7 @@ fn full_queue_gives_503_with_retry_after_and_hang_up_leaves_the_queue() {
     let server = Server::start(&["--workers", "1", "--queue", "1"]);
     server.wait_for_workers(1);
     let (running, _) = start_slow_job(&server);
-    let queued = send_job(&server, &slow_prime());
+    let queued = server.send_job(&slow_prime());
     let depth = wait_until(Duration::from_secs(5), || {
         (status(&server)["queue_depth"] == 1).then_some(())
     });
@@ -178,7 +167,7 @@ fn abandoned_requests_never_shrink_the_pool() {
     let number = common::mersenne(4423);
     // Open and abandon requests in bursts: some are queued, some running, some done.
     for _ in 0..10 {
-        let streams: Vec<_> = (0..30).map(|_| send_job(&server, &number)).collect();
+        let streams: Vec<_> = (0..30).map(|_| server.send_job(&number)).collect();
         std::thread::sleep(Duration::from_millis(20));
         drop(streams);
     }

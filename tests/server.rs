@@ -93,13 +93,7 @@ fn request_ids_are_echoed_or_generated() {
 fn sigterm_kills_a_job_that_outlasts_the_grace_period_and_still_exits_0() {
     let mut server = Server::start(&["--workers", "1", "--shutdown-grace", "300ms"]);
     let workers = server.wait_for_workers(1);
-    let body = format!("{{\"number\": \"{}\"}}", slow_prime());
-    let request = server.send(
-        "POST",
-        "/isprime",
-        &[("content-type", "application/json")],
-        body.as_bytes(),
-    );
+    let request = server.send_job(&slow_prime());
     let busy = wait_until(Duration::from_secs(10), || {
         (server.get("/status").json()["workers"][0]["state"] == "busy").then_some(())
     });

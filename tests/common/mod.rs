@@ -112,6 +112,18 @@ impl Server {
         stream
     }
 
+    /// POSTs a primality job for `number` and returns the open connection, unread: drop it to
+    /// hang up, or read it for the answer.
+    pub fn send_job(&self, number: &str) -> TcpStream {
+        let body = format!("{{\"number\": \"{number}\"}}");
+        self.send(
+            "POST",
+            "/isprime",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
     /// Live (non-zombie) children of the server: its workers and any `ls`.
     pub fn children(&self) -> Vec<Proc> {
         children_of(self.pid())
