@@ -118,7 +118,7 @@ impl AppState {
 
 /// The router with every endpoint and the layers that apply to all of them.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/", get(ops::index))
         .route("/testrequest", get(ops::testrequest))
         .route("/healthz", get(ops::healthz))
@@ -129,8 +129,8 @@ pub fn app(state: AppState) -> Router {
         .route("/ls", get(ls::list))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-        .pipe(with_layers)
+        .with_state(state);
+    with_layers(routes)
 }
 
 /// Layers shared by every route: panics become 500 JSON, and each request gets an id, a log
@@ -140,13 +140,6 @@ pub fn with_layers(router: Router) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(observe))
 }
-
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl Pipe for Router {}
 
 async fn not_found() -> AppError {
     AppError::new(StatusCode::NOT_FOUND, "no such endpoint; GET / lists them")
