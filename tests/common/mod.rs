@@ -366,27 +366,8 @@ pub fn wait_until<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> O
     }
 }
 
-/// The Mersenne number 2^p - 1 in decimal.
-pub fn mersenne(p: u32) -> String {
-    let mut digits = vec![1u32]; // little-endian base 10^9
-    for _ in 0..p {
-        let mut carry = 0;
-        for d in digits.iter_mut() {
-            let v = *d * 2 + carry;
-            *d = v % 1_000_000_000;
-            carry = v / 1_000_000_000;
-        }
-        if carry > 0 {
-            digits.push(carry);
-        }
-    }
-    digits[0] -= 1; // 2^p is never a multiple of 10^9, so there is no borrow
-    let mut text = digits.last().unwrap().to_string();
-    for d in digits.iter().rev().skip(1) {
-        text.push_str(&format!("{d:09}"));
-    }
-    text
-}
+/// The Mersenne number 2^p - 1 in decimal (the load test's own helper).
+pub use forkpool::loadtest::mersenne;
 
 /// A prime whose test keeps a worker busy for a good while (around a second or more), to catch
 /// it mid-job: the Mersenne prime 2^21701 - 1 (6533 digits).
