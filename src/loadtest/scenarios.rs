@@ -502,11 +502,9 @@ fn median_ms(times: &mut [Duration]) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
-/// VmRSS of a process in KiB.
+/// Resident set size of a process in KiB (the same reading as /status).
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    crate::pool::rss_bytes(pid).map(|bytes| bytes / 1024)
 }
 
 #[cfg(test)]

@@ -49,7 +49,7 @@ use driver::Dispatcher;
 use process::SpawnSpec;
 use protocol::{Job, ProtocolError};
 use status::Slot;
-pub use status::{WorkerState, WorkerStatus};
+pub use status::{rss_bytes, WorkerState, WorkerStatus};
 
 /// Pool settings, taken from the server [`Config`](crate::config::Config).
 #[derive(Debug, Clone)]

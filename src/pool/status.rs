@@ -112,7 +112,7 @@ pub(super) fn rows(slots: &[Mutex<Slot>]) -> Vec<WorkerStatus> {
 }
 
 /// Resident set size of a process, from `/proc/PID/statm`.
-fn rss_bytes(pid: u32) -> Option<u64> {
+pub fn rss_bytes(pid: u32) -> Option<u64> {
     let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * rustix::param::page_size() as u64)
