@@ -466,11 +466,9 @@ fn timeout_aborts_the_body() {
         .contains(&format!("{:06}-", BIG_ENTRIES - 1)));
     assert!(!common::alive(pid));
     assert_no_ls_left(&server);
-    assert!(
-        server.log().contains("--ls-timeout expired"),
-        "{}",
-        server.log()
-    );
+    server.wait_for_log("`--ls-timeout expired`", |log| {
+        log.contains("--ls-timeout expired")
+    });
 
     // With a deadline shorter than `ls` needs to start writing, nothing arrives but the head.
     drop(server);
@@ -517,11 +515,9 @@ fn failing_ls_aborts_the_body() {
         response.text()
     );
     assert_no_ls_left(&server);
-    let logged = wait_until(Duration::from_secs(2), || {
-        let log = server.log();
-        (log.contains("ls failed") && log.contains("ls: trouble")).then_some(())
+    server.wait_for_log("`ls failed` with its stderr", |log| {
+        log.contains("ls failed") && log.contains("ls: trouble")
     });
-    assert!(logged.is_some(), "{}", server.log());
 }
 
 #[test]

@@ -356,7 +356,7 @@ fn readyz_is_503_when_no_worker_can_start() {
 
 #[test]
 fn readyz_flips_to_503_during_shutdown_and_new_jobs_are_refused() {
-    let mut server = Server::start(&["--workers", "1", "--shutdown-delay", "3s"]);
+    let mut server = Server::start(&["--workers", "1", "--shutdown-delay", "5s"]);
     wait_ready(&server, 1);
     assert_eq!(server.get("/readyz").status, 200);
     let signalled = Instant::now();
@@ -374,13 +374,13 @@ fn readyz_flips_to_503_during_shutdown_and_new_jobs_are_refused() {
     job.assert_error(503);
     assert_eq!(status(&server)["shutting_down"], true);
     assert!(
-        signalled.elapsed() < Duration::from_secs(3),
+        signalled.elapsed() < Duration::from_secs(5),
         "too slow to observe the delay"
     );
     let exit = wait_exit(&mut server, Duration::from_secs(30)).expect("server exits");
     assert_eq!(exit.code(), Some(0), "{}", server.log());
     assert!(
-        signalled.elapsed() >= Duration::from_secs(3),
+        signalled.elapsed() >= Duration::from_secs(5),
         "exited before --shutdown-delay"
     );
 }
@@ -653,33 +653,19 @@ fn the_client_request_id_reaches_the_worker_log_line_of_its_job() {
     );
     assert_eq!(response.status, 200);
     assert_eq!(response.header("x-request-id"), Some(id));
-    let line = wait_until(Duration::from_secs(10), || {
-        server
-            .log()
-            .lines()
-            .find(|l| l.contains("job done") && l.contains(&format!("request_id={id}")))
-            .map(str::to_owned)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "no worker `job done` line with the request id:\n{}",
-            server.log()
-        )
+    // The worker's `job done` line and the server's own request line both carry the id.
+    let job_done = |l: &&str| l.contains("job done") && l.contains(&format!("request_id={id}"));
+    let request_line = |l: &&str| l.contains("/isprime") && l.contains("status=200");
+    let log = server.wait_for_log("`job done` and request lines", |log| {
+        log.lines().any(|l| job_done(&l)) && log.lines().any(|l| request_line(&l))
     });
+    let line = log.lines().find(job_done).unwrap();
     assert!(
         line.contains(&format!("pid={worker}")),
         "not the worker's line: {line}"
     );
-    // The server's own line for the request carries it too.
-    let log = server.log();
-    let request_line = log
-        .lines()
-        .find(|l| l.contains("/isprime") && l.contains("status=200"))
-        .unwrap_or_else(|| panic!("no request line:\n{log}"));
-    assert!(
-        request_line.contains(&format!("request_id={id}")),
-        "{request_line}"
-    );
+    let line = log.lines().find(request_line).unwrap();
+    assert!(line.contains(&format!("request_id={id}")), "{line}");
     assert!(
         !log.contains('\u{1b}'),
         "ANSI escapes in a captured log:\n{log}"
@@ -697,11 +683,9 @@ fn log_format_json_writes_one_json_object_per_line() {
     let response = server.request("GET", "/isprime?number=101", &[("x-request-id", id)], b"");
     assert_eq!(response.status, 200);
     server.get("/nope").assert_error(404);
-    wait_until(Duration::from_secs(10), || {
-        server.log().contains("job done").then_some(())
-    })
-    .unwrap_or_else(|| panic!("the worker logged no `job done`:\n{}", server.log()));
-    let log = server.log();
+    let log = server.wait_for_log("`job done` and request lines", |log| {
+        log.contains("job done") && log.contains("\"path\":\"/isprime\"")
+    });
     let lines: Vec<Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
@@ -894,14 +878,9 @@ fn sighup_on_an_idle_pool_replaces_every_worker() {
         server.worker_pids(),
         server.log()
     );
-    let finished = wait_until(Duration::from_secs(10), || {
-        server.log().contains("rolling restart done").then_some(())
+    server.wait_for_log("`rolling restart done`", |log| {
+        log.contains("rolling restart done")
     });
-    assert!(
-        finished.is_some(),
-        "the roll never finished:\n{}",
-        server.log()
-    );
     assert_eq!(server.get("/readyz").status, 200);
     assert_eq!(server.get("/isprime?number=7").status, 200);
 }

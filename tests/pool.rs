@@ -288,7 +288,9 @@ fn a_worker_with_the_wrong_version_never_becomes_ready_and_backs_off() {
         (2..=5).contains(&attempts),
         "{attempts} start attempts in 1.5 s"
     );
-    assert!(server.log().contains("does not match version"));
+    server.wait_for_log("version mismatch", |log| {
+        log.contains("does not match version")
+    });
     let message = server.get("/isprime?number=7").assert_error(504);
     assert!(message.contains("deadline"), "{message}");
 }

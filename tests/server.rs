@@ -111,11 +111,9 @@ fn sigterm_kills_a_job_that_outlasts_the_grace_period_and_still_exits_0() {
         workers.iter().all(|&pid| !alive(pid)).then_some(())
     });
     assert!(gone.is_some(), "a worker outlived the server");
-    assert!(
-        server.log().contains("grace period over"),
-        "{}",
-        server.log()
-    );
+    server.wait_for_log("`grace period over`", |log| {
+        log.contains("grace period over")
+    });
     drop(request);
 }
 
@@ -147,7 +145,7 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
         workers.iter().all(|&pid| !alive(pid)),
         "workers outlived the server"
     );
-    assert!(server.log().contains("shutting down"), "{}", server.log());
+    server.wait_for_log("`shutting down`", |log| log.contains("shutting down"));
 }
 
 #[test]

@@ -161,8 +161,21 @@ impl Server {
     }
 
     /// The captured stderr so far.
+    ///
+    /// A thread copies stderr into it, so a line written before a response was sent may still
+    /// be in the pipe when the response arrives: to assert on a line, use `wait_for_log`.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits up to 10 s until the captured log satisfies `ready`, and returns it; panics with
+    /// the log and `what` otherwise.
+    pub fn wait_for_log(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        wait_until(Duration::from_secs(10), || {
+            let log = self.log();
+            ready(&log).then_some(log)
+        })
+        .unwrap_or_else(|| panic!("no {what} in the log:\n{}", self.log()))
     }
 }
 
