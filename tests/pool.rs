@@ -120,6 +120,39 @@ fn worker_killed_mid_job_gives_502_naming_the_signal() {
 }
 
 #[test]
+fn a_job_over_worker_memory_gives_502_naming_out_of_memory() {
+    // 4 MiB is far below what any worker has mapped at start, so every new mapping fails: a
+    // number of 100,000 digits (about 100 KiB of job line, more than the heap a worker starts
+    // with) cannot be read, let alone tested. It is even, so a worker that did read it would
+    // answer at once, and the test would fail on a 200 rather than hang.
+    let server = Server::start(&[
+        "--workers",
+        "2",
+        "--worker-memory",
+        "4MiB",
+        "--max-digits",
+        "100000",
+    ]);
+    let before = server.wait_for_workers(2);
+    let number = format!("1{}", "0".repeat(99_999));
+    let response = server.post_json("/isprime", &format!("{{\"number\": \"{number}\"}}"));
+    let message = response.assert_error(502);
+    assert!(message.contains("ran out of memory"), "{message}");
+    let dead: Vec<_> = before.iter().filter(|&&p| !alive(p)).collect();
+    assert_eq!(dead.len(), 1, "exactly the worker with the job died");
+    assert!(message.contains(&dead[0].to_string()), "{message}");
+    let after = server.wait_for_workers(2);
+    assert!(!after.contains(dead[0]));
+    let exits = server.get("/metrics").text();
+    assert!(
+        exits.contains("forkpool_worker_exits_total{reason=\"crashed_out_of_memory\"} 1"),
+        "{exits}"
+    );
+    assert_serves(&server);
+    assert_no_zombies(&server);
+}
+
+#[test]
 fn full_queue_gives_503_with_retry_after_and_hang_up_leaves_the_queue() {
     let server = Server::start(&["--workers", "1", "--queue", "1"]);
     server.wait_for_workers(1);

@@ -136,15 +136,15 @@ impl<J: Job> Inner<J> {
                         return;
                     }
                     Event::IdleOutput(line) => {
-                        let cause = match line {
-                            Ok(None) => worker.exit_cause().await,
+                        let (why, exit) = match line {
+                            Ok(None) => ("exited while idle".into(), worker.exit_cause().await),
                             Ok(Some(_)) => {
-                                format!("unexpected output while idle; {}", worker.kill().await)
+                                ("unexpected output while idle".into(), worker.kill().await)
                             }
-                            Err(e) => format!("{e}; {}", worker.kill().await),
+                            Err(e) => (e.to_string(), worker.kill().await),
                         };
-                        tracing::warn!(pid = worker.pid, %cause, "idle worker lost");
-                        break Some(crash_reason(&cause));
+                        tracing::warn!(pid = worker.pid, why, cause = %exit, "idle worker lost");
+                        break Some(exit.crash_label());
                     }
                     Event::Roll(done) => {
                         roll_done = Some(done);
@@ -321,9 +321,8 @@ impl<J: Job> Inner<J> {
             Err(Stop::Died) => {
                 let cause = worker.exit_cause().await;
                 tracing::warn!(pid, job = job.id, request_id = %job.request_id, %cause, "worker died mid-job");
-                let exit = crash_reason(&cause);
                 let error = PoolError::WorkerDied { pid, cause };
-                (Some(Err(error)), "crashed", Some(exit))
+                (Some(Err(error)), "crashed", Some(cause.crash_label()))
             }
             Err(Stop::Protocol(error)) => {
                 let cause = worker.kill().await;
@@ -352,18 +351,6 @@ impl<J: Job> Inner<J> {
             .lock()
             .unwrap()
             .set(state, worker.map(|w| w.pid));
-    }
-}
-
-/// Metric label for a worker that died by itself: `crashed_signal_9`, `crashed_exit_101`.
-fn crash_reason(cause: &str) -> String {
-    let number = cause
-        .split_whitespace()
-        .find(|w| w.parse::<i32>().is_ok())
-        .unwrap_or("unknown");
-    match cause.starts_with("killed") {
-        true => format!("crashed_signal_{number}"),
-        false => format!("crashed_exit_{number}"),
     }
 }
 
@@ -424,18 +411,5 @@ mod tests {
             let n = jitter(1000);
             assert!((900..=1100).contains(&n), "{n}");
         }
-    }
-
-    #[test]
-    fn crash_reasons() {
-        assert_eq!(
-            crash_reason("killed by signal 9 (SIGKILL)"),
-            "crashed_signal_9"
-        );
-        assert_eq!(
-            crash_reason("killed by signal 11 (SIGSEGV)"),
-            "crashed_signal_11"
-        );
-        assert_eq!(crash_reason("exited with code 101"), "crashed_exit_101");
     }
 }

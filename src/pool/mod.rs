@@ -46,6 +46,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{LogFormat, WorkerSched};
 use driver::Dispatcher;
+pub use process::Exit;
 use process::SpawnSpec;
 use protocol::{Job, ProtocolError};
 use status::Slot;
@@ -76,7 +77,7 @@ pub enum PoolError {
     #[error("the job did not finish within the {0:?} deadline")]
     Timeout(Duration),
     #[error("worker {pid} died mid-job: {cause}")]
-    WorkerDied { pid: u32, cause: String },
+    WorkerDied { pid: u32, cause: Exit },
     #[error("worker {pid} broke the protocol: {error}")]
     Protocol { pid: u32, error: ProtocolError },
     #[error("the job failed: {0}")]

@@ -14,7 +14,7 @@ use rustix::process::{Pid, Signal};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use super::protocol::{decode, HelloLine, LineReader, ProtocolError};
+use super::protocol::{decode, HelloLine, LineReader, ProtocolError, EXIT_OUT_OF_MEMORY};
 
 /// How long a new worker may take to say hello before it counts as a failed start.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,8 +83,8 @@ impl WorkerProcess {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, worker.handshake(spec)).await {
             Ok(Ok(())) => Ok(worker),
             Ok(Err(SpawnError::DiedEarly(_))) => {
-                let cause = describe(worker.child.wait().await.ok());
-                Err(SpawnError::DiedEarly(cause))
+                let exit = Exit::from(worker.child.wait().await.ok());
+                Err(SpawnError::DiedEarly(exit.to_string()))
             }
             Ok(Err(e)) => {
                 worker.kill().await;
@@ -126,15 +126,15 @@ impl WorkerProcess {
     }
 
     /// SIGKILLs the worker's process group and reaps it. Returns how it ended.
-    pub async fn kill(&mut self) -> String {
+    pub async fn kill(&mut self) -> Exit {
         kill_group(self.pid);
-        describe(self.child.wait().await.ok())
+        Exit::from(self.child.wait().await.ok())
     }
 
     /// The exit of a worker whose stdout hit EOF: reaps it, killing it if it lingers.
-    pub async fn exit_cause(&mut self) -> String {
+    pub async fn exit_cause(&mut self) -> Exit {
         match tokio::time::timeout(RETIRE_TIMEOUT, self.child.wait()).await {
-            Ok(status) => describe(status.ok()),
+            Ok(status) => Exit::from(status.ok()),
             Err(_) => self.kill().await,
         }
     }
@@ -168,15 +168,50 @@ fn kill_group(pid: u32) {
     }
 }
 
-/// Human-readable end of a process: "exited with code 3", "killed by signal 9 (SIGKILL)".
-pub fn describe(status: Option<ExitStatus>) -> String {
-    let Some(status) = status else {
-        return "exit status unavailable".into();
-    };
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with code {code}"),
-        (None, Some(signal)) => format!("killed by signal {signal}{}", signal_name(signal)),
-        _ => format!("ended with status {status}"),
+/// How a worker process ended, as the 502 message, the log and the exit metric tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// An allocation failed, which under `--worker-memory` means the job needed more address
+    /// space than the limit allows (the worker exits with [`EXIT_OUT_OF_MEMORY`]).
+    OutOfMemory,
+    /// The status could not be read (`wait` failed).
+    Unknown,
+}
+
+impl Exit {
+    /// Metric label for a worker that ended by itself: `crashed_exit_101`, `crashed_signal_11`,
+    /// `crashed_out_of_memory`.
+    pub fn crash_label(self) -> String {
+        match self {
+            Exit::Code(code) => format!("crashed_exit_{code}"),
+            Exit::Signal(signal) => format!("crashed_signal_{signal}"),
+            Exit::OutOfMemory => "crashed_out_of_memory".into(),
+            Exit::Unknown => "crashed_unknown".into(),
+        }
+    }
+}
+
+impl From<Option<ExitStatus>> for Exit {
+    fn from(status: Option<ExitStatus>) -> Exit {
+        match status.map(|s| (s.code(), s.signal())) {
+            Some((Some(EXIT_OUT_OF_MEMORY), _)) => Exit::OutOfMemory,
+            Some((Some(code), _)) => Exit::Code(code),
+            Some((None, Some(signal))) => Exit::Signal(signal),
+            _ => Exit::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Exit::Code(code) => write!(f, "exited with code {code}"),
+            Exit::Signal(signal) => write!(f, "killed by signal {signal}{}", signal_name(signal)),
+            Exit::OutOfMemory => write!(f, "ran out of memory (see --worker-memory)"),
+            Exit::Unknown => write!(f, "exit status unavailable"),
+        }
     }
 }
 
@@ -187,5 +222,44 @@ fn signal_name(signal: i32) -> &'static str {
         11 => " (SIGSEGV)",
         15 => " (SIGTERM)",
         _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_read_and_label_alike() {
+        let cases = [
+            (
+                ExitStatus::from_raw(9),
+                "killed by signal 9 (SIGKILL)",
+                "crashed_signal_9",
+            ),
+            (
+                ExitStatus::from_raw(11),
+                "killed by signal 11 (SIGSEGV)",
+                "crashed_signal_11",
+            ),
+            (
+                ExitStatus::from_raw(101 << 8),
+                "exited with code 101",
+                "crashed_exit_101",
+            ),
+            (
+                ExitStatus::from_raw(EXIT_OUT_OF_MEMORY << 8),
+                "ran out of memory (see --worker-memory)",
+                "crashed_out_of_memory",
+            ),
+        ];
+        for (status, text, label) in cases {
+            let exit = Exit::from(Some(status));
+            assert_eq!(
+                (exit.to_string().as_str(), exit.crash_label().as_str()),
+                (text, label)
+            );
+        }
+        assert_eq!(Exit::from(None).crash_label(), "crashed_unknown");
     }
 }

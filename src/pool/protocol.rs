@@ -14,6 +14,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+/// Exit code of a worker whose memory allocation failed (see `worker::ExitOnOutOfMemory`). Rust
+/// itself would abort with SIGABRT, which the server could not tell from any other crash. An
+/// uncommon number, so that a `--worker-program` of our own making is unlikely to use it.
+pub const EXIT_OUT_OF_MEMORY: i32 = 86;
+
 /// A kind of CPU work that runs in a worker process. A second kind of job is one new type that
 /// implements this trait (and one line in `main` that names it): the pool itself is generic.
 pub trait Job: Serialize + DeserializeOwned + Send + 'static {

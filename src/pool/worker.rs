@@ -6,6 +6,8 @@
 //!   it (the server may have died before the prctl took effect). So a worker dies with the
 //!   server even when the server is SIGKILLed.
 //! - `RLIMIT_AS`, so a runaway job fails inside the worker instead of swapping the machine.
+//!   A failed allocation then ends the worker with [`EXIT_OUT_OF_MEMORY`] (see
+//!   [`ExitOnOutOfMemory`]), so that the client's 502 says "ran out of memory".
 //! - SCHED_IDLE (the default) or a nice value, so that the HTTP front end wins the CPU when
 //!   both want it.
 //!
@@ -17,13 +19,17 @@
 //! job might start.) It exits when stdin reaches EOF. stdout is the protocol channel: logs go to
 //! stderr only.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use clap::Args;
 use rustix::process::{Pid, Resource, Rlimit, Signal};
 
-use super::protocol::{decode, encode, Hello, HelloLine, Job, Outcome, Reply, Request};
+use super::protocol::{
+    decode, encode, Hello, HelloLine, Job, Outcome, Reply, Request, EXIT_OUT_OF_MEMORY,
+};
 use crate::config::{LogFormat, WorkerSched};
 
 /// Flags the server passes to a worker it starts.
@@ -68,8 +74,52 @@ pub enum WorkerError {
     Io(#[from] std::io::Error),
 }
 
+/// The process's allocator: the system one, except that in a worker a failed allocation exits
+/// with [`EXIT_OUT_OF_MEMORY`] instead of aborting. The check sits on the failure path only, so
+/// the server pays nothing for it.
+pub struct ExitOnOutOfMemory;
+
+#[global_allocator]
+static ALLOCATOR: ExitOnOutOfMemory = ExitOnOutOfMemory;
+
+/// Set once a worker starts; the server keeps Rust's own abort on a failed allocation.
+static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+impl ExitOnOutOfMemory {
+    fn check(ptr: *mut u8) -> *mut u8 {
+        if ptr.is_null() && IN_WORKER.load(Ordering::Relaxed) {
+            // Neither may allocate: stderr is unbuffered, and `_exit` skips exit handlers.
+            let _ = std::io::stderr().write_all(b"worker: memory allocation failed, exiting\n");
+            // SAFETY: `_exit` has no preconditions; it ends the process at once.
+            unsafe { libc::_exit(EXIT_OUT_OF_MEMORY) }
+        }
+        ptr
+    }
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, and only
+// looks at the returned pointer.
+unsafe impl GlobalAlloc for ExitOnOutOfMemory {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        Self::check(System.alloc(layout))
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        Self::check(System.alloc_zeroed(layout))
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        Self::check(System.realloc(ptr, layout, new_size))
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
 /// Applies the process hygiene described in the module docs.
 fn harden(args: &WorkerArgs) -> Result<(), WorkerError> {
+    IN_WORKER.store(true, Ordering::Relaxed);
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
     let parent = rustix::process::getppid().map(Pid::as_raw_nonzero);
     if parent.map(|p| p.get()) != Some(args.parent_pid) {
