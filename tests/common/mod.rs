@@ -29,8 +29,32 @@ impl Server {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        let args = [&["--listen", "127.0.0.1:0"], args].concat();
-        let mut child = spawn(&args, env);
+        Self::launch(command(&[&["--listen", "127.0.0.1:0"], args].concat(), env))
+    }
+
+    /// Starts the server so that file permissions bind it even when the tests run as root:
+    /// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (which let root read any directory) leave the
+    /// bounding set before exec, so the server, its workers and `ls` never get them.
+    pub fn start_bound_by_permissions(args: &[&str]) -> Server {
+        use rustix::thread::{remove_capability_from_bounding_set, Capability};
+        use std::os::unix::process::CommandExt;
+        let mut command = command(&[&["--listen", "127.0.0.1:0"], args].concat(), &[]);
+        // SAFETY: between fork and exec this only makes prctl system calls, which neither
+        // allocate nor take locks.
+        unsafe {
+            command.pre_exec(|| {
+                if rustix::process::geteuid().is_root() {
+                    remove_capability_from_bounding_set(Capability::DACOverride)?;
+                    remove_capability_from_bounding_set(Capability::DACReadSearch)?;
+                }
+                Ok(())
+            });
+        }
+        Self::launch(command)
+    }
+
+    fn launch(mut command: Command) -> Server {
+        let mut child = command.spawn().expect("start forkpool");
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
@@ -186,24 +210,24 @@ impl Drop for Server {
     }
 }
 
-/// Starts `forkpool ARGS` with `env` added (and `RUST_LOG` removed unless given), stdout and
-/// stderr piped.
-fn spawn(args: &[&str], env: &[(&str, &str)]) -> Child {
-    Command::new(BIN)
+/// `forkpool ARGS` with `env` added (and `RUST_LOG` removed unless given), stdout and stderr
+/// piped.
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .args(args)
         .env_remove("RUST_LOG")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start forkpool")
+        .stderr(Stdio::piped());
+    command
 }
 
 /// Runs `forkpool ARGS` that is expected to exit on its own (a start-up error, `--help`);
 /// kills it and panics if it still runs after 20 s. Returns (exit code, stdout, stderr).
 pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let mut child = spawn(args, env);
+    let mut child = command(args, env).spawn().expect("start forkpool");
     if wait_until(Duration::from_secs(20), || child.try_wait().unwrap()).is_none() {
         let _ = child.kill();
         let _ = child.wait();
