@@ -36,7 +36,7 @@ impl Server {
     /// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (which let root read any directory) leave the
     /// bounding set before exec, so the server, its workers and `ls` never get them.
     pub fn start_bound_by_permissions(args: &[&str]) -> Server {
-        use rustix::thread::{remove_capability_from_bounding_set, Capability};
+        use rustix::thread::{remove_capability_from_bounding_set, CapabilitySet};
         use std::os::unix::process::CommandExt;
         let mut command = command(&[&["--listen", "127.0.0.1:0"], args].concat(), &[]);
         // SAFETY: between fork and exec this only makes prctl system calls, which neither
@@ -44,8 +44,8 @@ impl Server {
         unsafe {
             command.pre_exec(|| {
                 if rustix::process::geteuid().is_root() {
-                    remove_capability_from_bounding_set(Capability::DACOverride)?;
-                    remove_capability_from_bounding_set(Capability::DACReadSearch)?;
+                    remove_capability_from_bounding_set(CapabilitySet::DAC_OVERRIDE)?;
+                    remove_capability_from_bounding_set(CapabilitySet::DAC_READ_SEARCH)?;
                 }
                 Ok(())
             });
