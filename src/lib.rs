@@ -11,9 +11,10 @@
 //! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`.
 //! - [`pool`]: `WorkerPool` (submit, queue, deadlines, roll, shutdown); `pool::driver` (the
 //!   per-slot loop on the pool's own thread: dispatch, respawn with backoff, recycle);
-//!   `pool::process` (one child process: spawn, handshake, kill); `pool::protocol` (JSON-lines
-//!   messages, framing, the `Job` trait); `pool::status` (per-worker rows); `pool::worker`
-//!   (the worker-side loop).
+//!   `pool::process` (one child process: spawn, handshake, kill, how it ended);
+//!   `pool::protocol` (JSON-lines messages, framing, the `Job` trait); `pool::status`
+//!   (per-worker rows); `pool::worker` (the worker-side loop, and the allocator that turns a
+//!   failed allocation in a worker into a recognisable exit).
 //! - [`prime`]: primality, pure functions.
 //! - [`error`]: `AppError`, the one JSON error shape, and the status of every typed error.
 //! - [`logging`]: tracing to stderr.

@@ -12,8 +12,8 @@
 //! Every probe is made twice, on a new connection and on a kept-alive one. The RSS of the server
 //! and its workers is read from /proc while idle.
 //!
-//! Layout: [`client`] (hyper connections), [`scenarios`], [`report`] (data, JSON and table),
-//! [`plot`] (SVG), [`spawn`] (`--spawn`).
+//! Layout: `client` (hyper connections), `scenarios`, `report` (data, JSON and table),
+//! `plot` (SVG), `spawn` (`--spawn`).
 
 mod client;
 mod plot;

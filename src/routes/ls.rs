@@ -12,9 +12,9 @@
 //!    permit of the `ls` semaphore is taken without waiting (none left: 503 + `Retry-After`)
 //!    and `ls` is spawned directly, no shell, with the canonical absolute path after `--`, so
 //!    no value of `D` can become an option.
-//! 2. **While the body streams**: the response body *is* the listing. A [`Listing`] owns the
+//! 2. **While the body streams**: the response body *is* the listing. A `Listing` owns the
 //!    child, its stdout, the permit and the deadline. Each poll of the body reads what the
-//!    pipe holds into a reusable 64 KiB buffer (after a small read, once more [`COALESCE`]
+//!    pipe holds into a reusable 64 KiB buffer (after a small read, once more `COALESCE`
 //!    later, so that `ls`'s 4 KiB writes travel as fewer, larger chunks) and hands the bytes on
 //!    as one chunk: no per-line work, no accumulation. Backpressure is end to end: when the client reads slowly,
 //!    hyper stops polling, the pipe fills and `ls` blocks in `write`.
@@ -27,7 +27,7 @@
 //! incomplete transfer.
 //! - `ls` exits non-zero (even after all its output): abort. Exit 0 ends the body cleanly.
 //! - `--ls-timeout` expires (counted from the spawn): `ls` is killed and reaped, then abort.
-//! - The client hangs up: hyper drops the body, and [`Listing`]'s `Drop` kills `ls` and hands
+//! - The client hangs up: hyper drops the body, and `Listing`'s `Drop` kills `ls` and hands
 //!   it to a task that reaps it at once. `kill_on_drop` alone would kill too, but would leave
 //!   the reaping to tokio's orphan queue: no exit status for the log, and no moment at which
 //!   the process is known to be gone, which is when the gauge and the permit must be released.
