@@ -1,5 +1,5 @@
 //! The `forkpool` binary: parses the command line and dispatches to the server, the hidden
-//! worker mode, or the load test. Nothing else lives here.
+//! worker mode, or the load test. Nothing else lives here but the choice of global allocator.
 
 use std::future::Future;
 
@@ -9,6 +9,10 @@ use forkpool::pool::protocol::Job;
 use forkpool::pool::worker;
 use forkpool::routes::isprime::IsPrimeJob;
 use forkpool::{loadtest, logging, server};
+
+/// A worker that runs out of memory exits with a code the server can name in its 502.
+#[global_allocator]
+static ALLOCATOR: worker::ExitOnOutOfMemory = worker::ExitOnOutOfMemory;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::load();

@@ -74,13 +74,11 @@ pub enum WorkerError {
     Io(#[from] std::io::Error),
 }
 
-/// The process's allocator: the system one, except that in a worker a failed allocation exits
-/// with [`EXIT_OUT_OF_MEMORY`] instead of aborting. The check sits on the failure path only, so
-/// the server pays nothing for it.
+/// The binary's global allocator (set in `main`, since a library should not impose one): the
+/// system allocator, except that in a worker a failed allocation exits with
+/// [`EXIT_OUT_OF_MEMORY`] instead of aborting. The check sits on the failure path only, so the
+/// server pays nothing for it.
 pub struct ExitOnOutOfMemory;
-
-#[global_allocator]
-static ALLOCATOR: ExitOnOutOfMemory = ExitOnOutOfMemory;
 
 /// Set once a worker starts; the server keeps Rust's own abort on a failed allocation.
 static IN_WORKER: AtomicBool = AtomicBool::new(false);
