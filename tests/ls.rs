@@ -211,6 +211,30 @@ fn lists_a_directory_with_awkward_names() {
 }
 
 #[test]
+fn a_directory_whose_name_is_not_utf8_can_be_listed() {
+    use std::os::unix::ffi::OsStrExt;
+    // "café" in Latin-1: the byte 0xE9 alone is not UTF-8. A lossy decoding of `%E9` would ask
+    // for "caf\u{FFFD}" instead, which does not exist.
+    let root = TempDir::new("latin1");
+    let latin1 = root.path().join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::create_dir(&latin1).unwrap();
+    std::fs::write(latin1.join("inside.txt"), b"x").unwrap();
+    let server = start(&root, &[]);
+    let response = server.get("/ls?directory=caf%E9");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(response.complete);
+    assert!(
+        response.text().lines().any(|l| l.ends_with(" inside.txt")),
+        "{}",
+        response.text()
+    );
+    // Another byte that is not UTF-8 names nothing, and says so.
+    let message = server.get("/ls?directory=caf%E8").assert_error(404);
+    assert!(message.contains("does not exist"), "{message}");
+    assert_no_ls_left(&server);
+}
+
+#[test]
 fn names_are_never_options() {
     let root = TempDir::new("options");
     root.file("--help");

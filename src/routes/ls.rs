@@ -39,7 +39,9 @@
 //! pipe) and logged with the exit status. `ls` gets its own process group, so that a terminal's
 //! Ctrl-C reaches the server, which then decides what happens to its children.
 
+use std::ffi::{OsStr, OsString};
 use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
@@ -59,7 +61,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 
-use super::{single_param, RequestId};
+use super::{single_param_bytes, RequestId};
 use crate::error::AppError;
 use crate::server::AppState;
 
@@ -143,14 +145,18 @@ pub async fn list(
     Extension(request_id): Extension<RequestId>,
     uri: Uri,
 ) -> Result<Response, AppError> {
-    let directory = single_param(&uri, "directory").inspect_err(|_| count("bad_request"))?;
-    start(&state, request_id, directory.unwrap_or_default())
-        .await
-        .map_err(|e| {
-            count(e.outcome());
-            tracing::debug!(error = %e, "ls refused");
-            e.into()
-        })
+    let directory = single_param_bytes(&uri, "directory").inspect_err(|_| count("bad_request"))?;
+    start(
+        &state,
+        request_id,
+        OsString::from_vec(directory.unwrap_or_default()),
+    )
+    .await
+    .map_err(|e| {
+        count(e.outcome());
+        tracing::debug!(error = %e, "ls refused");
+        e.into()
+    })
 }
 
 fn count(outcome: &'static str) {
@@ -161,10 +167,10 @@ fn count(outcome: &'static str) {
 async fn start(
     state: &AppState,
     request_id: RequestId,
-    directory: String,
+    directory: OsString,
 ) -> Result<Response, LsError> {
     let root = state.ls_root.clone();
-    let shown = directory.clone();
+    let shown = directory.to_string_lossy().into_owned();
     let path = tokio::task::spawn_blocking(move || resolve(&root, &directory))
         .await
         .map_err(|e| LsError::Io {
@@ -203,18 +209,20 @@ async fn start(
 
 /// The canonical path that `directory` names inside the canonical `root`, checked to be
 /// listable. Blocking.
-fn resolve(root: &Path, directory: &str) -> Result<PathBuf, LsError> {
-    if directory.len() > MAX_DIRECTORY_LEN {
+fn resolve(root: &Path, directory: &OsStr) -> Result<PathBuf, LsError> {
+    let bytes = directory.as_bytes();
+    if bytes.len() > MAX_DIRECTORY_LEN {
         return Err(LsError::TooLong {
-            len: directory.len(),
+            len: bytes.len(),
             max: MAX_DIRECTORY_LEN,
         });
     }
-    if directory.contains('\0') {
+    if bytes.contains(&0) {
         return Err(LsError::NulByte);
     }
-    let shown = || directory.to_owned();
-    let relative = Path::new(directory.trim_start_matches('/'));
+    let shown = || directory.to_string_lossy().into_owned();
+    let start = bytes.iter().position(|&b| b != b'/').unwrap_or(bytes.len());
+    let relative = Path::new(OsStr::from_bytes(&bytes[start..]));
     // A `..` that climbs above the root is refused before the filesystem is asked anything,
     // so that nothing outside the root is even looked up. This is only the cheap first line:
     // `a/..` where `a` is a symlink goes elsewhere, which the check after canonicalize catches.
@@ -232,11 +240,11 @@ fn resolve(root: &Path, directory: &str) -> Result<PathBuf, LsError> {
     let joined = root.join(relative);
     let canonical = joined
         .canonicalize()
-        .map_err(|e| unresolved(root, &joined, directory, e))?;
+        .map_err(|e| unresolved(root, &joined, &shown(), e))?;
     if !canonical.starts_with(root) {
         return Err(LsError::OutsideRoot(shown()));
     }
-    let error = |e: io::Error| classify(directory, e);
+    let error = |e: io::Error| classify(&shown(), e);
     let metadata = std::fs::metadata(&canonical).map_err(error)?;
     if metadata.is_dir() {
         // `ls -l` of a directory needs read (to list names) and search (to stat each entry)
@@ -567,23 +575,32 @@ mod tests {
         let root = Path::new("/nonexistent-root");
         for d in ["..", "../", "/..", "a/../..", "./../x", "//../etc"] {
             assert!(
-                matches!(resolve(root, d), Err(LsError::OutsideRoot(_))),
+                matches!(resolve(root, d.as_ref()), Err(LsError::OutsideRoot(_))),
                 "{d}"
             );
         }
-        assert!(matches!(resolve(root, "a\0b"), Err(LsError::NulByte)));
+        assert!(matches!(
+            resolve(root, "a\0b".as_ref()),
+            Err(LsError::NulByte)
+        ));
         let long = "a".repeat(MAX_DIRECTORY_LEN + 1);
-        assert!(matches!(resolve(root, &long), Err(LsError::TooLong { .. })));
+        assert!(matches!(
+            resolve(root, long.as_ref()),
+            Err(LsError::TooLong { .. })
+        ));
     }
 
     #[test]
     fn resolves_inside_the_root() {
         let root = root();
-        assert_eq!(resolve(&root, "").unwrap(), root);
-        assert_eq!(resolve(&root, "/").unwrap(), root);
-        assert_eq!(resolve(&root, "/sub/").unwrap(), root.join("sub"));
-        assert_eq!(resolve(&root, "sub/..").unwrap(), root);
-        assert!(matches!(resolve(&root, "nope"), Err(LsError::NotFound(_))));
+        assert_eq!(resolve(&root, "".as_ref()).unwrap(), root);
+        assert_eq!(resolve(&root, "/".as_ref()).unwrap(), root);
+        assert_eq!(resolve(&root, "/sub/".as_ref()).unwrap(), root.join("sub"));
+        assert_eq!(resolve(&root, "sub/..".as_ref()).unwrap(), root);
+        assert!(matches!(
+            resolve(&root, "nope".as_ref()),
+            Err(LsError::NotFound(_))
+        ));
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -5,7 +5,10 @@ pub mod isprime;
 pub mod ls;
 pub mod ops;
 
+use std::borrow::Cow;
+
 use axum::http::Uri;
+use percent_encoding::percent_decode;
 
 use crate::error::AppError;
 
@@ -13,16 +16,62 @@ use crate::error::AppError;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// The value of query parameter `name`, decoded; `None` if absent. A parameter given twice is
-/// a 400: which one to believe would be a guess.
+/// The value of query parameter `name` as UTF-8 text; `None` if absent. See
+/// [`single_param_bytes`].
 pub fn single_param(uri: &Uri, name: &str) -> Result<Option<String>, AppError> {
+    single_param_bytes(uri, name)?
+        .map(|value| {
+            String::from_utf8(value).map_err(|_| {
+                AppError::bad_request(format!("query parameter `{name}` is not valid UTF-8"))
+            })
+        })
+        .transpose()
+}
+
+/// The value of query parameter `name`, decoded as a form does (`%XX` escapes, `+` for a
+/// space) to bytes, not text: a file name need not be UTF-8, and a lossy decoding would turn
+/// it into a name that does not exist. `None` if absent. A parameter given twice is a 400:
+/// which one to believe would be a guess.
+pub fn single_param_bytes(uri: &Uri, name: &str) -> Result<Option<Vec<u8>>, AppError> {
     let query = uri.query().unwrap_or_default();
-    let mut values = form_urlencoded::parse(query.as_bytes()).filter(|(key, _)| key == name);
-    let first = values.next().map(|(_, value)| value.into_owned());
+    let mut values = query.split('&').filter_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (*form_decode(key) == *name.as_bytes()).then(|| form_decode(value).into_owned())
+    });
+    let first = values.next();
     if values.next().is_some() {
         return Err(AppError::bad_request(format!(
             "query parameter `{name}` is given more than once"
         )));
     }
     Ok(first)
+}
+
+/// One key or value of a query string, decoded; borrowed when there is nothing to decode.
+fn form_decode(text: &str) -> Cow<'_, [u8]> {
+    match text.contains('+') {
+        true => Cow::Owned(percent_decode(text.replace('+', " ").as_bytes()).collect()),
+        false => percent_decode(text.as_bytes()).into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn param(query: &str) -> Result<Option<Vec<u8>>, AppError> {
+        single_param_bytes(&format!("/x?{query}").parse().unwrap(), "d")
+    }
+
+    #[test]
+    fn params_decode_to_bytes() {
+        assert_eq!(param("d=a%20b+c").unwrap().unwrap(), b"a b c");
+        assert_eq!(param("d=caf%E9").unwrap().unwrap(), b"caf\xe9");
+        assert_eq!(param("x=1&%64=2&&y").unwrap().unwrap(), b"2");
+        assert_eq!(param("d").unwrap().unwrap(), b"");
+        assert_eq!(param("dd=1").unwrap(), None);
+        assert!(param("d=1&d=2").is_err());
+        let uri = "/x?d=%FF".parse().unwrap();
+        assert!(single_param(&uri, "d").is_err());
+    }
 }
