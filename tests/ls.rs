@@ -467,6 +467,40 @@ fn client_hang_up_kills_and_reaps_ls() {
 }
 
 #[test]
+fn no_ls_survives_a_sigkilled_server() {
+    // Mid-listing, blocked on a full pipe because the client reads nothing more.
+    let root = big_root();
+    let server = start(&root, &[]);
+    let (_stream, _) = open_listing(&server, "big");
+    let pid = running_ls(&server);
+    assert_dies_with_the_server(server, pid);
+
+    // Still gathering entries, nothing written yet (a stand-in that only waits): no broken
+    // pipe will ever end this one, only the death signal.
+    let (server, _bin) = start_with_fake_ls(&root, "exec sleep 60");
+    let _stream = server.send("GET", "/ls", &[], b"");
+    let pid = wait_until(Duration::from_secs(5), || {
+        server
+            .children()
+            .into_iter()
+            .find(|p| p.name == "sleep")
+            .map(|p| p.pid)
+    })
+    .expect("the stand-in ls runs");
+    assert_dies_with_the_server(server, pid);
+}
+
+/// SIGKILLs the server and asserts that its child `pid` is gone within 2 s.
+fn assert_dies_with_the_server(mut server: Server, pid: u32) {
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let gone = wait_until(Duration::from_secs(2), || {
+        (!common::alive(pid)).then_some(())
+    });
+    assert!(gone.is_some(), "{pid} outlived the server");
+}
+
+#[test]
 fn timeout_aborts_the_body() {
     let root = big_root();
     let server = start(&root, &["--ls-timeout", "500ms"]);
@@ -500,21 +534,14 @@ fn timeout_aborts_the_body() {
     assert_no_ls_left(&server);
 }
 
-#[test]
-fn failing_ls_aborts_the_body() {
-    // A stand-in `ls` first on PATH: it records its arguments, writes some output and fails.
-    let root = TempDir::new("fake");
+/// Starts a server whose `ls` is a shell script with body `script`, first on its PATH. Keep
+/// the returned directory (the script's) alive as long as the server.
+fn start_with_fake_ls(root: &TempDir, script: &str) -> (Server, TempDir) {
+    use std::os::unix::fs::PermissionsExt;
     let bin = TempDir::new("bin");
-    let script = bin.path().join("ls");
-    std::fs::write(
-        &script,
-        "#!/bin/sh\nprintf '%s\\n' \"$@\"\nprintf 'some output\\n'\necho 'ls: trouble' >&2\nexit 2\n",
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let ls = bin.path().join("ls");
+    std::fs::write(&ls, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&ls, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!(
         "{}:{}",
         bin.str(),
@@ -523,6 +550,17 @@ fn failing_ls_aborts_the_body() {
     let server = Server::start_with_env(
         &["--ls-root", root.str(), "--workers", "1"],
         &[("PATH", &path)],
+    );
+    (server, bin)
+}
+
+#[test]
+fn failing_ls_aborts_the_body() {
+    // A stand-in `ls`: it records its arguments, writes some output and fails.
+    let root = TempDir::new("fake");
+    let (server, _bin) = start_with_fake_ls(
+        &root,
+        "printf '%s\\n' \"$@\"\nprintf 'some output\\n'\necho 'ls: trouble' >&2\nexit 2",
     );
     let response = ls(&server, "/");
     assert_eq!(response.status, 200);

@@ -32,6 +32,11 @@
 //!   the reaping to tokio's orphan queue: no exit status for the log, and no moment at which
 //!   the process is known to be gone, which is when the gauge and the permit must be released.
 //!   It stays set as the last resort for a runtime that is shutting down.
+//! - The server dies (even by SIGKILL): `ls` gets SIGKILL through `PR_SET_PDEATHSIG`. A broken
+//!   pipe would end it only at its next write, and `ls -l` of a huge directory writes nothing
+//!   until it has read and sorted every entry. The signal fires when the *thread* that forked
+//!   the child exits; that is one of the runtime's worker threads (handlers are async tasks,
+//!   and nothing here calls `block_in_place`), which live as long as the server.
 //!
 //! The permit travels with the child and is released only once the child is reaped, so the cap
 //! counts processes that really exist. stderr is drained by its own task into a buffer capped at
@@ -55,6 +60,7 @@ use axum::Extension;
 use bytes::BytesMut;
 use futures_util::{stream, FutureExt};
 use rustix::io::Errno;
+use rustix::process::Signal;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::OwnedSemaphorePermit;
@@ -389,6 +395,14 @@ impl Listing {
         request_id: String,
         directory: String,
     ) -> Result<Listing, LsError> {
+        // SAFETY: between fork and exec the closure makes one prctl system call, which neither
+        // allocates nor takes a lock.
+        unsafe {
+            command.pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+                Ok(())
+            });
+        }
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
