@@ -69,6 +69,7 @@ fn read_response(mut stream: std::net::TcpStream) -> common::Response {
 fn client_hang_up_kills_the_busy_worker_and_a_fresh_one_serves() {
     let server = Server::start(&["--workers", "1"]);
     server.wait_for_workers(1);
+    assert_serves(&server);
     let (stream, pid) = start_slow_job(&server);
     drop(stream);
     let gone = wait_until(Duration::from_secs(3), || (!alive(pid)).then_some(()));
@@ -78,6 +79,13 @@ fn client_hang_up_kills_the_busy_worker_and_a_fresh_one_serves() {
     );
     let fresh = server.wait_for_workers(1);
     assert_ne!(fresh, [pid]);
+    // The fresh worker's row is its own: the job its predecessor served is not counted.
+    let row = status(&server)["workers"][0].clone();
+    assert_eq!(
+        (row["pid"].as_u64(), row["jobs_served"].as_u64()),
+        (Some(fresh[0] as u64), Some(0)),
+        "{row}"
+    );
     assert_serves(&server);
     assert_no_zombies(&server);
 }

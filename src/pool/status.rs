@@ -76,13 +76,15 @@ impl Slot {
         self.job = Some((job, Instant::now()));
     }
 
-    /// Any state but busy; `pid` is the worker now in the slot, if any.
+    /// Any state but busy; `pid` is the worker now in the slot, if any. A new worker starts
+    /// its own row: start time now, no job served yet.
     pub(super) fn set(&mut self, state: WorkerState, pid: Option<u32>) {
         self.state = state;
         self.job = None;
         if self.pid != pid {
             self.pid = pid;
             self.started_at = pid.map(|_| SystemTime::now());
+            self.jobs_served = 0;
         }
     }
 }
