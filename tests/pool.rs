@@ -6,6 +6,7 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{alive, signal, slow_prime, wait_until, Server};
@@ -276,6 +277,52 @@ impl Drop for FakeWorker {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+#[test]
+fn recycling_and_a_roll_together_keep_at_most_one_spare_worker() {
+    let workers = 2;
+    let server = Server::start(&["--workers", "2", "--max-jobs-per-worker", "2"]);
+    server.wait_for_workers(workers);
+    let done = AtomicBool::new(false);
+    let most = std::thread::scope(|s| {
+        // Counts live workers (retiring ones included) as often as it can.
+        let sampler = s.spawn(|| {
+            let mut most = 0;
+            while !done.load(Ordering::Relaxed) {
+                most = most.max(server.worker_pids().len());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            most
+        });
+        // Two clients keep both workers busy, so both slots come due for recycling together,
+        // and a roll runs across them.
+        let clients: Vec<_> = (0..2)
+            .map(|client| {
+                let server = &server;
+                s.spawn(move || {
+                    for n in 0..40 {
+                        let response = server.get(&format!("/isprime?number={}", 1000 + n));
+                        assert_eq!(response.status, 200, "client {client}, request {n}");
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        signal(server.pid(), "HUP");
+        for client in clients {
+            client.join().unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+        sampler.join().unwrap()
+    });
+    assert!(
+        most <= workers + 1,
+        "{most} workers alive at once (limit {})",
+        workers + 1
+    );
+    server.wait_for_workers(workers);
+    assert_no_zombies(&server);
 }
 
 fn hello(version: &str) -> String {

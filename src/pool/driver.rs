@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::sleep;
 
 use super::process::{SpawnError, WorkerProcess};
@@ -77,10 +77,12 @@ enum Event<J: Job> {
     /// Output (or EOF) from a worker that has no job: it died or misbehaves.
     IdleOutput(Result<Option<Vec<u8>>, ProtocolError>),
     Roll(oneshot::Sender<()>),
-    Replacement(Result<WorkerProcess, SpawnError>),
+    Replacement(Result<(WorkerProcess, OwnedSemaphorePermit), SpawnError>),
 }
 
-type Spawning = Pin<Box<dyn Future<Output = Result<WorkerProcess, SpawnError>> + Send>>;
+/// A replacement on its way, with the pool's spare permit once it has it.
+type Spawning =
+    Pin<Box<dyn Future<Output = Result<(WorkerProcess, OwnedSemaphorePermit), SpawnError>> + Send>>;
 
 impl<J: Job> Inner<J> {
     /// The life of one worker slot: start a worker, feed it jobs, replace it when it is lost or
@@ -124,7 +126,7 @@ impl<J: Job> Inner<J> {
                                 self.slots[slot].lock().unwrap().jobs_served += 1;
                                 if retire_after > 0 && served >= retire_after && spawning.is_none()
                                 {
-                                    spawning = Some(Box::pin(self.spawn_replacement()));
+                                    spawning = Some(Box::pin(self.spawn_spare()));
                                 }
                             }
                             Err(reason) => break Some(reason),
@@ -149,15 +151,16 @@ impl<J: Job> Inner<J> {
                     Event::Roll(done) => {
                         roll_done = Some(done);
                         if spawning.is_none() {
-                            spawning = Some(Box::pin(self.spawn_replacement()));
+                            spawning = Some(Box::pin(self.spawn_spare()));
                         }
                     }
-                    Event::Replacement(Ok(new)) => {
+                    Event::Replacement(Ok((new, spare))) => {
                         let old = std::mem::replace(&mut worker, new);
                         let done = roll_done.take();
                         count_exit("recycled".into());
                         tokio::spawn(async move {
                             old.retire().await;
+                            drop(spare);
                             if let Some(done) = done {
                                 let _ = done.send(());
                             }
@@ -205,6 +208,23 @@ impl<J: Job> Inner<J> {
                     sleep(delay).await;
                 }
             }
+        }
+    }
+
+    /// A replacement for a worker that stays alive until the new one is ready (recycling, a
+    /// roll). It first waits for the pool's one spare permit, which travels with it and is
+    /// released once the old worker has exited. Meanwhile the old worker keeps serving.
+    fn spawn_spare(
+        &self,
+    ) -> impl Future<Output = Result<(WorkerProcess, OwnedSemaphorePermit), SpawnError>> {
+        let spare = self.spare.clone();
+        let spawn = self.spawn_replacement();
+        async move {
+            let permit = spare
+                .acquire_owned()
+                .await
+                .expect("the spare semaphore is never closed");
+            Ok((spawn.await?, permit))
         }
     }
 

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::config::{LogFormat, WorkerSched};
@@ -117,6 +117,10 @@ struct Inner<J: Job> {
     slots: Vec<Mutex<Slot>>,
     /// One per driver: a roll request, answered once that slot's new worker replaced the old.
     rolls: Vec<mpsc::UnboundedSender<oneshot::Sender<()>>>,
+    /// One permit: a worker started while the one it replaces still lives (recycling, a roll)
+    /// holds it until the old one has exited, so that at most `workers + 1` are ever alive,
+    /// however recycling and a roll overlap.
+    spare: Arc<Semaphore>,
     drivers: Mutex<Vec<JoinHandle<()>>>,
     dispatcher: Dispatcher,
     metrics: HotMetrics,
@@ -170,6 +174,7 @@ impl<J: Job> WorkerPool<J> {
             spec,
             job_ready: Notify::new(),
             rolls,
+            spare: Arc::new(Semaphore::new(1)),
             drivers: Mutex::new(Vec::new()),
             dispatcher: Dispatcher::start(),
             metrics: HotMetrics {
@@ -263,7 +268,7 @@ impl<J: Job> WorkerPool<J> {
     }
 
     /// Rolling restart: one slot at a time, start a new worker, then retire the old one once its
-    /// running job is done. At most one extra worker is alive at any moment.
+    /// running job is done. At most one extra worker is alive at any moment (see `spare`).
     pub async fn roll(&self) {
         for roll in &self.inner.rolls {
             let (done, replaced) = oneshot::channel();
