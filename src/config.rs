@@ -73,7 +73,8 @@ pub struct Config {
     #[arg(long, env = "FORKPOOL_WORKER_MEMORY", default_value = "1GiB", value_parser = parse_size)]
     pub worker_memory: u64,
 
-    /// Nice value of the workers with `--worker-sched other`, so the HTTP front end wins the CPU.
+    /// Nice value of the workers. It sets their CPU share under `--worker-sched other`; under
+    /// `idle` the class alone decides, and the value only shows in `ps` and `top`.
     #[arg(long, env = "FORKPOOL_WORKER_NICE", default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub worker_nice: i32,
 

@@ -8,8 +8,8 @@
 //! - `RLIMIT_AS`, so a runaway job fails inside the worker instead of swapping the machine.
 //!   A failed allocation then ends the worker with [`EXIT_OUT_OF_MEMORY`] (see
 //!   [`ExitOnOutOfMemory`]), so that the client's 502 says "ran out of memory".
-//! - SCHED_IDLE (the default) or a nice value, so that the HTTP front end wins the CPU when
-//!   both want it.
+//! - A nice value, and SCHED_IDLE unless `--worker-sched other`, so that the HTTP front end
+//!   wins the CPU when both want it.
 //!
 //! The parent-pid check compares with the pid the server passed, not with the thread: the
 //! death signal fires when the server's *thread* that spawned us exits, which is why the pool
