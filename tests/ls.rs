@@ -208,6 +208,12 @@ fn lists_a_directory_with_awkward_names() {
         assert!(text.lines().any(|l| l.ends_with(" ..")), "{text}");
     }
     assert_no_ls_left(&server);
+    // At the default level, each listing's end is logged with its exit status and size.
+    server.wait_for_log("`ls finished` with the exit status", |log| {
+        log.lines().any(|l| {
+            l.contains("ls finished") && l.contains("exit status: 0") && l.contains("bytes=")
+        })
+    });
 }
 
 #[test]

@@ -409,7 +409,11 @@ fn workers_run_isolated_at_low_priority_under_a_memory_limit() {
     };
     assert_eq!(stat_field(pid, 5), pid as i64, "own process group");
     assert_eq!(stat_field(pid, 41), SCHED_IDLE, "scheduling policy");
-    assert_eq!(stat_field(pid, 19), 10, "nice (the default, shown even under SCHED_IDLE)");
+    assert_eq!(
+        stat_field(pid, 19),
+        10,
+        "nice (the default, shown even under SCHED_IDLE)"
+    );
     assert_eq!(max_address_space(pid), (512u64 << 20).to_string());
 
     let server = Server::start(&[

@@ -368,7 +368,9 @@ impl Run {
             };
         }
         match outcome {
-            Outcome::Ok => log!(debug, "ls finished"),
+            // Info like the rest: the request line is written when the head goes out, so
+            // only this line has the exit status, the size and the time of the whole listing.
+            Outcome::Ok => log!(info, "ls finished"),
             Outcome::Cancelled => log!(info, "ls killed: client went away"),
             Outcome::Timeout => log!(warn, "ls killed: --ls-timeout expired"),
             Outcome::Failed => log!(warn, "ls failed"),
