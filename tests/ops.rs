@@ -500,6 +500,7 @@ fn a_killed_idle_worker_counts_as_crashed_by_signal_9_and_is_replaced() {
     let samples = scrape(&server);
     assert_eq!(value(&samples, "forkpool_worker_spawns_total", &[]), 2.0);
     assert_eq!(server.get("/isprime?number=7").status, 200);
+    server.assert_no_zombies();
 }
 
 /// Needs the real src/prime.rs (a job that outlives 200 ms).
@@ -537,6 +538,7 @@ fn a_job_that_times_out_is_504_and_counted() {
     );
     assert!(!alive(old));
     assert_eq!(server.get("/isprime?number=7").status, 200);
+    server.assert_no_zombies();
 }
 
 /// Needs the real src/prime.rs (a job that is still running when its worker is killed).
@@ -574,6 +576,7 @@ fn a_worker_killed_mid_job_is_502_naming_the_signal_and_counted() {
     );
     wait_ready(&server, 1);
     assert_eq!(server.get("/isprime?number=7").status, 200);
+    server.assert_no_zombies();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -860,6 +863,7 @@ fn sighup_replaces_every_worker_without_failing_the_running_job() {
     );
     assert!(!server.log().contains("panicked"), "{}", server.log());
     assert_eq!(server.get("/isprime?number=7").status, 200);
+    server.assert_no_zombies();
 }
 
 /// The roll itself, independent of any job in flight (runs on the placeholder too).
@@ -883,6 +887,7 @@ fn sighup_on_an_idle_pool_replaces_every_worker() {
     });
     assert_eq!(server.get("/readyz").status, 200);
     assert_eq!(server.get("/isprime?number=7").status, 200);
+    server.assert_no_zombies();
 }
 
 /// EXPOSES A POOL BUG (src/pool/mod.rs, `drive`): after a worker dies, its slot keeps the state
@@ -944,4 +949,5 @@ fn a_dead_worker_is_not_reported_live_during_the_respawn_backoff() {
     }
     assert!(checked > 0, "the backoff window was never observed");
     wait_ready(&server, 1);
+    server.assert_no_zombies();
 }

@@ -46,19 +46,6 @@ fn assert_serves(server: &Server) {
     assert_eq!(response.json()["isPrime"], true);
 }
 
-/// No child of the server is a zombie (every worker that ended was reaped).
-fn assert_no_zombies(server: &Server) {
-    let reaped = wait_until(Duration::from_secs(2), || {
-        let zombies: Vec<_> = server
-            .children()
-            .into_iter()
-            .filter(|p| p.state == 'Z')
-            .collect();
-        zombies.is_empty().then_some(())
-    });
-    assert!(reaped.is_some(), "zombies: {:?}", server.children());
-}
-
 fn read_response(mut stream: std::net::TcpStream) -> common::Response {
     use std::io::Read;
     let mut raw = Vec::new();
@@ -88,7 +75,7 @@ fn client_hang_up_kills_the_busy_worker_and_a_fresh_one_serves() {
         "{row}"
     );
     assert_serves(&server);
-    assert_no_zombies(&server);
+    server.assert_no_zombies();
 }
 
 #[test]
@@ -109,7 +96,7 @@ fn deadline_gives_504_and_the_pool_recovers() {
     );
     assert!(!alive(before[0]));
     assert_serves(&server);
-    assert_no_zombies(&server);
+    server.assert_no_zombies();
 }
 
 #[test]
@@ -125,7 +112,7 @@ fn worker_killed_mid_job_gives_502_naming_the_signal() {
     let workers = server.wait_for_workers(2);
     assert!(!workers.contains(&pid));
     assert_serves(&server);
-    assert_no_zombies(&server);
+    server.assert_no_zombies();
 }
 
 #[test]
@@ -158,7 +145,7 @@ fn a_job_over_worker_memory_gives_502_naming_out_of_memory() {
         "{exits}"
     );
     assert_serves(&server);
-    assert_no_zombies(&server);
+    server.assert_no_zombies();
 }
 
 #[test]
@@ -187,6 +174,7 @@ fn full_queue_gives_503_with_retry_after_and_hang_up_leaves_the_queue() {
     drop(running);
     server.wait_for_workers(1);
     assert_serves(&server);
+    server.assert_no_zombies();
 }
 
 #[test]
@@ -227,7 +215,7 @@ fn abandoned_requests_never_shrink_the_pool() {
     assert!(idle.is_some(), "the pool settles: {}", status(&server));
     assert_eq!(server.worker_pids().len(), 2);
     assert_serves(&server);
-    assert_no_zombies(&server);
+    server.assert_no_zombies();
 }
 
 #[test]
@@ -250,7 +238,7 @@ fn recycled_workers_are_replaced_without_failing_a_request() {
         now.iter().all(|pid| !first.contains(pid)),
         "{first:?} -> {now:?}"
     );
-    assert_no_zombies(&server);
+    server.assert_no_zombies();
 }
 
 /// A fake worker: a shell script that says `hello` as told, then answers every job with `reply`.
@@ -322,7 +310,7 @@ fn recycling_and_a_roll_together_keep_at_most_one_spare_worker() {
         workers + 1
     );
     server.wait_for_workers(workers);
-    assert_no_zombies(&server);
+    server.assert_no_zombies();
 }
 
 fn hello(version: &str) -> String {
@@ -351,7 +339,7 @@ fn a_worker_that_breaks_the_protocol_is_replaced() {
         (now.len() == 1 && now != before).then_some(())
     });
     assert!(replaced.is_some(), "the broken worker is replaced");
-    assert_no_zombies(&server);
+    server.assert_no_zombies();
 }
 
 #[test]
@@ -381,6 +369,7 @@ fn a_worker_with_the_wrong_version_never_becomes_ready_and_backs_off() {
     });
     let message = server.get("/isprime?number=7").assert_error(504);
     assert!(message.contains("deadline"), "{message}");
+    server.assert_no_zombies();
 }
 
 /// Field `n` (1-based, as in proc(5)) of /proc/PID/stat.
@@ -430,4 +419,5 @@ fn workers_run_isolated_at_low_priority_under_a_memory_limit() {
     assert_eq!(stat_field(pid, 41), SCHED_OTHER, "scheduling policy");
     assert_eq!(stat_field(pid, 19), 7, "nice");
     assert_eq!(max_address_space(pid), (1u64 << 30).to_string());
+    server.assert_no_zombies();
 }

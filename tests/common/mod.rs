@@ -148,7 +148,7 @@ impl Server {
         )
     }
 
-    /// Live (non-zombie) children of the server: its workers and any `ls`.
+    /// Children of the server, zombies included: its workers and any `ls`.
     pub fn children(&self) -> Vec<Proc> {
         children_of(self.pid())
     }
@@ -177,6 +177,16 @@ impl Server {
                 self.children()
             )
         })
+    }
+
+    /// Asserts that within 2 s no child of the server is a zombie: every worker or `ls` that
+    /// ended was reaped.
+    pub fn assert_no_zombies(&self) {
+        let reaped = wait_until(Duration::from_secs(2), || {
+            let zombies = self.children().into_iter().filter(|p| p.state == 'Z');
+            (zombies.count() == 0).then_some(())
+        });
+        assert!(reaped.is_some(), "zombies: {:?}", self.children());
     }
 
     /// Sends SIGTERM.
