@@ -88,6 +88,8 @@ impl ExitOnOutOfMemory {
         if ptr.is_null() && IN_WORKER.load(Ordering::Relaxed) {
             // Neither may allocate: stderr is unbuffered, and `_exit` skips exit handlers.
             let _ = std::io::stderr().write_all(b"worker: memory allocation failed, exiting\n");
+            // The libc crate's binding: rustix has `exit_group` only in its experimental,
+            // hidden `runtime` module, whose API is not stable.
             // SAFETY: `_exit` has no preconditions; it ends the process at once.
             unsafe { libc::_exit(EXIT_OUT_OF_MEMORY) }
         }
