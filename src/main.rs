@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Loadtest(args)) => loadtest::run(args),
+        Some(Command::Loadtest(args)) => Ok(loadtest::run(args)?),
     }
 }
 

@@ -26,7 +26,6 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -116,10 +115,32 @@ pub enum Scenario {
     Ls,
 }
 
+/// Why the load test could not measure at all (a scenario that fails is only reported).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadtestError {
+    /// The message names the flag.
+    #[error("{0}")]
+    Url(String),
+    #[error("cannot start the Tokio runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("interrupted")]
+    Interrupted,
+    #[error("{url} is not ready: {why}")]
+    NotReady { url: String, why: String },
+    #[error("--spawn: {0}")]
+    Spawn(String),
+    #[error("cannot write {flag} {path}: {why}")]
+    Write {
+        flag: &'static str,
+        path: PathBuf,
+        why: String,
+    },
+}
+
 /// Runs the load test and prints the table. Fails only when it could not measure at all (no
 /// server, bad flags, an output file that cannot be written); a scenario that fails is
 /// reported in the table and the JSON.
-pub fn run(args: LoadtestArgs) -> anyhow::Result<()> {
+pub fn run(args: LoadtestArgs) -> Result<(), LoadtestError> {
     let mut spawned = match args.spawn {
         true => Some(SpawnedServer::start(args.workers, &args.server_args)?),
         false => None,
@@ -128,18 +149,18 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         Some(server) => format!("http://{}", server.addr),
         None => args.url.clone(),
     };
-    let target = Target::parse(&url).map_err(anyhow::Error::msg)?;
+    let target = Target::parse(&url).map_err(LoadtestError::Url)?;
     let bar = progress_bar();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("cannot start the Tokio runtime")?;
+        .map_err(LoadtestError::Runtime)?;
     let ls_root = spawned.as_ref().map(|s| s.root().to_owned());
     let measured = runtime.block_on(async {
         tokio::select! {
             report = measure(&args, target, &url, ls_root.as_deref(), bar.clone()) => report,
-            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            _ = tokio::signal::ctrl_c() => Err(LoadtestError::Interrupted),
         }
     });
     bar.finish_and_clear();
@@ -160,8 +181,11 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     print!("{}", report.table());
     if let Some(path) = &args.json {
         let text = serde_json::to_vec_pretty(&report).expect("the report serializes");
-        std::fs::write(path, text)
-            .with_context(|| format!("cannot write --json {}", path.display()))?;
+        std::fs::write(path, text).map_err(|e| LoadtestError::Write {
+            flag: "--json",
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
     }
     if let Some(path) = &args.svg {
         plot::write_svg(&report, path)?;
@@ -175,7 +199,7 @@ async fn measure(
     url: &str,
     ls_root: Option<&Path>,
     bar: ProgressBar,
-) -> anyhow::Result<Report> {
+) -> Result<Report, LoadtestError> {
     let mut report = Report {
         url: url.to_owned(),
         server_args: args.server_args.clone(),
@@ -204,14 +228,15 @@ async fn measure(
     };
     run.bar
         .set_message("waiting for the server and its workers");
+    let not_ready = |why: String| LoadtestError::NotReady {
+        url: url.to_owned(),
+        why,
+    };
     let (pid, worker_pids) = run
         .wait_idle(Duration::from_secs(20))
         .await
-        .map_err(|e| anyhow::anyhow!("{url} is not ready: {e}"))?;
-    let status = target
-        .get_json("/status")
-        .await
-        .map_err(anyhow::Error::msg)?;
+        .map_err(not_ready)?;
+    let status = target.get_json("/status").await.map_err(not_ready)?;
     report.server_pid = Some(pid);
     report.worker_pids = worker_pids.clone();
     report.workers = worker_pids.len();

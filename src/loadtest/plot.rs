@@ -3,17 +3,21 @@
 
 use std::path::Path;
 
-use anyhow::anyhow;
 use plotters::prelude::*;
 
 use super::report::{ConnKind, Report};
+use super::LoadtestError;
 
 const NEW_CONN: RGBColor = RGBColor(31, 119, 180);
 const KEPT_ALIVE: RGBColor = RGBColor(214, 39, 40);
 const SHADE: RGBColor = RGBColor(255, 170, 60);
 
-pub fn write_svg(report: &Report, path: &Path) -> anyhow::Result<()> {
-    draw(report, path).map_err(|e| anyhow!("cannot write --svg {}: {e}", path.display()))
+pub fn write_svg(report: &Report, path: &Path) -> Result<(), LoadtestError> {
+    draw(report, path).map_err(|e| LoadtestError::Write {
+        flag: "--svg",
+        path: path.to_owned(),
+        why: e.to_string(),
+    })
 }
 
 fn draw(report: &Report, path: &Path) -> Result<(), Box<dyn std::error::Error>> {

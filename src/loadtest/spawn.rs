@@ -7,9 +7,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use rustix::process::{kill_process, Pid, Signal};
 use tempfile::TempDir;
+
+use super::LoadtestError;
 
 /// A server started by the load test. Stopped on drop, together with its temporary directory.
 pub struct SpawnedServer {
@@ -20,12 +21,14 @@ pub struct SpawnedServer {
 }
 
 impl SpawnedServer {
-    pub fn start(workers: Option<u16>, extra: &[String]) -> anyhow::Result<SpawnedServer> {
+    pub fn start(workers: Option<u16>, extra: &[String]) -> Result<SpawnedServer, LoadtestError> {
+        let failed = |what: &str, e: std::io::Error| LoadtestError::Spawn(format!("{what}: {e}"));
         let root = tempfile::Builder::new()
             .prefix("forkpool-loadtest-")
             .tempdir()
-            .context("cannot create a temporary directory")?;
-        let program = std::env::current_exe().context("cannot find this executable")?;
+            .map_err(|e| failed("cannot create a temporary directory", e))?;
+        let program =
+            std::env::current_exe().map_err(|e| failed("cannot find this executable", e))?;
         let mut command = Command::new(program);
         command
             .args(["--listen", "127.0.0.1:0", "--ls-root"])
@@ -37,7 +40,9 @@ impl SpawnedServer {
             command.args(["--workers", &n.to_string()]);
         }
         command.args(extra);
-        let mut child = command.spawn().context("cannot start the server")?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| failed("cannot start the server", e))?;
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
         let mut line = String::new();
         let read = stdout.read_line(&mut line);
@@ -48,9 +53,9 @@ impl SpawnedServer {
         let Some(addr) = addr else {
             let _ = child.kill();
             let status = child.wait().ok();
-            bail!(
+            return Err(LoadtestError::Spawn(format!(
                 "the server did not start (first line {line:?}, {read:?}, {status:?}); run it by hand with the same flags to see why: {extra:?}"
-            );
+            )));
         };
         // Drain stdout so that the server never blocks writing to it.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
