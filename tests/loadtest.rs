@@ -1,5 +1,6 @@
 //! Regression guard for a blocked event loop (probes while every worker is busy, loose bound),
-//! and `forkpool loadtest --spawn` end to end with tiny bounds. The real targets are measured by
+//! and `forkpool loadtest --spawn` end to end with tiny bounds, its saturated scenario held to
+//! the same loose bound. The real targets are measured by
 //! the load test itself in a release build, not here.
 
 mod common;
@@ -70,7 +71,7 @@ fn loadtest_spawn_runs_end_to_end() {
             "--multiples",
             "1",
             "--heavy-exponent",
-            "4423",
+            "9689",
         ])
         .args(["--duration", "1s", "--concurrency", "8"])
         .args(["--ls-files", "300", "--ls-runs", "1"])
@@ -125,6 +126,14 @@ fn loadtest_spawn_runs_end_to_end() {
     let phase = &json["saturated"]["phases"][0];
     assert_eq!(phase["k"], 2);
     assert_eq!(phase["heavy"]["ok"], 2, "{phase}");
+    // The load tool's own saturated scenario, with the same loose bound as the test above.
+    assert_eq!(phase["all_workers_busy"], true, "{phase}");
+    for kind in ["new_conn", "kept_alive"] {
+        let probes = &phase["probes"][kind];
+        assert!(probes["count"].as_u64().unwrap() > 0, "{phase}");
+        assert_eq!(probes["errors"], 0, "{phase}");
+        assert!(probes["p99_ms"].as_f64().unwrap() < 100.0, "{phase}");
+    }
     assert!(json["saturated"]["digits"].as_u64().unwrap() > 1000);
     for endpoint in ["isprime", "testrequest"] {
         assert!(
