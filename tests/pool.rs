@@ -1,5 +1,5 @@
 //! The worker pool through the real binary: cancellation, deadlines, crashes, a full queue,
-//! recycling, broken workers, and that no process outlives the server.
+//! recycling, broken workers, that no process outlives the server, and the worker side alone.
 
 mod common;
 
@@ -420,4 +420,53 @@ fn workers_run_isolated_at_low_priority_under_a_memory_limit() {
     assert_eq!(stat_field(pid, 19), 7, "nice");
     assert_eq!(max_address_space(pid), (1u64 << 30).to_string());
     server.assert_no_zombies();
+}
+
+/// The worker side alone, driven over its pipes as the server drives it: a job that fails is
+/// answered with `err`, and the worker's log line for it carries the request id even at the
+/// default log level.
+#[test]
+fn a_worker_answers_a_failed_job_and_logs_it_with_the_request_id() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut worker = Command::new(common::BIN)
+        .args(["worker", "--kind", "isprime", "--parent-pid"])
+        .arg(std::process::id().to_string())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = worker.stdin.take().unwrap();
+    let mut stdout = BufReader::new(worker.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let hello: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(hello["hello"]["pid"], worker.id(), "{line}");
+
+    writeln!(
+        stdin,
+        r#"{{"id":1,"rid":"rid-bad-job","job":{{"n":"not digits"}}}}"#
+    )
+    .unwrap();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    let reply: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(reply["id"], 1, "{reply}");
+    assert!(
+        reply["err"].as_str().unwrap().contains("not a number"),
+        "{reply}"
+    );
+
+    // EOF on stdin: the worker exits by itself, cleanly.
+    drop(stdin);
+    let output = worker.wait_with_output().unwrap();
+    assert!(output.status.success(), "{:?}", output.status);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("job failed") && l.contains("request_id=rid-bad-job")),
+        "{log}"
+    );
 }

@@ -197,7 +197,10 @@ pub fn serve<J: Job>(args: &WorkerArgs) -> Result<(), WorkerError> {
         let started = Instant::now();
         let result = match request.job.run() {
             Ok(output) => Outcome::Ok(output),
-            Err(message) => Outcome::Err(message),
+            Err(message) => {
+                tracing::warn!(request_id = %request.rid, job = request.id, pid, error = %message, "job failed");
+                Outcome::Err(message)
+            }
         };
         let ms = started.elapsed().as_secs_f64() * 1e3;
         // Debug, not info: the server already logs every request at info, and a line per job
