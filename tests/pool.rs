@@ -15,10 +15,15 @@ use serde_json::Value;
 /// Starts a slow job on its own connection and waits until a worker is busy with it.
 /// Returns the connection (drop it to hang up) and the busy worker's pid.
 fn start_slow_job(server: &Server) -> (std::net::TcpStream, u32) {
-    let before = busy_pids(server);
+    // Recognised by its job id, newer than any job shown now; not by a pid, because a worker
+    // that has just answered may still show busy with its previous job for a moment.
+    let newest = busy_jobs(server).into_iter().map(|(job, _)| job).max();
     let stream = server.send_job(&slow_prime());
     let pid = wait_until(Duration::from_secs(10), || {
-        busy_pids(server).into_iter().find(|p| !before.contains(p))
+        busy_jobs(server)
+            .into_iter()
+            .find(|&(job, _)| Some(job) > newest)
+            .map(|(_, pid)| pid)
     })
     .expect("a worker picks up the slow job");
     (stream, pid)
@@ -30,13 +35,19 @@ fn status(server: &Server) -> Value {
     response.json()
 }
 
-fn busy_pids(server: &Server) -> Vec<u32> {
+/// (job id, worker pid) of every busy worker.
+fn busy_jobs(server: &Server) -> Vec<(u64, u32)> {
     status(server)["workers"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|w| w["state"] == "busy")
-        .map(|w| w["pid"].as_u64().unwrap() as u32)
+        .map(|w| {
+            (
+                w["job"].as_u64().unwrap(),
+                w["pid"].as_u64().unwrap() as u32,
+            )
+        })
         .collect()
 }
 
