@@ -218,6 +218,17 @@ fn wait_counter(server: &Server, name: &str, labels: &[(&str, &str)], at_least: 
     .unwrap_or_else(|| panic!("{name} {labels:?} stayed at {last}, expected {at_least}"))
 }
 
+/// Waits until exactly one job is counted with `outcome` and one worker exit with `reason`.
+fn assert_one_job_and_worker_exit(server: &Server, outcome: &str, reason: &str) {
+    let jobs = [("outcome", outcome)];
+    assert_eq!(wait_counter(server, "forkpool_jobs_total", &jobs, 1.0), 1.0);
+    let exits = [("reason", reason)];
+    assert_eq!(
+        wait_counter(server, "forkpool_worker_exits_total", &exits, 1.0),
+        1.0
+    );
+}
+
 /// GET on a fresh connection; `None` if the connection is refused or cut (listener closed).
 fn try_get(addr: SocketAddr, path: &str) -> Option<Response> {
     let mut stream = TcpStream::connect(addr).ok()?;
@@ -513,20 +524,7 @@ fn a_job_that_times_out_is_504_and_counted() {
     let response = server.post_json("/isprime", &slow_body());
     let message = response.assert_error(504);
     assert!(message.contains("200ms"), "{message}");
-    assert_eq!(
-        wait_counter(
-            &server,
-            "forkpool_jobs_total",
-            &[("outcome", "timeout")],
-            1.0
-        ),
-        1.0
-    );
-    let exits = [("reason", "killed_timeout")];
-    assert_eq!(
-        wait_counter(&server, "forkpool_worker_exits_total", &exits, 1.0),
-        1.0
-    );
+    assert_one_job_and_worker_exit(&server, "timeout", "killed_timeout");
     // The worker running it was killed and replaced.
     let replaced = wait_until(Duration::from_secs(10), || {
         let pids = server.worker_pids();
@@ -560,20 +558,7 @@ fn a_worker_killed_mid_job_is_502_naming_the_signal_and_counted() {
     });
     let message = response.assert_error(502);
     assert!(message.contains("signal 9"), "{message}");
-    assert_eq!(
-        wait_counter(
-            &server,
-            "forkpool_jobs_total",
-            &[("outcome", "crashed")],
-            1.0
-        ),
-        1.0
-    );
-    let exits = [("reason", "crashed_signal_9")];
-    assert_eq!(
-        wait_counter(&server, "forkpool_worker_exits_total", &exits, 1.0),
-        1.0
-    );
+    assert_one_job_and_worker_exit(&server, "crashed", "crashed_signal_9");
     wait_ready(&server, 1);
     assert_eq!(server.get("/isprime?number=7").status, 200);
     server.assert_no_zombies();
