@@ -112,6 +112,34 @@ pub struct Config {
     #[serde(serialize_with = "as_secs")]
     pub shutdown_delay: Duration,
 
+    /// Close a connection that has not sent a complete request head within this time, counted
+    /// from the accept or, on a kept-alive connection, from the first byte of the next request.
+    #[arg(long, env = "FORKPOOL_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    #[serde(serialize_with = "as_secs")]
+    pub header_timeout: Duration,
+
+    /// Close a kept-alive connection idle for this long between requests; 0 turns keep-alive off.
+    #[arg(long, env = "FORKPOOL_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[serde(serialize_with = "as_secs")]
+    pub keepalive_timeout: Duration,
+
+    /// Answer 408 and close the connection when a request body has not arrived in full within
+    /// this time of the handler starting to read it.
+    #[arg(long, env = "FORKPOOL_BODY_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    #[serde(serialize_with = "as_secs")]
+    pub body_timeout: Duration,
+
+    /// Most client connections held at once on `--listen` [default: 1024, less if
+    /// RLIMIT_NOFILE leaves less room]. At the cap the oldest idle kept-alive connection is
+    /// closed to admit a new one; with none idle, new connections wait in the listen backlog.
+    #[arg(long, env = "FORKPOOL_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// Serve `/metrics` and `/status` only on this address (the public port answers them 404);
+    /// `/healthz` and `/readyz` answer on both. Set it when `--listen` faces untrusted clients.
+    #[arg(long, env = "FORKPOOL_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Log format on stderr.
     #[arg(long, env = "FORKPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -136,6 +164,13 @@ pub enum LogFormat {
 }
 
 impl Config {
+    /// Largest request body accepted: room for a number of `--max-digits` digits, its JSON
+    /// syntax and generous whitespace. A body is only ever a number, so anything larger is
+    /// refused (413) before it is read, instead of being buffered.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_digits as usize + 16 * 1024
+    }
+
     /// Worker count in force: the flag, or one per available core.
     pub fn worker_count(&self) -> usize {
         self.workers.map(usize::from).unwrap_or_else(|| {
@@ -251,6 +286,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
     };
     Duration::try_from_secs_f64(number * scale).map_err(|e| format!("`{text}`: {e}"))
+}
+
+/// A duration that is not zero: a zero timeout would close every connection at once.
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!("`{text}` must be more than zero")),
+        duration => Ok(duration),
+    }
 }
 
 /// Parses a byte size: `4096`, `64KiB`, `512MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, ...

@@ -37,16 +37,28 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // Installed before anyone can know our address, so that a SIGTERM sent as soon as we
         // listen is a graceful shutdown and never the default action (death by signal).
         let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
-            Ok(listener) => listener,
-            Err(e) => start_error(format!("--listen {}: cannot listen: {e}", config.listen)),
+        let listener = bind("--listen", config.listen).await;
+        let admin = match config.admin_listen {
+            Some(address) => Some(bind("--admin-listen", address).await),
+            None => None,
         };
         println!("listening on http://{}", listener.local_addr()?);
-        if let Err(e) = server::run(listener, config, shutdown).await {
+        if let Some(admin) = &admin {
+            println!("admin listening on http://{}", admin.local_addr()?);
+        }
+        if let Err(e) = server::run(listener, admin, config, shutdown).await {
             start_error(e.to_string());
         }
         Ok(())
     })
+}
+
+/// Listens on `address`, or exits with a start-up error naming `flag`.
+async fn bind(flag: &str, address: std::net::SocketAddr) -> tokio::net::TcpListener {
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(e) => start_error(format!("{flag} {address}: cannot listen: {e}")),
+    }
 }
 
 /// A configuration that cannot start (address in use, bad `--ls-root`): exit code 2, like a

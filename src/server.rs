@@ -1,8 +1,17 @@
-//! The HTTP server: shared state, the router with its layers, and `run`, which serves until a
-//! shutdown future resolves and then drains in order (readiness off, listener closed, requests
-//! finished, workers retired), all within the configured grace period.
+//! The HTTP server: shared state, the routers with their layers, and `run`, which serves until
+//! a shutdown future resolves and then drains in order (readiness off, listeners closed,
+//! requests finished, workers retired), all within the configured grace period. A request still
+//! waiting when the grace period ends is answered 503 before its connection closes.
+//!
+//! Connections are accepted by our own loop (`listener`) over hyper's HTTP/1.1 connection
+//! (`connection`), not by `axum::serve`, which has no header, body or idle timeouts and no
+//! connection cap. `fd_budget` sizes the cap from `RLIMIT_NOFILE`.
 
-use std::future::{Future, IntoFuture};
+mod connection;
+mod fd_budget;
+mod listener;
+
+use std::future::Future;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +27,7 @@ use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
@@ -26,6 +36,9 @@ use crate::error::AppError;
 use crate::pool::{PoolConfig, WorkerPool};
 use crate::routes::isprime::IsPrimeJob;
 use crate::routes::{isprime, ls, ops, RequestId};
+use connection::{Registry, Timeouts};
+use fd_budget::{BudgetError, ADMIN_MAX_CONNECTIONS};
+use listener::Listener;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -43,6 +56,8 @@ pub struct State {
     pub metrics: PrometheusHandle,
     pub started: Instant,
     shutting_down: AtomicBool,
+    /// Turns true when `--shutdown-grace` ends: requests still waiting are answered 503.
+    grace_over: watch::Sender<bool>,
 }
 
 impl Deref for AppState {
@@ -61,6 +76,8 @@ pub enum StartError {
     },
     #[error("cannot find this executable to start workers from (set --worker-program): {0}")]
     WorkerProgram(std::io::Error),
+    #[error("--max-connections: {0}")]
+    Connections(#[from] BudgetError),
 }
 
 impl AppState {
@@ -102,6 +119,7 @@ impl AppState {
             metrics,
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
+            grace_over: watch::Sender::new(false),
         })))
     }
 
@@ -116,29 +134,66 @@ impl AppState {
     }
 }
 
-/// The router with every endpoint and the layers that apply to all of them.
-pub fn app(state: AppState) -> Router {
-    let routes = Router::new()
+/// The routers: the public one, and the admin one when `--admin-listen` is set. Without it
+/// the public router serves everything; with it, `/metrics` and `/status` move to the admin
+/// router (the public one answers them 404) and `/healthz` and `/readyz` answer on both.
+pub fn routers(state: AppState) -> (Router, Option<Router>) {
+    let probes = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz));
+    let operations = Router::new()
+        .route("/metrics", get(ops::metrics))
+        .route("/status", get(ops::status));
+    let public = Router::new()
         .route("/", get(ops::index))
         .route("/testrequest", get(ops::testrequest))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/status", get(ops::status))
         .route("/isprime", get(isprime::get).post(isprime::post))
         .route("/ls", get(ls::list))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state);
-    with_layers(routes)
+        .merge(probes.clone());
+    let (public, admin) = match state.config.admin_listen {
+        Some(_) => (public, Some(probes.merge(operations))),
+        None => (public.merge(operations), None),
+    };
+    let finish = |router: Router<AppState>| {
+        let router = router
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                answer_before_grace_ends,
+            ))
+            .with_state(state.clone());
+        with_layers(router)
+    };
+    (finish(public), admin.map(finish))
 }
 
 /// Layers shared by every route: panics become 500 JSON, and each request gets an id, a log
-/// line and metrics. Separate from [`app`] so that tests can wrap a router of their own.
+/// line and metrics. Separate from [`routers`] so that tests can wrap a router of their own.
 pub fn with_layers(router: Router) -> Router {
     router
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(observe))
+}
+
+/// A request still waiting when `--shutdown-grace` ends is answered 503 instead of having its
+/// connection closed under it. The handler is polled first, so a request that completes at
+/// once never registers for the signal.
+async fn answer_before_grace_ends(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut grace_over = state.grace_over.subscribe();
+    tokio::select! {
+        biased;
+        response = next.run(request) => response,
+        _ = grace_over.wait_for(|over| *over) => AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is shutting down and its grace period is over; retry",
+        )
+        .into_response(),
+    }
 }
 
 async fn not_found() -> AppError {
@@ -196,10 +251,14 @@ async fn observe(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// A client's id is kept if it is 1 to 128 visible ASCII characters (no spaces), so that it
-/// reads as one token in a `key=value` log line.
+/// A client's id is kept if it is 1 to 128 of `[A-Za-z0-9._:-]`: it is echoed in a header and
+/// written unquoted in log lines, so quotes, `=`, `,` and spaces (which could forge `key=value`
+/// fields) are refused, and the request gets an id of our own.
 fn is_sane_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// A process-unique id: a random prefix per process, then a counter.
@@ -254,11 +313,14 @@ fn describe_metrics() {
     describe_counter!("forkpool_worker_spawns_total", "Worker processes started");
 }
 
-/// Serves `listener` until `shutdown` resolves, then drains: readiness goes to 503 and new jobs
-/// are refused at once; after `--shutdown-delay` the listener closes; in-flight requests and
-/// jobs get what is left of `--shutdown-grace`; then the workers are retired or killed.
+/// Serves `listener` (and `admin`, the `--admin-listen` socket) until `shutdown` resolves,
+/// then drains: readiness goes to 503 and new jobs are refused at once; after
+/// `--shutdown-delay` the listeners close and each connection closes once its request is
+/// answered; requests and jobs get what is left of `--shutdown-grace`, after which those still
+/// waiting are answered 503; then the workers are retired or killed.
 pub async fn run(
     listener: TcpListener,
+    admin: Option<TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
@@ -267,42 +329,103 @@ pub async fn run(
     // Registered here, not in the spawned task: SIGHUP's default action is to terminate, so a
     // roll requested as soon as we serve must not find the handler missing.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    // Before the pool starts: the budget counts the descriptors open without it.
+    let cap = fd_budget::connection_cap(&config)?;
     let state = AppState::new(config)?;
     match hangups {
         Ok(hangups) => drop(tokio::spawn(roll_on_sighup(state.clone(), hangups))),
         Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; rolling restarts are off"),
     }
     tokio::spawn(drain_histograms(state.metrics.clone()));
-    let (began_tx, mut began) = watch::channel(None::<Instant>);
-    let draining = state.clone();
-    let serve = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!(?grace, ?delay, "shutting down");
-        draining.begin_shutdown();
-        let _ = began_tx.send(Some(Instant::now()));
-        tokio::time::sleep(delay).await;
-    });
-    let grace_over = async {
-        let began = *began
-            .wait_for(Option::is_some)
-            .await
-            .expect("sender lives in serve");
-        tokio::time::sleep_until((began.expect("checked") + grace).into()).await;
-    };
-    tokio::select! {
-        result = serve.into_future() => {
-            if let Err(e) = result {
-                tracing::error!(error = %e, "server error");
-            }
-        }
-        _ = grace_over => tracing::warn!("grace period over with requests still in flight"),
+    let (public_router, admin_router) = routers(state.clone());
+    let mut serving = Serving::new(&state.config);
+    serving.start("public", listener, public_router, cap);
+    if let (Some(admin), Some(router)) = (admin, admin_router) {
+        serving.start("admin", admin, router, ADMIN_MAX_CONNECTIONS);
     }
-    let left = began.borrow().map_or(Duration::ZERO, |t| {
-        (t + grace).saturating_duration_since(Instant::now())
-    });
+    shutdown.await;
+    let began = Instant::now();
+    tracing::info!(?grace, ?delay, "shutting down");
+    state.begin_shutdown();
+    tokio::time::sleep(delay).await;
+    if !serving.drain(began + grace).await {
+        tracing::warn!("grace period over with requests still in flight; answering them 503");
+        state.grace_over.send_replace(true);
+        serving.drain(Instant::now() + GRACE_END_FLUSH).await;
+    }
+    let left = (began + grace).saturating_duration_since(Instant::now());
     state.pool.shutdown(left).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// After the grace period, how long connections get to write their 503s before the process
+/// goes on to kill the workers and exit.
+const GRACE_END_FLUSH: Duration = Duration::from_secs(1);
+
+/// The listeners' accept loops and the connections they hold.
+struct Serving {
+    timeouts: Timeouts,
+    /// Stops the accept loops (and so closes the listening sockets).
+    stop: watch::Sender<bool>,
+    /// Tells every connection to answer what it is serving and close.
+    draining: watch::Sender<bool>,
+    /// The listeners' accept loops, until they have stopped.
+    accepting: Vec<JoinHandle<()>>,
+    /// The connections of each listener.
+    registries: Vec<Arc<Registry>>,
+}
+
+impl Serving {
+    fn new(config: &Config) -> Serving {
+        Serving {
+            timeouts: Timeouts {
+                header: config.header_timeout,
+                keepalive: config.keepalive_timeout,
+            },
+            stop: watch::Sender::new(false),
+            draining: watch::Sender::new(false),
+            accepting: Vec::new(),
+            registries: Vec::new(),
+        }
+    }
+
+    fn start(&mut self, name: &'static str, listener: TcpListener, router: Router, cap: u32) {
+        let registry = Arc::new(Registry::default());
+        let accept = Listener {
+            listener,
+            router,
+            slots: Arc::new(Semaphore::new(cap as usize)),
+            registry: registry.clone(),
+            timeouts: self.timeouts,
+            draining: self.draining.subscribe(),
+            name,
+        };
+        let mut stop = self.stop.subscribe();
+        let task = tokio::spawn(accept.run(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }));
+        self.accepting.push(task);
+        self.registries.push(registry);
+    }
+
+    /// Closes the listeners (once) and asks every connection to close after its request;
+    /// true if all of them closed by `deadline`.
+    async fn drain(&mut self, deadline: Instant) -> bool {
+        self.stop.send_replace(true);
+        for task in self.accepting.drain(..) {
+            let _ = task.await;
+        }
+        self.draining.send_replace(true);
+        let all_closed = async {
+            for registry in &self.registries {
+                registry.closed().await;
+            }
+        };
+        tokio::time::timeout_at(deadline.into(), all_closed)
+            .await
+            .is_ok()
+    }
 }
 
 /// Folds recorded histogram samples into their buckets every few seconds. The exporter keeps
@@ -378,6 +501,8 @@ mod tests {
         assert!(!is_sane_request_id(&"a".repeat(129)));
         assert!(!is_sane_request_id("two words"));
         assert!(!is_sane_request_id("caf\u{e9}"));
+        assert!(!is_sane_request_id("abc\"def=1,status=500"));
+        assert!(!is_sane_request_id("a/b"));
         let (a, b) = (new_request_id(), new_request_id());
         assert_ne!(a, b);
         assert!(is_sane_request_id(&a));

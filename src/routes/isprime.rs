@@ -3,12 +3,9 @@
 //! Only well-formed numbers within the digit cap reach a worker; everything else is answered
 //! here with a 400 or 413 that says what is wrong.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::Uri;
 use axum::{Extension, Json};
@@ -16,6 +13,7 @@ use malachite_nz::natural::Natural;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::body::BoundedBody;
 use super::{single_param, RequestId};
 use crate::error::AppError;
 use crate::pool::protocol::Job;
@@ -134,20 +132,30 @@ pub async fn get(
 pub async fn post(
     State(state): State<AppState>,
     Extension(request_id): Extension<RequestId>,
-    body: Result<Bytes, BytesRejection>,
+    BoundedBody(body): BoundedBody,
 ) -> Result<Json<IsPrimeResponse>, AppError> {
-    let body = body.map_err(|e| AppError::new(e.status(), e.body_text()))?;
     let raw = number_from_json(&body)?;
     check(&state, &request_id, &raw).await
 }
 
-/// The text of `number` in a JSON body. Read as raw JSON, so that a long integer keeps every
-/// digit instead of going through a float.
+/// A POST body. `number` is kept as raw JSON, so that a long integer keeps every digit
+/// instead of going through a float. serde's derive decodes escaped keys (`"num\u0062er"`) and
+/// refuses a duplicate `number`: with two, which one to test would be a guess.
+#[derive(Deserialize)]
+struct NumberBody<'a> {
+    #[serde(borrow)]
+    number: Option<&'a RawValue>,
+}
+
+/// The text of `number` in a JSON body.
 fn number_from_json(body: &[u8]) -> Result<String, NumberError> {
-    // A map, not a struct: serde would also accept a struct written as an array (`[7]`).
-    let body: HashMap<&str, &RawValue> =
+    // serde also accepts a struct written as an array (`[7]`); a body must be an object.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(NumberError::BadBody("expected a JSON object".to_owned()));
+    }
+    let body: NumberBody =
         serde_json::from_slice(body).map_err(|e| NumberError::BadBody(e.to_string()))?;
-    let raw = body.get("number").ok_or(NumberError::Missing)?.get();
+    let raw = body.number.ok_or(NumberError::Missing)?.get();
     match raw.starts_with('"') {
         true => serde_json::from_str(raw).map_err(|e| NumberError::BadBody(e.to_string())),
         false => Ok(raw.to_owned()),
@@ -243,6 +251,11 @@ mod tests {
         ));
         assert!(matches!(
             number_from_json(b"{"),
+            Err(NumberError::BadBody(_))
+        ));
+        assert_eq!(number_from_json(br#"{"num\u0062er": "7"}"#).unwrap(), "7");
+        assert!(matches!(
+            number_from_json(br#"{"number": "7", "number": "8"}"#),
             Err(NumberError::BadBody(_))
         ));
     }

@@ -1,6 +1,7 @@
 //! HTTP endpoints, one file per family: `isprime` (jobs for the worker pool), `ls` (streamed
 //! directory listings) and `ops` (index, health, readiness, metrics, status, /testrequest).
 
+pub mod body;
 pub mod isprime;
 pub mod ls;
 pub mod ops;

@@ -1,0 +1,83 @@
+//! Request bodies, read under a size limit and a deadline.
+//!
+//! A body is only ever a number in JSON, so its limit is small ([`Config::max_body_bytes`]),
+//! and a client that declares more in `Content-Length` is answered 413 before a byte of the body
+//! is read (a client sending `Expect: 100-continue` never has to send it). A chunked body is cut
+//! off at the limit with 413. A body that has not arrived in full within `--body-timeout` of the
+//! handler starting to read it gets 408, and its connection is closed: what is left of the body
+//! would otherwise be read as the next request. Without these a few hundred stalled uploads
+//! could hold hundreds of megabytes (axum's default limit is 2 MiB per request).
+//!
+//! [`Config::max_body_bytes`]: crate::config::Config::max_body_bytes
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+use crate::error::AppError;
+use crate::server::AppState;
+
+/// Why a request body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the request body did not arrive within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot read the request body: {0}")]
+    Read(String),
+}
+
+impl IntoResponse for BodyError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyError::Read(_) => StatusCode::BAD_REQUEST,
+        };
+        let mut response = AppError::new(status, self.to_string()).into_response();
+        // The rest of the body may still be on its way: the connection cannot carry another
+        // request.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
+}
+
+/// The whole request body, read under the server's limit and `--body-timeout`.
+pub struct BoundedBody(pub Bytes);
+
+impl FromRequest<AppState> for BoundedBody {
+    type Rejection = BodyError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, BodyError> {
+        let limit = state.config.max_body_bytes();
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Err(BodyError::TooLarge { limit });
+        }
+        let timeout = state.config.body_timeout;
+        read(request.into_body(), limit, timeout).await.map(Self)
+    }
+}
+
+/// Reads `body` to its end, at most `limit` bytes, within `timeout`.
+async fn read(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| BodyError::Timeout(timeout))?;
+    match collected {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge { limit }),
+        Err(e) => Err(BodyError::Read(e.to_string())),
+    }
+}

@@ -1,0 +1,375 @@
+//! One client connection: hyper serves HTTP/1.1 on it, and this module adds the deadlines that
+//! hyper does not enforce by itself plus the bookkeeping the listener needs to evict idle
+//! connections and to drain.
+//!
+//! # Phases and deadlines
+//! - [`Phase::Head`]: waiting for a complete request head, from the accept or, on a kept-alive
+//!   connection, from the first byte of the next request. Closed `--header-timeout` after the
+//!   phase began: a client that trickles a header line every few seconds holds a connection for
+//!   at most that long.
+//! - [`Phase::Active`]: a request is being served. No connection deadline: the handler's own
+//!   limits apply (`--body-timeout` while it reads the body, `--job-timeout`, `--ls-timeout`).
+//! - [`Phase::Idle`]: kept alive between requests, no byte of the next one yet. Closed
+//!   `--keepalive-timeout` after the phase began, or at once when the listener needs the slot.
+//!
+//! hyper's own `header_read_timeout` is not used: hyper starts that timer whenever it waits for
+//! a head, idle kept-alive connections included, so it would cut every idle connection at the
+//! header timeout instead of the keep-alive timeout.
+//!
+//! The phase lives in atomics that the connection's reads (`Watched`) and its service (`Serve`,
+//! `Tracked`) update as they happen; the connection's task only looks at them when its timer
+//! fires. The timer is re-armed at least every `--header-timeout`, so a phase change that moves
+//! the deadline earlier (idle, then a slow head) is seen in time without waking the task on
+//! every request.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, HttpBody};
+use axum::http::{Request, Response};
+use axum::Router;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
+use tower::Service;
+
+/// Largest request head (request line and headers) in bytes. hyper's read buffer never grows
+/// past this, so a connection costs at most this much however large a head a client sends
+/// (nginx's default `large_client_header_buffers` allows 32 KiB).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// The connection timeouts, from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// `--header-timeout`: for a complete request head.
+    pub header: Duration,
+    /// `--keepalive-timeout`: for an idle kept-alive connection; zero turns keep-alive off.
+    pub keepalive: Duration,
+}
+
+/// What a connection is doing, as far as its deadlines are concerned. See the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Head = 0,
+    Active = 1,
+    Idle = 2,
+}
+
+/// Shared between a connection's task, its reads, its service and the listener.
+pub struct Tracker {
+    /// The current [`Phase`] as its `u8`.
+    phase: AtomicU8,
+    /// When the current phase began, in microseconds since [`epoch`].
+    since_micros: AtomicU64,
+    /// Notified by the listener to close this (idle) connection and free its slot.
+    evict: Notify,
+}
+
+/// A fixed point in time that phase timestamps count from, so that they fit an atomic.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Tracker {
+    fn new() -> Tracker {
+        let tracker = Tracker {
+            phase: AtomicU8::new(Phase::Head as u8),
+            since_micros: AtomicU64::new(0),
+            evict: Notify::new(),
+        };
+        tracker.enter(Phase::Head);
+        tracker
+    }
+
+    fn enter(&self, phase: Phase) {
+        let micros = epoch().elapsed().as_micros() as u64;
+        self.since_micros.store(micros, Ordering::Relaxed);
+        self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => Phase::Head,
+            1 => Phase::Active,
+            _ => Phase::Idle,
+        }
+    }
+
+    fn since(&self) -> Instant {
+        epoch() + Duration::from_micros(self.since_micros.load(Ordering::Relaxed))
+    }
+
+    /// When this connection must be closed if its phase does not change; `None` while active.
+    fn deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
+        match self.phase() {
+            Phase::Head => Some(self.since() + timeouts.header),
+            Phase::Idle => Some(self.since() + timeouts.keepalive),
+            Phase::Active => None,
+        }
+    }
+
+    /// Since when this connection has been idle, if it is.
+    pub fn idle_since(&self) -> Option<Instant> {
+        (self.phase() == Phase::Idle).then(|| self.since())
+    }
+
+    /// Asks the connection to close at once (it is idle: nothing is lost).
+    pub fn evict(&self) {
+        self.evict.notify_one();
+    }
+}
+
+/// The live connections of one listener, for eviction and for the drain.
+#[derive(Default)]
+pub struct Registry {
+    /// Every connection still open, by a number that is never reused.
+    connections: Mutex<HashMap<u64, Arc<Tracker>>>,
+    next_id: AtomicU64,
+    /// Notified whenever the last connection closes, for the drain.
+    emptied: Notify,
+}
+
+impl Registry {
+    fn add(self: &Arc<Self>) -> Registered {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let tracker = Arc::new(Tracker::new());
+        self.connections.lock().unwrap().insert(id, tracker.clone());
+        Registered {
+            registry: self.clone(),
+            id,
+            tracker,
+        }
+    }
+
+    /// Closes the connection that has been idle the longest, if any is idle; true if one was.
+    pub fn evict_oldest_idle(&self) -> bool {
+        let connections = self.connections.lock().unwrap();
+        let oldest = connections
+            .values()
+            .filter_map(|t| t.idle_since().map(|since| (since, t)))
+            .min_by_key(|(since, _)| *since);
+        match oldest {
+            Some((_, tracker)) => {
+                tracker.evict();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Connections still open.
+    pub fn len(&self) -> usize {
+        self.connections.lock().unwrap().len()
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn closed(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            if self.len() == 0 {
+                return;
+            }
+            emptied.await;
+        }
+    }
+}
+
+/// A connection's entry in its [`Registry`], removed when the connection's task ends.
+struct Registered {
+    registry: Arc<Registry>,
+    id: u64,
+    tracker: Arc<Tracker>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut connections = self.registry.connections.lock().unwrap();
+        connections.remove(&self.id);
+        if connections.is_empty() {
+            self.registry.emptied.notify_waiters();
+        }
+    }
+}
+
+/// Serves one accepted connection until it ends, a deadline passes, the listener evicts it,
+/// or (after `draining` turns true) its last request is answered. `slot` is the listener's
+/// connection permit, released when this returns.
+pub async fn serve(
+    stream: TcpStream,
+    router: Router,
+    timeouts: Timeouts,
+    registry: Arc<Registry>,
+    mut draining: watch::Receiver<bool>,
+    slot: OwnedSemaphorePermit,
+) {
+    let _slot = slot;
+    let entry = registry.add();
+    let tracker = entry.tracker.clone();
+    let io = TokioIo::new(Watched {
+        io: stream,
+        tracker: tracker.clone(),
+    });
+    let service = Serve {
+        router,
+        tracker: tracker.clone(),
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .keep_alive(!timeouts.keepalive.is_zero())
+        .max_buf_size(MAX_HEAD_BYTES);
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut drain_started = *draining.borrow();
+    if drain_started {
+        connection.as_mut().graceful_shutdown();
+    }
+    loop {
+        // Re-armed at least every header timeout: see the module doc.
+        let check = Instant::now() + timeouts.header;
+        let wake = tracker.deadline(&timeouts).map_or(check, |d| d.min(check));
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(wake.into()) => {
+                if tracker.deadline(&timeouts).is_some_and(|d| d <= Instant::now()) {
+                    tracing::debug!(phase = ?tracker.phase(), "connection closed: timeout");
+                    return;
+                }
+            }
+            () = tracker.evict.notified() => {
+                tracing::debug!("idle connection closed to admit a new one");
+                return;
+            }
+            _ = draining.changed(), if !drain_started => {
+                drain_started = true;
+                // Idle connections close at once; a request in flight is answered first.
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// The socket, with every read that brings bytes to an idle connection starting its next
+/// request head (and so the header deadline).
+struct Watched {
+    io: TcpStream,
+    tracker: Arc<Tracker>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before && self.tracker.phase() == Phase::Idle {
+            self.tracker.enter(Phase::Head);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The router as hyper's service for one connection: a request makes the connection active,
+/// and the end of its response body makes it idle.
+struct Serve {
+    router: Router,
+    tracker: Arc<Tracker>,
+}
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Tracked>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for Serve {
+    type Response = Response<Tracked>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, request: Request<Incoming>) -> ResponseFuture {
+        self.tracker.enter(Phase::Active);
+        let tracker = self.tracker.clone();
+        let response = self.router.clone().call(request.map(Body::new));
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(response.map(|body| Tracked { body, tracker }))
+        })
+    }
+}
+
+/// A response body that marks its connection idle once hyper is done with it (written in full,
+/// or dropped because the connection broke).
+struct Tracked {
+    body: Body,
+    tracker: Arc<Tracker>,
+}
+
+impl HttpBody for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.tracker.enter(Phase::Idle);
+    }
+}
