@@ -18,9 +18,9 @@
 //!
 //! The phase lives in atomics that the connection's reads (`Watched`) and its service (`Serve`,
 //! `Tracked`) update as they happen; the connection's task only looks at them when its timer
-//! fires. The timer is re-armed at least every `--header-timeout`, so a phase change that moves
-//! the deadline earlier (idle, then a slow head) is seen in time without waking the task on
-//! every request.
+//! fires. The timer fires at least once per [`Timeouts::shortest`]: a phase that begins after
+//! one check ends no earlier than one such period later, so the next check always comes before
+//! its deadline and re-arms for it exactly. No request wakes the task just to move a timer.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -54,6 +54,16 @@ pub struct Timeouts {
     pub header: Duration,
     /// `--keepalive-timeout`: for an idle kept-alive connection; zero turns keep-alive off.
     pub keepalive: Duration,
+}
+
+impl Timeouts {
+    /// The shortest time a phase with a deadline can last.
+    fn shortest(&self) -> Duration {
+        match self.keepalive.is_zero() {
+            true => self.header,
+            false => self.header.min(self.keepalive),
+        }
+    }
 }
 
 /// What a connection is doing, as far as its deadlines are concerned. See the module doc.
@@ -235,8 +245,8 @@ pub async fn serve(
         connection.as_mut().graceful_shutdown();
     }
     loop {
-        // Re-armed at least every header timeout: see the module doc.
-        let check = Instant::now() + timeouts.header;
+        // See the module doc for why this period is enough.
+        let check = Instant::now() + timeouts.shortest();
         let wake = tracker.deadline(&timeouts).map_or(check, |d| d.min(check));
         tokio::select! {
             result = connection.as_mut() => {

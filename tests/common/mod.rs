@@ -18,6 +18,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_forkpool");
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The `--admin-listen` address, when one was asked for.
+    pub admin: Option<SocketAddr>,
     /// Everything the server (and its workers) wrote to stderr so far.
     pub log: Arc<Mutex<String>>,
 }
@@ -54,6 +56,7 @@ impl Server {
     }
 
     fn launch(mut command: Command) -> Server {
+        let wants_admin = command.get_args().any(|a| a == "--admin-listen");
         let mut child = command.spawn().expect("start forkpool");
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
@@ -68,15 +71,41 @@ impl Server {
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).expect("read listening line");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("address");
+        let addr = listening_address(&line, "listening on http://");
+        let admin = wants_admin.then(|| {
+                line.clear();
+                stdout.read_line(&mut line).expect("read admin listening line");
+                listening_address(&line, "admin listening on http://")
+            });
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        Server { child, addr, log }
+        Server {
+            child,
+            addr,
+            admin,
+            log,
+        }
+    }
+
+    /// Starts the server with its descriptor limit (soft and hard `RLIMIT_NOFILE`) set to
+    /// `limit`, as `prlimit --nofile` would.
+    pub fn start_with_nofile_limit(args: &[&str], limit: u64) -> Server {
+        use rustix::process::{setrlimit, Resource, Rlimit};
+        use std::os::unix::process::CommandExt;
+        let mut command = command(&[&["--listen", "127.0.0.1:0"], args].concat(), &[]);
+        // SAFETY: between fork and exec this only makes one setrlimit system call, which neither
+        // allocates nor takes locks.
+        unsafe {
+            command.pre_exec(move || {
+                let rlimit = Rlimit {
+                    current: Some(limit),
+                    maximum: Some(limit),
+                };
+                setrlimit(Resource::Nofile, rlimit)?;
+                Ok(())
+            });
+        }
+        Self::launch(command)
     }
 
     pub fn pid(&self) -> u32 {
@@ -218,6 +247,15 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The address in a `listening on http://ADDR` line that starts with `prefix`.
+fn listening_address(line: &str, prefix: &str) -> SocketAddr {
+    line.trim()
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+        .parse()
+        .expect("address")
 }
 
 /// `forkpool ARGS` with `env` added (and `RUST_LOG` removed unless given), stdout and stderr
@@ -392,6 +430,21 @@ pub fn children_of(parent: u32) -> Vec<Proc> {
         .filter_map(proc_info)
         .filter(|p| p.ppid == parent)
         .collect()
+}
+
+/// Resident memory of `pid` in KiB (VmRSS), or 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Descriptors `pid` has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
 }
 
 /// True while `pid` exists and is not a zombie.
