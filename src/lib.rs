@@ -7,8 +7,12 @@
 //!
 //! # Layout
 //! - [`config`]: clap `Config` (every flag also `FORKPOOL_*` and a TOML key) and subcommands.
-//! - [`server`]: `AppState`, `app() -> Router` with its layers, `run(listener, config, shutdown)`.
-//! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`.
+//! - [`server`]: `AppState`, `routers() -> (public, admin)` with their layers,
+//!   `run(listener, admin, config, shutdown)`; `server::listener` (the accept loop and the
+//!   connection cap), `server::connection` (one connection: header, keep-alive and drain
+//!   handling over hyper), `server::fd_budget` (the cap sized from `RLIMIT_NOFILE`).
+//! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`; `routes::body` reads
+//!   request bodies under a size limit and a deadline.
 //! - [`pool`]: `WorkerPool` (submit, queue, deadlines, roll, shutdown); `pool::driver` (the
 //!   per-slot loop on the pool's own thread: dispatch, respawn with backoff, recycle);
 //!   `pool::process` (one child process: spawn, handshake, kill, how it ended);

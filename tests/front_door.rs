@@ -46,7 +46,11 @@ fn read_one_response(stream: &mut TcpStream) -> Response {
     let mut buf = [0u8; 4096];
     loop {
         let n = stream.read(&mut buf).expect("read response");
-        assert!(n > 0, "closed mid-response: {:?}", String::from_utf8_lossy(&raw));
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&raw)
+        );
         raw.extend_from_slice(&buf[..n]);
         let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
             continue;
@@ -82,7 +86,10 @@ fn a_connection_that_trickles_its_head_is_closed_at_the_header_timeout() {
         std::thread::sleep(Duration::from_millis(300));
     }
     for stream in &mut slow {
-        assert!(closed_by_server(stream), "a trickled head kept its connection");
+        assert!(
+            closed_by_server(stream),
+            "a trickled head kept its connection"
+        );
     }
     assert!(started.elapsed() < Duration::from_secs(8));
 
@@ -93,8 +100,15 @@ fn a_connection_that_trickles_its_head_is_closed_at_the_header_timeout() {
     std::thread::sleep(Duration::from_millis(1200));
     stream.write_all(b"GET /testrequest HTTP/1.1\r\n").unwrap();
     let sent = Instant::now();
-    assert!(closed_by_server(&mut stream), "a slow second head kept its connection");
-    assert!(sent.elapsed() >= Duration::from_millis(800), "{:?}", sent.elapsed());
+    assert!(
+        closed_by_server(&mut stream),
+        "a slow second head kept its connection"
+    );
+    assert!(
+        sent.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        sent.elapsed()
+    );
     assert_eq!(server.get("/testrequest").status, 200);
 }
 
@@ -147,7 +161,9 @@ fn a_stalled_body_is_answered_408_and_its_connection_closed() {
         .collect();
     for stream in &mut stalled {
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).expect("the server answers and closes");
+        stream
+            .read_to_end(&mut raw)
+            .expect("the server answers and closes");
         let response = Response::parse(&raw);
         let message = response.assert_error(408);
         assert!(message.contains("did not arrive"), "{message}");
@@ -165,7 +181,9 @@ fn an_oversized_body_is_refused_413_before_it_is_sent() {
     let mut stream = connect(&server, Duration::from_secs(5));
     stream.write_all(post_head(10_000_000).as_bytes()).unwrap();
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("answered without the body");
+    stream
+        .read_to_end(&mut raw)
+        .expect("answered without the body");
     let message = Response::parse(&raw).assert_error(413);
     assert!(message.contains("larger than the limit"), "{message}");
 
@@ -264,7 +282,11 @@ fn a_connection_flood_under_a_low_descriptor_limit_recovers_by_itself() {
     println!("/healthz answered {:?} into the flood", started.elapsed());
     let replaced = server.wait_for_workers(2);
     assert!(!replaced.contains(&workers[0]), "{replaced:?}");
-    assert!(!server.log().contains("Too many open files"), "{}", server.log());
+    assert!(
+        !server.log().contains("Too many open files"),
+        "{}",
+        server.log()
+    );
     drop(flood);
 }
 
@@ -300,12 +322,17 @@ fn at_the_cap_the_oldest_idle_connection_makes_room() {
         "--header-timeout",
         "1s",
     ]);
-    let silent: Vec<TcpStream> = (0..3).map(|_| connect(&server, Duration::from_secs(5))).collect();
+    let silent: Vec<TcpStream> = (0..3)
+        .map(|_| connect(&server, Duration::from_secs(5)))
+        .collect();
     std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();
     assert_eq!(server.get("/testrequest").status, 200);
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(700), "served after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(700),
+        "served after {waited:?}"
+    );
     drop(silent);
 }
 
@@ -349,7 +376,9 @@ fn a_request_still_waiting_when_the_grace_ends_is_answered_503() {
     server.terminate();
     for mut stream in waiting {
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).expect("an answer, not a reset");
+        stream
+            .read_to_end(&mut raw)
+            .expect("an answer, not a reset");
         let message = Response::parse(&raw).assert_error(503);
         assert!(message.contains("shutting down"), "{message}");
     }
@@ -364,7 +393,11 @@ fn admin_endpoints_move_to_the_admin_listener() {
     let admin = server.admin.expect("the admin address is printed");
     let on_admin = |path: &str| {
         let mut stream = TcpStream::connect(admin).unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).unwrap();
         Response::parse(&raw)

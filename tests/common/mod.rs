@@ -73,10 +73,12 @@ impl Server {
         stdout.read_line(&mut line).expect("read listening line");
         let addr = listening_address(&line, "listening on http://");
         let admin = wants_admin.then(|| {
-                line.clear();
-                stdout.read_line(&mut line).expect("read admin listening line");
-                listening_address(&line, "admin listening on http://")
-            });
+            line.clear();
+            stdout
+                .read_line(&mut line)
+                .expect("read admin listening line");
+            listening_address(&line, "admin listening on http://")
+        });
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         Server {
