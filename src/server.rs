@@ -329,9 +329,13 @@ pub async fn run(
     // Registered here, not in the spawned task: SIGHUP's default action is to terminate, so a
     // roll requested as soon as we serve must not find the handler missing.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    // Before the pool starts: the budget counts the descriptors open without it.
+    // Before the pool starts: the budget counts the descriptors open without it. The cap in
+    // force replaces the flag, so that /status shows what was chosen.
     let cap = fd_budget::connection_cap(&config)?;
-    let state = AppState::new(config)?;
+    let state = AppState::new(Config {
+        max_connections: Some(cap),
+        ..config
+    })?;
     match hangups {
         Ok(hangups) => drop(tokio::spawn(roll_on_sighup(state.clone(), hangups))),
         Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; rolling restarts are off"),

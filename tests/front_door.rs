@@ -411,4 +411,7 @@ fn admin_endpoints_move_to_the_admin_listener() {
         assert_eq!(on_admin(path).status, 200);
     }
     on_admin("/isprime?number=7").assert_error(404);
+    // /status shows the connection cap in force, not the unset flag.
+    let status = on_admin("/status").json();
+    assert_eq!(status["config"]["max_connections"], 1024, "{status}");
 }
