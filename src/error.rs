@@ -94,9 +94,11 @@ impl From<LsError> for AppError {
             LsError::NotFound(_) => StatusCode::NOT_FOUND,
             LsError::Busy(_) => return AppError::busy(message),
             LsError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            LsError::Io { .. } | LsError::Spawn(_) | LsError::Failed(_) | LsError::Read(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            LsError::Io { .. }
+            | LsError::Spawn(_)
+            | LsError::Failed(_)
+            | LsError::Read(_)
+            | LsError::Lost => StatusCode::INTERNAL_SERVER_ERROR,
         };
         AppError::new(status, message)
     }

@@ -49,8 +49,10 @@ pub struct AppState(Arc<State>);
 pub struct State {
     pub config: Config,
     pub pool: WorkerPool<IsPrimeJob>,
-    /// Canonical form of `--ls-root`, resolved once at start-up.
+    /// Canonical form of `--ls-root`, resolved once at start-up (shown by /status).
     pub ls_root: PathBuf,
+    /// What /ls runs on: the root held open as an fd, and `ls` found once.
+    pub ls: ls::Ls,
     /// One permit per `ls` process allowed to run.
     pub ls_slots: Arc<Semaphore>,
     pub metrics: PrometheusHandle,
@@ -74,6 +76,8 @@ pub enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Ls(#[from] ls::SetupError),
     #[error("cannot find this executable to start workers from (set --worker-program): {0}")]
     WorkerProgram(std::io::Error),
     #[error("--max-connections: {0}")]
@@ -93,6 +97,7 @@ impl AppState {
         let ls_root = root
             .canonicalize()
             .map_err(|source| StartError::LsRoot { path: root, source })?;
+        let ls = ls::Ls::open(&ls_root)?;
         let program = match &config.worker_program {
             Some(program) => program.clone(),
             None => std::env::current_exe().map_err(StartError::WorkerProgram)?,
@@ -116,6 +121,7 @@ impl AppState {
             config,
             pool,
             ls_root,
+            ls,
             metrics,
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),

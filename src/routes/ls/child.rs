@@ -1,0 +1,464 @@
+//! Supervision of one `ls` process: spawn it, stream its stdout as the response body, and make
+//! sure it is killed, reaped and accounted for whatever the client does.
+//!
+//! # Design
+//!
+//! [`spawn`] starts the child and hands it to a *supervisor* task, which owns the child, its
+//! stdout, the `--ls-max-concurrent` permit and the deadline. The response body only receives
+//! chunks from the supervisor through a bounded channel ([`CHANNEL`] chunks). So the deadline
+//! does not depend on the client: when it passes, the supervisor kills and reaps `ls` and
+//! releases the permit at once, even if the client has stopped reading and hyper is not
+//! polling the body. Reads are ~64 KiB chunks (after a small read, once more [`COALESCE`] later,
+//! so that `ls`'s 4 KiB writes travel as fewer, larger chunks). Backpressure is end to end:
+//! a slow client leaves the channel full, the supervisor stops reading, the pipe fills and
+//! `ls` blocks in `write`.
+//!
+//! The child runs in the listed directory (`fchdir` to an fd in `pre_exec`, see `confine`),
+//! in its own process group (a terminal's Ctrl-C reaches the server, which decides), at nice
+//! [`LS_NICE`], in the idle I/O class and under `SCHED_IDLE`: it uses only CPU and disk time
+//! that the server and its clients leave over (see the README for the measurement).
+//!
+//! # Failure modes
+//!
+//! Once the 200 head is sent, a status can no longer change, so a failure must still never
+//! look like a complete listing: every failure makes the body yield an error, on which hyper
+//! drops the connection without the final zero-size chunk, and the client sees an incomplete
+//! transfer. The body ends cleanly only on an explicit end-of-listing from the supervisor; a
+//! supervisor that vanished without one (a panic, a runtime going down) is an error too.
+//! - `ls` exits non-zero (even after all its output): abort. Exit 0 ends the body cleanly.
+//! - `--ls-timeout` (counted from the spawn) expires: `ls` is killed and reaped and the permit
+//!   released at that moment; the client gets what was already queued, then the abort, when
+//!   (if ever) it reads on. A client that never reads keeps only its connection (no process,
+//!   no slot) until it leaves or the connection layer closes it.
+//! - The client hangs up: hyper drops the body, the channel closes, and the supervisor kills
+//!   and reaps `ls` at once, with its exit status in the log.
+//! - The server dies (even by SIGKILL): `ls` gets SIGKILL through `PR_SET_PDEATHSIG`. A broken
+//!   pipe would end it only at its next write, and `ls -l` of a huge directory writes nothing
+//!   until it has read and sorted every entry. The signal fires when the *thread* that forked
+//!   the child exits; that is one of the runtime's worker threads (handlers are async tasks,
+//!   and nothing here calls `block_in_place`), which live as long as the server.
+//!   `kill_on_drop` stays set as the last resort for a runtime shutting down.
+//!
+//! The permit is released only once the child is reaped, so the cap counts processes that
+//! really exist. stderr is drained by its own task into a buffer capped at [`STDERR_CAP`] (the
+//! rest is read and discarded, so `ls` can never block on a full stderr pipe) and logged with
+//! the exit status.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use bytes::BytesMut;
+use futures_util::{stream, FutureExt, Stream};
+use rustix::process::Signal;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{count, LsError};
+
+/// Size of the read buffer for `ls`'s stdout; one read becomes one body chunk.
+const CHUNK: usize = 64 * 1024;
+/// How long a small read waits for more output to join its chunk.
+const COALESCE: Duration = Duration::from_millis(2);
+/// Capacity asked for the pipe from `ls` (Linux's default ceiling for unprivileged users).
+const PIPE_SIZE: usize = 1 << 20;
+/// A new buffer is taken when less than this is left in the current one. Chunks already handed
+/// on share the old buffer until written, so it is freed (or reused) once they are.
+const MIN_READ: usize = 16 * 1024;
+/// Chunks queued between the supervisor and the body: enough to keep both busy, small enough
+/// that a stalled client holds little memory.
+const CHANNEL: usize = 2;
+/// How much of `ls`'s stderr is kept for the log.
+pub const STDERR_CAP: usize = 4 * 1024;
+/// Nice value of `ls` (the lowest priority).
+const LS_NICE: i32 = 19;
+/// `ioprio_set` constants from linux/ioprio.h (the libc crate does not carry them).
+const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+const IOPRIO_CLASS_IDLE: libc::c_int = 3;
+const IOPRIO_CLASS_SHIFT: libc::c_int = 13;
+
+/// How a listing ended, for the log and the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Failed,
+    Timeout,
+    Cancelled,
+}
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Timeout => "timeout",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// What the supervisor sends to the body.
+enum Piece {
+    Chunk(Bytes),
+    /// `ls` exited 0 after all its output: the body may end cleanly.
+    End,
+    /// The listing broke off; the body ends with this error.
+    Error(LsError),
+}
+
+/// Why the supervisor stopped pumping.
+enum Ending {
+    /// stdout reached EOF and the child was reaped (or reaping failed).
+    Exited(io::Result<ExitStatus>),
+    ReadFailed(io::Error),
+    Timeout,
+    /// The body was dropped: the client hung up (or the server is going down).
+    HungUp,
+}
+
+/// One `ls` process until it is reaped, with what is needed to account for it afterwards.
+struct Run {
+    child: Child,
+    /// The task draining stderr; yields what it kept.
+    stderr: JoinHandle<Vec<u8>>,
+    /// Released in `finish`, i.e. after the child is reaped.
+    permit: OwnedSemaphorePermit,
+    /// For the log line.
+    request_id: String,
+    /// `directory` as asked, for the log line.
+    directory: String,
+    /// When `ls` was spawned.
+    started: Instant,
+    /// Bytes of stdout handed to the body so far.
+    bytes: u64,
+}
+
+/// Spawns `command` (with `cwd` as its working directory) and returns the response body, which
+/// a supervisor task feeds; see the module doc. An error here comes before any response.
+pub fn spawn(
+    mut command: Command,
+    cwd: OwnedFd,
+    permit: OwnedSemaphorePermit,
+    timeout: Duration,
+    request_id: String,
+    directory: String,
+) -> Result<impl Stream<Item = Result<Bytes, LsError>> + Send + 'static, LsError> {
+    // SAFETY: between fork and exec the closure makes only system calls (prctl, fchdir,
+    // setpriority, ioprio_set, sched_setscheduler) and reads errno; none allocates or takes a
+    // lock. `cwd` is owned by the closure, so the fd is open in the forked child.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            rustix::process::fchdir(&cwd)?;
+            lower_priority()
+        });
+    }
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0)
+        .spawn()
+        .map_err(LsError::Spawn)?;
+    let started = Instant::now();
+    metrics::gauge!("forkpool_ls_running").increment(1.0);
+    let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        unreachable!("both are piped above");
+    };
+    // A 1 MiB pipe instead of 64 KiB: `ls` rarely waits for us, and each wake-up finds
+    // more to read, so a big listing costs fewer, larger chunks. Best effort.
+    let _ = rustix::pipe::fcntl_setpipe_size(&stdout, PIPE_SIZE);
+    tracing::debug!(request_id, directory, pid = child.id(), "ls started");
+    let run = Run {
+        child,
+        stderr: tokio::spawn(drain(stderr)),
+        permit,
+        request_id,
+        directory,
+        started,
+        bytes: 0,
+    };
+    let (sender, receiver) = mpsc::channel(CHANNEL);
+    tokio::spawn(supervise(run, stdout, sender, started + timeout, timeout));
+    Ok(body(receiver))
+}
+
+/// Lowers the CPU and I/O priority of the calling process; runs between fork and exec, so it
+/// only makes system calls.
+fn lower_priority() -> io::Result<()> {
+    rustix::process::setpriority_process(None, LS_NICE)?;
+    let idle = IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT;
+    // SAFETY: ioprio_set takes three integers and touches no memory of ours.
+    if unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, idle) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param that outlives the call; pid 0 is this process.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The body: chunks until the supervisor says how the listing ended.
+fn body(
+    receiver: mpsc::Receiver<Piece>,
+) -> impl Stream<Item = Result<Bytes, LsError>> + Send + 'static {
+    stream::unfold(Some(receiver), |receiver| async move {
+        let mut receiver = receiver?;
+        match receiver.recv().await {
+            Some(Piece::Chunk(chunk)) => Some((Ok(chunk), Some(receiver))),
+            Some(Piece::End) => None,
+            Some(Piece::Error(e)) => Some((Err(e), None)),
+            None => Some((Err(LsError::Lost), None)),
+        }
+    })
+}
+
+/// Owns the listing from spawn to reaping: pumps stdout into the channel until EOF, the
+/// deadline or the client's hang-up, whichever comes first, then settles the child.
+async fn supervise(
+    mut run: Run,
+    mut stdout: ChildStdout,
+    sender: mpsc::Sender<Piece>,
+    deadline: Instant,
+    timeout: Duration,
+) {
+    let ending = tokio::select! {
+        biased;
+        () = tokio::time::sleep_until(deadline) => Ending::Timeout,
+        () = sender.closed() => Ending::HungUp,
+        ending = pump(&mut run, &mut stdout, &sender) => ending,
+    };
+    let (outcome, status, last) = match ending {
+        Ending::Exited(Ok(status)) if status.success() => (Outcome::Ok, Ok(status), Piece::End),
+        Ending::Exited(Ok(status)) => (
+            Outcome::Failed,
+            Ok(status),
+            Piece::Error(LsError::Failed(status)),
+        ),
+        Ending::Exited(Err(e)) => {
+            let error = LsError::Read(io::Error::new(e.kind(), e.to_string()));
+            (Outcome::Failed, Err(e), Piece::Error(error))
+        }
+        Ending::ReadFailed(e) => {
+            let status = kill(&mut run.child).await;
+            (Outcome::Failed, status, Piece::Error(LsError::Read(e)))
+        }
+        Ending::Timeout => {
+            let status = kill(&mut run.child).await;
+            let error = LsError::Timeout(timeout);
+            (Outcome::Timeout, status, Piece::Error(error))
+        }
+        Ending::HungUp => {
+            let status = kill(&mut run.child).await;
+            run.finish(Outcome::Cancelled, status).await;
+            return;
+        }
+    };
+    run.finish(outcome, status).await;
+    // Only now, with `ls` gone and its slot free, wait for room in the channel: a client that
+    // does not read keeps this small task, nothing else. It ends when the body is dropped.
+    let _ = sender.send(last).await;
+}
+
+/// Moves stdout into the channel, one reserved slot per chunk, until EOF (then reaps the
+/// child) or a failure.
+async fn pump(run: &mut Run, stdout: &mut ChildStdout, sender: &mpsc::Sender<Piece>) -> Ending {
+    let mut buffer = BytesMut::new();
+    loop {
+        let Ok(slot) = sender.reserve().await else {
+            return Ending::HungUp;
+        };
+        match read_chunk(stdout, &mut buffer).await {
+            Ok(Some(chunk)) => {
+                run.bytes += chunk.len() as u64;
+                slot.send(Piece::Chunk(chunk));
+            }
+            Ok(None) => return Ending::Exited(run.child.wait().await),
+            Err(e) => return Ending::ReadFailed(e),
+        }
+    }
+}
+
+/// The next piece of stdout; `None` at EOF.
+async fn read_chunk(stdout: &mut ChildStdout, buffer: &mut BytesMut) -> io::Result<Option<Bytes>> {
+    if buffer.capacity() - buffer.len() < MIN_READ {
+        buffer.reserve(CHUNK);
+    }
+    let mut n = stdout.read_buf(buffer).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    // `ls` writes 4 KiB at a time, and each write would wake us for a chunk of its own.
+    // Gathering what it writes in the next two milliseconds into the same chunk cuts wake-ups,
+    // syscalls and chunk headers several-fold on a big listing, for at most that delay.
+    // `read_buf` is cancel-safe, so polling it once and dropping it loses nothing.
+    if n < MIN_READ {
+        tokio::time::sleep(COALESCE).await;
+        if let Some(Ok(more)) = stdout.read_buf(buffer).now_or_never() {
+            n += more;
+        }
+    }
+    debug_assert_eq!(n, buffer.len());
+    Ok(Some(buffer.split().freeze()))
+}
+
+/// Kills and reaps the child. An error from the kill means it has exited already; `wait`
+/// reaps it either way.
+async fn kill(child: &mut Child) -> io::Result<ExitStatus> {
+    let _ = child.start_kill();
+    child.wait().await
+}
+
+impl Run {
+    /// Releases the slot, then writes the metrics and the log line of a reaped child.
+    async fn finish(self, outcome: Outcome, status: io::Result<ExitStatus>) {
+        let Run {
+            stderr,
+            permit,
+            request_id,
+            directory,
+            started,
+            bytes,
+            ..
+        } = self;
+        drop(permit);
+        metrics::gauge!("forkpool_ls_running").decrement(1.0);
+        count(outcome.label());
+        // The child is gone, so its stderr is at EOF; the bound only guards against a
+        // grandchild that kept the pipe open.
+        let stderr = tokio::time::timeout(Duration::from_secs(1), stderr)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&stderr);
+        let stderr = stderr.trim_end();
+        let status = match &status {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+        macro_rules! log {
+            ($level:ident, $message:literal) => {
+                tracing::$level!(request_id, directory, %status, bytes, elapsed_ms, stderr, $message)
+            };
+        }
+        match outcome {
+            // Info like the rest: the request line is written when the head goes out, so
+            // only this line has the exit status, the size and the time of the whole listing.
+            Outcome::Ok => log!(info, "ls finished"),
+            Outcome::Cancelled => log!(info, "ls killed: client went away"),
+            Outcome::Timeout => log!(warn, "ls killed: --ls-timeout expired"),
+            Outcome::Failed => log!(warn, "ls failed"),
+        }
+    }
+}
+
+/// Reads `ls`'s stderr to EOF, keeping the first [`STDERR_CAP`] bytes.
+async fn drain(mut stderr: ChildStderr) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut scratch = [0u8; 1024];
+    loop {
+        match stderr.read(&mut scratch).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = STDERR_CAP - kept.len();
+                kept.extend_from_slice(&scratch[..n.min(room)]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use std::sync::Arc;
+    use tokio::sync::Semaphore;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// Runs `sh -c script` in a fresh temp dir; returns its output, how it ended and whether
+    /// the permit was free again by then.
+    async fn collect(script: &str, timeout: Duration) -> (Vec<u8>, Option<LsError>, bool) {
+        let slots = Arc::new(Semaphore::new(1));
+        let permit = slots.clone().try_acquire_owned().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cwd = rustix::fs::open(dir.path(), rustix::fs::OFlags::PATH, 0.into()).unwrap();
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        let body = spawn(command, cwd, permit, timeout, "t".into(), "d".into()).unwrap();
+        let mut body = std::pin::pin!(body);
+        let mut output = Vec::new();
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(chunk) => output.extend_from_slice(&chunk),
+                Err(e) => {
+                    assert!(body.next().await.is_none(), "nothing after an error");
+                    return (output, Some(e), slots.available_permits() == 1);
+                }
+            }
+        }
+        (output, None, slots.available_permits() == 1)
+    }
+
+    #[test]
+    fn exit_status_decides_how_the_body_ends() {
+        runtime().block_on(async {
+            let long = Duration::from_secs(10);
+            let (body, error, free) = collect("echo hello", long).await;
+            assert_eq!(body, b"hello\n");
+            assert!(error.is_none() && free);
+
+            let (body, error, free) = collect("echo partial; exit 2", long).await;
+            assert_eq!(body, b"partial\n");
+            assert!(matches!(error, Some(LsError::Failed(_))), "{error:?}");
+            assert!(free);
+
+            let (_, error, free) =
+                collect("echo start; exec sleep 30", Duration::from_millis(200)).await;
+            assert!(matches!(error, Some(LsError::Timeout(_))), "{error:?}");
+            assert!(free);
+        });
+    }
+
+    #[test]
+    fn the_child_runs_in_the_given_directory_at_idle_priority() {
+        runtime().block_on(async {
+            let script = "pwd; cut -d' ' -f19 /proc/self/stat; ionice -p $$ 2>/dev/null || true";
+            let (body, error, _) = collect(script, Duration::from_secs(10)).await;
+            assert!(error.is_none(), "{error:?}");
+            let text = String::from_utf8(body).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            assert!(lines[0].contains("/tmp"), "{text}");
+            assert_eq!(lines[1], "19", "nice: {text}");
+            if let Some(class) = lines.get(2) {
+                assert_eq!(*class, "idle", "{text}");
+            }
+        });
+    }
+
+    #[test]
+    fn stderr_is_drained_past_the_cap() {
+        runtime().block_on(async {
+            // 1 MiB on stderr would block a child whose stderr nobody reads.
+            let script = "head -c 1048576 /dev/zero >&2; echo done";
+            let (body, error, _) = collect(script, Duration::from_secs(10)).await;
+            assert_eq!(body, b"done\n");
+            assert!(error.is_none());
+        });
+    }
+}

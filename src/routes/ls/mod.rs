@@ -1,0 +1,268 @@
+//! `/ls?directory=D`: streams an `ls -lash` listing of what `D` names inside `--ls-root`.
+//!
+//! Three parts: this file (the handler, the `ls` command line, the response headers and the
+//! metrics), [`confine`] (the security policy: what `D` may name, resolved by fd; read it on
+//! its own to audit confinement) and [`child`] (supervision of the `ls` process: streaming,
+//! deadline, hang-up, reaping).
+//!
+//! # What a request does
+//!
+//! Before the response starts (every failure here is a JSON error): `D` is resolved by
+//! [`confine::Root::resolve`] on the blocking pool (400, 403, 404), one permit of the `ls`
+//! semaphore is taken without waiting (none left: 503 + `Retry-After`), and `ls` is spawned
+//! directly, no shell, from the absolute path found once at start ([`Ls::open`]), with its
+//! working directory set to the fd that was resolved:
+//! - a directory: `ls -lash --quoting-style=c-maybe -- .`, the same rows as `ls -lash DIR`.
+//!   For the root itself `--ignore=..` is added: the root's `..` row would describe a
+//!   directory outside the root (its owner, mode, size and time), so the root listing has no
+//!   `..` row. Every other directory's `..` is inside the root and is listed.
+//! - anything else: `ls -lashd --quoting-style=c-maybe -- NAME` from its parent directory, one
+//!   row naming only `NAME`.
+//!
+//! The listing therefore never contains the root's absolute path, and nothing after `--` can
+//! be an option. `--quoting-style=c-maybe` writes a name that needs escaping (a newline or
+//! other control character, a byte that is not UTF-8, a `"`) as a C string in double quotes
+//! (`"new\nline"`) and every other name as it is, so no file name can forge a row. The
+//! locale is `C.UTF-8` (so UTF-8 names are printable and dates have one format whatever the
+//! server's environment), and the variables that change `ls`'s format are removed.
+//!
+//! While the body streams, [`child`] owns everything; see its doc for the failure modes.
+
+mod child;
+mod confine;
+
+pub use child::STDERR_CAP;
+pub use confine::MAX_DIRECTORY_LEN;
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, Uri};
+use axum::response::Response;
+use axum::Extension;
+use tokio::process::Command;
+
+use super::{single_param_bytes, RequestId};
+use crate::error::AppError;
+use crate::server::AppState;
+use confine::{Root, Target};
+
+/// Environment variables that change what `ls -lash` prints; removed so that the output has
+/// the documented format whatever the server's environment.
+const LS_ENV: [&str; 8] = [
+    "QUOTING_STYLE",
+    "TIME_STYLE",
+    "BLOCK_SIZE",
+    "LS_BLOCK_SIZE",
+    "BLOCKSIZE",
+    "POSIXLY_CORRECT",
+    "COLUMNS",
+    "TABSIZE",
+];
+/// Escapes only names that need it; see the module doc.
+const QUOTING: &str = "--quoting-style=c-maybe";
+
+/// Why `/ls` cannot be served at all; reported at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("--ls-root {path}: cannot open it for confined lookups (openat2, Linux 5.6+): {source}")]
+    Root { path: PathBuf, source: io::Error },
+    #[error("`ls` is not an executable file in any absolute directory of PATH ({0}); /ls needs it")]
+    NoLs(String),
+}
+
+/// What `/ls` needs from start-up: the root held open and `ls` found once.
+#[derive(Debug)]
+pub struct Ls {
+    /// The listing root, as an fd.
+    root: Root,
+    /// Absolute path of `ls`, looked up on `PATH` once at start, never per request.
+    program: PathBuf,
+}
+
+impl Ls {
+    /// Opens the (canonical) root and finds `ls`. Fails when either is impossible, so that a
+    /// server that starts can serve `/ls`.
+    pub fn open(root: &Path) -> Result<Ls, SetupError> {
+        let path = root.to_owned();
+        let root = Root::open(root).map_err(|source| SetupError::Root { path, source })?;
+        let search = std::env::var_os("PATH").unwrap_or_default();
+        let program = find_program(&search, OsStr::new("ls"))
+            .ok_or_else(|| SetupError::NoLs(search.to_string_lossy().into_owned()))?;
+        tracing::debug!(program = %program.display(), "ls found");
+        Ok(Ls { root, program })
+    }
+}
+
+/// The first executable regular file called `name` in an absolute directory of `search`.
+/// Relative entries are skipped: they would depend on the server's working directory.
+fn find_program(search: &OsStr, name: &OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(search)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(name))
+        .find(|path| {
+            std::fs::metadata(path)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Why a listing is refused or broken off. The HTTP status of each is in `crate::error`.
+#[derive(Debug, thiserror::Error)]
+pub enum LsError {
+    #[error("`directory` is {len} bytes long; the limit is {max}")]
+    TooLong { len: usize, max: usize },
+    #[error("`directory` contains a NUL byte")]
+    NulByte,
+    #[error("`directory` {0:?} is outside the listing root")]
+    OutsideRoot(String),
+    #[error("`directory` {0:?} does not exist")]
+    NotFound(String),
+    #[error("`directory` {0:?}: permission denied")]
+    PermissionDenied(String),
+    /// A name too long for the filesystem, a symlink loop or a `/proc` magic link.
+    #[error("`directory` {shown:?} cannot be resolved: {source}")]
+    Unresolvable { shown: String, source: io::Error },
+    #[error("too many listings are running (at most {0}); retry shortly")]
+    Busy(u32),
+    #[error("cannot list {shown:?}: {source}")]
+    Io { shown: String, source: io::Error },
+    #[error("cannot start `ls`: {0}")]
+    Spawn(io::Error),
+    #[error("`ls` did not finish within {0:?}")]
+    Timeout(Duration),
+    #[error("`ls` failed: {0}")]
+    Failed(ExitStatus),
+    #[error("cannot read the output of `ls`: {0}")]
+    Read(io::Error),
+    /// The supervisor stopped without saying how the listing ended (a panic, or the runtime
+    /// shutting down): the body must not end as if complete.
+    #[error("the listing was abandoned")]
+    Lost,
+}
+
+impl LsError {
+    /// The `outcome` label of `forkpool_ls_total` for this error.
+    fn outcome(&self) -> &'static str {
+        match self {
+            LsError::TooLong { .. } | LsError::NulByte | LsError::Unresolvable { .. } => {
+                "bad_request"
+            }
+            LsError::OutsideRoot(_) | LsError::PermissionDenied(_) => "forbidden",
+            LsError::NotFound(_) => "not_found",
+            LsError::Busy(_) => "rejected_busy",
+            LsError::Timeout(_) => "timeout",
+            LsError::Io { .. }
+            | LsError::Spawn(_)
+            | LsError::Failed(_)
+            | LsError::Read(_)
+            | LsError::Lost => "failed",
+        }
+    }
+}
+
+/// `GET /ls?directory=D`
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(request_id): Extension<RequestId>,
+    uri: Uri,
+) -> Result<Response, AppError> {
+    let directory = single_param_bytes(&uri, "directory").inspect_err(|_| count("bad_request"))?;
+    start(
+        &state,
+        request_id,
+        OsString::from_vec(directory.unwrap_or_default()),
+    )
+    .await
+    .map_err(|e| {
+        count(e.outcome());
+        tracing::debug!(error = %e, "ls refused");
+        e.into()
+    })
+}
+
+fn count(outcome: &'static str) {
+    metrics::counter!("forkpool_ls_total", "outcome" => outcome).increment(1);
+}
+
+/// Resolve, take a slot, spawn; the response head is built only if all of it worked.
+async fn start(
+    state: &AppState,
+    request_id: RequestId,
+    directory: OsString,
+) -> Result<Response, LsError> {
+    let shown = directory.to_string_lossy().into_owned();
+    let resolver = state.clone();
+    let target = tokio::task::spawn_blocking(move || resolver.ls.root.resolve(&directory))
+        .await
+        .map_err(|e| LsError::Io {
+            shown: shown.clone(),
+            source: io::Error::other(e),
+        })??;
+    let permit = state
+        .ls_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| LsError::Busy(state.config.ls_max_concurrent))?;
+    let (command, cwd) = command(&state.ls.program, target);
+    let timeout = state.config.ls_timeout;
+    let body = child::spawn(command, cwd, permit, timeout, request_id.0, shown)?;
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    let text = HeaderValue::from_static("text/plain; charset=utf-8");
+    headers.insert(header::CONTENT_TYPE, text);
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    Ok(response)
+}
+
+/// The `ls` command line for `target`, and the directory fd it runs in (see the module doc).
+fn command(program: &Path, target: Target) -> (Command, std::os::fd::OwnedFd) {
+    let mut command = Command::new(program);
+    for name in LS_ENV {
+        command.env_remove(name);
+    }
+    command.env("LC_ALL", "C.UTF-8");
+    match target {
+        Target::Directory { fd, is_root } => {
+            command.args(["-lash", QUOTING]);
+            if is_root {
+                command.arg("--ignore=..");
+            }
+            command.args(["--", "."]);
+            (command, fd)
+        }
+        Target::Entry { parent, name } => {
+            command.args(["-lashd", QUOTING, "--"]).arg(name);
+            (command, parent)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ls_is_found_only_in_absolute_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let search = std::env::join_paths(["relative/bin".as_ref(), dir.path()]).unwrap();
+        assert_eq!(find_program(&search, "tool".as_ref()), None);
+        let tool = dir.path().join("tool");
+        std::fs::write(&tool, b"").unwrap();
+        assert_eq!(find_program(&search, "tool".as_ref()), None, "not executable");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(find_program(&search, "tool".as_ref()), Some(tool));
+    }
+}
