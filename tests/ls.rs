@@ -150,6 +150,21 @@ fn open_listing(server: &Server, directory: &str) -> (TcpStream, Vec<u8>) {
     (stream, raw)
 }
 
+/// Sends `GET /ls?directory=D` and reads only the 200 response head. The head is sent when
+/// `ls` has been spawned, whether or not it has written yet: `ls` runs at idle priority and,
+/// on a busy machine, may not be scheduled for a while.
+fn open_head(server: &Server, directory: &str) -> (TcpStream, Vec<u8>) {
+    let mut stream = server.send("GET", &format!("/ls?directory={directory}"), &[], b"");
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).expect("read"), 1, "closed before the head");
+        raw.push(byte[0]);
+    }
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+    (stream, raw)
+}
+
 /// Waits until the server has a live `ls` child and returns its pid.
 fn running_ls(server: &Server) -> u32 {
     wait_until(Duration::from_secs(5), || {
@@ -204,8 +219,8 @@ fn lists_a_directory_with_awkward_names() {
             let line = text.lines().find(|l| l.ends_with(&format!(" {name}")));
             assert!(line.is_some(), "{path}: no line for {name:?} in\n{text}");
         }
-        // `-a`: the dot entries are there; `-h`: sizes are human-readable, `-s`: blocks first.
-        assert!(text.lines().any(|l| l.ends_with(" ..")), "{text}");
+        // `-a`: the dot entry is there (`..` is not, at the root: see the `..` test).
+        assert!(text.lines().any(|l| l.ends_with(" .")), "{text}");
     }
     assert_no_ls_left(&server);
     // At the default level, each listing's end is logged with its exit status and size.
@@ -254,11 +269,7 @@ fn names_are_never_options() {
     assert_eq!(response.status, 200, "{}", response.text());
     let text = response.text();
     assert_eq!(text.lines().count(), 1, "{text}");
-    assert!(
-        text.trim_end()
-            .ends_with(&format!(" {}/--help", root.str())),
-        "{text}"
-    );
+    assert!(text.trim_end().ends_with(" --help"), "{text}");
 
     // `-R` would recurse into sub/; as a path it is just a file.
     let response = ls(&server, "-R");
@@ -396,11 +407,8 @@ fn missing_path_is_404_and_a_file_is_listed() {
     let text = response.text();
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains("-rw"), "{text}");
-    assert!(
-        text.trim_end()
-            .ends_with(&format!("{}/a file.txt", root.str())),
-        "{text}"
-    );
+    assert!(text.trim_end().ends_with(" a file.txt"), "{text}");
+    assert!(!text.contains(root.str()), "{text}");
     assert_no_ls_left(&server);
 }
 
@@ -511,8 +519,8 @@ fn timeout_aborts_the_body() {
     let root = big_root();
     let server = start(&root, &["--ls-timeout", "500ms"]);
 
-    // Read the start, then stall: `ls` blocks on the full pipe until the deadline kills it.
-    let (mut stream, mut raw) = open_listing(&server, "big");
+    // Read the head, then stall: `ls` blocks on the full pipe until the deadline kills it.
+    let (mut stream, mut raw) = open_head(&server, "big");
     let pid = running_ls(&server);
     std::thread::sleep(Duration::from_millis(1500));
     stream.read_to_end(&mut raw).unwrap();
@@ -571,9 +579,9 @@ fn failing_ls_aborts_the_body() {
     let response = ls(&server, "/");
     assert_eq!(response.status, 200);
     assert!(!response.complete, "a failed listing must not end cleanly");
-    // The arguments are exactly `-lash -- <canonical root>`, and what was sent before the
-    // failure is what `ls` wrote.
-    let expected = format!("-lash\n--\n{}\nsome output\n", root.str());
+    // The arguments are exactly these (the root is listed as `.` from inside it, without its
+    // `..` row), and what was sent before the failure is what `ls` wrote.
+    let expected = "-lash\n--quoting-style=c-maybe\n--ignore=..\n--\n.\nsome output\n";
     assert!(
         expected.as_bytes().starts_with(&response.body),
         "{:?}",
@@ -612,4 +620,224 @@ fn concurrency_cap_gives_503() {
         "{metrics}"
     );
     assert_no_ls_left(&server);
+}
+
+/// Lines of a listing that are not rows of an entry: every row starts with a size, a space and
+/// a mode string (`4.0K drwxr-xr-x`), and the first line is `total`.
+fn forged_lines(text: &str) -> Vec<&str> {
+    text.lines()
+        .skip(1)
+        .filter(|line| {
+            let mut fields = line.split_whitespace();
+            let (size, mode) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+            let size_ok = size.starts_with(|c: char| c.is_ascii_digit());
+            let mode_ok = mode.len() >= 10 && "-dlcbps".contains(&mode[..1]);
+            !(size_ok && mode_ok)
+        })
+        .collect()
+}
+
+#[test]
+fn a_newline_in_a_file_name_does_not_forge_a_row() {
+    let root = TempDir::new("newline");
+    // A name that, printed raw, ends one row and writes a convincing second one.
+    let evil = "evil\n   0 -rw-r--r-- 1 root root    0 Jan  1 00:00 forged-row";
+    root.file(evil);
+    root.file("tab\there");
+    root.file("plain");
+    let server = start(&root, &[]);
+    let response = ls(&server, "/");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(response.complete);
+    let text = response.text();
+    // total, `.`, and the three files: one line each.
+    assert_eq!(text.lines().count(), 5, "{text}");
+    assert!(forged_lines(&text).is_empty(), "{text}");
+    assert!(!text.lines().any(|l| l.ends_with(" forged-row")), "{text}");
+    // The names are escaped as C strings, and only the names that need it.
+    assert!(text.contains(r#" "evil\n   0 -rw-r--r--"#), "{text}");
+    assert!(text.contains(r#" "tab\there""#), "{text}");
+    assert!(text.lines().any(|l| l.ends_with(" plain")), "{text}");
+    // Asked for by its name, the file is one escaped row too.
+    let response = ls(&server, evil);
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.text().lines().count(), 1, "{}", response.text());
+    assert_no_ls_left(&server);
+}
+
+#[test]
+fn the_root_listing_has_no_dotdot_row_and_a_subdirectory_listing_has_one() {
+    let root = TempDir::new("dotdot");
+    std::fs::create_dir(root.path().join("sub")).unwrap();
+    std::os::unix::fs::symlink(".", root.path().join("self")).unwrap();
+    let server = start(&root, &[]);
+    let has_dotdot = |text: &str| text.lines().any(|l| l.ends_with(" .."));
+    // The root's `..` is outside the root, however the root is asked for.
+    for directory in ["", "/", ".", "sub/..", "self", "sub/../self/"] {
+        let text = ls(&server, directory).text();
+        assert!(!has_dotdot(&text), "{directory:?}: {text}");
+        assert!(text.lines().any(|l| l.ends_with(" sub")), "{directory:?}: {text}");
+        assert!(text.lines().any(|l| l.ends_with(" .")), "{directory:?}: {text}");
+    }
+    // A subdirectory's `..` is the root, inside: listed as `ls -a` lists it.
+    let text = ls(&server, "sub").text();
+    assert!(has_dotdot(&text), "{text}");
+    assert_no_ls_left(&server);
+}
+
+#[test]
+fn no_listing_or_error_shows_the_absolute_path_of_the_root() {
+    let root = TempDir::new("abspath");
+    std::fs::create_dir(root.path().join("sub")).unwrap();
+    root.file("sub/file");
+    std::os::unix::fs::symlink("sub/file", root.path().join("link")).unwrap();
+    std::os::unix::fs::symlink("sub", root.path().join("dirlink")).unwrap();
+    let server = start(&root, &[]);
+    for directory in ["/", "sub", "sub/file", "link", "dirlink", "nope", "..", "sub/file/x"] {
+        let text = ls(&server, directory).text();
+        assert!(!text.contains(root.str()), "{directory}: {text}");
+    }
+    // A file is one row named by its own name; a symlink to a file is its own row.
+    assert!(ls(&server, "sub/file").text().trim_end().ends_with(" file"));
+    let text = ls(&server, "link").text();
+    assert!(text.trim_end().ends_with(" link -> sub/file"), "{text}");
+    assert!(ls(&server, "dirlink").text().contains(" file\n"));
+    assert_no_ls_left(&server);
+}
+
+#[test]
+fn a_symlink_out_of_the_root_is_403_whether_or_not_its_target_exists() {
+    let root = TempDir::new("oracle");
+    let outside = TempDir::new("oracle-outside");
+    outside.file("exists");
+    std::fs::create_dir(outside.path().join("dir")).unwrap();
+    let link = |target: &Path, name: &str| {
+        std::os::unix::fs::symlink(target, root.path().join(name)).unwrap();
+    };
+    link(&outside.path().join("exists"), "to-existing");
+    link(&outside.path().join("missing"), "to-missing");
+    link(&outside.path().join("dir"), "to-dir");
+    link(Path::new("/etc/shadow"), "to-shadow");
+    link(Path::new("/no/such/path"), "to-nowhere");
+    let relative = format!("../{}/missing", outside.path().file_name().unwrap().to_str().unwrap());
+    link(Path::new(&relative), "relative-to-missing");
+    let server = start(&root, &[]);
+    for directory in [
+        "to-existing",
+        "to-missing",
+        "to-shadow",
+        "to-nowhere",
+        "relative-to-missing",
+        "to-dir/missing",
+        "to-dir/",
+        "to-missing/deeper",
+    ] {
+        let message = ls(&server, directory).assert_error(403);
+        assert!(message.contains("outside the listing root"), "{directory}: {message}");
+    }
+    assert_no_ls_left(&server);
+}
+
+/// Exchanges `a` and `b` (atomically, both exist) until `stop` is set.
+fn keep_swapping(a: PathBuf, b: PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    while !stop.load(Ordering::Relaxed) {
+        renameat_with(CWD, &a, CWD, &b, RenameFlags::EXCHANGE).expect("renameat2");
+    }
+}
+
+#[test]
+fn a_symlink_swapped_in_during_the_request_never_lists_outside_the_root() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let root = TempDir::new("swap");
+    let outside = TempDir::new("swap-outside");
+    std::fs::create_dir_all(root.path().join("a/x")).unwrap();
+    root.file("a/x/inside-file");
+    std::fs::create_dir(outside.path().join("x")).unwrap();
+    outside.file("x/OUTSIDE-SECRET");
+    std::os::unix::fs::symlink(outside.path(), root.path().join("b")).unwrap();
+    let server = start(&root, &["--ls-max-concurrent", "64"]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (a, b, stop) = (root.path().join("a"), root.path().join("b"), stop.clone());
+        std::thread::spawn(move || keep_swapping(a, b, stop))
+    };
+    // Thousands of requests from 4 clients, bounded in time as well.
+    let started = std::time::Instant::now();
+    let client = || {
+        let mut tally = [0u32; 3]; // listed inside, 403, escapes
+        for _ in 0..750 {
+            if started.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            let response = server.get("/ls?directory=a/x");
+            let text = response.text();
+            match response.status {
+                _ if text.contains("OUTSIDE-SECRET") => tally[2] += 1,
+                200 if text.contains(" inside-file") => tally[0] += 1,
+                403 => tally[1] += 1,
+                status => panic!("unexpected {status}: {text}"),
+            }
+        }
+        tally
+    };
+    let total = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..4).map(|_| scope.spawn(client)).collect();
+        let mut total = [0u32; 3];
+        for tally in clients.into_iter().map(|c| c.join().unwrap()) {
+            (0..3).for_each(|i| total[i] += tally[i]);
+        }
+        total
+    });
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    let [inside, refused, escapes] = total;
+    eprintln!("swap race: {inside} inside, {refused} refused, {escapes} escapes");
+    assert_eq!(escapes, 0, "listed the directory outside the root");
+    assert!(inside + refused >= 2000, "only {} requests in 60 s", inside + refused);
+    assert!(inside > 0 && refused > 0, "the swap never raced: {total:?}");
+    assert_no_ls_left(&server);
+}
+
+#[test]
+fn a_stalled_reader_loses_ls_and_its_slot_at_the_deadline() {
+    let root = big_root();
+    let server = start(&root, &["--ls-timeout", "3s", "--ls-max-concurrent", "1"]);
+    let started = std::time::Instant::now();
+    // Read the head, then stop reading but keep the connection open. The listing is larger
+    // than every buffer on the way, so `ls` cannot finish before the deadline.
+    let (stalled, _) = open_head(&server, "big");
+    let pid = running_ls(&server);
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(started.elapsed()));
+    assert!(common::alive(pid), "ls finished although nobody read its output");
+    // Killed at 3 s; a SIGKILLed idle-priority process may wait a little for the CPU to die.
+    let gone = wait_until(Duration::from_secs(6), || (!common::alive(pid)).then_some(()));
+    assert!(gone.is_some(), "ls still alive at {:?}", started.elapsed());
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(5), "ls died only at {elapsed:?}");
+    // The slot is free at once, while the stalled client is still connected.
+    let response = ls(&server, "/");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert!(response.complete);
+    assert_no_ls_left(&server);
+    let metrics = server.get("/metrics").text();
+    assert!(metrics.contains("forkpool_ls_total{outcome=\"timeout\"} 1"), "{metrics}");
+    assert!(metrics.contains("forkpool_ls_running 0"), "{metrics}");
+    // Reading on, the stalled client gets a cut-off body, never a complete one.
+    let mut stalled = stalled;
+    let mut rest = Vec::new();
+    let _ = stalled.read_to_end(&mut rest);
+    assert!(!rest.ends_with(b"\r\n0\r\n\r\n"), "the timed-out body ended cleanly");
+}
+
+#[test]
+fn a_server_without_ls_on_its_path_refuses_to_start() {
+    let root = TempDir::new("nols");
+    let empty = TempDir::new("empty-bin");
+    let args = ["--listen", "127.0.0.1:0", "--ls-root", root.str(), "--workers", "1"];
+    let (code, _, stderr) = common::run_to_exit(&args, &[("PATH", empty.str())]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("`ls` is not an executable file"), "{stderr}");
 }
