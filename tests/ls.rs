@@ -491,7 +491,7 @@ fn no_ls_survives_a_sigkilled_server() {
 
     // Still gathering entries, nothing written yet (a stand-in that only waits): no broken
     // pipe will ever end this one, only the death signal.
-    let (server, _bin) = start_with_fake_ls(&root, "exec sleep 60");
+    let (server, _bin) = start_with_fake_ls(&root, "exec sleep 60", &[]);
     let _stream = server.send("GET", "/ls", &[], b"");
     let pid = wait_until(Duration::from_secs(5), || {
         server
@@ -550,7 +550,7 @@ fn timeout_aborts_the_body() {
 
 /// Starts a server whose `ls` is a shell script with body `script`, first on its PATH. Keep
 /// the returned directory (the script's) alive as long as the server.
-fn start_with_fake_ls(root: &TempDir, script: &str) -> (Server, TempDir) {
+fn start_with_fake_ls(root: &TempDir, script: &str, extra: &[&str]) -> (Server, TempDir) {
     use std::os::unix::fs::PermissionsExt;
     let bin = TempDir::new("bin");
     let ls = bin.path().join("ls");
@@ -561,10 +561,9 @@ fn start_with_fake_ls(root: &TempDir, script: &str) -> (Server, TempDir) {
         bin.str(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let server = Server::start_with_env(
-        &["--ls-root", root.str(), "--workers", "1"],
-        &[("PATH", &path)],
-    );
+    let mut args = vec!["--ls-root", root.str(), "--workers", "1"];
+    args.extend_from_slice(extra);
+    let server = Server::start_with_env(&args, &[("PATH", &path)]);
     (server, bin)
 }
 
@@ -575,6 +574,7 @@ fn failing_ls_aborts_the_body() {
     let (server, _bin) = start_with_fake_ls(
         &root,
         "printf '%s\\n' \"$@\"\nprintf 'some output\\n'\necho 'ls: trouble' >&2\nexit 2",
+        &[],
     );
     let response = ls(&server, "/");
     assert_eq!(response.status, 200);
@@ -738,6 +738,29 @@ fn a_symlink_out_of_the_root_is_403_whether_or_not_its_target_exists() {
     assert_no_ls_left(&server);
 }
 
+/// What the clients of the swap race saw.
+#[derive(Default)]
+struct Tally {
+    /// Complete listings of the directory inside the root.
+    inside: u32,
+    /// 403s: `a` was the symlink when the server resolved it.
+    refused: u32,
+    /// Responses that listed the directory outside the root.
+    escapes: u32,
+    /// Anything else, with its status and body.
+    other: Vec<String>,
+}
+
+impl Tally {
+    fn add(mut self, other: Tally) -> Tally {
+        self.inside += other.inside;
+        self.refused += other.refused;
+        self.escapes += other.escapes;
+        self.other.extend(other.other);
+        self
+    }
+}
+
 /// Exchanges `a` and `b` (atomically, both exist) until `stop` is set.
 fn keep_swapping(a: PathBuf, b: PathBuf, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     use rustix::fs::{renameat_with, RenameFlags, CWD};
@@ -767,7 +790,7 @@ fn a_symlink_swapped_in_during_the_request_never_lists_outside_the_root() {
     // Thousands of requests from 4 clients, bounded in time as well.
     let started = std::time::Instant::now();
     let client = || {
-        let mut tally = [0u32; 3]; // listed inside, 403, escapes
+        let mut tally = Tally::default();
         for _ in 0..750 {
             if started.elapsed() > Duration::from_secs(60) {
                 break;
@@ -775,52 +798,84 @@ fn a_symlink_swapped_in_during_the_request_never_lists_outside_the_root() {
             let response = server.get("/ls?directory=a/x");
             let text = response.text();
             match response.status {
-                _ if text.contains("OUTSIDE-SECRET") => tally[2] += 1,
-                200 if text.contains(" inside-file") => tally[0] += 1,
-                403 => tally[1] += 1,
-                status => panic!("unexpected {status}: {text}"),
+                _ if text.contains("OUTSIDE-SECRET") => tally.escapes += 1,
+                200 if response.complete && text.contains(" inside-file") => tally.inside += 1,
+                403 => tally.refused += 1,
+                // A 404 or a broken listing: the path was seen half-swapped.
+                _ => tally.other.push(format!("{} {text}", response.status)),
             }
         }
         tally
     };
-    let total = std::thread::scope(|scope| {
+    let tally = std::thread::scope(|scope| {
         let clients: Vec<_> = (0..4).map(|_| scope.spawn(client)).collect();
-        let mut total = [0u32; 3];
-        for tally in clients.into_iter().map(|c| c.join().unwrap()) {
-            (0..3).for_each(|i| total[i] += tally[i]);
-        }
-        total
+        let tallies = clients.into_iter().map(|c| c.join().unwrap());
+        tallies.fold(Tally::default(), Tally::add)
     });
     stop.store(true, Ordering::Relaxed);
     swapper.join().unwrap();
-    let [inside, refused, escapes] = total;
-    eprintln!("swap race: {inside} inside, {refused} refused, {escapes} escapes");
-    assert_eq!(escapes, 0, "listed the directory outside the root");
+    let Tally { inside, refused, escapes, other } = &tally;
+    eprintln!("swap race: {inside} inside, {refused} refused, {escapes} escapes, {} other", other.len());
+    assert_eq!(*escapes, 0, "listed the directory outside the root");
+    assert!(other.is_empty(), "{} answers neither a listing nor a 403: {:?}", other.len(), &other[..1]);
     assert!(inside + refused >= 2000, "only {} requests in 60 s", inside + refused);
-    assert!(inside > 0 && refused > 0, "the swap never raced: {total:?}");
+    assert!(*inside > 0 && *refused > 0, "the swap never raced");
     assert_no_ls_left(&server);
 }
 
 #[test]
 fn a_stalled_reader_loses_ls_and_its_slot_at_the_deadline() {
-    let root = big_root();
-    let server = start(&root, &["--ls-timeout", "3s", "--ls-max-concurrent", "1"]);
+    // An `ls` whose output never ends in `endless/` (so the client's buffers fill for sure,
+    // however large they are), and the real `ls` elsewhere.
+    let root = TempDir::new("stall");
+    std::fs::create_dir(root.path().join("endless")).unwrap();
+    root.file("endless/marker");
+    let real = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|dir| dir.join("ls"))
+        .find(|path| path.is_file())
+        .expect("ls on PATH");
+    // It recognises `endless/` as its working directory, or (as older servers ran it) by
+    // its path among the arguments.
+    let endless = "exec yes 'a row of a listing that never ends'";
+    let script = format!(
+        "case \"$*\" in *endless*) {endless};; esac\n[ -e marker ] && {endless}\nexec {} \"$@\"",
+        real.display()
+    );
+    let (server, _bin) = start_with_fake_ls(
+        &root,
+        &script,
+        &["--ls-timeout", "10s", "--ls-max-concurrent", "1"],
+    );
     let started = std::time::Instant::now();
-    // Read the head, then stop reading but keep the connection open. The listing is larger
-    // than every buffer on the way, so `ls` cannot finish before the deadline.
-    let (stalled, _) = open_head(&server, "big");
-    let pid = running_ls(&server);
-    std::thread::sleep(Duration::from_secs(2).saturating_sub(started.elapsed()));
-    assert!(common::alive(pid), "ls finished although nobody read its output");
-    // Killed at 3 s; a SIGKILLed idle-priority process may wait a little for the CPU to die.
-    let gone = wait_until(Duration::from_secs(6), || (!common::alive(pid)).then_some(()));
+    // Read the head, then stop reading but keep the connection open.
+    let (stalled, _) = open_head(&server, "endless");
+    let pid = wait_until(Duration::from_secs(5), || {
+        let children = server.children().into_iter();
+        children.filter(|p| p.name == "yes").map(|p| p.pid).next()
+    })
+    .expect("the endless ls runs");
+    // Every buffer on the way fills, and then the stand-in waits in `write` on a full pipe.
+    let mut blocked = 0;
+    let stuck = wait_until(Duration::from_secs(9), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        blocked = if wchan.contains("pipe_write") { blocked + 1 } else { 0 };
+        (blocked == 3).then(|| started.elapsed())
+    });
+    assert!(
+        stuck.is_some_and(|at| at < Duration::from_secs(9)),
+        "the listing did not stall well before the deadline: {stuck:?}"
+    );
+    // Killed at 10 s; a SIGKILLed idle-priority process may wait a little for the CPU to die.
+    let gone = wait_until(Duration::from_secs(12), || (!common::alive(pid)).then_some(()));
     assert!(gone.is_some(), "ls still alive at {:?}", started.elapsed());
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(5), "ls died only at {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(12), "ls died only at {elapsed:?}");
     // The slot is free at once, while the stalled client is still connected.
     let response = ls(&server, "/");
     assert_eq!(response.status, 200, "{}", response.text());
     assert!(response.complete);
+    assert!(response.text().contains(" endless\n"), "{}", response.text());
     assert_no_ls_left(&server);
     let metrics = server.get("/metrics").text();
     assert!(metrics.contains("forkpool_ls_total{outcome=\"timeout\"} 1"), "{metrics}");
