@@ -158,10 +158,18 @@ fn open_head(server: &Server, directory: &str) -> (TcpStream, Vec<u8>) {
     let mut raw = Vec::new();
     let mut byte = [0u8; 1];
     while !raw.ends_with(b"\r\n\r\n") {
-        assert_eq!(stream.read(&mut byte).expect("read"), 1, "closed before the head");
+        assert_eq!(
+            stream.read(&mut byte).expect("read"),
+            1,
+            "closed before the head"
+        );
         raw.push(byte[0]);
     }
-    assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
     (stream, raw)
 }
 
@@ -676,8 +684,14 @@ fn the_root_listing_has_no_dotdot_row_and_a_subdirectory_listing_has_one() {
     for directory in ["", "/", ".", "sub/..", "self", "sub/../self/"] {
         let text = ls(&server, directory).text();
         assert!(!has_dotdot(&text), "{directory:?}: {text}");
-        assert!(text.lines().any(|l| l.ends_with(" sub")), "{directory:?}: {text}");
-        assert!(text.lines().any(|l| l.ends_with(" .")), "{directory:?}: {text}");
+        assert!(
+            text.lines().any(|l| l.ends_with(" sub")),
+            "{directory:?}: {text}"
+        );
+        assert!(
+            text.lines().any(|l| l.ends_with(" .")),
+            "{directory:?}: {text}"
+        );
     }
     // A subdirectory's `..` is the root, inside: listed as `ls -a` lists it.
     let text = ls(&server, "sub").text();
@@ -693,7 +707,16 @@ fn no_listing_or_error_shows_the_absolute_path_of_the_root() {
     std::os::unix::fs::symlink("sub/file", root.path().join("link")).unwrap();
     std::os::unix::fs::symlink("sub", root.path().join("dirlink")).unwrap();
     let server = start(&root, &[]);
-    for directory in ["/", "sub", "sub/file", "link", "dirlink", "nope", "..", "sub/file/x"] {
+    for directory in [
+        "/",
+        "sub",
+        "sub/file",
+        "link",
+        "dirlink",
+        "nope",
+        "..",
+        "sub/file/x",
+    ] {
         let text = ls(&server, directory).text();
         assert!(!text.contains(root.str()), "{directory}: {text}");
     }
@@ -719,7 +742,10 @@ fn a_symlink_out_of_the_root_is_403_whether_or_not_its_target_exists() {
     link(&outside.path().join("dir"), "to-dir");
     link(Path::new("/etc/shadow"), "to-shadow");
     link(Path::new("/no/such/path"), "to-nowhere");
-    let relative = format!("../{}/missing", outside.path().file_name().unwrap().to_str().unwrap());
+    let relative = format!(
+        "../{}/missing",
+        outside.path().file_name().unwrap().to_str().unwrap()
+    );
     link(Path::new(&relative), "relative-to-missing");
     let server = start(&root, &[]);
     for directory in [
@@ -733,7 +759,10 @@ fn a_symlink_out_of_the_root_is_403_whether_or_not_its_target_exists() {
         "to-missing/deeper",
     ] {
         let message = ls(&server, directory).assert_error(403);
-        assert!(message.contains("outside the listing root"), "{directory}: {message}");
+        assert!(
+            message.contains("outside the listing root"),
+            "{directory}: {message}"
+        );
     }
     assert_no_ls_left(&server);
 }
@@ -814,11 +843,28 @@ fn a_symlink_swapped_in_during_the_request_never_lists_outside_the_root() {
     });
     stop.store(true, Ordering::Relaxed);
     swapper.join().unwrap();
-    let Tally { inside, refused, escapes, other } = &tally;
-    eprintln!("swap race: {inside} inside, {refused} refused, {escapes} escapes, {} other", other.len());
+    let Tally {
+        inside,
+        refused,
+        escapes,
+        other,
+    } = &tally;
+    eprintln!(
+        "swap race: {inside} inside, {refused} refused, {escapes} escapes, {} other",
+        other.len()
+    );
     assert_eq!(*escapes, 0, "listed the directory outside the root");
-    assert!(other.is_empty(), "{} answers neither a listing nor a 403: {:?}", other.len(), &other[..1]);
-    assert!(inside + refused >= 2000, "only {} requests in 60 s", inside + refused);
+    assert!(
+        other.is_empty(),
+        "{} answers neither a listing nor a 403: {:?}",
+        other.len(),
+        &other[..1]
+    );
+    assert!(
+        inside + refused >= 2000,
+        "only {} requests in 60 s",
+        inside + refused
+    );
     assert!(*inside > 0 && *refused > 0, "the swap never raced");
     assert_no_ls_left(&server);
 }
@@ -859,7 +905,11 @@ fn a_stalled_reader_loses_ls_and_its_slot_at_the_deadline() {
     let stuck = wait_until(Duration::from_secs(9), || {
         std::thread::sleep(Duration::from_millis(300));
         let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
-        blocked = if wchan.contains("pipe_write") { blocked + 1 } else { 0 };
+        blocked = if wchan.contains("pipe_write") {
+            blocked + 1
+        } else {
+            0
+        };
         (blocked == 3).then(|| started.elapsed())
     });
     assert!(
@@ -867,32 +917,57 @@ fn a_stalled_reader_loses_ls_and_its_slot_at_the_deadline() {
         "the listing did not stall well before the deadline: {stuck:?}"
     );
     // Killed at 10 s; a SIGKILLed idle-priority process may wait a little for the CPU to die.
-    let gone = wait_until(Duration::from_secs(12), || (!common::alive(pid)).then_some(()));
+    let gone = wait_until(Duration::from_secs(12), || {
+        (!common::alive(pid)).then_some(())
+    });
     assert!(gone.is_some(), "ls still alive at {:?}", started.elapsed());
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(12), "ls died only at {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(12),
+        "ls died only at {elapsed:?}"
+    );
     // The slot is free at once, while the stalled client is still connected.
     let response = ls(&server, "/");
     assert_eq!(response.status, 200, "{}", response.text());
     assert!(response.complete);
-    assert!(response.text().contains(" endless\n"), "{}", response.text());
+    assert!(
+        response.text().contains(" endless\n"),
+        "{}",
+        response.text()
+    );
     assert_no_ls_left(&server);
     let metrics = server.get("/metrics").text();
-    assert!(metrics.contains("forkpool_ls_total{outcome=\"timeout\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("forkpool_ls_total{outcome=\"timeout\"} 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("forkpool_ls_running 0"), "{metrics}");
     // Reading on, the stalled client gets a cut-off body, never a complete one.
     let mut stalled = stalled;
     let mut rest = Vec::new();
     let _ = stalled.read_to_end(&mut rest);
-    assert!(!rest.ends_with(b"\r\n0\r\n\r\n"), "the timed-out body ended cleanly");
+    assert!(
+        !rest.ends_with(b"\r\n0\r\n\r\n"),
+        "the timed-out body ended cleanly"
+    );
 }
 
 #[test]
 fn a_server_without_ls_on_its_path_refuses_to_start() {
     let root = TempDir::new("nols");
     let empty = TempDir::new("empty-bin");
-    let args = ["--listen", "127.0.0.1:0", "--ls-root", root.str(), "--workers", "1"];
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--ls-root",
+        root.str(),
+        "--workers",
+        "1",
+    ];
     let (code, _, stderr) = common::run_to_exit(&args, &[("PATH", empty.str())]);
     assert_ne!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("`ls` is not an executable file"), "{stderr}");
+    assert!(
+        stderr.contains("`ls` is not an executable file"),
+        "{stderr}"
+    );
 }

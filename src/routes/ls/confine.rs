@@ -118,8 +118,7 @@ impl Root {
             Some(i) => (&relative[..i], &relative[i + 1..]),
             None => (&b""[..], relative),
         };
-        let parent =
-            open_beneath(self.fd.as_fd(), parent, OFlags::DIRECTORY).map_err(refuse)?;
+        let parent = open_beneath(self.fd.as_fd(), parent, OFlags::DIRECTORY).map_err(refuse)?;
         Ok(Target::Entry {
             parent,
             name: OsStr::from_bytes(name).to_owned(),
@@ -187,14 +186,28 @@ mod tests {
         match root.resolve(directory.as_ref()) {
             Ok(Target::Directory { is_root, .. }) => format!("dir root={is_root}"),
             Ok(Target::Entry { name, .. }) => format!("entry {}", name.to_string_lossy()),
-            Err(e) => format!("{e:?}").split([' ', '(']).next().unwrap().to_owned(),
+            Err(e) => format!("{e:?}")
+                .split([' ', '('])
+                .next()
+                .unwrap()
+                .to_owned(),
         }
     }
 
     #[test]
     fn climbs_are_refused_by_the_kernel() {
         let (_dir, root) = root();
-        for d in ["..", "../", "/..", "sub/../..", "./../x", "//../etc", "up", "up/x", "abs"] {
+        for d in [
+            "..",
+            "../",
+            "/..",
+            "sub/../..",
+            "./../x",
+            "//../etc",
+            "up",
+            "up/x",
+            "abs",
+        ] {
             assert_eq!(outcome(&root, d), "OutsideRoot", "{d}");
         }
         assert_eq!(outcome(&root, "a\0b"), "NulByte");

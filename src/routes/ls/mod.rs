@@ -71,9 +71,13 @@ const QUOTING: &str = "--quoting-style=c-maybe";
 /// Why `/ls` cannot be served at all; reported at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("--ls-root {path}: cannot open it for confined lookups (openat2, Linux 5.6+): {source}")]
+    #[error(
+        "--ls-root {path}: cannot open it for confined lookups (openat2, Linux 5.6+): {source}"
+    )]
     Root { path: PathBuf, source: io::Error },
-    #[error("`ls` is not an executable file in any absolute directory of PATH ({0}); /ls needs it")]
+    #[error(
+        "`ls` is not an executable file in any absolute directory of PATH ({0}); /ls needs it"
+    )]
     NoLs(String),
 }
 
@@ -260,7 +264,11 @@ mod tests {
         assert_eq!(find_program(&search, "tool".as_ref()), None);
         let tool = dir.path().join("tool");
         std::fs::write(&tool, b"").unwrap();
-        assert_eq!(find_program(&search, "tool".as_ref()), None, "not executable");
+        assert_eq!(
+            find_program(&search, "tool".as_ref()),
+            None,
+            "not executable"
+        );
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(find_program(&search, "tool".as_ref()), Some(tool));
