@@ -74,7 +74,7 @@ const MIN_READ: usize = 16 * 1024;
 /// that a stalled client holds little memory.
 const CHANNEL: usize = 2;
 /// How much of `ls`'s stderr is kept for the log.
-pub const STDERR_CAP: usize = 4 * 1024;
+const STDERR_CAP: usize = 4 * 1024;
 /// Nice value of `ls` (the lowest priority).
 const LS_NICE: i32 = 19;
 /// `ioprio_set` constants from linux/ioprio.h (the libc crate does not carry them).

@@ -43,7 +43,7 @@ use rustix::io::Errno;
 use super::LsError;
 
 /// Longest accepted `directory`, in bytes (PATH_MAX on Linux).
-pub const MAX_DIRECTORY_LEN: usize = 4096;
+const MAX_DIRECTORY_LEN: usize = 4096;
 /// How often a walk that raced with a rename (`EAGAIN`) is retried.
 const RETRIES: usize = 8;
 

@@ -31,9 +31,6 @@
 mod child;
 mod confine;
 
-pub use child::STDERR_CAP;
-pub use confine::MAX_DIRECTORY_LEN;
-
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStringExt;
