@@ -129,6 +129,12 @@ pub struct Config {
     #[serde(serialize_with = "as_secs")]
     pub body_timeout: Duration,
 
+    /// Close a connection whose response write has made no progress for this long: the client
+    /// stopped reading (nginx's `send_timeout`).
+    #[arg(long, env = "FORKPOOL_SEND_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
+    #[serde(serialize_with = "as_secs")]
+    pub send_timeout: Duration,
+
     /// Most client connections held at once on `--listen` [default: 1024, less if
     /// RLIMIT_NOFILE leaves less room]. At the cap the oldest idle kept-alive connection is
     /// closed to admit a new one; with none idle, new connections wait in the listen backlog.

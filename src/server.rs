@@ -392,6 +392,7 @@ impl Serving {
             timeouts: Timeouts {
                 header: config.header_timeout,
                 keepalive: config.keepalive_timeout,
+                send: config.send_timeout,
             },
             stop: watch::Sender::new(false),
             draining: watch::Sender::new(false),

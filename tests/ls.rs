@@ -952,6 +952,38 @@ fn a_stalled_reader_loses_ls_and_its_slot_at_the_deadline() {
     );
 }
 
+/// Sockets `pid` holds open: its listener and its connections (and the runtime's own).
+fn sockets(pid: u32) -> usize {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
+
+#[test]
+fn a_client_that_never_reads_loses_its_connection_at_the_send_timeout() {
+    // Killing `ls` at its deadline frees the slot, but the response is still stuck on a socket
+    // the client does not read; the send timeout closes it.
+    let root = TempDir::new("send");
+    std::fs::create_dir(root.path().join("endless")).unwrap();
+    let script = "exec yes 'a row of a listing that never ends'";
+    let extra = ["--ls-timeout", "1s", "--send-timeout", "1s"];
+    let (server, _bin) = start_with_fake_ls(&root, script, &extra);
+    assert_eq!(server.get("/healthz").status, 200);
+    let before = sockets(server.pid());
+    let (stalled, _) = open_head(&server, "endless");
+    assert_eq!(sockets(server.pid()), before + 1);
+    let closed = wait_until(Duration::from_secs(8), || {
+        (sockets(server.pid()) == before).then_some(())
+    });
+    assert!(
+        closed.is_some(),
+        "the server still holds the connection of a client that never reads"
+    );
+    assert_eq!(server.get("/healthz").status, 200);
+    drop(stalled);
+}
+
 #[test]
 fn a_server_without_ls_on_its_path_refuses_to_start() {
     let root = TempDir::new("nols");

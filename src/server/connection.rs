@@ -7,8 +7,11 @@
 //!   connection, from the first byte of the next request. Closed `--header-timeout` after the
 //!   phase began: a client that trickles a header line every few seconds holds a connection for
 //!   at most that long.
-//! - [`Phase::Active`]: a request is being served. No connection deadline: the handler's own
-//!   limits apply (`--body-timeout` while it reads the body, `--job-timeout`, `--ls-timeout`).
+//! - [`Phase::Active`]: a request is being served. The handler's own limits apply
+//!   (`--body-timeout` while it reads the body, `--job-timeout`, `--ls-timeout`), and one of
+//!   the connection's: a response write that has made no progress for `--send-timeout` (the
+//!   client stopped reading) closes it, so a client that never reads cannot hold a connection
+//!   after its handler is done.
 //! - [`Phase::Idle`]: kept alive between requests, no byte of the next one yet. Closed
 //!   `--keepalive-timeout` after the phase began, or at once when the listener needs the slot.
 //!
@@ -54,14 +57,17 @@ pub struct Timeouts {
     pub header: Duration,
     /// `--keepalive-timeout`: for an idle kept-alive connection; zero turns keep-alive off.
     pub keepalive: Duration,
+    /// `--send-timeout`: for a response write that makes no progress.
+    pub send: Duration,
 }
 
 impl Timeouts {
-    /// The shortest time a phase with a deadline can last.
+    /// The shortest time a phase (or a stalled write) with a deadline can last.
     fn shortest(&self) -> Duration {
+        let shortest = self.header.min(self.send);
         match self.keepalive.is_zero() {
-            true => self.header,
-            false => self.header.min(self.keepalive),
+            true => shortest,
+            false => shortest.min(self.keepalive),
         }
     }
 }
@@ -81,6 +87,9 @@ pub struct Tracker {
     phase: AtomicU8,
     /// When the current phase began, in microseconds since [`epoch`].
     since_micros: AtomicU64,
+    /// When a write last found the socket full with nothing written since, in microseconds
+    /// since [`epoch`]; 0 while writes make progress.
+    write_stalled_micros: AtomicU64,
     /// Notified by the listener to close this (idle) connection and free its slot.
     evict: Notify,
 }
@@ -91,11 +100,16 @@ fn epoch() -> Instant {
     *EPOCH.get_or_init(Instant::now)
 }
 
+fn now_micros() -> u64 {
+    epoch().elapsed().as_micros() as u64
+}
+
 impl Tracker {
     fn new() -> Tracker {
         let tracker = Tracker {
             phase: AtomicU8::new(Phase::Head as u8),
             since_micros: AtomicU64::new(0),
+            write_stalled_micros: AtomicU64::new(0),
             evict: Notify::new(),
         };
         tracker.enter(Phase::Head);
@@ -103,9 +117,21 @@ impl Tracker {
     }
 
     fn enter(&self, phase: Phase) {
-        let micros = epoch().elapsed().as_micros() as u64;
-        self.since_micros.store(micros, Ordering::Relaxed);
+        self.since_micros.store(now_micros(), Ordering::Relaxed);
         self.phase.store(phase as u8, Ordering::Relaxed);
+    }
+
+    /// Records how a write went: stalled (the socket is full) or made progress.
+    fn wrote<T>(&self, result: &Poll<io::Result<T>>) {
+        match result {
+            Poll::Pending => {
+                if self.write_stalled_micros.load(Ordering::Relaxed) == 0 {
+                    self.write_stalled_micros
+                        .store(now_micros().max(1), Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(_) => self.write_stalled_micros.store(0, Ordering::Relaxed),
+        }
     }
 
     fn phase(&self) -> Phase {
@@ -120,12 +146,16 @@ impl Tracker {
         epoch() + Duration::from_micros(self.since_micros.load(Ordering::Relaxed))
     }
 
-    /// When this connection must be closed if its phase does not change; `None` while active.
+    /// When this connection must be closed if nothing changes; `None` while a request is
+    /// being served and its writes make progress.
     fn deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
         match self.phase() {
             Phase::Head => Some(self.since() + timeouts.header),
             Phase::Idle => Some(self.since() + timeouts.keepalive),
-            Phase::Active => None,
+            Phase::Active => match self.write_stalled_micros.load(Ordering::Relaxed) {
+                0 => None,
+                stalled => Some(epoch() + Duration::from_micros(stalled) + timeouts.send),
+            },
         }
     }
 
@@ -275,7 +305,7 @@ pub async fn serve(
 }
 
 /// The socket, with every read that brings bytes to an idle connection starting its next
-/// request head (and so the header deadline).
+/// request head (and so the header deadline), and every write noted as stalled or not.
 struct Watched {
     io: TcpStream,
     tracker: Arc<Tracker>,
@@ -302,7 +332,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.tracker.wrote(&result);
+        result
     }
 
     fn poll_write_vectored(
@@ -310,7 +342,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.tracker.wrote(&result);
+        result
     }
 
     fn is_write_vectored(&self) -> bool {
