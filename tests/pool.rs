@@ -152,7 +152,7 @@ fn a_job_over_worker_memory_gives_502_naming_out_of_memory() {
     assert!(!after.contains(dead[0]));
     let exits = server.get("/metrics").text();
     assert!(
-        exits.contains("forkpool_worker_exits_total{reason=\"crashed_out_of_memory\"} 1"),
+        exits.contains("forkpool_worker_exits_total{reason=\"out_of_memory\"} 1"),
         "{exits}"
     );
     assert_serves(&server);
@@ -458,17 +458,14 @@ fn a_worker_answers_a_failed_job_and_logs_it_with_the_request_id() {
 
     writeln!(
         stdin,
-        r#"{{"id":1,"rid":"rid-bad-job","job":{{"n":"not digits"}}}}"#
+        r#"{{"id":1,"tag":"rid-bad-job","job":{{"n":"not digits"}}}}"#
     )
     .unwrap();
     line.clear();
     stdout.read_line(&mut line).unwrap();
     let reply: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(reply["id"], 1, "{reply}");
-    assert!(
-        reply["err"].as_str().unwrap().contains("not a number"),
-        "{reply}"
-    );
+    assert_eq!(reply["err"]["not_a_number"], "not digits", "{reply}");
 
     // EOF on stdin: the worker exits by itself, cleanly.
     drop(stdin);
