@@ -312,6 +312,9 @@ impl<J: Job> Driver<J> {
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic without a message".into());
         let pid = self.pool.slots[self.slot].lock().unwrap().pid;
+        // Down before the job is answered: whoever gets the answer must not see the dead
+        // worker as live.
+        self.set_state(WorkerState::Down, None);
         let metrics = &self.pool.metrics;
         let had_job = match self.running.take() {
             Some(reply) => {
@@ -326,7 +329,6 @@ impl<J: Job> Driver<J> {
         metrics.driver_panics.increment(1);
         tracing::error!(slot = self.slot, ?pid, had_job, panic = %message,
             "slot driver panicked; its worker was killed and its job failed; restarting the slot");
-        self.set_state(WorkerState::Down, None);
     }
 
     /// Spawns workers until one says hello, backing off exponentially between failures.
