@@ -40,11 +40,15 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
 /// expected job type, and the very process that was started.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Hello {
+    /// The pool crate's version the worker was built with.
     pub version: String,
+    /// The worker's own pid, which the pool compares with the child it started.
     pub pid: u32,
+    /// The [`Job::KIND`] it serves.
     pub kind: String,
 }
 
+/// The hello as it travels: `{"hello": {...}}`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HelloLine {
     pub hello: Hello,
@@ -92,6 +96,7 @@ pub fn decode<T: DeserializeOwned>(line: &[u8]) -> Result<T, ProtocolError> {
     serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
+/// What is wrong with what a worker sent.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
     #[error("line longer than {0} bytes")]
