@@ -62,6 +62,7 @@ pub struct Request<J> {
     /// The submitter's opaque tag (the server: the HTTP request id), logged by the worker so
     /// that its lines can be matched with the submitter's.
     pub tag: String,
+    /// The job itself.
     pub job: J,
 }
 
