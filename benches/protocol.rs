@@ -4,15 +4,15 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use forkpool::jobs::{IsPrimeError, IsPrimeJob, IsPrimeOutput};
 use forkpool::loadtest::mersenne;
 use forkpool::pool::protocol::{decode, encode, Outcome, Reply, Request};
 use forkpool::prime::Method;
-use forkpool::routes::isprime::{IsPrimeJob, IsPrimeOutput};
 
 fn job(n: String) -> Request<IsPrimeJob> {
     Request {
         id: 123_456,
-        rid: "5f3a9c01-123456".to_owned(),
+        tag: "5f3a9c01-123456".to_owned(),
         job: IsPrimeJob { n },
     }
 }
@@ -32,7 +32,7 @@ fn protocol(c: &mut Criterion) {
         });
     }
 
-    let reply = Reply {
+    let reply: Reply<IsPrimeOutput, IsPrimeError> = Reply {
         id: 123_456,
         ms: 812.25,
         result: Outcome::Ok(IsPrimeOutput {
@@ -45,7 +45,9 @@ fn protocol(c: &mut Criterion) {
     group.bench_function("encode_reply", |b| b.iter(|| encode(black_box(&reply))));
     let body = &line[..line.len() - 1];
     group.bench_function("decode_reply", |b| {
-        b.iter(|| decode::<Reply<IsPrimeOutput>>(black_box(body)).expect("valid line"))
+        b.iter(|| {
+            decode::<Reply<IsPrimeOutput, IsPrimeError>>(black_box(body)).expect("valid line")
+        })
     });
     group.finish();
 }

@@ -16,7 +16,7 @@ use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand,
 use serde::Serialize;
 
 use crate::loadtest::LoadtestArgs;
-use crate::pool::worker::WorkerArgs;
+use crate::pool::worker::{SchedClass, WorkerSettings};
 
 /// The whole command line: serve flags at the top level, or a subcommand.
 #[derive(Debug, Parser)]
@@ -162,11 +162,102 @@ pub enum WorkerSched {
     Idle,
 }
 
+impl From<WorkerSched> for SchedClass {
+    fn from(sched: WorkerSched) -> SchedClass {
+        match sched {
+            WorkerSched::Other => SchedClass::Other,
+            WorkerSched::Idle => SchedClass::Idle,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `forkpool worker ...`: the flags the server passes to a worker it starts. Built by
+/// [`WorkerArgs::for_server`] and spelled by [`WorkerArgs::to_args`], next to the grammar that
+/// parses them back, so that the two cannot drift apart.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct WorkerArgs {
+    /// Which job type to serve (`Job::KIND`).
+    #[arg(long)]
+    pub kind: String,
+    /// The server's pid; the worker exits at once if its parent is someone else.
+    #[arg(long)]
+    pub parent_pid: i32,
+    /// Address-space limit in bytes; 0 means none.
+    #[arg(long, default_value_t = 0)]
+    pub memory: u64,
+    /// Nice value to run at.
+    #[arg(long, default_value_t = 0)]
+    pub nice: i32,
+    /// Scheduling class to run in.
+    #[arg(long, value_enum, default_value_t = WorkerSched::Other)]
+    pub sched: WorkerSched,
+    /// Largest job line accepted, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_line: u64,
+    /// Log format on stderr (the server's own).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl WorkerArgs {
+    /// The flags of a worker for job type `kind`, started by this process under `config`.
+    pub fn for_server(config: &Config, kind: &str) -> WorkerArgs {
+        WorkerArgs {
+            kind: kind.to_owned(),
+            parent_pid: std::process::id() as i32,
+            memory: config.worker_memory,
+            nice: config.worker_nice,
+            sched: config.worker_sched,
+            max_line: config.max_line,
+            log_format: config.log_format,
+        }
+    }
+
+    /// The command line after the program: `worker --kind ... --parent-pid ...`.
+    pub fn to_args(&self) -> Vec<String> {
+        /// The command-line spelling of a clap value enum.
+        fn flag(value: impl ValueEnum) -> String {
+            let value = value.to_possible_value().expect("no variant is skipped");
+            value.get_name().to_owned()
+        }
+        [
+            "worker",
+            "--kind",
+            &self.kind,
+            "--parent-pid",
+            &self.parent_pid.to_string(),
+            "--memory",
+            &self.memory.to_string(),
+            "--nice",
+            &self.nice.to_string(),
+            "--sched",
+            &flag(self.sched),
+            "--max-line",
+            &self.max_line.to_string(),
+            "--log-format",
+            &flag(self.log_format),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// What the pool's worker side needs of these flags.
+    pub fn settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            parent_pid: self.parent_pid,
+            memory: self.memory,
+            nice: self.nice,
+            sched: self.sched.into(),
+            max_line: self.max_line,
+        }
+    }
 }
 
 impl Config {
@@ -395,6 +486,20 @@ mod tests {
         assert!(e.contains("key `workers`") && e.contains("array"), "{e}");
         let e = file_error("syntax", "workers = \n");
         assert!(e.contains("--config"), "{e}");
+    }
+
+    #[test]
+    fn worker_flags_parse_back_to_what_the_server_passed() {
+        let cli =
+            Cli::try_parse_from(["forkpool", "--worker-sched", "other", "--worker-nice", "3"])
+                .unwrap();
+        let args = WorkerArgs::for_server(&cli.config, "isprime");
+        let line = std::iter::once("forkpool".to_owned()).chain(args.to_args());
+        let Some(Command::Worker(parsed)) = Cli::try_parse_from(line).unwrap().command else {
+            panic!("not parsed as the worker subcommand");
+        };
+        assert_eq!(parsed, args);
+        assert_eq!((parsed.nice, parsed.sched), (3, WorkerSched::Other));
     }
 
     #[test]

@@ -58,8 +58,8 @@ impl IntoResponse for AppError {
     }
 }
 
-impl From<PoolError> for AppError {
-    fn from(e: PoolError) -> Self {
+impl<E: std::fmt::Display> From<PoolError<E>> for AppError {
+    fn from(e: PoolError<E>) -> Self {
         let message = e.to_string();
         match e {
             PoolError::QueueFull(_) => AppError::busy(message),
@@ -68,7 +68,9 @@ impl From<PoolError> for AppError {
             PoolError::WorkerDied { .. } | PoolError::Protocol { .. } => {
                 AppError::new(StatusCode::BAD_GATEWAY, message)
             }
-            PoolError::JobFailed(_) => AppError::new(StatusCode::INTERNAL_SERVER_ERROR, message),
+            PoolError::JobFailed(_) | PoolError::DriverPanic => {
+                AppError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+            }
         }
     }
 }

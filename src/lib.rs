@@ -6,19 +6,26 @@
 //! crash) without harm to the server or to other jobs.
 //!
 //! # Layout
-//! - [`config`]: clap `Config` (every flag also `FORKPOOL_*` and a TOML key) and subcommands.
+//! - [`config`]: clap `Config` (every flag also `FORKPOOL_*` and a TOML key) and subcommands,
+//!   among them `WorkerArgs`, the `forkpool worker` flags the server spells and parses.
 //! - [`server`]: `AppState`, `routers() -> (public, admin)` with their layers,
 //!   `run(listener, admin, config, shutdown)`; `server::listener` (the accept loop and the
 //!   connection cap), `server::connection` (one connection: header, keep-alive and drain
 //!   handling over hyper), `server::fd_budget` (the cap sized from `RLIMIT_NOFILE`).
 //! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`; `routes::body` reads
 //!   request bodies under a size limit and a deadline.
-//! - [`pool`]: `WorkerPool` (submit, queue, deadlines, roll, shutdown); `pool::driver` (the
-//!   per-slot loop on the pool's own thread: dispatch, respawn with backoff, recycle);
-//!   `pool::process` (one child process: spawn, handshake, kill, how it ended);
-//!   `pool::protocol` (JSON-lines messages, framing, the `Job` trait); `pool::status`
-//!   (per-worker rows); `pool::worker` (the worker-side loop, and the allocator that turns a
-//!   failed allocation in a worker into a recognisable exit).
+//! - [`pool`]: a library of its own (imports nothing from the crate): `WorkerPool<J: Job>`
+//!   (submit with an opaque tag, queue, deadlines, roll, shutdown, drop guard), `PoolConfig`,
+//!   `WorkerCommand` (how the embedding program starts a worker); `pool::driver` (the per-slot
+//!   state machine on the pool's own thread, and its supervisor: dispatch, respawn with
+//!   backoff, recycle, restart after a panic); `pool::dispatch` (that thread); `pool::queue`;
+//!   `pool::lifecycle` (`Exit`, `WorkerExit`, `JobOutcome`: how workers and jobs end, with
+//!   their metric labels); `pool::metrics` (`<prefix>_*`); `pool::process` (one child process:
+//!   spawn, handshake, kill, reap); `pool::protocol` (JSON-lines messages, framing, the `Job`
+//!   trait); `pool::status` (per-worker rows); `pool::worker` (the worker side: `run::<J>()`,
+//!   and the allocator that turns a failed allocation in a worker into a recognisable exit).
+//! - [`jobs`]: the server's job types (`IsPrimeJob`) and how its workers log them; no HTTP, so
+//!   worker mode needs only this and the pool.
 //! - [`prime`]: primality, pure functions.
 //! - [`error`]: `AppError`, the one JSON error shape, and the status of every typed error.
 //! - [`logging`]: tracing to stderr.
@@ -26,6 +33,7 @@
 
 pub mod config;
 pub mod error;
+pub mod jobs;
 pub mod loadtest;
 pub mod logging;
 pub mod pool;

@@ -5,9 +5,9 @@ use std::future::Future;
 
 use anyhow::{bail, Context};
 use forkpool::config::{Cli, Command, Config};
-use forkpool::pool::protocol::Job;
+use forkpool::jobs::{IsPrimeJob, RequestIdLog};
 use forkpool::pool::worker;
-use forkpool::routes::isprime::IsPrimeJob;
+use forkpool::pool::Job;
 use forkpool::{loadtest, logging, server};
 
 /// A worker that runs out of memory exits with a code the server can name in its 502.
@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Worker(args)) => {
             logging::init(args.log_format);
             match args.kind.as_str() {
-                IsPrimeJob::KIND => worker::serve::<IsPrimeJob>(&args)?,
+                IsPrimeJob::KIND => worker::run::<IsPrimeJob>(&args.settings(), &RequestIdLog)?,
                 other => bail!("unknown job kind `{other}`"),
             }
             Ok(())

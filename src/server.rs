@@ -31,10 +31,10 @@ use tokio::task::JoinHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Config, WorkerArgs};
 use crate::error::AppError;
-use crate::pool::{PoolConfig, WorkerPool};
-use crate::routes::isprime::IsPrimeJob;
+use crate::jobs::IsPrimeJob;
+use crate::pool::{Job, PoolConfig, WorkerPool};
 use crate::routes::{isprime, ls, ops, RequestId};
 use connection::{Registry, Timeouts};
 use fd_budget::{BudgetError, ADMIN_MAX_CONNECTIONS};
@@ -104,17 +104,13 @@ impl AppState {
         };
         // Before the pool: it registers metric handles, which need the recorder in place.
         let metrics = metrics_handle();
-        let pool = WorkerPool::start(PoolConfig {
-            program,
-            workers: config.worker_count(),
-            queue: config.queue as usize,
-            job_timeout: config.job_timeout,
-            max_line: config.max_line as usize,
-            max_jobs_per_worker: config.max_jobs_per_worker,
-            worker_memory: config.worker_memory,
-            worker_nice: config.worker_nice,
-            worker_sched: config.worker_sched,
-            log_format: config.log_format,
+        let pool = WorkerPool::start(pool_config(&config), {
+            let args = WorkerArgs::for_server(&config, IsPrimeJob::KIND).to_args();
+            move || {
+                let mut command = std::process::Command::new(&program);
+                command.args(&args);
+                command
+            }
         });
         Ok(AppState(Arc::new(State {
             ls_slots: Arc::new(Semaphore::new(config.ls_max_concurrent as usize)),
@@ -137,6 +133,18 @@ impl AppState {
     fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
         self.pool.close();
+    }
+}
+
+/// The pool's settings under `config`; its metrics are the server's `forkpool_*`.
+fn pool_config(config: &Config) -> PoolConfig {
+    PoolConfig {
+        workers: config.worker_count(),
+        queue: config.queue as usize,
+        job_timeout: config.job_timeout,
+        max_line: config.max_line as usize,
+        max_jobs_per_worker: config.max_jobs_per_worker,
+        metrics_prefix: "forkpool".into(),
     }
 }
 
@@ -296,7 +304,7 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// `# HELP` lines for the metrics that the server and the pool record.
+/// `# HELP` lines for the metrics that the server records (the pool describes its own).
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
@@ -309,14 +317,6 @@ fn describe_metrics() {
     );
     describe_gauge!("forkpool_pool_workers", "Worker slots by state");
     describe_gauge!("forkpool_queue_depth", "Jobs waiting for a worker");
-    describe_histogram!(
-        "forkpool_job_queue_wait_seconds",
-        "Time a job waited in the queue"
-    );
-    describe_histogram!("forkpool_job_run_seconds", "Time a job ran on a worker");
-    describe_counter!("forkpool_jobs_total", "Jobs by outcome");
-    describe_counter!("forkpool_worker_exits_total", "Worker exits by reason");
-    describe_counter!("forkpool_worker_spawns_total", "Worker processes started");
 }
 
 /// Serves `listener` (and `admin`, the `--admin-listen` socket) until `shutdown` resolves,

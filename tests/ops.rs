@@ -218,13 +218,13 @@ fn wait_counter(server: &Server, name: &str, labels: &[(&str, &str)], at_least: 
     .unwrap_or_else(|| panic!("{name} {labels:?} stayed at {last}, expected {at_least}"))
 }
 
-/// Waits until exactly one job is counted with `outcome` and one worker exit with `reason`.
-fn assert_one_job_and_worker_exit(server: &Server, outcome: &str, reason: &str) {
+/// Waits until exactly one job is counted with `outcome` and one worker exit with `exit`'s
+/// labels.
+fn assert_one_job_and_worker_exit(server: &Server, outcome: &str, exit: &[(&str, &str)]) {
     let jobs = [("outcome", outcome)];
     assert_eq!(wait_counter(server, "forkpool_jobs_total", &jobs, 1.0), 1.0);
-    let exits = [("reason", reason)];
     assert_eq!(
-        wait_counter(server, "forkpool_worker_exits_total", &exits, 1.0),
+        wait_counter(server, "forkpool_worker_exits_total", exit, 1.0),
         1.0
     );
 }
@@ -503,7 +503,7 @@ fn a_killed_idle_worker_counts_as_crashed_by_signal_9_and_is_replaced() {
     })
     .expect("the killed worker was not replaced");
     assert_ne!(new, old);
-    let exits = [("reason", "crashed_signal_9")];
+    let exits = [("reason", "crashed"), ("signal", "9")];
     assert_eq!(
         wait_counter(&server, "forkpool_worker_exits_total", &exits, 1.0),
         1.0
@@ -524,7 +524,7 @@ fn a_job_that_times_out_is_504_and_counted() {
     let response = server.post_json("/isprime", &slow_body());
     let message = response.assert_error(504);
     assert!(message.contains("200ms"), "{message}");
-    assert_one_job_and_worker_exit(&server, "timeout", "killed_timeout");
+    assert_one_job_and_worker_exit(&server, "timeout", &[("reason", "killed_timeout")]);
     // The worker running it was killed and replaced.
     let replaced = wait_until(Duration::from_secs(10), || {
         let pids = server.worker_pids();
@@ -558,7 +558,8 @@ fn a_worker_killed_mid_job_is_502_naming_the_signal_and_counted() {
     });
     let message = response.assert_error(502);
     assert!(message.contains("signal 9"), "{message}");
-    assert_one_job_and_worker_exit(&server, "crashed", "crashed_signal_9");
+    let killed = [("reason", "crashed"), ("signal", "9")];
+    assert_one_job_and_worker_exit(&server, "crashed", &killed);
     wait_ready(&server, 1);
     assert_eq!(server.get("/isprime?number=7").status, 200);
     server.assert_no_zombies();
@@ -904,7 +905,7 @@ fn a_dead_worker_is_not_reported_live_during_the_respawn_backoff() {
         })
         .expect("the killed worker was not replaced");
     }
-    let exits = [("reason", "crashed_signal_9")];
+    let exits = [("reason", "crashed"), ("signal", "9")];
     wait_counter(&server, "forkpool_worker_exits_total", &exits, 4.0);
     // Now, until the next spawn, no worker process exists.
     let mut checked = 0;

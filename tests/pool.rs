@@ -1,5 +1,6 @@
 //! The worker pool through the real binary: cancellation, deadlines, crashes, a full queue,
 //! recycling, broken workers, that no process outlives the server, and the worker side alone.
+//! Then the pool as a library in this process: its drop guard, and a driver that panics.
 
 mod common;
 
@@ -10,6 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{alive, signal, slow_prime, wait_until, Server};
+use forkpool::error::AppError;
+use forkpool::jobs::IsPrimeJob;
+use forkpool::pool::{Job, PoolConfig, PoolError, WorkerPool};
 use serde_json::Value;
 
 /// Starts a slow job on its own connection and waits until a worker is busy with it.
@@ -152,7 +156,7 @@ fn a_job_over_worker_memory_gives_502_naming_out_of_memory() {
     assert!(!after.contains(dead[0]));
     let exits = server.get("/metrics").text();
     assert!(
-        exits.contains("forkpool_worker_exits_total{reason=\"crashed_out_of_memory\"} 1"),
+        exits.contains("forkpool_worker_exits_total{reason=\"out_of_memory\"} 1"),
         "{exits}"
     );
     assert_serves(&server);
@@ -233,16 +237,22 @@ fn abandoned_requests_never_shrink_the_pool() {
 fn recycled_workers_are_replaced_without_failing_a_request() {
     let server = Server::start(&["--workers", "2", "--max-jobs-per-worker", "5"]);
     let first = server.wait_for_workers(2);
+    // Two worker processes may exist before both have said hello: wait for both slots.
+    let up = |workers: &Value| {
+        let workers = workers.as_array().unwrap().iter();
+        workers
+            .filter(|w| w["state"] == "idle" || w["state"] == "busy")
+            .count()
+    };
+    wait_until(Duration::from_secs(10), || {
+        (up(&status(&server)["workers"]) == 2).then_some(())
+    })
+    .expect("both slots come up");
     for n in 0..40 {
         let response = server.get(&format!("/isprime?number={}", 1000 + n));
         assert_eq!(response.status, 200, "request {n}: {}", response.text());
         let workers = status(&server)["workers"].clone();
-        let up = workers
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|w| w["state"] == "idle" || w["state"] == "busy");
-        assert_eq!(up.count(), 2, "capacity dipped at request {n}: {workers}");
+        assert_eq!(up(&workers), 2, "capacity dipped at request {n}: {workers}");
     }
     let now = server.wait_for_workers(2);
     assert!(
@@ -458,17 +468,14 @@ fn a_worker_answers_a_failed_job_and_logs_it_with_the_request_id() {
 
     writeln!(
         stdin,
-        r#"{{"id":1,"rid":"rid-bad-job","job":{{"n":"not digits"}}}}"#
+        r#"{{"id":1,"tag":"rid-bad-job","job":{{"n":"not digits"}}}}"#
     )
     .unwrap();
     line.clear();
     stdout.read_line(&mut line).unwrap();
     let reply: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(reply["id"], 1, "{reply}");
-    assert!(
-        reply["err"].as_str().unwrap().contains("not a number"),
-        "{reply}"
-    );
+    assert_eq!(reply["err"]["not_a_number"], "not digits", "{reply}");
 
     // EOF on stdin: the worker exits by itself, cleanly.
     drop(stdin);
@@ -480,4 +487,200 @@ fn a_worker_answers_a_failed_job_and_logs_it_with_the_request_id() {
             .any(|l| l.contains("job failed") && l.contains("request_id=rid-bad-job")),
         "{log}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pool as a library, in this process, with the real binary's `isprime` worker mode as its
+// worker program.
+
+/// `forkpool worker --kind isprime`, started by a pool in this test process.
+fn isprime_worker() -> impl Fn() -> std::process::Command + Send + Sync + 'static {
+    let parent = std::process::id().to_string();
+    move || {
+        let mut command = std::process::Command::new(common::BIN);
+        command.args(["worker", "--kind", "isprime", "--parent-pid", &parent]);
+        command
+    }
+}
+
+fn pool_config(workers: usize, metrics_prefix: &str) -> PoolConfig {
+    PoolConfig {
+        metrics_prefix: metrics_prefix.to_owned(),
+        ..PoolConfig::new(workers)
+    }
+}
+
+/// Pids of the pool's workers once `n` are up.
+fn wait_live<J: Job>(pool: &WorkerPool<J>, n: usize) -> Vec<u32> {
+    wait_until(Duration::from_secs(10), || {
+        let pids: Vec<u32> = pool.status().iter().filter_map(|w| w.pid).collect();
+        (pool.live_workers() == n && pids.len() == n).then_some(pids)
+    })
+    .unwrap_or_else(|| panic!("{n} workers never came up: {:?}", pool.status()))
+}
+
+/// Gone and reaped: not even a zombie left.
+fn reaped(pid: u32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Threads of this process named like the pool's.
+fn pool_threads() -> usize {
+    let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "forkpool-pool")
+        .count()
+}
+
+/// Every test below that counts pool threads holds this, so that another test's pool does
+/// not show up in the count.
+static POOL_THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn dropping_the_last_pool_handle_stops_its_thread_and_kills_its_workers() {
+    let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let before = pool_threads();
+    let pool = WorkerPool::<IsPrimeJob>::start(pool_config(2, "dropguard"), isprime_worker());
+    let workers = wait_live(&pool, 2);
+    assert_eq!(pool_threads(), before + 1);
+    let clone = pool.clone();
+    drop(pool);
+    assert!(
+        workers.iter().all(|&pid| alive(pid)),
+        "a clone still holds the pool, yet {workers:?} died"
+    );
+    drop(clone);
+    // The drop waits for the pool's thread: when it returns, everything is gone.
+    assert!(
+        workers.iter().all(|&pid| reaped(pid)),
+        "workers {workers:?} outlived the last pool handle"
+    );
+    assert_eq!(pool_threads(), before, "the pool's thread outlived it");
+}
+
+/// The wire shape of an isprime verdict, whose decoding panics when the number is not prime:
+/// a stand-in for a bug in a driver. Test-only; the pool has no fault injection of its own.
+#[derive(Debug)]
+struct PanicsUnlessPrime;
+
+impl<'de> serde::Deserialize<'de> for PanicsUnlessPrime {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let verdict = forkpool::jobs::IsPrimeOutput::deserialize(d)?;
+        assert!(
+            verdict.is_prime,
+            "decoding a composite verdict (test-only panic)"
+        );
+        Ok(PanicsUnlessPrime)
+    }
+}
+
+impl serde::Serialize for PanicsUnlessPrime {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+/// An isprime job on the wire (so that the real worker answers it) with that output type.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PanickyJob {
+    n: String,
+}
+
+impl Job for PanickyJob {
+    const KIND: &'static str = "isprime";
+    type Output = PanicsUnlessPrime;
+    type Error = forkpool::jobs::IsPrimeError;
+
+    fn run(self) -> Result<PanicsUnlessPrime, Self::Error> {
+        unreachable!("runs in the forkpool binary's isprime worker, never here")
+    }
+}
+
+/// Metrics and logs of this test process, captured once for every test that looks.
+struct Observed {
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    log: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+fn observed() -> &'static Observed {
+    static OBSERVED: std::sync::OnceLock<Observed> = std::sync::OnceLock::new();
+    OBSERVED.get_or_init(|| {
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .init();
+        Observed { metrics, log }
+    })
+}
+
+struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_panicking_driver_fails_its_job_with_a_500_kills_its_worker_and_the_slot_serves_again() {
+    let observed = observed();
+    let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pool = WorkerPool::<PanickyJob>::start(pool_config(1, "panicky"), isprime_worker());
+    let [first] = wait_live(&pool, 1)[..] else {
+        unreachable!()
+    };
+    let job = |n: &str| pool.submit(PanickyJob { n: n.into() }, "tag-7");
+    runtime.block_on(async {
+        job("7").await.expect("a prime verdict decodes");
+        let error = job("8").await.expect_err("the driver panicked");
+        assert!(matches!(error, PoolError::DriverPanic), "{error:?}");
+        let response = AppError::from(error);
+        assert_eq!(response.status, 500, "{}", response.message);
+        assert!(
+            response.message.contains("panicked"),
+            "{}",
+            response.message
+        );
+    });
+    assert!(
+        reaped(first),
+        "the panicked driver's worker {first} lives on"
+    );
+    let [second] = wait_live(&pool, 1)[..] else {
+        unreachable!()
+    };
+    assert_ne!(second, first);
+    runtime
+        .block_on(job("7"))
+        .expect("the restarted slot serves");
+
+    let metrics = observed.metrics.render();
+    for line in [
+        "panicky_driver_panics_total 1",
+        "panicky_jobs_total{outcome=\"driver_panic\"} 1",
+        "panicky_jobs_total{outcome=\"ok\"} 2",
+        "panicky_worker_exits_total{reason=\"driver_panic\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
+    }
+    let log = String::from_utf8_lossy(&observed.log.lock().unwrap()).into_owned();
+    let panicked = log.lines().find(|l| l.contains("slot driver panicked"));
+    let panicked = panicked.unwrap_or_else(|| panic!("not logged:\n{log}"));
+    assert!(panicked.contains("ERROR"), "{panicked}");
+    assert!(panicked.contains("composite verdict"), "{panicked}");
+    assert!(panicked.contains(&first.to_string()), "{panicked}");
 }

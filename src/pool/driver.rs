@@ -1,381 +1,501 @@
-//! The driver side of the pool: one task per worker slot that owns its worker process and
-//! feeds it jobs, and the dedicated thread whose runtime runs every driver.
+//! The driver side of the pool: one state machine per worker slot that owns the slot's worker
+//! process and feeds it jobs, and the supervisor that restarts a driver that panicked.
+//!
+//! A driver waits for the next [`Event`] and handles it with one method per event; each
+//! returns a [`Step`] that says what happens next: carry on, let a replacement take over,
+//! start again after losing the worker, or retire. The worker and what is tracked about it
+//! live in a [`Tenure`], replaced whole when the worker is.
+//!
+//! Failure modes: a worker lost mid-job fails that job and is replaced at once, or after a
+//! backoff when it dies again and again right after start; a panic in the driver (a bug, or a
+//! `Job::Output` whose decoding panics) unwinds to [`supervise`], which has the worker killed
+//! (by dropping it), fails the running job with `PoolError::DriverPanic`, counts and logs it,
+//! and starts the driver again.
 
+use std::any::Any;
 use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::BuildHasher;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
 use tokio::time::sleep;
 
+use super::lifecycle::{JobOutcome, WorkerExit};
 use super::process::{SpawnError, WorkerProcess};
-use super::protocol::{decode, encode, Job, Outcome, ProtocolError, Reply, Request};
+use super::protocol::{decode, encode, Outcome, ProtocolError, Reply, Request};
+use super::queue::Pending;
 use super::status::WorkerState;
-use super::{Done, Inner, Pending, PoolError};
+use super::{Answer, Done, Inner, Job, PoolError, RollRequest};
 
-/// The pool's own runtime: one thread, `current_thread`, that runs every driver.
-///
-/// Why not the server's runtime: under HTTP load its threads are saturated with connection
-/// tasks, and a driver that waits its turn behind them leaves its worker idle between jobs
-/// (measured at full dispatch load: workers busy about 5% of the time). On a thread of its own
-/// a driver runs as soon as its pipe is readable. It is also the thread that spawns every
-/// worker, which matters for `PR_SET_PDEATHSIG`: the signal fires when the *thread* that
-/// forked the child exits, and this thread lives exactly as long as the pool.
-pub(super) struct Dispatcher {
-    pub(super) runtime: tokio::runtime::Handle,
-    /// Dropping or sending ends the thread, and with it its runtime.
-    stop: Mutex<Option<oneshot::Sender<()>>>,
+/// Starts the supervisor of `slot` on the pool's thread: it runs the slot's driver and, when
+/// the driver panics, recovers and runs it again. Ends when the driver retires.
+pub(super) fn supervise<J: Job>(
+    pool: Arc<Inner<J>>,
+    slot: usize,
+    rolls: mpsc::UnboundedReceiver<RollRequest>,
+) -> JoinHandle<()> {
+    let runtime = pool.dispatcher.runtime.clone();
+    runtime.spawn(async move {
+        let mut driver = Driver::new(pool, slot, rolls);
+        loop {
+            // `run` borrows the driver, so what `recover` needs survives the unwinding. The
+            // panicked run itself (its stack, the worker included) is dropped by the time
+            // `catch_unwind` returns: the worker is killed and reaped then.
+            let run = AssertUnwindSafe(driver.run()).catch_unwind().await;
+            let Err(panic) = run else { return };
+            driver.recover(panic.as_ref());
+            // A driver that panicked without a job would otherwise restart in a busy loop.
+            sleep(driver.backoff.next()).await;
+        }
+    })
 }
 
-impl Dispatcher {
-    pub(super) fn start() -> Dispatcher {
-        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = oneshot::channel::<()>();
-        std::thread::Builder::new()
-            .name("forkpool-pool".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a current-thread runtime builds");
-                let _ = handle_tx.send(runtime.handle().clone());
-                // Both a stop and a dropped sender end the pool.
-                let _ = runtime.block_on(stopped);
-            })
-            .expect("spawn the pool thread");
-        Dispatcher {
-            runtime: handle_rx.recv().expect("the pool thread sends its handle"),
-            stop: Mutex::new(Some(stop)),
+/// One slot's driver: what outlives any one worker, and any one panic.
+struct Driver<J: Job> {
+    /// The pool this slot belongs to.
+    pool: Arc<Inner<J>>,
+    /// Index of the slot in `pool.slots`.
+    slot: usize,
+    /// Roll requests for this slot, from `WorkerPool::roll`.
+    rolls: mpsc::UnboundedReceiver<RollRequest>,
+    /// Delay before the next start after failures; reset by a served job.
+    backoff: Backoff,
+    /// The answer channel of the job running now. Kept here rather than on the run's stack so
+    /// that `recover` can still fail the job after a panic.
+    running: Option<oneshot::Sender<Answer<J>>>,
+}
+
+/// The worker in the slot, and what the driver tracks about it.
+struct Tenure {
+    worker: WorkerProcess,
+    /// Jobs it has served.
+    served: u64,
+    /// Jobs after which it is recycled; 0 means never.
+    retire_after: u64,
+    /// Its replacement on the way (recycling, a roll).
+    spawning: Option<Spawning>,
+    /// A roll request to answer once the replacement has taken over.
+    roll_done: Option<RollRequest>,
+}
+
+impl Tenure {
+    fn new(worker: WorkerProcess, max_jobs: u64) -> Tenure {
+        Tenure {
+            worker,
+            served: 0,
+            retire_after: jitter(max_jobs),
+            spawning: None,
+            roll_done: None,
         }
     }
-
-    pub(super) fn stop(&self) {
-        if let Some(stop) = self.stop.lock().unwrap().take() {
-            let _ = stop.send(());
-        }
-    }
-}
-
-/// How a running job ended when it did not end with a reply.
-enum Stop {
-    Deadline,
-    Cancelled,
-    Died,
-    Protocol(ProtocolError),
-}
-
-/// What a driver waits for between jobs. One lives on the driver's stack at a time, so the
-/// size gap between variants costs nothing worth a box.
-#[allow(clippy::large_enum_variant)]
-enum Event<J: Job> {
-    Job(Pending<J>),
-    /// The queue is closed and empty: retire.
-    Closed,
-    /// Output (or EOF) from a worker that has no job: it died or misbehaves.
-    IdleOutput(Result<Option<Vec<u8>>, ProtocolError>),
-    Roll(oneshot::Sender<()>),
-    Replacement(Result<(WorkerProcess, OwnedSemaphorePermit), SpawnError>),
 }
 
 /// A replacement on its way, with the pool's spare permit once it has it.
 type Spawning =
     Pin<Box<dyn Future<Output = Result<(WorkerProcess, OwnedSemaphorePermit), SpawnError>> + Send>>;
 
-impl<J: Job> Inner<J> {
-    /// The life of one worker slot: start a worker, feed it jobs, replace it when it is lost or
-    /// due for recycling, until the pool closes.
-    pub(super) async fn drive(
-        self: Arc<Self>,
-        slot: usize,
-        mut rolls: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
-    ) {
-        let mut backoff = Backoff::default();
-        let mut next: Option<WorkerProcess> = None;
+/// What a driver waits for between jobs. One lives on the driver's stack at a time, so the
+/// size gap between variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Event<J: Job> {
+    Job(Pending<J>),
+    /// The queue is closed and empty.
+    Closed,
+    /// Output (or EOF) from a worker that has no job: it died or misbehaves.
+    IdleOutput(Result<Option<Vec<u8>>, ProtocolError>),
+    Roll(RollRequest),
+    Replacement(Result<(WorkerProcess, OwnedSemaphorePermit), SpawnError>),
+}
+
+/// What happens after an event. Returned once per event and matched at once, so the size gap
+/// between variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// Keep serving with the same worker.
+    Continue,
+    /// A replacement is ready: it takes the slot, and the old worker retires.
+    Replace(WorkerProcess, OwnedSemaphorePermit),
+    /// The worker is gone (already killed or reaped): count it and start another.
+    Lost(WorkerExit),
+    /// The pool is closed and its queue empty: retire the worker and stop.
+    Retire,
+}
+
+/// How a job's exchange with its worker ended.
+enum RunEnd<J: Job> {
+    Replied(Reply<J::Output, J::Error>),
+    /// The submitter stopped waiting at the deadline.
+    Deadline,
+    /// The submitter stopped waiting before the deadline.
+    Cancelled,
+    /// The worker's pipes closed: it died.
+    Died,
+    Protocol(ProtocolError),
+}
+
+/// What a finished run leaves behind.
+struct Settled<J: Job> {
+    /// For the submitter; `None` when it has stopped waiting.
+    answer: Option<Answer<J>>,
+    outcome: JobOutcome,
+    /// `Some` when the worker is gone (killed or reaped).
+    exit: Option<WorkerExit>,
+}
+
+impl<J: Job> Driver<J> {
+    fn new(pool: Arc<Inner<J>>, slot: usize, rolls: mpsc::UnboundedReceiver<RollRequest>) -> Self {
+        Driver {
+            pool,
+            slot,
+            rolls,
+            backoff: Backoff::default(),
+            running: None,
+        }
+    }
+
+    /// The life of the slot: start a worker, handle events until it is lost, start another,
+    /// until the pool closes.
+    async fn run(&mut self) {
         loop {
-            let mut worker = match next.take() {
-                Some(worker) => worker,
-                None => match self.start_worker(slot, &mut backoff).await {
-                    Some(worker) => worker,
-                    None => return self.set_state(slot, WorkerState::Stopped, None),
-                },
+            let Some(worker) = self.start_worker().await else {
+                return self.set_state(WorkerState::Stopped, None);
             };
-            let retire_after = jitter(self.config.max_jobs_per_worker);
-            let mut served = 0u64;
-            let mut spawning: Option<Spawning> = None;
-            let mut roll_done: Option<oneshot::Sender<()>> = None;
-            // `None`: replaced in place by a new worker; `Some(reason)`: the worker is gone.
-            let lost: Option<String> = loop {
-                self.set_state(slot, WorkerState::Idle, Some(&worker));
-                let event = tokio::select! {
-                    job = self.next_job() => job.map_or(Event::Closed, Event::Job),
-                    line = worker.next_line() => Event::IdleOutput(line),
-                    Some(done) = rolls.recv() => Event::Roll(done),
-                    new = async { spawning.as_mut().expect("guarded").await }, if spawning.is_some() =>
-                        Event::Replacement(new),
-                };
-                match event {
-                    Event::Job(job) => {
-                        self.set_busy(slot, job.id);
-                        match self.run_job(&mut worker, job).await {
-                            Ok(()) => {
-                                served += 1;
-                                backoff.reset();
-                                self.slots[slot].lock().unwrap().jobs_served += 1;
-                                if retire_after > 0 && served >= retire_after && spawning.is_none()
-                                {
-                                    spawning = Some(Box::pin(self.spawn_spare()));
-                                }
-                            }
-                            Err(reason) => break Some(reason),
-                        }
-                    }
-                    Event::Closed => {
-                        self.set_state(slot, WorkerState::Stopped, None);
-                        worker.retire().await;
-                        return;
-                    }
-                    Event::IdleOutput(line) => {
-                        let (why, exit) = match line {
-                            Ok(None) => ("exited while idle".into(), worker.exit_cause().await),
-                            Ok(Some(_)) => {
-                                ("unexpected output while idle".into(), worker.kill().await)
-                            }
-                            Err(e) => (e.to_string(), worker.kill().await),
-                        };
-                        tracing::warn!(pid = worker.pid, why, cause = %exit, "idle worker lost");
-                        break Some(exit.crash_label());
-                    }
-                    Event::Roll(done) => {
-                        roll_done = Some(done);
-                        if spawning.is_none() {
-                            spawning = Some(Box::pin(self.spawn_spare()));
-                        }
-                    }
-                    Event::Replacement(Ok((new, spare))) => {
-                        let old = std::mem::replace(&mut worker, new);
-                        let done = roll_done.take();
-                        count_exit("recycled".into());
-                        tokio::spawn(async move {
-                            old.retire().await;
-                            drop(spare);
-                            if let Some(done) = done {
-                                let _ = done.send(());
-                            }
-                        });
-                        break None;
-                    }
-                    Event::Replacement(Err(e)) => {
-                        tracing::warn!(error = %e, "replacement worker failed to start; keeping the old one");
-                        spawning = None;
-                    }
+            let mut tenure = Tenure::new(worker, self.pool.config.max_jobs_per_worker);
+            let exit = loop {
+                match self.step(&mut tenure).await {
+                    Step::Continue => {}
+                    Step::Replace(new, spare) => tenure = self.on_replacement(tenure, new, spare),
+                    Step::Lost(exit) => break exit,
+                    Step::Retire => return self.retire(tenure).await,
                 }
             };
-            match lost {
-                None => next = Some(worker),
-                Some(reason) => {
-                    // Nothing is alive in this slot until the next worker says hello.
-                    self.set_state(slot, WorkerState::Down, None);
-                    // A worker that crashes straight after start would otherwise respawn in a
-                    // busy loop (a broken binary, a bad limit): back off instead.
-                    let crashed = reason.starts_with("crashed") || reason == "protocol";
-                    let early = worker.started.elapsed() < Duration::from_secs(1) && served == 0;
-                    count_exit(reason);
-                    if crashed && early {
-                        sleep(backoff.next()).await;
-                    }
-                }
+            self.on_lost(tenure, exit).await;
+        }
+    }
+
+    /// Waits for one event and handles it.
+    async fn step(&mut self, t: &mut Tenure) -> Step {
+        self.set_state(WorkerState::Idle, Some(&t.worker));
+        match self.next_event(t).await {
+            Event::Job(job) => self.on_job(t, job).await,
+            Event::Closed => Step::Retire,
+            Event::IdleOutput(line) => on_idle_output(&mut t.worker, line).await,
+            Event::Roll(done) => self.on_roll(t, done),
+            Event::Replacement(Ok((new, spare))) => Step::Replace(new, spare),
+            Event::Replacement(Err(error)) => {
+                tracing::warn!(%error, "replacement worker failed to start; keeping the old one");
+                t.spawning = None;
+                Step::Continue
             }
         }
     }
 
+    async fn next_event(&mut self, t: &mut Tenure) -> Event<J> {
+        let (worker, spawning) = (&mut t.worker, &mut t.spawning);
+        let replacement = async {
+            match spawning {
+                Some(spawning) => spawning.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            job = self.pool.next_job() => job.map_or(Event::Closed, Event::Job),
+            line = worker.next_line() => Event::IdleOutput(line),
+            Some(done) = self.rolls.recv() => Event::Roll(done),
+            new = replacement => Event::Replacement(new),
+        }
+    }
+
+    /// Runs one job on the worker and answers it.
+    async fn on_job(&mut self, t: &mut Tenure, job: Pending<J>) -> Step {
+        self.pool.slots[self.slot].lock().unwrap().busy(job.id);
+        let Pending {
+            id,
+            tag,
+            job,
+            deadline,
+            enqueued,
+            reply,
+        } = job;
+        let started = Instant::now();
+        let metrics = &self.pool.metrics;
+        metrics
+            .queue_wait
+            .record((started - enqueued).as_secs_f64());
+        let request = Request { id, tag, job };
+        let line = encode(&request);
+        let reply = self.running.insert(reply);
+        let end = exchange::<J>(&mut t.worker, &line, id, deadline, reply).await;
+        metrics.run_time.record(started.elapsed().as_secs_f64());
+        let settled = settle(&mut t.worker, end, id, &request.tag).await;
+        metrics.job(settled.outcome);
+        let reply = self.running.take();
+        if let (Some(reply), Some(answer)) = (reply, settled.answer) {
+            // The submitter may have left meanwhile; then nobody needs the answer.
+            let _ = reply.send(answer);
+        }
+        match settled.exit {
+            Some(exit) => Step::Lost(exit),
+            None => self.on_served(t),
+        }
+    }
+
+    /// The worker answered and stays: count it, and start its replacement once it is due.
+    fn on_served(&mut self, t: &mut Tenure) -> Step {
+        t.served += 1;
+        self.backoff.reset();
+        self.pool.slots[self.slot].lock().unwrap().jobs_served += 1;
+        if t.retire_after > 0 && t.served >= t.retire_after && t.spawning.is_none() {
+            t.spawning = Some(self.pool.spawn_spare());
+        }
+        Step::Continue
+    }
+
+    fn on_roll(&self, t: &mut Tenure, done: RollRequest) -> Step {
+        t.roll_done = Some(done);
+        if t.spawning.is_none() {
+            t.spawning = Some(self.pool.spawn_spare());
+        }
+        Step::Continue
+    }
+
+    /// The replacement takes the slot; the old worker retires in the background (finishing
+    /// nothing: it is idle) and then frees the spare permit and answers the roll.
+    fn on_replacement(
+        &self,
+        old: Tenure,
+        new: WorkerProcess,
+        spare: OwnedSemaphorePermit,
+    ) -> Tenure {
+        let Tenure {
+            worker, roll_done, ..
+        } = old;
+        self.pool.metrics.worker_exit(WorkerExit::Recycled);
+        tokio::spawn(async move {
+            worker.retire().await;
+            drop(spare);
+            if let Some(done) = roll_done {
+                let _ = done.send(());
+            }
+        });
+        Tenure::new(new, self.pool.config.max_jobs_per_worker)
+    }
+
+    /// The worker is gone: count it, and back off if it failed by itself straight after start
+    /// (a broken binary, a bad limit), so that the slot never respawns in a busy loop.
+    async fn on_lost(&mut self, t: Tenure, exit: WorkerExit) {
+        // Nothing is alive in this slot until the next worker says hello.
+        self.set_state(WorkerState::Down, None);
+        self.pool.metrics.worker_exit(exit);
+        let early = t.worker.started.elapsed() < Duration::from_secs(1) && t.served == 0;
+        drop(t);
+        if exit.is_failure() && early {
+            sleep(self.backoff.next()).await;
+        }
+    }
+
+    async fn retire(&mut self, t: Tenure) {
+        self.set_state(WorkerState::Stopped, None);
+        t.worker.retire().await;
+    }
+
+    /// After a panic: fail the job it was running, count and log it. Its worker has already
+    /// been killed with the run that panicked.
+    fn recover(&mut self, panic: &(dyn Any + Send)) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        let pid = self.pool.slots[self.slot].lock().unwrap().pid;
+        // Down before the job is answered: whoever gets the answer must not see the dead
+        // worker as live.
+        self.set_state(WorkerState::Down, None);
+        let metrics = &self.pool.metrics;
+        let had_job = match self.running.take() {
+            Some(reply) => {
+                metrics.job(JobOutcome::DriverPanic);
+                reply.send(Err(PoolError::DriverPanic)).is_ok()
+            }
+            None => false,
+        };
+        if pid.is_some() {
+            metrics.worker_exit(WorkerExit::DriverPanic);
+        }
+        metrics.driver_panics.increment(1);
+        tracing::error!(slot = self.slot, ?pid, had_job, panic = %message,
+            "slot driver panicked; its worker was killed and its job failed; restarting the slot");
+    }
+
     /// Spawns workers until one says hello, backing off exponentially between failures.
     /// `None` when the pool closed meanwhile.
-    async fn start_worker(&self, slot: usize, backoff: &mut Backoff) -> Option<WorkerProcess> {
+    async fn start_worker(&mut self) -> Option<WorkerProcess> {
         loop {
-            if self.queue.lock().unwrap().closed {
+            if self.pool.queue.lock().unwrap().is_closed() {
                 return None;
             }
-            self.set_state(slot, WorkerState::Starting, None);
-            match self.spawn_replacement().await {
+            self.set_state(WorkerState::Starting, None);
+            match self.pool.spawn_replacement().await {
                 Ok(worker) => return Some(worker),
-                Err(e) => {
-                    let delay = backoff.next();
-                    tracing::error!(slot, error = %e, ?delay, "worker failed to start");
-                    self.set_state(slot, WorkerState::Down, None);
+                Err(error) => {
+                    let delay = self.backoff.next();
+                    tracing::error!(slot = self.slot, %error, ?delay, "worker failed to start");
+                    self.set_state(WorkerState::Down, None);
                     sleep(delay).await;
                 }
             }
         }
     }
 
+    fn set_state(&self, state: WorkerState, worker: Option<&WorkerProcess>) {
+        let mut slot = self.pool.slots[self.slot].lock().unwrap();
+        slot.set(state, worker.map(|w| w.pid));
+    }
+}
+
+/// Sends the job line and reads the reply, unless the submitter stops waiting first.
+async fn exchange<J: Job>(
+    worker: &mut WorkerProcess,
+    line: &[u8],
+    id: u64,
+    deadline: Instant,
+    reply: &mut oneshot::Sender<Answer<J>>,
+) -> RunEnd<J> {
+    let talk = async {
+        if worker.send(line).await.is_err() {
+            return RunEnd::Died;
+        }
+        match worker.next_line().await {
+            Ok(Some(line)) => match decode::<Reply<J::Output, J::Error>>(&line) {
+                Ok(answer) if answer.id == id => RunEnd::Replied(answer),
+                Ok(other) => RunEnd::Protocol(ProtocolError::Unexpected(format!(
+                    "reply for job {} while job {id} runs",
+                    other.id
+                ))),
+                Err(error) => RunEnd::Protocol(error),
+            },
+            Ok(None) => RunEnd::Died,
+            Err(error) => RunEnd::Protocol(error),
+        }
+    };
+    // No timer of our own: at the deadline `submit` stops waiting and drops the receiver,
+    // which is what `closed` reports, so one timer per job serves both.
+    tokio::select! {
+        end = talk => end,
+        _ = reply.closed() => match Instant::now() >= deadline {
+            true => RunEnd::Deadline,
+            false => RunEnd::Cancelled,
+        },
+    }
+}
+
+/// Turns a run's end into the submitter's answer, the outcome and the worker's fate, killing
+/// or reaping the worker when it has to go.
+async fn settle<J: Job>(
+    worker: &mut WorkerProcess,
+    end: RunEnd<J>,
+    job: u64,
+    tag: &str,
+) -> Settled<J> {
+    let pid = worker.pid;
+    let settled = |answer, outcome, exit| Settled {
+        answer,
+        outcome,
+        exit,
+    };
+    match end {
+        RunEnd::Replied(Reply { ms, result, .. }) => match result {
+            Outcome::Ok(output) => {
+                let done = Done {
+                    output,
+                    compute_ms: ms,
+                };
+                settled(Some(Ok(done)), JobOutcome::Ok, None)
+            }
+            Outcome::Err(e) => settled(Some(Err(PoolError::JobFailed(e))), JobOutcome::Error, None),
+        },
+        RunEnd::Deadline => {
+            let cause = worker.kill().await;
+            tracing::warn!(pid, job, tag, %cause, "job passed its deadline; worker killed");
+            // `submit` has answered with the timeout itself: it is the one that stopped waiting.
+            settled(None, JobOutcome::Timeout, Some(WorkerExit::KilledTimeout))
+        }
+        RunEnd::Cancelled => {
+            let cause = worker.kill().await;
+            tracing::info!(pid, job, tag, %cause, "submitter went away; worker killed");
+            settled(None, JobOutcome::Cancelled, Some(WorkerExit::KilledCancel))
+        }
+        RunEnd::Died => {
+            let cause = worker.exit_cause().await;
+            tracing::warn!(pid, job, tag, %cause, "worker died mid-job");
+            let error = PoolError::WorkerDied { pid, cause };
+            let exit = WorkerExit::Crashed(cause);
+            settled(Some(Err(error)), JobOutcome::Crashed, Some(exit))
+        }
+        RunEnd::Protocol(error) => {
+            let cause = worker.kill().await;
+            tracing::warn!(pid, job, tag, %error, %cause, "worker broke the protocol; killed");
+            let error = PoolError::Protocol { pid, error };
+            settled(
+                Some(Err(error)),
+                JobOutcome::Crashed,
+                Some(WorkerExit::Protocol),
+            )
+        }
+    }
+}
+
+/// A worker with no job wrote something or closed its stdout: it goes.
+async fn on_idle_output(
+    worker: &mut WorkerProcess,
+    line: Result<Option<Vec<u8>>, ProtocolError>,
+) -> Step {
+    let (why, exit) = match line {
+        Ok(None) => ("exited while idle".to_owned(), worker.exit_cause().await),
+        Ok(Some(_)) => (
+            "unexpected output while idle".to_owned(),
+            worker.kill().await,
+        ),
+        Err(e) => (e.to_string(), worker.kill().await),
+    };
+    tracing::warn!(pid = worker.pid, why, cause = %exit, "idle worker lost");
+    Step::Lost(WorkerExit::Crashed(exit))
+}
+
+impl<J: Job> Inner<J> {
     /// A replacement for a worker that stays alive until the new one is ready (recycling, a
     /// roll). It first waits for the pool's one spare permit, which travels with it and is
     /// released once the old worker has exited. Meanwhile the old worker keeps serving.
-    fn spawn_spare(
-        &self,
-    ) -> impl Future<Output = Result<(WorkerProcess, OwnedSemaphorePermit), SpawnError>> {
+    fn spawn_spare(&self) -> Spawning {
         let spare = self.spare.clone();
         let spawn = self.spawn_replacement();
-        async move {
+        Box::pin(async move {
             let permit = spare
                 .acquire_owned()
                 .await
                 .expect("the spare semaphore is never closed");
             Ok((spawn.await?, permit))
-        }
+        })
     }
 
     fn spawn_replacement(&self) -> impl Future<Output = Result<WorkerProcess, SpawnError>> {
         let spec = self.spec.clone();
+        let spawns = self.metrics.spawns.clone();
         async move {
             let worker = WorkerProcess::spawn(&spec).await;
             if let Ok(w) = &worker {
-                metrics::counter!("forkpool_worker_spawns_total").increment(1);
+                spawns.increment(1);
                 tracing::debug!(pid = w.pid, "worker started");
             }
             worker
         }
     }
-
-    /// Waits for the next live job. `None` once the pool is closed and the queue is empty.
-    async fn next_job(&self) -> Option<Pending<J>> {
-        loop {
-            // Register interest before looking, so a job queued in between still wakes us.
-            let notified = self.job_ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut queue = self.queue.lock().unwrap();
-                while let Some(job) = queue.jobs.pop_front() {
-                    if job.reply.is_closed() {
-                        let outcome = match Instant::now() >= job.deadline {
-                            true => "timeout",
-                            false => "cancelled",
-                        };
-                        metrics::counter!("forkpool_jobs_total", "outcome" => outcome).increment(1);
-                        continue;
-                    }
-                    return Some(job);
-                }
-                if queue.closed {
-                    return None;
-                }
-            }
-            notified.await;
-        }
-    }
-
-    /// Sends one job to `worker` and answers it. `Err` names why the worker must go (it has
-    /// already been killed or reaped).
-    async fn run_job(&self, worker: &mut WorkerProcess, mut job: Pending<J>) -> Result<(), String> {
-        let started = Instant::now();
-        self.metrics
-            .queue_wait
-            .record((started - job.enqueued).as_secs_f64());
-        let line = encode(&Request {
-            id: job.id,
-            rid: job.request_id.clone(),
-            job: job.job,
-        });
-        let deadline = job.deadline;
-        let exchange = async {
-            worker.send(&line).await.map_err(|_| Stop::Died)?;
-            match worker.next_line().await {
-                Ok(Some(line)) => decode::<Reply<J::Output>>(&line)
-                    .and_then(|reply| match reply.id == job.id {
-                        true => Ok(reply),
-                        false => Err(ProtocolError::Unexpected(format!(
-                            "reply for job {} while job {} runs",
-                            reply.id, job.id
-                        ))),
-                    })
-                    .map_err(Stop::Protocol),
-                Ok(None) => Err(Stop::Died),
-                Err(e) => Err(Stop::Protocol(e)),
-            }
-        };
-        // No timer of our own: at the deadline `submit` stops waiting and drops the receiver,
-        // which is what `closed` reports, so one timer per job serves both.
-        let result = tokio::select! {
-            result = exchange => result,
-            _ = job.reply.closed() => Err(match Instant::now() >= deadline {
-                true => Stop::Deadline,
-                false => Stop::Cancelled,
-            }),
-        };
-        self.metrics
-            .run_time
-            .record(started.elapsed().as_secs_f64());
-        let pid = worker.pid;
-        let (answer, outcome, exit) = match result {
-            Ok(Reply {
-                ms,
-                result: Outcome::Ok(output),
-                ..
-            }) => (
-                Some(Ok(Done {
-                    output,
-                    compute_ms: ms,
-                })),
-                "ok",
-                None,
-            ),
-            Ok(Reply {
-                result: Outcome::Err(e),
-                ..
-            }) => (Some(Err(PoolError::JobFailed(e))), "error", None),
-            Err(Stop::Deadline) => {
-                let cause = worker.kill().await;
-                tracing::warn!(pid, job = job.id, request_id = %job.request_id, %cause, "job passed its deadline; worker killed");
-                // `submit` has answered 504 itself: it is the one that stopped waiting.
-                (None, "timeout", Some("killed_timeout".into()))
-            }
-            Err(Stop::Cancelled) => {
-                let cause = worker.kill().await;
-                tracing::info!(pid, job = job.id, request_id = %job.request_id, %cause, "client went away; worker killed");
-                (None, "cancelled", Some("killed_cancel".into()))
-            }
-            Err(Stop::Died) => {
-                let cause = worker.exit_cause().await;
-                tracing::warn!(pid, job = job.id, request_id = %job.request_id, %cause, "worker died mid-job");
-                let error = PoolError::WorkerDied { pid, cause };
-                (Some(Err(error)), "crashed", Some(cause.crash_label()))
-            }
-            Err(Stop::Protocol(error)) => {
-                let cause = worker.kill().await;
-                tracing::warn!(pid, job = job.id, request_id = %job.request_id, %error, %cause, "worker broke the protocol; killed");
-                let error = PoolError::Protocol { pid, error };
-                (Some(Err(error)), "crashed", Some("protocol".into()))
-            }
-        };
-        match outcome {
-            "ok" => self.metrics.jobs_ok.increment(1),
-            _ => metrics::counter!("forkpool_jobs_total", "outcome" => outcome).increment(1),
-        }
-        if let Some(answer) = answer {
-            // The client may have left meanwhile; then nobody needs the answer.
-            let _ = job.reply.send(answer);
-        }
-        exit.map_or(Ok(()), Err)
-    }
-
-    fn set_busy(&self, slot: usize, job: u64) {
-        self.slots[slot].lock().unwrap().busy(job);
-    }
-
-    fn set_state(&self, slot: usize, state: WorkerState, worker: Option<&WorkerProcess>) {
-        self.slots[slot]
-            .lock()
-            .unwrap()
-            .set(state, worker.map(|w| w.pid));
-    }
-}
-
-fn count_exit(reason: String) {
-    metrics::counter!("forkpool_worker_exits_total", "reason" => reason).increment(1);
 }
 
 /// `n` jobs with ±10% jitter, so that workers started together do not all retire together.

@@ -1,75 +1,193 @@
-//! The worker pool: a fixed number of worker processes, a bounded FIFO queue in front of them,
-//! one deadline per job, and a driver task per worker slot that owns its process.
+//! A pool of worker processes for CPU work that must never stall an async program: a fixed
+//! number of workers, a bounded FIFO queue in front of them, one deadline per job, and a
+//! driver per worker slot that owns its process.
 //!
-//! ```text
-//!   handler --submit--> [ queue (bounded) ] --pop--> driver 0 --pipe--> worker process
-//!      ^                                     --pop--> driver 1 --pipe--> worker process
-//!      +------------- oneshot reply <----------------+
+//! This module is a library of its own: it imports nothing from the rest of the crate. A
+//! program defines a [`Job`] type, says how a worker is started ([`WorkerCommand`]: usually
+//! the program itself, re-executed in a worker mode that calls [`worker::run`]), and submits
+//! jobs to a [`WorkerPool`]. The forkpool server is one such program; `examples/factor.rs` is
+//! another.
+//!
+//! # Guarantees
+//! - **One deadline covers queue and run.** [`PoolConfig::job_timeout`] starts at
+//!   [`WorkerPool::submit`]: a job still queued at the deadline leaves the queue, a running one
+//!   has its worker killed, and the caller gets [`PoolError::Timeout`] either way.
+//! - **Hanging up kills.** Dropping the future returned by `submit` (an HTTP client went away)
+//!   takes the job out of the queue, or kills the worker running it; the slot gets a fresh one.
+//!   An abandoned job never keeps a core busy.
+//! - **No orphans.** Each worker runs in its own process group, arms `PR_SET_PDEATHSIG` and
+//!   checks its parent before saying hello, so it dies with the pool's process even on SIGKILL.
+//!   Every path that lets go of a worker (kill, crash, retirement, a panicking driver, dropping
+//!   the last pool handle) kills its group and reaps it.
+//! - **At most `workers + 1` alive.** A recycled or rolled worker's replacement is started and
+//!   has said hello before the old one retires, so capacity never dips, and one spare permit
+//!   for the whole pool caps the overlap at one process.
+//! - **Bounded everything.** A full queue answers [`PoolError::QueueFull`] at once; protocol
+//!   lines are capped at [`PoolConfig::max_line`] both ways; a worker that dies right after
+//!   start is restarted with exponential backoff, never in a busy loop.
+//! - **Supervised drivers.** A driver that panics (a bug, or a [`Job::Output`] whose decoding
+//!   panics) is restarted: its worker is killed, its job fails with [`PoolError::DriverPanic`],
+//!   the panic is logged at `error` and counted.
+//!
+//! Failure of a single job never affects another: a worker that dies mid-job fails that job
+//! with [`PoolError::WorkerDied`] (naming the exit code, the signal, or "ran out of memory"),
+//! one that breaks the protocol with [`PoolError::Protocol`].
+//!
+//! # Example
+//! A program that is its own worker: run plainly, it starts a pool whose workers are itself
+//! started with a `worker` argument.
+//!
+//! ```
+//! use std::process::Command;
+//!
+//! use forkpool::pool::worker::{self, TagLog, WorkerSettings};
+//! use forkpool::pool::{Job, PoolConfig, PoolError, WorkerPool};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// The integer square root of a perfect square, computed in a worker process.
+//! #[derive(Serialize, Deserialize)]
+//! struct Sqrt(u64);
+//!
+//! #[derive(Debug, thiserror::Error, Serialize, Deserialize)]
+//! #[error("{0} is not a perfect square")]
+//! struct NotASquare(u64);
+//!
+//! impl Job for Sqrt {
+//!     const KIND: &'static str = "sqrt";
+//!     type Output = u64;
+//!     type Error = NotASquare;
+//!     fn run(self) -> Result<u64, NotASquare> {
+//!         let root = self.0.isqrt();
+//!         if root * root == self.0 { Ok(root) } else { Err(NotASquare(self.0)) }
+//!     }
+//! }
+//!
+//! fn main() {
+//!     let mut args = std::env::args().skip(1);
+//!     if args.next().as_deref() == Some("worker") {
+//!         // Worker mode: started by the pool below, with the pool's pid to check.
+//!         let parent = args.next().unwrap().parse().unwrap();
+//!         worker::run::<Sqrt>(&WorkerSettings::new(parent), &TagLog).unwrap();
+//!         return;
+//!     }
+//!     let program = std::env::current_exe().unwrap();
+//!     let parent = std::process::id().to_string();
+//!     let pool = WorkerPool::<Sqrt>::start(PoolConfig::new(2), move || {
+//!         let mut command = Command::new(&program);
+//!         command.args(["worker", &parent]);
+//!         command
+//!     });
+//!     let runtime = tokio::runtime::Runtime::new().unwrap();
+//!     runtime.block_on(async {
+//!         assert_eq!(pool.submit(Sqrt(144), "first").await.unwrap().output, 12);
+//!         let failed = pool.submit(Sqrt(7), "second").await.unwrap_err();
+//!         assert!(matches!(failed, PoolError::JobFailed(NotASquare(7))));
+//!     });
+//!     // Dropping the last handle closes the pool, stops its thread and kills its workers.
+//!     drop(pool);
+//! }
 //! ```
 //!
-//! Why a driver per slot: the request handler's future is dropped by axum when its client hangs
-//! up. If the handler held the worker, that drop would lose the worker mid-protocol. Here the
-//! driver alone talks to its process; the handler only waits on a oneshot. The driver notices a
-//! dropped receiver (`Sender::closed`) and kills the worker, so an abandoned job never keeps a
-//! core busy, and the slot gets a fresh worker.
+//! # How it works
+//! ```text
+//!   submit --> [ queue (bounded) ] --pop--> driver 0 --pipe--> worker process
+//!      ^                            --pop--> driver 1 --pipe--> worker process
+//!      +------------- oneshot reply <-------+
+//! ```
 //!
-//! The drivers run on a thread of their own (see `driver::Dispatcher`), so HTTP load on the
-//! server's runtime never delays the next job, and the workers' parent thread lives exactly as
-//! long as the pool. Files: `driver` (the per-slot loop), `process` (one child: spawn,
-//! handshake, kill), `protocol` (messages and framing), `status` (what /status shows),
-//! `worker` (the worker side).
+//! Why a driver per slot: the submitter's future is dropped when its caller gives up (axum
+//! drops a handler whose client hung up). If the submitter held the worker, that drop would
+//! lose the worker mid-protocol. Here the driver alone talks to its process; the submitter only
+//! waits on a oneshot. The driver notices a dropped receiver (`Sender::closed`) and kills the
+//! worker, and the slot gets a fresh one.
 //!
-//! Failure modes and what happens:
-//! - queue full: `QueueFull` (503) at once; nothing queues without bound.
-//! - deadline (queue wait + run): dropped from the queue, or the worker is killed and replaced.
-//! - worker dies mid-job: that job fails with the exit code or signal; the slot respawns.
-//! - worker dies at start: respawned with exponential backoff, never a busy loop.
-//! - worker breaks the protocol (overlong or malformed line): killed and replaced.
-//! - recycling (`max_jobs_per_worker`, SIGHUP roll): the replacement is started and has said
-//!   hello before the old worker retires, so capacity never dips.
+//! The drivers run on a thread of their own (see `dispatch`), so load on the embedding
+//! program's runtime never delays the next job, and the workers' parent thread lives exactly as
+//! long as the pool. Files: `driver` (the per-slot state machine and its supervisor), `queue`
+//! (the queue and its cancellation), `lifecycle` (how jobs and workers end, as types),
+//! `process` (one child: spawn, handshake, kill), `protocol` (messages, framing, [`Job`]),
+//! `metrics`, `status` (the per-slot rows), `worker` (the worker side).
 
+mod dispatch;
 mod driver;
+mod lifecycle;
+mod metrics;
 mod process;
 pub mod protocol;
+mod queue;
 mod status;
 pub mod worker;
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::ValueEnum;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::config::{LogFormat, WorkerSched};
-use driver::Dispatcher;
-pub use process::Exit;
+use dispatch::Dispatcher;
+pub use lifecycle::{Exit, JobOutcome, WorkerExit};
+pub use process::SpawnError;
 use process::SpawnSpec;
-use protocol::{Job, ProtocolError};
+pub use protocol::{Job, ProtocolError};
+use queue::{Pending, Queue, Unqueue};
 use status::Slot;
 pub use status::{rss_bytes, WorkerState, WorkerStatus};
 
-/// Pool settings, taken from the server [`Config`](crate::config::Config).
+/// Pool settings.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    pub program: PathBuf,
+    /// Worker processes (slots).
     pub workers: usize,
+    /// Jobs that may wait for a worker; one more is refused with [`PoolError::QueueFull`].
     pub queue: usize,
+    /// Deadline of one job, from `submit` to its answer: queue wait plus run time.
     pub job_timeout: Duration,
+    /// Longest protocol line read from a worker, in bytes; a worker that sends more is killed
+    /// and replaced. Pass the same cap to the worker ([`worker::WorkerSettings::max_line`]).
     pub max_line: usize,
+    /// Retire a worker after about this many jobs (±10% jitter, so that workers started
+    /// together do not retire together); 0 means never.
     pub max_jobs_per_worker: u64,
-    pub worker_memory: u64,
-    pub worker_nice: i32,
-    pub worker_sched: WorkerSched,
-    pub log_format: LogFormat,
+    /// Metric names start with this and `_` (see the `metrics` module's table).
+    pub metrics_prefix: String,
 }
 
-/// Why a job did not produce an answer.
+impl PoolConfig {
+    /// `workers` slots, a queue of 256, a 60 s deadline, 1 MiB lines, no recycling, metrics
+    /// named `forkpool_*`.
+    pub fn new(workers: usize) -> PoolConfig {
+        PoolConfig {
+            workers,
+            queue: 256,
+            job_timeout: Duration::from_secs(60),
+            max_line: 1 << 20,
+            max_jobs_per_worker: 0,
+            metrics_prefix: "forkpool".into(),
+        }
+    }
+}
+
+/// How the pool starts a worker: a fresh [`Command`](std::process::Command) per worker, whose
+/// program calls [`worker::run`] for the pool's job type. The pool adds the pipes (stdin,
+/// stdout) and the process group; stderr is left as the command has it (inherited by default),
+/// so that worker logs land with the program's.
+///
+/// Any `Fn() -> Command` is one. The command is built on the pool's own thread.
+pub trait WorkerCommand: Send + Sync + 'static {
+    /// The command line of one new worker.
+    fn command(&self) -> std::process::Command;
+}
+
+impl<F: Fn() -> std::process::Command + Send + Sync + 'static> WorkerCommand for F {
+    fn command(&self) -> std::process::Command {
+        self()
+    }
+}
+
+/// Why a job did not produce an answer. `E` is the job's own error ([`Job::Error`]).
 #[derive(Debug, thiserror::Error)]
-pub enum PoolError {
+pub enum PoolError<E> {
     #[error("all workers are busy and the queue is full ({0} jobs waiting); retry later")]
     QueueFull(usize),
     #[error("the server is shutting down and takes no new jobs")]
@@ -77,85 +195,101 @@ pub enum PoolError {
     #[error("the job did not finish within the {0:?} deadline")]
     Timeout(Duration),
     #[error("worker {pid} died mid-job: {cause}")]
-    WorkerDied { pid: u32, cause: Exit },
+    WorkerDied {
+        /// The worker's pid.
+        pid: u32,
+        /// How it ended.
+        cause: Exit,
+    },
     #[error("worker {pid} broke the protocol: {error}")]
-    Protocol { pid: u32, error: ProtocolError },
+    Protocol {
+        /// The worker's pid (killed since).
+        pid: u32,
+        /// What it sent, or failed to.
+        error: ProtocolError,
+    },
     #[error("the job failed: {0}")]
-    JobFailed(String),
+    JobFailed(E),
+    #[error("internal error: the pool's driver running this job panicked (logged); the job was abandoned and its worker replaced")]
+    DriverPanic,
 }
 
 /// A finished job.
 #[derive(Debug)]
 pub struct Done<O> {
+    /// What the job returned.
     pub output: O,
     /// Compute time measured inside the worker.
     pub compute_ms: f64,
 }
 
-/// A job waiting in the queue, with everything the driver needs to run and answer it.
-struct Pending<J: Job> {
-    id: u64,
-    request_id: String,
-    job: J,
-    deadline: Instant,
-    enqueued: Instant,
-    reply: oneshot::Sender<Result<Done<J::Output>, PoolError>>,
-}
+/// What a submitter waits on: the answer to its job.
+type Answer<J> = Result<Done<<J as Job>::Output>, PoolError<<J as Job>::Error>>;
+/// A roll request for one slot, answered once that slot's new worker replaced the old.
+type RollRequest = oneshot::Sender<()>;
 
-struct Queue<J: Job> {
-    jobs: VecDeque<Pending<J>>,
-    /// Set at shutdown: no new jobs; drivers finish what is queued, then retire.
-    closed: bool,
-}
-
+/// Everything the drivers and the handles share.
 struct Inner<J: Job> {
     config: PoolConfig,
     spec: SpawnSpec,
     queue: Mutex<Queue<J>>,
     /// Wakes an idle driver when a job is queued (and all of them at shutdown).
     job_ready: Notify,
+    /// What each slot shows (`/status`), updated by its driver.
     slots: Vec<Mutex<Slot>>,
-    /// One per driver: a roll request, answered once that slot's new worker replaced the old.
-    rolls: Vec<mpsc::UnboundedSender<oneshot::Sender<()>>>,
+    /// One per slot, to its driver (which keeps the receiver across a panic).
+    rolls: Vec<mpsc::UnboundedSender<RollRequest>>,
     /// One permit: a worker started while the one it replaces still lives (recycling, a roll)
     /// holds it until the old one has exited, so that at most `workers + 1` are ever alive,
     /// however recycling and a roll overlap.
     spare: Arc<Semaphore>,
-    drivers: Mutex<Vec<JoinHandle<()>>>,
+    /// The slots' supervisor tasks, awaited by `shutdown`.
+    supervisors: Mutex<Vec<JoinHandle<()>>>,
     dispatcher: Dispatcher,
-    metrics: HotMetrics,
+    metrics: metrics::Metrics,
+    /// Next job id (ids are unique per pool, for the protocol and the status rows).
     next_id: AtomicU64,
 }
 
-/// Metric handles used on every job, registered once so that dispatch does no registry
-/// lookups (the rarer outcomes use the `metrics` macros directly). Built after the recorder is
-/// installed, or they would be no-ops.
-struct HotMetrics {
-    queue_wait: metrics::Histogram,
-    run_time: metrics::Histogram,
-    jobs_ok: metrics::Counter,
+/// A pool of worker processes running jobs of type `J`. Cheap to clone; dropping the last
+/// clone closes the pool, stops its thread and kills its workers (use [`shutdown`] first to
+/// let queued and running jobs finish).
+///
+/// [`shutdown`]: WorkerPool::shutdown
+pub struct WorkerPool<J: Job> {
+    guard: Arc<PoolGuard<J>>,
 }
 
-/// A pool of worker processes running jobs of type `J`. Cheap to clone.
-pub struct WorkerPool<J: Job> {
+/// Held only by [`WorkerPool`] handles (the drivers hold `Inner` itself), so that its drop
+/// marks the last handle going away (as mini-redis's `DbDropGuard` does).
+struct PoolGuard<J: Job> {
     inner: Arc<Inner<J>>,
+}
+
+impl<J: Job> Drop for PoolGuard<J> {
+    fn drop(&mut self) {
+        self.inner.close();
+        // Ends the pool's thread; its runtime drops every driver, and with them every worker
+        // (see `process::GroupChild`). Joined, so that no worker outlives this call.
+        self.inner.dispatcher.stop_and_join();
+    }
 }
 
 impl<J: Job> Clone for WorkerPool<J> {
     fn clone(&self) -> Self {
         WorkerPool {
-            inner: self.inner.clone(),
+            guard: self.guard.clone(),
         }
     }
 }
 
 impl<J: Job> WorkerPool<J> {
-    /// Starts one driver per worker slot; each spawns its worker in the background, so this
-    /// returns at once and `/readyz` says when the first worker is up.
-    pub fn start(config: PoolConfig) -> Self {
+    /// Starts the pool's thread and one driver per slot; each spawns its worker in the
+    /// background, so this returns at once ([`live_workers`](Self::live_workers) says when
+    /// workers are up). Needs no runtime of the caller's.
+    pub fn start(config: PoolConfig, command: impl WorkerCommand) -> Self {
         let spec = SpawnSpec {
-            program: config.program.clone(),
-            args: worker_args::<J>(&config),
+            command: Arc::new(command),
             kind: J::KIND,
             max_line: config.max_line,
         };
@@ -166,111 +300,87 @@ impl<J: Job> WorkerPool<J> {
             slots: (0..config.workers)
                 .map(|_| Mutex::new(Slot::new()))
                 .collect(),
-            queue: Mutex::new(Queue {
-                jobs: VecDeque::with_capacity(config.queue),
-                closed: false,
-            }),
+            queue: Mutex::new(Queue::new(config.queue)),
+            metrics: metrics::Metrics::new(&config.metrics_prefix),
             config,
             spec,
             job_ready: Notify::new(),
             rolls,
             spare: Arc::new(Semaphore::new(1)),
-            drivers: Mutex::new(Vec::new()),
+            supervisors: Mutex::new(Vec::new()),
             dispatcher: Dispatcher::start(),
-            metrics: HotMetrics {
-                queue_wait: metrics::histogram!("forkpool_job_queue_wait_seconds"),
-                run_time: metrics::histogram!("forkpool_job_run_seconds"),
-                jobs_ok: metrics::counter!("forkpool_jobs_total", "outcome" => "ok"),
-            },
             next_id: AtomicU64::new(1),
         });
-        let drivers = receivers
+        let supervisors = receivers
             .into_iter()
             .enumerate()
-            .map(|(slot, rolls)| {
-                inner
-                    .dispatcher
-                    .runtime
-                    .spawn(inner.clone().drive(slot, rolls))
-            })
+            .map(|(slot, rolls)| driver::supervise(inner.clone(), slot, rolls))
             .collect();
-        *inner.drivers.lock().unwrap() = drivers;
-        WorkerPool { inner }
+        *inner.supervisors.lock().unwrap() = supervisors;
+        WorkerPool {
+            guard: Arc::new(PoolGuard { inner }),
+        }
     }
 
-    /// Queues `job` and waits for its answer, its deadline, or a failure. Dropping the returned
-    /// future (the client hung up) cancels the job: it leaves the queue, or its worker is killed.
-    pub async fn submit(&self, job: J, request_id: &str) -> Result<Done<J::Output>, PoolError> {
-        let inner = &self.inner;
+    fn inner(&self) -> &Inner<J> {
+        &self.guard.inner
+    }
+
+    /// Queues `job` and waits for its answer, its deadline, or a failure. `tag` is opaque to
+    /// the pool: it travels with the job and shows in the logs on both sides (the server passes
+    /// the HTTP request id). Dropping the returned future cancels the job: it leaves the queue,
+    /// or its worker is killed.
+    pub async fn submit(&self, job: J, tag: &str) -> Answer<J> {
+        let inner = self.inner();
         let now = Instant::now();
         let deadline = now + inner.config.job_timeout;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
-        {
-            let mut queue = inner.queue.lock().unwrap();
-            if queue.closed {
-                return Err(PoolError::ShuttingDown);
-            }
-            if queue.jobs.len() >= inner.config.queue {
-                metrics::counter!("forkpool_jobs_total", "outcome" => "rejected_full").increment(1);
-                return Err(PoolError::QueueFull(queue.jobs.len()));
-            }
-            queue.jobs.push_back(Pending {
-                id,
-                request_id: request_id.to_owned(),
-                job,
-                deadline,
-                enqueued: now,
-                reply,
-            });
-        }
-        inner.job_ready.notify_one();
-        let mut guard = Unqueue {
-            inner,
+        inner.enqueue(Pending {
             id,
-            armed: true,
-        };
+            tag: tag.to_owned(),
+            job,
+            deadline,
+            enqueued: now,
+            reply,
+        })?;
+        let mut guard = Unqueue::new(inner, id);
         let result = match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(result)) => result,
             // The driver dropped the job without answering: only when the pool is torn down.
             Ok(Err(_)) => Err(PoolError::ShuttingDown),
             Err(_) => {
-                guard.remove_if_queued("timeout");
+                guard.remove_if_queued(JobOutcome::Timeout);
                 Err(PoolError::Timeout(inner.config.job_timeout))
             }
         };
-        guard.armed = false;
+        guard.disarm();
         result
     }
 
     /// One row per worker slot, for `/status` and `/metrics`.
     pub fn status(&self) -> Vec<WorkerStatus> {
-        status::rows(&self.inner.slots)
+        status::rows(&self.inner().slots)
     }
 
     /// Workers that are up and able to take a job (idle or busy).
     pub fn live_workers(&self) -> usize {
-        self.inner
-            .slots
-            .iter()
-            .filter(|s| {
-                matches!(
-                    s.lock().unwrap().state,
-                    WorkerState::Idle | WorkerState::Busy
-                )
-            })
-            .count()
+        let live = |s: &Mutex<Slot>| {
+            let state = s.lock().unwrap().state;
+            matches!(state, WorkerState::Idle | WorkerState::Busy)
+        };
+        self.inner().slots.iter().filter(|s| live(s)).count()
     }
 
     /// Jobs waiting for a worker.
     pub fn queue_depth(&self) -> usize {
-        self.inner.queue.lock().unwrap().jobs.len()
+        self.inner().queue.lock().unwrap().len()
     }
 
     /// Rolling restart: one slot at a time, start a new worker, then retire the old one once its
     /// running job is done. At most one extra worker is alive at any moment (see `spare`).
     pub async fn roll(&self) {
-        for roll in &self.inner.rolls {
+        for roll in &self.inner().rolls {
             let (done, replaced) = oneshot::channel();
             if roll.send(done).is_ok() {
                 // An error only means the slot lost its worker meanwhile; it respawns anyway.
@@ -281,78 +391,32 @@ impl<J: Job> WorkerPool<J> {
 
     /// Stops admitting jobs; queued and running jobs may still finish.
     pub fn close(&self) {
-        self.inner.queue.lock().unwrap().closed = true;
-        self.inner.job_ready.notify_waiters();
+        self.inner().close();
     }
 
     /// Closes the pool, lets queued and running jobs finish within `grace`, then kills what is
     /// left. When this returns, every worker has exited.
     pub async fn shutdown(&self, grace: Duration) {
-        self.close();
-        let drivers = std::mem::take(&mut *self.inner.drivers.lock().unwrap());
-        let aborts: Vec<_> = drivers.iter().map(JoinHandle::abort_handle).collect();
-        let all = futures_util::future::join_all(drivers);
+        let inner = self.inner();
+        inner.close();
+        let supervisors = std::mem::take(&mut *inner.supervisors.lock().unwrap());
+        let aborts: Vec<_> = supervisors.iter().map(JoinHandle::abort_handle).collect();
+        let all = futures_util::future::join_all(supervisors);
         tokio::pin!(all);
         if tokio::time::timeout(grace, &mut all).await.is_err() {
             tracing::warn!(?grace, "grace period over; killing the remaining workers");
-            // Dropping a driver drops its `WorkerProcess`, whose child is `kill_on_drop`.
+            // Dropping a driver drops its worker, whose process group is killed and reaped.
             aborts.iter().for_each(|a| a.abort());
             all.await;
         }
-        self.inner.dispatcher.stop();
+        inner.dispatcher.stop();
     }
 }
 
-/// Removes a job from the queue when its submitter goes away before a driver took it.
-struct Unqueue<'a, J: Job> {
-    inner: &'a Inner<J>,
-    id: u64,
-    armed: bool,
-}
-
-impl<J: Job> Unqueue<'_, J> {
-    fn remove_if_queued(&mut self, outcome: &'static str) {
-        self.armed = false;
-        let mut queue = self.inner.queue.lock().unwrap();
-        if let Some(pos) = queue.jobs.iter().position(|p| p.id == self.id) {
-            queue.jobs.remove(pos);
-            metrics::counter!("forkpool_jobs_total", "outcome" => outcome).increment(1);
-        }
+impl<J: Job> Inner<J> {
+    /// No new jobs; drivers finish what is queued, then retire.
+    fn close(&self) {
+        self.queue.lock().unwrap().close();
+        self.job_ready.notify_waiters();
     }
-}
-
-impl<J: Job> Drop for Unqueue<'_, J> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.remove_if_queued("cancelled");
-        }
-    }
-}
-
-/// Arguments of `forkpool worker` for job type `J`.
-fn worker_args<J: Job>(config: &PoolConfig) -> Vec<String> {
-    /// The command-line spelling of a clap value enum.
-    fn flag(value: impl ValueEnum) -> String {
-        let value = value.to_possible_value().expect("no variant is skipped");
-        value.get_name().to_owned()
-    }
-    [
-        "worker",
-        "--kind",
-        J::KIND,
-        "--parent-pid",
-        &std::process::id().to_string(),
-        "--memory",
-        &config.worker_memory.to_string(),
-        "--nice",
-        &config.worker_nice.to_string(),
-        "--sched",
-        &flag(config.worker_sched),
-        "--max-line",
-        &config.max_line.to_string(),
-        "--log-format",
-        &flag(config.log_format),
-    ]
-    .map(String::from)
-    .to_vec()
 }

@@ -1,40 +1,48 @@
-//! One worker process as the server sees it: spawn and handshake, send a line, read a line,
+//! One worker process as the pool sees it: spawn and handshake, send a line, read a line,
 //! kill, retire.
 //!
-//! The child gets its own process group (so a kill reaches everything it may have started) and
-//! `kill_on_drop`, which only matters if the pool itself is torn down without a clean
-//! shutdown: handlers never hold a worker, so a client that hangs up cannot drop one.
+//! The child gets its own process group, so that a kill reaches everything it may have
+//! started. A `WorkerProcess` that is dropped without being reaped (its driver panicked, or the
+//! pool's thread stopped with the last handle) kills that group and reaps the child on the spot
+//! (see [`GroupChild`]): no path leaves a worker running or a zombie behind.
 
-use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use super::protocol::{decode, HelloLine, LineReader, ProtocolError, EXIT_OUT_OF_MEMORY};
+use super::lifecycle::Exit;
+use super::protocol::{decode, HelloLine, LineReader, ProtocolError};
+use super::WorkerCommand;
 
 /// How long a new worker may take to say hello before it counts as a failed start.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a retiring worker may take to exit after its stdin closes.
 const RETIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a dropped worker is waited for after its SIGKILL, blocking: a killed process is
+/// normally gone within milliseconds. Past this, tokio's orphan reaper takes over.
+const DROP_REAP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Everything needed to start a worker; built once by the pool.
-#[derive(Debug, Clone)]
-pub struct SpawnSpec {
-    pub program: PathBuf,
-    /// Arguments after the program: `worker --kind ... --parent-pid ...`.
-    pub args: Vec<String>,
-    pub kind: &'static str,
-    pub max_line: usize,
+#[derive(Clone)]
+pub(super) struct SpawnSpec {
+    /// The embedding program's recipe for the command line.
+    pub(super) command: Arc<dyn WorkerCommand>,
+    /// [`Job::KIND`](super::Job::KIND), which the hello must name.
+    pub(super) kind: &'static str,
+    /// Longest protocol line read from the worker.
+    pub(super) max_line: usize,
 }
 
+/// Why a worker did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     #[error("cannot start {program}: {source}")]
     Exec {
+        /// The program that could not be executed.
         program: String,
         source: std::io::Error,
     },
@@ -46,27 +54,57 @@ pub enum SpawnError {
     BadHello(#[from] ProtocolError),
 }
 
-pub struct WorkerProcess {
-    child: Child,
-    pub pid: u32,
+/// A child process that is killed (its whole group) and reaped when dropped unreaped.
+///
+/// Why not tokio's `kill_on_drop` alone: it signals only the child itself, not what the
+/// child started, and leaves the reaping to whichever runtime next handles a SIGCHLD, which
+/// may be none once the pool's thread has stopped.
+struct GroupChild(Child);
+
+impl Drop for GroupChild {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return; // already reaped (or unknowable): nothing of ours to kill
+        }
+        if let Some(pid) = self.0.id() {
+            kill_group(pid);
+        }
+        let started = Instant::now();
+        while matches!(self.0.try_wait(), Ok(None)) && started.elapsed() < DROP_REAP_TIMEOUT {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// A running worker that has said hello.
+pub(super) struct WorkerProcess {
+    child: GroupChild,
+    /// Its pid, which is also its process group id.
+    pub(super) pid: u32,
+    /// Jobs go here; closing it asks the worker to exit.
     stdin: ChildStdin,
+    /// Replies come from here.
     stdout: LineReader<ChildStdout>,
-    pub started: Instant,
+    /// When it was spawned.
+    pub(super) started: Instant,
 }
 
 impl WorkerProcess {
     /// Starts a worker and waits for a hello that matches our version, job kind and its pid.
-    pub async fn spawn(spec: &SpawnSpec) -> Result<WorkerProcess, SpawnError> {
-        let mut child = Command::new(&spec.program)
-            .args(&spec.args)
+    pub(super) async fn spawn(spec: &SpawnSpec) -> Result<WorkerProcess, SpawnError> {
+        let mut command = Command::from(spec.command.command());
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| SpawnError::Exec {
-                program: spec.program.display().to_string(),
+                program: command
+                    .as_std()
+                    .get_program()
+                    .to_string_lossy()
+                    .into_owned(),
                 source,
             })?;
         let pid = child.id().unwrap_or_default();
@@ -74,7 +112,7 @@ impl WorkerProcess {
             unreachable!("stdin and stdout are piped above");
         };
         let mut worker = WorkerProcess {
-            child,
+            child: GroupChild(child),
             pid,
             stdin,
             stdout: LineReader::new(stdout, spec.max_line),
@@ -83,7 +121,7 @@ impl WorkerProcess {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, worker.handshake(spec)).await {
             Ok(Ok(())) => Ok(worker),
             Ok(Err(SpawnError::DiedEarly(_))) => {
-                let exit = Exit::from(worker.child.wait().await.ok());
+                let exit = Exit::from(worker.child.0.wait().await.ok());
                 Err(SpawnError::DiedEarly(exit.to_string()))
             }
             Ok(Err(e)) => {
@@ -116,31 +154,31 @@ impl WorkerProcess {
     }
 
     /// Writes one protocol line (newline included).
-    pub async fn send(&mut self, line: &[u8]) -> std::io::Result<()> {
+    pub(super) async fn send(&mut self, line: &[u8]) -> std::io::Result<()> {
         self.stdin.write_all(line).await
     }
 
     /// Reads the next protocol line; cancel-safe (see [`LineReader`]).
-    pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>, ProtocolError> {
+    pub(super) async fn next_line(&mut self) -> Result<Option<Vec<u8>>, ProtocolError> {
         self.stdout.next_line().await
     }
 
     /// SIGKILLs the worker's process group and reaps it. Returns how it ended.
-    pub async fn kill(&mut self) -> Exit {
+    pub(super) async fn kill(&mut self) -> Exit {
         kill_group(self.pid);
-        Exit::from(self.child.wait().await.ok())
+        Exit::from(self.child.0.wait().await.ok())
     }
 
     /// The exit of a worker whose stdout hit EOF: reaps it, killing it if it lingers.
-    pub async fn exit_cause(&mut self) -> Exit {
-        match tokio::time::timeout(RETIRE_TIMEOUT, self.child.wait()).await {
+    pub(super) async fn exit_cause(&mut self) -> Exit {
+        match tokio::time::timeout(RETIRE_TIMEOUT, self.child.0.wait()).await {
             Ok(status) => Exit::from(status.ok()),
             Err(_) => self.kill().await,
         }
     }
 
     /// Closes stdin so the worker exits by itself; kills it if it does not within a few seconds.
-    pub async fn retire(self) {
+    pub(super) async fn retire(self) {
         let WorkerProcess {
             mut child,
             stdin,
@@ -149,13 +187,13 @@ impl WorkerProcess {
         } = self;
         // Our end of the pipe closing is the worker's signal to exit.
         drop(stdin);
-        if tokio::time::timeout(RETIRE_TIMEOUT, child.wait())
+        if tokio::time::timeout(RETIRE_TIMEOUT, child.0.wait())
             .await
             .is_err()
         {
             tracing::warn!(pid, "worker ignored EOF on stdin; killing it");
             kill_group(pid);
-            let _ = child.wait().await;
+            let _ = child.0.wait().await;
         }
     }
 }
@@ -165,101 +203,5 @@ impl WorkerProcess {
 fn kill_group(pid: u32) {
     if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
         let _ = rustix::process::kill_process_group(pid, Signal::KILL);
-    }
-}
-
-/// How a worker process ended, as the 502 message, the log and the exit metric tell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Exit {
-    Code(i32),
-    Signal(i32),
-    /// An allocation failed, which under `--worker-memory` means the job needed more address
-    /// space than the limit allows (the worker exits with [`EXIT_OUT_OF_MEMORY`]).
-    OutOfMemory,
-    /// The status could not be read (`wait` failed).
-    Unknown,
-}
-
-impl Exit {
-    /// Metric label for a worker that ended by itself: `crashed_exit_101`, `crashed_signal_11`,
-    /// `crashed_out_of_memory`.
-    pub fn crash_label(self) -> String {
-        match self {
-            Exit::Code(code) => format!("crashed_exit_{code}"),
-            Exit::Signal(signal) => format!("crashed_signal_{signal}"),
-            Exit::OutOfMemory => "crashed_out_of_memory".into(),
-            Exit::Unknown => "crashed_unknown".into(),
-        }
-    }
-}
-
-impl From<Option<ExitStatus>> for Exit {
-    fn from(status: Option<ExitStatus>) -> Exit {
-        match status.map(|s| (s.code(), s.signal())) {
-            Some((Some(EXIT_OUT_OF_MEMORY), _)) => Exit::OutOfMemory,
-            Some((Some(code), _)) => Exit::Code(code),
-            Some((None, Some(signal))) => Exit::Signal(signal),
-            _ => Exit::Unknown,
-        }
-    }
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {
-            Exit::Code(code) => write!(f, "exited with code {code}"),
-            Exit::Signal(signal) => write!(f, "killed by signal {signal}{}", signal_name(signal)),
-            Exit::OutOfMemory => write!(f, "ran out of memory (see --worker-memory)"),
-            Exit::Unknown => write!(f, "exit status unavailable"),
-        }
-    }
-}
-
-fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        6 => " (SIGABRT)",
-        9 => " (SIGKILL)",
-        11 => " (SIGSEGV)",
-        15 => " (SIGTERM)",
-        _ => "",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exits_read_and_label_alike() {
-        let cases = [
-            (
-                ExitStatus::from_raw(9),
-                "killed by signal 9 (SIGKILL)",
-                "crashed_signal_9",
-            ),
-            (
-                ExitStatus::from_raw(11),
-                "killed by signal 11 (SIGSEGV)",
-                "crashed_signal_11",
-            ),
-            (
-                ExitStatus::from_raw(101 << 8),
-                "exited with code 101",
-                "crashed_exit_101",
-            ),
-            (
-                ExitStatus::from_raw(EXIT_OUT_OF_MEMORY << 8),
-                "ran out of memory (see --worker-memory)",
-                "crashed_out_of_memory",
-            ),
-        ];
-        for (status, text, label) in cases {
-            let exit = Exit::from(Some(status));
-            assert_eq!(
-                (exit.to_string().as_str(), exit.crash_label().as_str()),
-                (text, label)
-            );
-        }
-        assert_eq!(Exit::from(None).crash_label(), "crashed_unknown");
     }
 }

@@ -1,9 +1,9 @@
-//! The JSON-lines protocol between the server and a worker, over the worker's stdin/stdout.
+//! The JSON-lines protocol between the pool and a worker, over the worker's stdin/stdout.
 //!
 //! ```text
-//! worker -> server  {"hello":{"version":"0.1.0","pid":4242,"kind":"isprime"}}   once, at start
-//! server -> worker  {"id":7,"rid":"<request id>","job":{...}}
-//! worker -> server  {"id":7,"ms":0.41,"ok":{...}}   or   {"id":7,"ms":0.02,"err":"..."}
+//! worker -> pool  {"hello":{"version":"0.1.0","pid":4242,"kind":"isprime"}}   once, at start
+//! pool -> worker  {"id":7,"tag":"<the submitter's tag>","job":{...}}
+//! worker -> pool  {"id":7,"ms":0.41,"ok":{...}}   or   {"id":7,"ms":0.02,"err":...}
 //! ```
 //!
 //! Every message is one line of JSON. Lines are capped in both directions: a worker that sends
@@ -15,57 +15,74 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Exit code of a worker whose memory allocation failed (see `worker::ExitOnOutOfMemory`). Rust
-/// itself would abort with SIGABRT, which the server could not tell from any other crash. An
-/// uncommon number, so that a `--worker-program` of our own making is unlikely to use it.
+/// itself would abort with SIGABRT, which the pool could not tell from any other crash. An
+/// uncommon number, so that a worker program of someone else's making is unlikely to use it.
 pub const EXIT_OUT_OF_MEMORY: i32 = 86;
 
-/// A kind of CPU work that runs in a worker process. A second kind of job is one new type that
-/// implements this trait (and one line in `main` that names it): the pool itself is generic.
+/// A kind of CPU work that runs in a worker process. The pool is generic over it: a program
+/// defines its job types, starts a [`WorkerPool`](super::WorkerPool) per type, and calls
+/// [`worker::run`](super::worker::run) with the type in its worker mode.
 pub trait Job: Serialize + DeserializeOwned + Send + 'static {
-    /// Name passed to `forkpool worker --kind`, so that the worker knows what it decodes.
+    /// Name the worker says in its hello, so that a worker started for another job type (or
+    /// another program) is refused before it gets a job.
     const KIND: &'static str;
     /// What a finished job sends back.
     type Output: Serialize + DeserializeOwned + Send + 'static;
-    /// Runs in the worker process. An `Err` is reported to the client; a panic kills the worker.
-    fn run(self) -> Result<Self::Output, String>;
+    /// Why a job failed inside the worker; reaches the submitter as
+    /// [`PoolError::JobFailed`](super::PoolError::JobFailed).
+    type Error: std::error::Error + Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// Runs in the worker process. An `Err` is answered to the submitter; a panic kills the
+    /// worker (the job fails as a crash and the slot gets a fresh worker).
+    fn run(self) -> Result<Self::Output, Self::Error>;
 }
 
-/// First line a worker writes: proves that it is a forkpool worker of the same build.
+/// First line a worker writes: proves that it is a worker of the same pool version, for the
+/// expected job type, and the very process that was started.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Hello {
+    /// The pool crate's version the worker was built with.
     pub version: String,
+    /// The worker's own pid, which the pool compares with the child it started.
     pub pid: u32,
+    /// The [`Job::KIND`] it serves.
     pub kind: String,
 }
 
+/// The hello as it travels: `{"hello": {...}}`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HelloLine {
     pub hello: Hello,
 }
 
-/// A job as sent to a worker. `rid` is the HTTP request id, so worker logs can be matched up.
+/// A job as sent to a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request<J> {
+    /// The pool's number for this job, echoed in the reply.
     pub id: u64,
-    pub rid: String,
+    /// The submitter's opaque tag (the server: the HTTP request id), logged by the worker so
+    /// that its lines can be matched with the submitter's.
+    pub tag: String,
+    /// The job itself.
     pub job: J,
 }
 
 /// A worker's answer to one [`Request`].
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Reply<O> {
+pub struct Reply<O, E> {
+    /// The [`Request::id`] answered.
     pub id: u64,
     /// Compute time measured inside the worker, in milliseconds.
     pub ms: f64,
     #[serde(flatten)]
-    pub result: Outcome<O>,
+    pub result: Outcome<O, E>,
 }
 
+/// The job's own result, as the worker reports it.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome<O> {
+pub enum Outcome<O, E> {
     Ok(O),
-    Err(String),
+    Err(E),
 }
 
 /// Serializes `message` as one protocol line, newline included.
@@ -80,6 +97,7 @@ pub fn decode<T: DeserializeOwned>(line: &[u8]) -> Result<T, ProtocolError> {
     serde_json::from_slice(line).map_err(|e| ProtocolError::Malformed(e.to_string()))
 }
 
+/// What is wrong with what a worker sent.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
     #[error("line longer than {0} bytes")]
@@ -177,16 +195,16 @@ mod tests {
 
     #[test]
     fn reply_round_trip() {
-        let reply: Reply<u32> = Reply {
+        let reply: Reply<u32, String> = Reply {
             id: 3,
             ms: 0.5,
             result: Outcome::Ok(9),
         };
         let line = encode(&reply);
         assert_eq!(line, b"{\"id\":3,\"ms\":0.5,\"ok\":9}\n");
-        let back: Reply<u32> = decode(&line[..line.len() - 1]).unwrap();
+        let back: Reply<u32, String> = decode(&line[..line.len() - 1]).unwrap();
         assert!(matches!(back.result, Outcome::Ok(9)));
-        let err: Reply<u32> = decode(br#"{"id":4,"ms":0.1,"err":"boom"}"#).unwrap();
+        let err: Reply<u32, String> = decode(br#"{"id":4,"ms":0.1,"err":"boom"}"#).unwrap();
         assert!(matches!(err.result, Outcome::Err(ref e) if e == "boom"));
     }
 }

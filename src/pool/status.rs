@@ -9,25 +9,36 @@ use serde::Serialize;
 /// What `/status` and `/metrics` show of one worker slot.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkerStatus {
+    /// Index of the slot, stable for the pool's life.
     pub slot: usize,
+    /// The worker now in the slot; `None` while starting or down.
     pub pid: Option<u32>,
     pub state: WorkerState,
+    /// Id of the job running now.
     pub job: Option<u64>,
+    /// How long that job has been running.
     pub job_age_ms: Option<f64>,
+    /// Jobs this worker (not the slot) has answered.
     pub jobs_served: u64,
+    /// Resident memory of the worker, from `/proc`.
     pub rss_bytes: Option<u64>,
     /// Unix time in seconds.
     pub started_at: Option<f64>,
 }
 
+/// Where a slot's worker is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerState {
+    /// Spawned, hello not yet received.
     Starting,
+    /// Up, waiting for a job.
     Idle,
+    /// Running a job.
     Busy,
     /// Waiting out a backoff after failed starts.
     Down,
+    /// Retired: the pool is closed.
     Stopped,
 }
 
@@ -53,10 +64,14 @@ impl WorkerState {
 
 /// Live bookkeeping of one slot, updated by its driver.
 pub(super) struct Slot {
+    /// The worker now in the slot.
     pub(super) pid: Option<u32>,
     pub(super) state: WorkerState,
+    /// The running job's id and start.
     pub(super) job: Option<(u64, Instant)>,
+    /// Jobs the current worker has answered.
     pub(super) jobs_served: u64,
+    /// When the current worker said hello.
     pub(super) started_at: Option<SystemTime>,
 }
 

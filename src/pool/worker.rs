@@ -1,60 +1,99 @@
 //! The worker side: a plain blocking loop that reads jobs on stdin and writes replies on stdout.
 //!
-//! A worker is this same binary started as `forkpool worker`. Before it says hello it makes
-//! itself safe to kill and hard to leak:
-//! - `PR_SET_PDEATHSIG(SIGKILL)`, then a check that its parent is still the server that started
-//!   it (the server may have died before the prctl took effect). So a worker dies with the
-//!   server even when the server is SIGKILLed.
+//! A program's worker mode calls [`run`] with its job type and the [`WorkerSettings`] its
+//! parent passed it (the server: this same binary started as `forkpool worker ...`). Before it
+//! says hello the worker makes itself safe to kill and hard to leak:
+//! - `PR_SET_PDEATHSIG(SIGKILL)`, then a check that its parent is still the process that
+//!   started it (the parent may have died before the prctl took effect). So a worker dies with
+//!   the pool's process even when that process is SIGKILLed.
 //! - `RLIMIT_AS`, so a runaway job fails inside the worker instead of swapping the machine.
 //!   A failed allocation then ends the worker with [`EXIT_OUT_OF_MEMORY`] (see
-//!   [`ExitOnOutOfMemory`]), so that the client's 502 says "ran out of memory".
-//! - A nice value, and SCHED_IDLE unless `--worker-sched other`, so that the HTTP front end
-//!   wins the CPU when both want it.
+//!   [`ExitOnOutOfMemory`]), so that the submitter's error says "ran out of memory".
+//! - A nice value, and SCHED_IDLE when asked ([`SchedClass::Idle`]), so that the parent's
+//!   front end wins the CPU when both want it.
 //!
-//! The parent-pid check compares with the pid the server passed, not with the thread: the
-//! death signal fires when the server's *thread* that spawned us exits, which is why the pool
+//! The parent-pid check compares with the pid the parent passed, not with the thread: the
+//! death signal fires when the parent's *thread* that spawned us exits, which is why the pool
 //! spawns workers from its own long-lived thread.
 //!
-//! (Its own process group is set by the server at spawn time, so that a kill reaches anything a
-//! job might start.) It exits when stdin reaches EOF. stdout is the protocol channel: logs go to
-//! stderr only.
+//! (Its own process group is set by the pool at spawn time, so that a kill reaches anything a
+//! job might start.) It exits when stdin reaches EOF. stdout is the protocol channel: logs go
+//! to stderr only.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::fmt::Display;
 use std::io::{BufRead, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use clap::Args;
 use rustix::process::{Pid, Resource, Rlimit, Signal};
 
 use super::protocol::{
     decode, encode, Hello, HelloLine, Job, Outcome, Reply, Request, EXIT_OUT_OF_MEMORY,
 };
-use crate::config::{LogFormat, WorkerSched};
 
-/// Flags the server passes to a worker it starts.
-#[derive(Debug, Clone, Args)]
-pub struct WorkerArgs {
-    /// Which job type to serve ([`Job::KIND`]).
-    #[arg(long)]
-    pub kind: String,
-    /// The server's pid; the worker exits at once if its parent is someone else.
-    #[arg(long)]
+/// The scheduling class a worker runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchedClass {
+    /// The normal class (`SCHED_OTHER`), at the nice value.
+    #[default]
+    Other,
+    /// `SCHED_IDLE`: only CPU time that no normal task wants, yielded at once when one wakes.
+    Idle,
+}
+
+/// How a worker process sets itself up; passed by the parent (on the command line, in the
+/// server) and given to [`run`].
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// The pid of the process that runs the pool; the worker exits at once if its parent is
+    /// someone else (the pool's process died before the worker armed its death signal).
     pub parent_pid: i32,
     /// Address-space limit in bytes; 0 means none.
-    #[arg(long, default_value_t = 0)]
     pub memory: u64,
-    /// Nice value to run at.
-    #[arg(long, default_value_t = 0)]
+    /// Nice value to run at; 0 leaves it alone.
     pub nice: i32,
     /// Scheduling class to run in.
-    #[arg(long, value_enum, default_value_t = WorkerSched::Other)]
-    pub sched: WorkerSched,
-    /// Largest job line accepted, in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
+    pub sched: SchedClass,
+    /// Largest job line accepted, in bytes (the pool's `max_line`).
     pub max_line: u64,
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+}
+
+impl WorkerSettings {
+    /// No memory limit, no nice value, the normal class, 1 MiB lines: only the parent to check.
+    pub fn new(parent_pid: i32) -> WorkerSettings {
+        WorkerSettings {
+            parent_pid,
+            memory: 0,
+            nice: 0,
+            sched: SchedClass::Other,
+            max_line: 1 << 20,
+        }
+    }
+}
+
+/// What a worker logs about each job, on stderr. Tracing field names are fixed at compile
+/// time, so the embedding program chooses how the job's tag is named: [`TagLog`] names it
+/// `tag`; the server names it `request_id`, as its own request lines do.
+pub trait JobLog {
+    /// A job that ended with its own error (at `warn`: someone asked for something that failed).
+    fn failed(&self, tag: &str, job: u64, error: &dyn Display);
+    /// A job that produced its output.
+    fn done(&self, tag: &str, job: u64, compute_ms: f64);
+}
+
+/// The default [`JobLog`]: the tag is logged as `tag`.
+pub struct TagLog;
+
+impl JobLog for TagLog {
+    fn failed(&self, tag: &str, job: u64, error: &dyn Display) {
+        tracing::warn!(tag, job, pid = std::process::id(), %error, "job failed");
+    }
+
+    fn done(&self, tag: &str, job: u64, compute_ms: f64) {
+        // Debug, not info: a line per job costs a quarter of the dispatch throughput.
+        tracing::debug!(tag, job, pid = std::process::id(), compute_ms, "job done");
+    }
 }
 
 /// Why a worker stopped other than by a clean EOF on stdin.
@@ -118,7 +157,7 @@ unsafe impl GlobalAlloc for ExitOnOutOfMemory {
 }
 
 /// Applies the process hygiene described in the module docs.
-fn harden(args: &WorkerArgs) -> Result<(), WorkerError> {
+fn harden(args: &WorkerSettings) -> Result<(), WorkerError> {
     IN_WORKER.store(true, Ordering::Relaxed);
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
     let parent = rustix::process::getppid().map(Pid::as_raw_nonzero);
@@ -138,7 +177,7 @@ fn harden(args: &WorkerArgs) -> Result<(), WorkerError> {
     if args.nice > 0 {
         rustix::process::setpriority_process(None, args.nice)?;
     }
-    if args.sched == WorkerSched::Idle {
+    if args.sched == SchedClass::Idle {
         set_sched_idle().map_err(WorkerError::SchedIdle)?;
     }
     Ok(())
@@ -157,14 +196,42 @@ fn set_sched_idle() -> std::io::Result<()> {
     }
 }
 
-/// The worker's main loop for job type `J`: hello, then one reply per job line until EOF.
-pub fn serve<J: Job>(args: &WorkerArgs) -> Result<(), WorkerError> {
-    harden(args)?;
-    let pid = std::process::id();
+/// The worker's main loop for job type `J`: harden, hello, then one reply per job line until
+/// EOF on stdin (a clean exit: the pool retired this worker).
+pub fn run<J: Job>(settings: &WorkerSettings, log: &dyn JobLog) -> Result<(), WorkerError> {
+    harden(settings)?;
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let stdout = std::io::stdout();
     let mut output = stdout.lock();
+    say_hello::<J>(&mut output)?;
+    let mut line = Vec::new();
+    while let Some(request) = read_request::<J>(&mut input, &mut line, settings.max_line)? {
+        let started = Instant::now();
+        let result = request.job.run();
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        match &result {
+            Ok(_) => log.done(&request.tag, request.id, ms),
+            Err(error) => log.failed(&request.tag, request.id, error),
+        }
+        let result = match result {
+            Ok(output) => Outcome::Ok(output),
+            Err(error) => Outcome::Err(error),
+        };
+        let reply = Reply {
+            id: request.id,
+            ms,
+            result,
+        };
+        output.write_all(&encode(&reply))?;
+        output.flush()?;
+    }
+    tracing::debug!(pid = std::process::id(), "stdin closed, exiting");
+    Ok(())
+}
+
+fn say_hello<J: Job>(output: &mut impl Write) -> Result<(), WorkerError> {
+    let pid = std::process::id();
     let hello = HelloLine {
         hello: Hello {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -175,43 +242,28 @@ pub fn serve<J: Job>(args: &WorkerArgs) -> Result<(), WorkerError> {
     output.write_all(&encode(&hello))?;
     output.flush()?;
     tracing::debug!(pid, kind = J::KIND, "worker ready");
+    Ok(())
+}
 
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let read = (&mut input)
-            .take(args.max_line + 1)
-            .read_until(b'\n', &mut line)?;
-        if read == 0 {
-            tracing::debug!(pid, "stdin closed, exiting");
-            return Ok(());
-        }
-        if line.last() != Some(&b'\n') {
-            return Err(match read as u64 > args.max_line {
-                true => WorkerError::LineTooLong(args.max_line),
-                false => WorkerError::BadLine("stream ended mid-line".into()),
-            });
-        }
-        line.pop();
-        let request: Request<J> = decode(&line).map_err(|e| WorkerError::BadLine(e.to_string()))?;
-        let started = Instant::now();
-        let result = match request.job.run() {
-            Ok(output) => Outcome::Ok(output),
-            Err(message) => {
-                tracing::warn!(request_id = %request.rid, job = request.id, pid, error = %message, "job failed");
-                Outcome::Err(message)
-            }
-        };
-        let ms = started.elapsed().as_secs_f64() * 1e3;
-        // Debug, not info: the server already logs every request at info, and a line per job
-        // here would cost a quarter of the dispatch throughput for no new information.
-        tracing::debug!(request_id = %request.rid, job = request.id, pid, compute_ms = ms, "job done");
-        let reply = Reply {
-            id: request.id,
-            ms,
-            result,
-        };
-        output.write_all(&encode(&reply))?;
-        output.flush()?;
+/// The next job, or `None` at EOF. `line` is the caller's buffer, reused across jobs.
+fn read_request<J: Job>(
+    input: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    max_line: u64,
+) -> Result<Option<Request<J>>, WorkerError> {
+    line.clear();
+    let read = input.take(max_line + 1).read_until(b'\n', line)?;
+    if read == 0 {
+        return Ok(None);
     }
+    if line.last() != Some(&b'\n') {
+        return Err(match read as u64 > max_line {
+            true => WorkerError::LineTooLong(max_line),
+            false => WorkerError::BadLine("stream ended mid-line".into()),
+        });
+    }
+    line.pop();
+    decode(line)
+        .map(Some)
+        .map_err(|e| WorkerError::BadLine(e.to_string()))
 }

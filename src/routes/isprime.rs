@@ -3,48 +3,20 @@
 //! Only well-formed numbers within the digit cap reach a worker; everything else is answered
 //! here with a 400 or 413 that says what is wrong.
 
-use std::str::FromStr;
 use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::Uri;
 use axum::{Extension, Json};
-use malachite_nz::natural::Natural;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::body::BoundedBody;
 use super::{single_param, RequestId};
 use crate::error::AppError;
-use crate::pool::protocol::Job;
-use crate::prime::{self, Method};
+use crate::jobs::IsPrimeJob;
+use crate::prime::Method;
 use crate::server::AppState;
-
-/// The job sent to a worker: a canonical decimal number.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct IsPrimeJob {
-    pub n: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct IsPrimeOutput {
-    pub is_prime: bool,
-    pub method: Method,
-}
-
-impl Job for IsPrimeJob {
-    const KIND: &'static str = "isprime";
-    type Output = IsPrimeOutput;
-
-    fn run(self) -> Result<IsPrimeOutput, String> {
-        let n = Natural::from_str(&self.n).map_err(|_| format!("not a number: {:?}", self.n))?;
-        let verdict = prime::is_prime(&n);
-        Ok(IsPrimeOutput {
-            is_prime: verdict.is_prime,
-            method: verdict.method,
-        })
-    }
-}
 
 /// The 200 body. `number` is a string so that no client loses precision.
 #[derive(Debug, Serialize)]

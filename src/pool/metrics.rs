@@ -1,0 +1,81 @@
+//! The pool's metrics, named `<prefix>_...` after [`PoolConfig::metrics_prefix`]
+//! (`forkpool` in the server), recorded through the `metrics` facade: with no recorder
+//! installed they cost next to nothing and go nowhere.
+//!
+//! | name | type | labels |
+//! | --- | --- | --- |
+//! | `<prefix>_job_queue_wait_seconds` | histogram | |
+//! | `<prefix>_job_run_seconds` | histogram | |
+//! | `<prefix>_jobs_total` | counter | `outcome` ([`JobOutcome::label`]) |
+//! | `<prefix>_worker_exits_total` | counter | `reason`, and `signal` or `code` ([`WorkerExit::labels`]) |
+//! | `<prefix>_worker_spawns_total` | counter | |
+//! | `<prefix>_driver_panics_total` | counter | |
+//!
+//! [`PoolConfig::metrics_prefix`]: super::PoolConfig::metrics_prefix
+
+use metrics::{Counter, Histogram, SharedString};
+
+use super::lifecycle::{JobOutcome, WorkerExit};
+
+/// Names and handles, built once per pool. Built after the embedding program installs its
+/// recorder, or the handles are no-ops.
+pub(super) struct Metrics {
+    /// `<prefix>_jobs_total`, for the outcomes that are registered on first use.
+    jobs_total: SharedString,
+    /// `<prefix>_worker_exits_total`.
+    worker_exits_total: SharedString,
+    /// Time from submit to a driver taking the job.
+    pub(super) queue_wait: Histogram,
+    /// Time a job spent with its worker.
+    pub(super) run_time: Histogram,
+    /// The `ok` outcome, held as a handle: it is counted on every job, and a registry lookup
+    /// per job shows in the dispatch rate.
+    jobs_ok: Counter,
+    /// Workers started (hello received).
+    pub(super) spawns: Counter,
+    /// Drivers that panicked and were restarted.
+    pub(super) driver_panics: Counter,
+}
+
+impl Metrics {
+    /// Registers the handles and describes every family (`# HELP`).
+    pub(super) fn new(prefix: &str) -> Metrics {
+        let name = |suffix: &str| SharedString::from_owned(format!("{prefix}_{suffix}"));
+        let queue_wait = name("job_queue_wait_seconds");
+        let run_time = name("job_run_seconds");
+        let jobs_total = name("jobs_total");
+        let worker_exits_total = name("worker_exits_total");
+        let spawns = name("worker_spawns_total");
+        let driver_panics = name("driver_panics_total");
+        metrics::describe_histogram!(queue_wait.clone(), "Time a job waited in the queue");
+        metrics::describe_histogram!(run_time.clone(), "Time a job ran on a worker");
+        metrics::describe_counter!(jobs_total.clone(), "Jobs by outcome");
+        metrics::describe_counter!(worker_exits_total.clone(), "Worker exits by reason");
+        metrics::describe_counter!(spawns.clone(), "Worker processes started");
+        metrics::describe_counter!(
+            driver_panics.clone(),
+            "Slot drivers that panicked and were restarted (a bug)"
+        );
+        Metrics {
+            queue_wait: metrics::histogram!(queue_wait),
+            run_time: metrics::histogram!(run_time),
+            jobs_ok: metrics::counter!(jobs_total.clone(), "outcome" => JobOutcome::Ok.label()),
+            spawns: metrics::counter!(spawns),
+            driver_panics: metrics::counter!(driver_panics),
+            jobs_total,
+            worker_exits_total,
+        }
+    }
+
+    pub(super) fn job(&self, outcome: JobOutcome) {
+        match outcome {
+            JobOutcome::Ok => self.jobs_ok.increment(1),
+            _ => metrics::counter!(self.jobs_total.clone(), "outcome" => outcome.label())
+                .increment(1),
+        }
+    }
+
+    pub(super) fn worker_exit(&self, exit: WorkerExit) {
+        metrics::counter!(self.worker_exits_total.clone(), &exit.labels()).increment(1);
+    }
+}

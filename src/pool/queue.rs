@@ -1,0 +1,144 @@
+//! The bounded FIFO queue in front of the drivers, and how a job leaves it early: its
+//! submitter went away or its deadline passed (both seen by the dropped reply channel).
+//!
+//! The queue is a `VecDeque` behind a mutex, held only for a push or a pop: a driver wakes on
+//! [`Notify`](tokio::sync::Notify) and takes the front job itself.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::lifecycle::JobOutcome;
+use super::{Answer, Inner, Job, PoolError};
+
+/// A job waiting in the queue, with everything the driver needs to run and answer it.
+pub(super) struct Pending<J: Job> {
+    /// The pool's number for it.
+    pub(super) id: u64,
+    /// The submitter's opaque tag.
+    pub(super) tag: String,
+    pub(super) job: J,
+    /// `submit` time plus the job timeout.
+    pub(super) deadline: Instant,
+    /// When it was queued, for the queue-wait histogram.
+    pub(super) enqueued: Instant,
+    /// Where the answer goes; closed once the submitter stops waiting.
+    pub(super) reply: oneshot::Sender<Answer<J>>,
+}
+
+pub(super) struct Queue<J: Job> {
+    /// Oldest first.
+    jobs: VecDeque<Pending<J>>,
+    /// Most jobs waiting at once.
+    capacity: usize,
+    /// Set at shutdown: no new jobs; drivers finish what is queued, then retire.
+    closed: bool,
+}
+
+impl<J: Job> Queue<J> {
+    pub(super) fn new(capacity: usize) -> Queue<J> {
+        Queue {
+            jobs: VecDeque::with_capacity(capacity),
+            capacity,
+            closed: false,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub(super) fn close(&mut self) {
+        self.closed = true;
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed
+    }
+}
+
+impl<J: Job> Inner<J> {
+    /// Queues a job, or says why not (closed, full), and wakes one idle driver.
+    pub(super) fn enqueue(&self, job: Pending<J>) -> Result<(), PoolError<J::Error>> {
+        {
+            let mut queue = self.queue.lock().unwrap();
+            if queue.closed {
+                return Err(PoolError::ShuttingDown);
+            }
+            if queue.jobs.len() >= queue.capacity {
+                self.metrics.job(JobOutcome::RejectedFull);
+                return Err(PoolError::QueueFull(queue.jobs.len()));
+            }
+            queue.jobs.push_back(job);
+        }
+        self.job_ready.notify_one();
+        Ok(())
+    }
+
+    /// Waits for the next live job. `None` once the pool is closed and the queue is empty.
+    /// Jobs whose submitter has stopped waiting are counted and skipped.
+    pub(super) async fn next_job(&self) -> Option<Pending<J>> {
+        loop {
+            // Register interest before looking, so a job queued in between still wakes us.
+            let notified = self.job_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut queue = self.queue.lock().unwrap();
+                while let Some(job) = queue.jobs.pop_front() {
+                    if job.reply.is_closed() {
+                        let past = Instant::now() >= job.deadline;
+                        self.metrics.job(JobOutcome::abandoned(past));
+                        continue;
+                    }
+                    return Some(job);
+                }
+                if queue.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Removes a job from the queue when its submitter goes away before a driver took it.
+pub(super) struct Unqueue<'a, J: Job> {
+    inner: &'a Inner<J>,
+    id: u64,
+    armed: bool,
+}
+
+impl<'a, J: Job> Unqueue<'a, J> {
+    pub(super) fn new(inner: &'a Inner<J>, id: u64) -> Self {
+        Unqueue {
+            inner,
+            id,
+            armed: true,
+        }
+    }
+
+    /// The submitter got its answer: nothing to remove.
+    pub(super) fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Takes the job out of the queue if no driver has it yet, counting it as `outcome`.
+    pub(super) fn remove_if_queued(&mut self, outcome: JobOutcome) {
+        self.armed = false;
+        let mut queue = self.inner.queue.lock().unwrap();
+        if let Some(pos) = queue.jobs.iter().position(|p| p.id == self.id) {
+            queue.jobs.remove(pos);
+            self.inner.metrics.job(outcome);
+        }
+    }
+}
+
+impl<J: Job> Drop for Unqueue<'_, J> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.remove_if_queued(JobOutcome::Cancelled);
+        }
+    }
+}
