@@ -27,6 +27,7 @@
 //! - [`jobs`]: the server's job types (`IsPrimeJob`) and how its workers log them; no HTTP, so
 //!   worker mode needs only this and the pool.
 //! - [`prime`]: primality, pure functions.
+//! - [`procfs`]: this process's CPU, memory, fd and start-time figures from `/proc/self`.
 //! - [`error`]: `AppError`, the one JSON error shape, and the status of every typed error.
 //! - [`logging`]: tracing to stderr.
 //! - [`loadtest`]: the `forkpool loadtest` program behind the README's figures.
@@ -38,5 +39,6 @@ pub mod loadtest;
 pub mod logging;
 pub mod pool;
 pub mod prime;
+pub mod procfs;
 pub mod routes;
 pub mod server;

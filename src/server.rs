@@ -22,7 +22,6 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -35,7 +34,8 @@ use crate::config::{Config, WorkerArgs};
 use crate::error::AppError;
 use crate::jobs::IsPrimeJob;
 use crate::pool::{Job, PoolConfig, WorkerPool};
-use crate::routes::{isprime, ls, ops, RequestId};
+use crate::routes::ops::Audience;
+use crate::routes::{ls, ops, RequestId};
 use connection::{Registry, Timeouts};
 use fd_budget::{BudgetError, ADMIN_MAX_CONNECTIONS};
 use listener::Listener;
@@ -150,24 +150,20 @@ fn pool_config(config: &Config) -> PoolConfig {
 
 /// The routers: the public one, and the admin one when `--admin-listen` is set. Without it
 /// the public router serves everything; with it, `/metrics` and `/status` move to the admin
-/// router (the public one answers them 404) and `/healthz` and `/readyz` answer on both.
+/// router (the public one answers them 404) and `/healthz`, `/readyz` and `/openapi.json`
+/// answer on both. Both are built from [`ops::ENDPOINTS`], which says where each route goes.
 pub fn routers(state: AppState) -> (Router, Option<Router>) {
-    let probes = Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz));
-    let operations = Router::new()
-        .route("/metrics", get(ops::metrics))
-        .route("/status", get(ops::status));
-    let public = Router::new()
-        .route("/", get(ops::index))
-        .route("/testrequest", get(ops::testrequest))
-        .route("/isprime", get(isprime::get).post(isprime::post))
-        .route("/ls", get(ls::list))
-        .merge(probes.clone());
-    let (public, admin) = match state.config.admin_listen {
-        Some(_) => (public, Some(probes.merge(operations))),
-        None => (public.merge(operations), None),
+    let split = state.config.admin_listen.is_some();
+    let serving = |on: &dyn Fn(Audience) -> bool| {
+        ops::ENDPOINTS
+            .iter()
+            .filter(|e| on(e.audience))
+            .fold(Router::new(), |router, e| {
+                router.route(e.path, (e.methods)())
+            })
     };
+    let public = serving(&|audience| audience.on_public(split));
+    let admin = split.then(|| serving(&Audience::on_admin));
     let finish = |router: Router<AppState>| {
         let router = router
             .fallback(not_found)
@@ -298,15 +294,25 @@ fn metrics_handle() -> PrometheusHandle {
                 .set_buckets(&BUCKETS)
                 .expect("bucket list is not empty")
                 .install_recorder()
-                .inspect(|_| describe_metrics())
+                .inspect(|_| {
+                    describe_metrics();
+                    metrics::gauge!("forkpool_build_info", "version" => env!("CARGO_PKG_VERSION"))
+                        .set(1.0);
+                })
                 .expect("forkpool installs the only metrics recorder")
         })
         .clone()
 }
 
-/// `# HELP` lines for the metrics that the server records (the pool describes its own).
+/// `# HELP` lines for every metric that the server and `/ls` record (the pool describes its
+/// own): a family without one fails `promtool check metrics`. The `process_*` families are not
+/// recorded but rendered at scrape time (`routes::ops`), with their own HELP.
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "forkpool_build_info",
+        "Always 1; the label `version` is the running build's version"
+    );
     describe_counter!(
         "forkpool_http_requests_total",
         "HTTP requests by route and status"
@@ -317,6 +323,8 @@ fn describe_metrics() {
     );
     describe_gauge!("forkpool_pool_workers", "Worker slots by state");
     describe_gauge!("forkpool_queue_depth", "Jobs waiting for a worker");
+    describe_gauge!("forkpool_ls_running", "`ls` processes running for /ls");
+    describe_counter!("forkpool_ls_total", "/ls requests by outcome");
 }
 
 /// Serves `listener` (and `admin`, the `--admin-listen` socket) until `shutdown` resolves,
@@ -463,6 +471,7 @@ async fn roll_on_sighup(state: AppState, mut hangups: tokio::signal::unix::Signa
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::routing::get;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 

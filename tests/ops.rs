@@ -514,6 +514,141 @@ fn a_killed_idle_worker_counts_as_crashed_by_signal_9_and_is_replaced() {
     server.assert_no_zombies();
 }
 
+/// Serves a bit of everything: jobs (GET and POST), a bad number, a listing, a refused
+/// listing, a 404 and a 405; then kills the idle worker and waits for its replacement, so that
+/// the exit and spawn counters have moved. Returns the scrape that follows, as text.
+fn scrape_after_traffic(server: &Server) -> String {
+    let [old] = wait_ready(server, 1)[..] else {
+        unreachable!()
+    };
+    assert_eq!(server.get("/isprime?number=97").status, 200);
+    assert_eq!(
+        server.post_json("/isprime", "{\"number\": \"98\"}").status,
+        200
+    );
+    server.get("/isprime?number=12x").assert_error(400);
+    assert_eq!(server.get("/ls?directory=/").status, 200);
+    server.get("/ls?directory=/no-such-dir").assert_error(404);
+    server.get("/no/such/path").assert_error(404);
+    server
+        .request("PUT", "/healthz", &[], b"")
+        .assert_error(405);
+    signal(old, "KILL");
+    wait_until(Duration::from_secs(10), || {
+        let pids = server.worker_pids();
+        (pids.len() == 1 && pids[0] != old && server.get("/readyz").status == 200).then_some(())
+    })
+    .expect("the killed worker was not replaced");
+    wait_counter(server, "forkpool_worker_spawns_total", &[], 2.0);
+    let response = server.get("/metrics");
+    assert_eq!(response.status, 200);
+    response.text()
+}
+
+#[test]
+fn every_metric_family_has_help_and_type_with_build_info_and_process_metrics() {
+    let server = Server::start(&["--workers", "1"]);
+    let text = scrape_after_traffic(&server);
+    let samples = parse_prometheus(&text);
+    let described = |kind: &str, name: &str| text.contains(&format!("# {kind} {name} "));
+    let families: HashSet<&str> = samples
+        .iter()
+        .map(|s| {
+            let name = s.name.as_str();
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .filter(|family| described("TYPE", family))
+                .unwrap_or(name)
+        })
+        .collect();
+    for family in &families {
+        assert!(described("HELP", family), "{family} has no HELP:\n{text}");
+        assert!(described("TYPE", family), "{family} has no TYPE:\n{text}");
+    }
+    for family in [
+        "forkpool_ls_running",
+        "forkpool_ls_total",
+        "forkpool_worker_exits_total",
+    ] {
+        assert!(families.contains(family), "{family} missing:\n{text}");
+    }
+    let version = [("version", env!("CARGO_PKG_VERSION"))];
+    assert_eq!(value(&samples, "forkpool_build_info", &version), 1.0);
+    assert!(
+        text.contains("# TYPE process_cpu_seconds_total counter\n"),
+        "{text}"
+    );
+    let process = |name| value(&samples, name, &[]);
+    assert!(process("process_resident_memory_bytes") > 1e6, "{text}");
+    assert!(process("process_virtual_memory_bytes") >= process("process_resident_memory_bytes"));
+    assert!(process("process_open_fds") >= 3.0, "{text}");
+    assert!(
+        process("process_max_fds") >= process("process_open_fds"),
+        "{text}"
+    );
+    assert!(process("process_cpu_seconds_total") > 0.0, "{text}");
+    // The server's own start, as /proc records it: within a minute before now.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = process("process_start_time_seconds");
+    assert!(
+        (now - 60.0..=now + 1.0).contains(&started),
+        "{started} vs {now}"
+    );
+}
+
+/// `promtool`, or `None` with a loud notice when it is not installed outside CI. Under
+/// `CI=true` a missing promtool fails the test: `.ci/run` installs it (Debian `prometheus`).
+fn promtool() -> Option<&'static str> {
+    match std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+    {
+        Ok(output) if output.status.success() => Some("promtool"),
+        result => {
+            let why = format!("promtool cannot run ({result:?}); `apt-get install prometheus`");
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            eprintln!("\n*** SKIPPED: {why} ***\n");
+            None
+        }
+    }
+}
+
+#[test]
+fn promtool_check_metrics_passes_on_a_live_server_after_traffic() {
+    let Some(promtool) = promtool() else { return };
+    let server = Server::start(&["--workers", "1"]);
+    let text = scrape_after_traffic(&server);
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "promtool check metrics:\n{said}\non:\n{text}"
+    );
+    // Lint findings also fail it with a non-zero status; say so if a version ever only warns.
+    assert!(said.trim().is_empty(), "promtool check metrics:\n{said}");
+}
+
 /// Needs the real src/prime.rs (a job that outlives 200 ms).
 #[test]
 fn a_job_that_times_out_is_504_and_counted() {

@@ -1,39 +1,202 @@
 //! Operations endpoints, all served from the async runtime so that they answer while every
-//! worker is busy: `/`, `/testrequest`, `/healthz`, `/readyz`, `/metrics`, `/status`.
+//! worker is busy: `/`, `/testrequest`, `/healthz`, `/readyz`, `/metrics`, `/status`,
+//! `/openapi.json`; and [`ENDPOINTS`], the table of every route that the router serves.
+
+use std::fmt::Write;
+use std::sync::OnceLock;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
+use axum::routing::{get, MethodRouter};
 use axum::Json;
 use serde_json::json;
 
+use super::{isprime, ls};
 use crate::error::AppError;
 use crate::pool::WorkerState;
+use crate::procfs::ProcessStats;
 use crate::server::AppState;
 
-const INDEX: &str = "\
-forkpool: CPU work in a pool of worker processes, behind HTTP.
+/// One endpoint: the routers serve it from this table and `GET /` lists it from the same
+/// table, so neither can name a path the other lacks. `docs/openapi.json` is held to it by
+/// tests/openapi.rs.
+pub struct Endpoint {
+    /// The route path, exactly as the router matches it.
+    pub path: &'static str,
+    /// The handlers by method; the router serves exactly these (and HEAD with every GET).
+    pub methods: fn() -> MethodRouter<AppState>,
+    /// Which listener serves it.
+    pub audience: Audience,
+    /// The index entries: one per method or way of calling it.
+    pub usage: &'static [Usage],
+}
 
-GET  /testrequest                   answers at once, however busy the workers are
-     curl http://127.0.0.1:3636/testrequest
-GET  /isprime?number=N              primality of N, computed in a worker
-     curl 'http://127.0.0.1:3636/isprime?number=1000000007'
-POST /isprime {\"number\": \"N\"}       the same, for long numbers
-     curl -d '{\"number\": \"170141183460469231731687303715884105727\"}' http://127.0.0.1:3636/isprime
-GET  /ls?directory=D                streams `ls -lash` of D inside the configured root
-     curl 'http://127.0.0.1:3636/ls?directory=/'
-GET  /healthz                       200 while the process lives
-     curl http://127.0.0.1:3636/healthz
-GET  /readyz                        200 when a worker is up and the server is not shutting down
-     curl http://127.0.0.1:3636/readyz
-GET  /metrics                       Prometheus metrics
-     curl http://127.0.0.1:3636/metrics
-GET  /status                        config in force and one row per worker, as JSON
-     curl http://127.0.0.1:3636/status
-";
+/// Which listener serves an endpoint, given whether `--admin-listen` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The public listener only: the service itself.
+    Public,
+    /// Both listeners: probes and the API description.
+    Both,
+    /// The admin listener when there is one, else the public one: what operators read.
+    Operators,
+}
 
+impl Audience {
+    /// Whether the public listener serves it; `split` says whether `--admin-listen` is set.
+    pub fn on_public(self, split: bool) -> bool {
+        self != Audience::Operators || !split
+    }
+
+    /// Whether the admin listener (when there is one) serves it.
+    pub fn on_admin(self) -> bool {
+        self != Audience::Public
+    }
+}
+
+/// One entry of the index.
+pub struct Usage {
+    /// Method and path with its parameters, e.g. `GET  /isprime?number=N`.
+    pub request: &'static str,
+    /// What it answers, in a few words.
+    pub what: &'static str,
+    /// A command that calls it.
+    pub example: &'static str,
+}
+
+/// Every endpoint the router serves, in the order `GET /` lists them.
+pub const ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        path: "/",
+        methods: || get(index),
+        audience: Audience::Public,
+        usage: &[Usage {
+            request: "GET  /",
+            what: "this index",
+            example: "curl http://127.0.0.1:3636/",
+        }],
+    },
+    Endpoint {
+        path: "/testrequest",
+        methods: || get(testrequest),
+        audience: Audience::Public,
+        usage: &[Usage {
+            request: "GET  /testrequest",
+            what: "answers at once, however busy the workers are",
+            example: "curl http://127.0.0.1:3636/testrequest",
+        }],
+    },
+    Endpoint {
+        path: "/isprime",
+        methods: || get(isprime::get).post(isprime::post),
+        audience: Audience::Public,
+        usage: &[
+            Usage {
+                request: "GET  /isprime?number=N",
+                what: "primality of N, computed in a worker",
+                example: "curl 'http://127.0.0.1:3636/isprime?number=1000000007'",
+            },
+            Usage {
+                request: "POST /isprime {\"number\": \"N\"}",
+                what: "the same, for long numbers",
+                example: "curl -d '{\"number\": \"170141183460469231731687303715884105727\"}' \
+                          http://127.0.0.1:3636/isprime",
+            },
+        ],
+    },
+    Endpoint {
+        path: "/ls",
+        methods: || get(ls::list),
+        audience: Audience::Public,
+        usage: &[Usage {
+            request: "GET  /ls?directory=D",
+            what: "streams `ls -lash` of D inside the configured root",
+            example: "curl 'http://127.0.0.1:3636/ls?directory=/'",
+        }],
+    },
+    Endpoint {
+        path: "/healthz",
+        methods: || get(healthz),
+        audience: Audience::Both,
+        usage: &[Usage {
+            request: "GET  /healthz",
+            what: "200 while the process lives",
+            example: "curl http://127.0.0.1:3636/healthz",
+        }],
+    },
+    Endpoint {
+        path: "/readyz",
+        methods: || get(readyz),
+        audience: Audience::Both,
+        usage: &[Usage {
+            request: "GET  /readyz",
+            what: "200 when a worker is up and the server is not shutting down",
+            example: "curl http://127.0.0.1:3636/readyz",
+        }],
+    },
+    Endpoint {
+        path: "/metrics",
+        methods: || get(metrics),
+        audience: Audience::Operators,
+        usage: &[Usage {
+            request: "GET  /metrics",
+            what: "Prometheus metrics",
+            example: "curl http://127.0.0.1:3636/metrics",
+        }],
+    },
+    Endpoint {
+        path: "/status",
+        methods: || get(status),
+        audience: Audience::Operators,
+        usage: &[Usage {
+            request: "GET  /status",
+            what: "config in force and one row per worker, as JSON",
+            example: "curl http://127.0.0.1:3636/status",
+        }],
+    },
+    Endpoint {
+        path: "/openapi.json",
+        methods: || get(openapi),
+        audience: Audience::Both,
+        usage: &[Usage {
+            request: "GET  /openapi.json",
+            what: "OpenAPI 3.1 description of every endpoint",
+            example: "curl http://127.0.0.1:3636/openapi.json",
+        }],
+    },
+];
+
+/// The OpenAPI 3.1 document, kept by hand next to the code (see docs/openapi.json's
+/// description for why) and checked against the router and real responses by tests.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// `GET /`: a plain-text index.
 pub async fn index() -> &'static str {
-    INDEX
+    index_text()
+}
+
+/// The index, rendered once from [`ENDPOINTS`]. Outside the handler because [`ENDPOINTS`]
+/// names the handler: an `async fn` that read it would need its own future's type to type-check.
+fn index_text() -> &'static str {
+    static INDEX: OnceLock<String> = OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut text =
+            "forkpool: CPU work in a pool of worker processes, behind HTTP.\n\n".to_owned();
+        for usage in ENDPOINTS.iter().flat_map(|e| e.usage) {
+            let _ = writeln!(
+                text,
+                "{:<36}{}\n     {}",
+                usage.request, usage.what, usage.example
+            );
+        }
+        text
+    })
+}
+
+/// `GET /openapi.json`: the document as kept, byte for byte.
+pub async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 pub async fn testrequest() -> &'static str {
@@ -68,13 +231,73 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     }
     metrics::gauge!("forkpool_queue_depth").set(state.pool.queue_depth() as f64);
     state.metrics.run_upkeep();
+    let mut text = state.metrics.render();
+    match ProcessStats::read() {
+        Ok(stats) => append_process_metrics(&mut text, &stats),
+        // A scrape without them still carries every forkpool_* family.
+        Err(e) => tracing::warn!(error = %e, "process_* metrics left out of this scrape"),
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        text,
     )
+}
+
+/// The standard `process_*` families, with the names, types and units that the Prometheus
+/// client libraries give them, for the server process (not its workers or `ls`). Rendered
+/// here rather than recorded: they are a reading taken at the scrape, and the recorder's
+/// counters hold whole numbers only, which CPU seconds are not.
+fn append_process_metrics(text: &mut String, stats: &ProcessStats) {
+    let families = [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds",
+            Some(stats.cpu_seconds),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes",
+            Some(stats.resident_memory_bytes as f64),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes",
+            Some(stats.virtual_memory_bytes as f64),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds",
+            Some(stats.start_time_seconds),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors",
+            Some(stats.open_fds as f64),
+        ),
+        // Left out when unlimited: there is no number to give.
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors",
+            stats.max_fds.map(|n| n as f64),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        if let Some(value) = value {
+            let _ = write!(
+                text,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n\n"
+            );
+        }
+    }
 }
 
 pub async fn status(State(state): State<AppState>) -> impl IntoResponse {

@@ -1,0 +1,531 @@
+//! Issue 13: the OpenAPI 3.1 document (docs/openapi.json, served at /openapi.json) is held to
+//! the real server: every route the router serves is in it with exactly the methods it serves
+//! (routes from `forkpool::routes::ops::ENDPOINTS`, the table the router is built from; methods
+//! probed on the live binary), and real responses of every endpoint, successes and errors,
+//! validate against the schema the document gives for their status and content type.
+//!
+//! Tests marked "needs the real src/prime.rs" hold a worker busy with `common::slow_prime()`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::{signal, slow_prime, wait_until, Response, Server};
+use forkpool::routes::ops::{ENDPOINTS, OPENAPI};
+use serde_json::{json, Value};
+
+/// Methods sent to every route to find which ones it serves (405 means not served). HEAD is
+/// left out: HTTP serves it wherever GET is, and the document says so once.
+const PROBED: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"];
+
+/// The operation keys a path item may have (OpenAPI 3.1 §4.8.9).
+const OPERATIONS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+fn document() -> Value {
+    serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON")
+}
+
+/// Follows a local `$ref` (`#/components/...`) to what it names; anything else is itself.
+fn resolve<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
+    match value.get("$ref").and_then(Value::as_str) {
+        Some(reference) => {
+            let pointer = reference
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("{reference} is not a local reference"));
+            let target = doc
+                .pointer(pointer)
+                .unwrap_or_else(|| panic!("{reference} names nothing in the document"));
+            resolve(doc, target)
+        }
+        None => value,
+    }
+}
+
+/// The response object that the document promises for `status` to `method path`: the
+/// operation's own when it exists, else `NotFound` for an undocumented path and
+/// `MethodNotAllowed` for an undocumented method, as its description says.
+fn documented_response<'a>(doc: &'a Value, method: &str, path: &str, status: u16) -> &'a Value {
+    let path = path.split('?').next().unwrap();
+    let fallback = |name: &str, expected: u16| {
+        assert_eq!(status, expected, "{method} {path}: undocumented, so {name}");
+        resolve(doc, &doc["components"]["responses"][name])
+    };
+    let Some(item) = doc["paths"].get(path) else {
+        return fallback("NotFound", 404);
+    };
+    let Some(operation) = item.get(method.to_ascii_lowercase()) else {
+        return fallback("MethodNotAllowed", 405);
+    };
+    let response = operation["responses"]
+        .get(status.to_string())
+        .unwrap_or_else(|| panic!("{method} {path}: status {status} is not in the document"));
+    resolve(doc, response)
+}
+
+/// Validates `instance` against `schema`, a schema object of the document whose references
+/// point into `#/components`: it is compiled as a JSON Schema 2020-12 (OpenAPI 3.1's dialect)
+/// with the document's components beside it, so that those references resolve.
+fn validate(doc: &Value, schema: &Value, instance: &Value) -> Result<(), String> {
+    let mut root = schema.clone();
+    root["components"] = doc["components"].clone();
+    let validator = jsonschema::draft202012::new(&root)
+        .unwrap_or_else(|e| panic!("invalid schema {schema}: {e}"));
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("at {:?}: {e}", e.instance_path().as_str()))
+        .collect();
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(errors.join("; ")),
+    }
+}
+
+/// Asserts that `response` to `method path` is what the document promises: its status is
+/// documented, its content type is one the document gives for that status, and its body
+/// validates against that schema (JSON bodies as JSON, text bodies as one string).
+fn assert_documented(doc: &Value, method: &str, path: &str, response: &Response) {
+    let documented = documented_response(doc, method, path, response.status);
+    assert_matches(doc, documented, &format!("{method} {path}"), response);
+}
+
+/// Asserts that `response` has a content type that `documented` (a response object) gives and
+/// a body and headers that validate against it.
+fn assert_matches(doc: &Value, documented: &Value, request: &str, response: &Response) {
+    let what = format!("{request} -> {}", response.status);
+    let content_type = response
+        .header("content-type")
+        .unwrap_or_else(|| panic!("{what}: no content-type"));
+    let media = documented["content"].get(content_type).unwrap_or_else(|| {
+        panic!(
+            "{what}: content-type {content_type:?} is not among {:?}",
+            documented["content"]
+                .as_object()
+                .map(|c| c.keys().collect::<Vec<_>>())
+        )
+    });
+    let instance = match content_type.starts_with("application/json") {
+        true => response.json(),
+        false => Value::String(
+            String::from_utf8(response.body.clone())
+                .unwrap_or_else(|_| panic!("{what}: text body is not UTF-8")),
+        ),
+    };
+    if let Err(errors) = validate(doc, &media["schema"], &instance) {
+        panic!("{what}: body does not match the document: {errors}\nbody: {instance}");
+    }
+    if let Some(headers) = documented.get("headers").and_then(Value::as_object) {
+        for (name, header) in headers {
+            let header = resolve(doc, header);
+            if let Some(value) = response.header(&name.to_ascii_lowercase()) {
+                let value: Value = value.parse::<u64>().map_or(value.into(), Value::from);
+                validate(doc, &header["schema"], &value)
+                    .unwrap_or_else(|e| panic!("{what}: header {name}: {e}"));
+            }
+        }
+    }
+}
+
+/// Sends the request, asserts its status, and asserts that the response is documented.
+fn check(
+    server: &Server,
+    doc: &Value,
+    (method, path, body): (&str, &str, &str),
+    status: u16,
+) -> Response {
+    let headers: &[(&str, &str)] = match body.is_empty() {
+        true => &[],
+        false => &[("content-type", "application/json")],
+    };
+    let response = server.request(method, path, headers, body.as_bytes());
+    assert_eq!(
+        response.status,
+        status,
+        "{method} {path}: {}",
+        response.text()
+    );
+    assert_documented(doc, method, path, &response);
+    response
+}
+
+/// Sends `raw` bytes to `addr` as they are, then reads the response to the end.
+fn exchange(addr: SocketAddr, raw: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(raw).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read response");
+    Response::parse(&answer)
+}
+
+/// A listing root with a subdirectory and a symlink that leads out of it.
+fn ls_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("sub")).unwrap();
+    std::fs::write(root.path().join("sub/file"), "x").unwrap();
+    std::os::unix::fs::symlink("/", root.path().join("out")).unwrap();
+    root
+}
+
+fn start(root: &tempfile::TempDir, extra: &[&str]) -> Server {
+    let root = root.path().to_str().unwrap();
+    let args = [&["--ls-root", root, "--workers", "1"], extra].concat();
+    let server = Server::start(&args);
+    server.wait_for_workers(1);
+    server
+}
+
+/// Polls /status until the one worker is busy and returns its pid.
+fn wait_busy(server: &Server) -> u32 {
+    wait_until(Duration::from_secs(30), || {
+        let status = server.get("/status").json();
+        let worker = &status["workers"][0];
+        (worker["state"] == "busy").then(|| worker["pid"].as_u64().unwrap() as u32)
+    })
+    .expect("the slow job was never seen running")
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_document_is_openapi_3_1_served_verbatim_and_listed_in_the_index() {
+    let doc = document();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    let root = ls_root();
+    let server = start(&root, &[]);
+    let response = check(&server, &doc, ("GET", "/openapi.json", ""), 200);
+    assert_eq!(response.body, OPENAPI.as_bytes());
+    let index = check(&server, &doc, ("GET", "/", ""), 200).text();
+    assert!(index.contains("GET  /openapi.json"), "{index}");
+}
+
+#[test]
+fn every_route_the_router_serves_is_in_the_document_with_exactly_the_methods_it_serves() {
+    let doc = document();
+    let documented: BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let routed: BTreeSet<&str> = ENDPOINTS.iter().map(|e| e.path).collect();
+    assert_eq!(
+        routed, documented,
+        "routes (left) and document paths (right)"
+    );
+
+    let root = ls_root();
+    let server = start(&root, &[]);
+    for endpoint in ENDPOINTS {
+        let path = endpoint.path;
+        // Every answer, 405 or not, must itself be documented.
+        let served: BTreeSet<String> = PROBED
+            .iter()
+            .filter(|method| {
+                let response = server.request(method, path, &[], b"");
+                assert_documented(&doc, method, path, &response);
+                response.status != 405
+            })
+            .map(|method| method.to_ascii_lowercase())
+            .collect();
+        let item = doc["paths"][path].as_object().unwrap();
+        let in_document: BTreeSet<String> = item
+            .keys()
+            .filter(|key| OPERATIONS.contains(&key.as_str()))
+            .cloned()
+            .collect();
+        assert_eq!(
+            served, in_document,
+            "{path}: served (left), documented (right)"
+        );
+    }
+}
+
+#[test]
+fn with_an_admin_listener_the_two_listeners_together_serve_exactly_the_document() {
+    let doc = document();
+    let root = ls_root();
+    let server = start(&root, &["--admin-listen", "127.0.0.1:0"]);
+    let admin = server.admin.expect("the admin address is printed");
+    let mut served = BTreeSet::new();
+    for path in doc["paths"].as_object().unwrap().keys() {
+        for (listener, addr) in [("public", server.addr), ("admin", admin)] {
+            let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let response = exchange(addr, request.as_bytes());
+            match (listener, response.status) {
+                // The admin listener routes only its own paths: the rest are its fallback.
+                ("admin", 404) => {
+                    let not_found = resolve(&doc, &doc["components"]["responses"]["NotFound"]);
+                    assert_matches(&doc, not_found, &format!("GET {path} (admin)"), &response);
+                }
+                // The public one's 404 for a route moved away is in the document.
+                (_, 404) => assert_documented(&doc, "GET", path, &response),
+                _ => {
+                    assert_documented(&doc, "GET", path, &response);
+                    served.insert(path.clone());
+                }
+            }
+        }
+    }
+    let documented: BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(
+        served, documented,
+        "served on either listener (left), documented (right)"
+    );
+}
+
+#[test]
+fn a_body_that_stalls_is_408_as_documented() {
+    let doc = document();
+    let root = ls_root();
+    let server = start(&root, &["--body-timeout", "300ms"]);
+    // Ten bytes promised, four sent.
+    let stalled = b"POST /isprime HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                    content-length: 10\r\n\r\n{\"nu";
+    let response = exchange(server.addr, stalled);
+    assert_eq!(response.status, 408, "{}", response.text());
+    assert_documented(&doc, "POST", "/isprime", &response);
+}
+
+#[test]
+fn every_operation_documents_500_and_503_and_every_reference_resolves() {
+    let doc = document();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for status in ["200", "500", "503"] {
+                let response = &operation["responses"][status];
+                assert!(!response.is_null(), "{method} {path} lacks {status}");
+                // Each one resolves to content with a schema that compiles.
+                for media in resolve(&doc, response)["content"]
+                    .as_object()
+                    .unwrap()
+                    .values()
+                {
+                    validate(&doc, &media["schema"], &Value::Null).ok();
+                }
+            }
+        }
+    }
+    let post = &doc["paths"]["/isprime"]["post"]["responses"];
+    for status in ["400", "408", "413"] {
+        assert!(!post[status].is_null(), "POST /isprime lacks {status}");
+    }
+    // Every `$ref` anywhere names something.
+    fn walk(doc: &Value, value: &Value) {
+        match value {
+            Value::Object(map) => {
+                resolve(doc, value);
+                map.values().for_each(|v| walk(doc, v));
+            }
+            Value::Array(items) => items.iter().for_each(|v| walk(doc, v)),
+            _ => {}
+        }
+    }
+    walk(&doc, &doc);
+}
+
+#[test]
+fn the_checks_reject_what_the_document_does_not_promise() {
+    let doc = document();
+    let at = |method, path, status| {
+        let response = documented_response(&doc, method, path, status);
+        response["content"]["application/json"]["schema"].clone()
+    };
+    // An error whose `status` differs from the HTTP status, or with an extra field.
+    let bad_request = at("GET", "/isprime", 400);
+    assert!(validate(&doc, &bad_request, &json!({"error": "x", "status": 400})).is_ok());
+    assert!(validate(&doc, &bad_request, &json!({"error": "x", "status": 404})).is_err());
+    assert!(validate(
+        &doc,
+        &bad_request,
+        &json!({"error": "x", "status": 400, "n": 1})
+    )
+    .is_err());
+    assert!(validate(&doc, &bad_request, &json!({"error": "", "status": 400})).is_err());
+    // A verdict with the number as a JSON number, or an unknown method.
+    let verdict = at("GET", "/isprime", 200);
+    let good = json!({"number": "7", "isPrime": true, "method": "deterministic",
+                      "time": "0.31ms", "compute_ms": 0.01});
+    assert!(validate(&doc, &verdict, &good).is_ok());
+    let mut bad = good.clone();
+    bad["number"] = json!(7);
+    assert!(validate(&doc, &verdict, &bad).is_err());
+    bad = good.clone();
+    bad["method"] = json!("guess");
+    assert!(validate(&doc, &verdict, &bad).is_err());
+    // A status the operation does not list, and undocumented paths and methods.
+    let undocumented =
+        std::panic::catch_unwind(|| documented_response(&doc, "GET", "/healthz", 418));
+    assert!(undocumented.is_err());
+    let not_found = documented_response(&doc, "GET", "/nope", 404);
+    assert_eq!(
+        not_found,
+        resolve(&doc, &doc["components"]["responses"]["NotFound"])
+    );
+    let wrong_method = std::panic::catch_unwind(|| documented_response(&doc, "PUT", "/ls", 404));
+    assert!(
+        wrong_method.is_err(),
+        "a PUT to a documented path can only be a 405"
+    );
+}
+
+#[test]
+fn successes_and_client_errors_of_every_endpoint_validate_against_the_document() {
+    let doc = document();
+    let root = ls_root();
+    let server = start(&root, &["--max-digits", "50"]);
+    let too_long = "1".repeat(51);
+    let too_long_get = format!("/isprime?number={too_long}");
+    let too_long_post = format!("{{\"number\": \"{too_long}\"}}");
+    // Over the body limit (`--max-digits` plus 16 KiB), so refused before it is read.
+    let huge_body = format!("{{\"number\": \"7\", \"pad\": \"{}\"}}", "x".repeat(20_000));
+    let cases: Vec<((&str, &str, &str), u16)> = vec![
+        (("GET", "/", ""), 200),
+        (("GET", "/testrequest", ""), 200),
+        (("GET", "/healthz", ""), 200),
+        (("GET", "/readyz", ""), 200),
+        (("GET", "/status", ""), 200),
+        (("GET", "/openapi.json", ""), 200),
+        (("GET", "/isprime?number=7", ""), 200),
+        (("GET", "/isprime?number=18446744073709551629", ""), 200),
+        (("POST", "/isprime", "{\"number\": \"+0097\"}"), 200),
+        // A bare JSON integer too long for any float.
+        (
+            (
+                "POST",
+                "/isprime",
+                "{\"number\": 170141183460469231731687303715884105727}",
+            ),
+            200,
+        ),
+        (("GET", "/isprime", ""), 400),
+        (("GET", "/isprime?number=abc", ""), 400),
+        (("GET", "/isprime?number=7&number=8", ""), 400),
+        (("POST", "/isprime", "[7]"), 400),
+        (("POST", "/isprime", "{\"number\": -7}"), 400),
+        (("GET", &too_long_get, ""), 413),
+        (("POST", "/isprime", &too_long_post), 413),
+        (("POST", "/isprime", &huge_body), 413),
+        (("GET", "/ls", ""), 200),
+        (("GET", "/ls?directory=/sub", ""), 200),
+        (("GET", "/ls?directory=/sub&directory=/", ""), 400),
+        (("GET", "/ls?directory=/out", ""), 403),
+        (("GET", "/ls?directory=/nope", ""), 404),
+        (("GET", "/nope", ""), 404),
+        (("GET", "/isprime/7", ""), 404),
+        (("DELETE", "/status", ""), 405),
+        (("PUT", "/isprime", ""), 405),
+        // Last, so that it has seen every kind of request above.
+        (("GET", "/metrics", ""), 200),
+    ];
+    for (request, status) in cases {
+        check(&server, &doc, request, status);
+    }
+    let listing = check(&server, &doc, ("GET", "/ls?directory=/sub", ""), 200);
+    assert!(listing.complete && listing.text().contains(" file\n"));
+}
+
+/// Needs the real src/prime.rs.
+#[test]
+fn pool_errors_502_503_504_validate_against_the_document() {
+    let doc = document();
+    let root = ls_root();
+    let slow = format!("{{\"number\": \"{}\"}}", slow_prime());
+
+    // 504: the job outlives --job-timeout.
+    let server = start(&root, &["--job-timeout", "200ms"]);
+    check(&server, &doc, ("POST", "/isprime", &slow), 504);
+    drop(server);
+
+    // 503 (queue full) and 502 (worker killed mid-job), with one worker and a queue of one.
+    let server = start(&root, &["--queue", "1"]);
+    std::thread::scope(|s| {
+        let running = s.spawn(|| server.post_json("/isprime", &slow));
+        let pid = wait_busy(&server);
+        let queued = server.send_job(&slow_prime());
+        wait_until(Duration::from_secs(10), || {
+            let status = server.get("/status").json();
+            (status["queue_depth"] == 1).then_some(())
+        })
+        .expect("the second job was never queued");
+        let full = check(&server, &doc, ("POST", "/isprime", &slow), 503);
+        assert_eq!(full.header("retry-after"), Some("1"));
+        signal(pid, "KILL");
+        let died = running.join().unwrap();
+        assert_eq!(died.status, 502, "{}", died.text());
+        assert_documented(&doc, "POST", "/isprime", &died);
+        drop(queued);
+    });
+}
+
+#[test]
+fn readiness_and_shutdown_503s_validate_against_the_document() {
+    let doc = document();
+    let root = ls_root();
+    // No worker can start: /readyz is 503.
+    let root_arg = root.path().to_str().unwrap();
+    let server = Server::start(&["--ls-root", root_arg, "--worker-program", "/bin/false"]);
+    check(&server, &doc, ("GET", "/readyz", ""), 503);
+    drop(server);
+
+    // Shutting down: readiness is off and new jobs are refused while the listener still serves.
+    let server = start(&root, &["--shutdown-delay", "5s"]);
+    server.terminate();
+    wait_until(Duration::from_secs(5), || {
+        (server.get("/readyz").status == 503).then_some(())
+    })
+    .expect("/readyz never went to 503 after SIGTERM");
+    check(&server, &doc, ("GET", "/readyz", ""), 503);
+    check(
+        &server,
+        &doc,
+        ("POST", "/isprime", "{\"number\": \"7\"}"),
+        503,
+    );
+    check(&server, &doc, ("GET", "/isprime?number=7", ""), 503);
+}
+
+#[test]
+fn a_busy_ls_503_validates_against_the_document() {
+    use std::os::unix::fs::PermissionsExt;
+    let doc = document();
+    let root = ls_root();
+    // A stand-in `ls` that holds the only listing slot for a while.
+    let bin = tempfile::tempdir().unwrap();
+    let ls = bin.path().join("ls");
+    std::fs::write(&ls, "#!/bin/sh\nexec sleep 5\n").unwrap();
+    std::fs::set_permissions(&ls, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let root_arg = root.path().to_str().unwrap();
+    let server = Server::start_with_env(
+        &[
+            "--ls-root",
+            root_arg,
+            "--workers",
+            "1",
+            "--ls-max-concurrent",
+            "1",
+        ],
+        &[("PATH", &path)],
+    );
+    let held: TcpStream = server.send("GET", "/ls", &[], b"");
+    wait_until(Duration::from_secs(10), || {
+        let metrics = server.get("/metrics").text();
+        metrics.contains("forkpool_ls_running 1").then_some(())
+    })
+    .expect("the stand-in ls never ran");
+    let busy = check(&server, &doc, ("GET", "/ls?directory=/sub", ""), 503);
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    drop(held);
+}
