@@ -529,12 +529,17 @@ fn scrape_after_traffic(server: &Server) -> String {
         unreachable!()
     };
     assert_eq!(server.get("/isprime?number=97").status, 200);
-    assert_eq!(server.post_json("/isprime", "{\"number\": \"98\"}").status, 200);
+    assert_eq!(
+        server.post_json("/isprime", "{\"number\": \"98\"}").status,
+        200
+    );
     server.get("/isprime?number=12x").assert_error(400);
     assert_eq!(server.get("/ls?directory=/").status, 200);
     server.get("/ls?directory=/no-such-dir").assert_error(404);
     server.get("/no/such/path").assert_error(404);
-    server.request("PUT", "/healthz", &[], b"").assert_error(405);
+    server
+        .request("PUT", "/healthz", &[], b"")
+        .assert_error(405);
     signal(old, "KILL");
     wait_until(Duration::from_secs(10), || {
         let pids = server.worker_pids();
@@ -565,7 +570,10 @@ fn every_metric_family_has_help_and_type_with_build_info_and_process_metrics() {
     }
     let version = [("version", env!("CARGO_PKG_VERSION"))];
     assert_eq!(value(&samples, "forkpool_build_info", &version), 1.0);
-    assert!(text.contains("# TYPE process_cpu_seconds_total counter\n"), "{text}");
+    assert!(
+        text.contains("# TYPE process_cpu_seconds_total counter\n"),
+        "{text}"
+    );
     // `value` reads a missing sample as 0: these must be there.
     let process = |name: &str| {
         let sample = samples.iter().find(|s| s.name == name);
@@ -574,7 +582,10 @@ fn every_metric_family_has_help_and_type_with_build_info_and_process_metrics() {
     assert!(process("process_resident_memory_bytes") > 1e6, "{text}");
     assert!(process("process_virtual_memory_bytes") >= process("process_resident_memory_bytes"));
     assert!(process("process_open_fds") >= 3.0, "{text}");
-    assert!(process("process_max_fds") >= process("process_open_fds"), "{text}");
+    assert!(
+        process("process_max_fds") >= process("process_open_fds"),
+        "{text}"
+    );
     // Counted in clock ticks (10 ms): a server this young may show 0.
     assert!(process("process_cpu_seconds_total") >= 0.0, "{text}");
     // The server's own start, as /proc records it: within a minute before now.
@@ -583,13 +594,19 @@ fn every_metric_family_has_help_and_type_with_build_info_and_process_metrics() {
         .unwrap()
         .as_secs_f64();
     let started = process("process_start_time_seconds");
-    assert!((now - 60.0..=now + 1.0).contains(&started), "{started} vs {now}");
+    assert!(
+        (now - 60.0..=now + 1.0).contains(&started),
+        "{started} vs {now}"
+    );
 }
 
 /// `promtool`, or `None` with a loud notice when it is not installed outside CI. Under
 /// `CI=true` a missing promtool fails the test: `.ci/run` installs it (Debian `prometheus`).
 fn promtool() -> Option<&'static str> {
-    match std::process::Command::new("promtool").arg("--version").output() {
+    match std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+    {
         Ok(output) if output.status.success() => Some("promtool"),
         result => {
             let why = format!("promtool cannot run ({result:?}); `apt-get install prometheus`");
@@ -612,14 +629,22 @@ fn promtool_check_metrics_passes_on_a_live_server_after_traffic() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start promtool");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "promtool check metrics:\n{said}\non:\n{text}");
+    assert!(
+        output.status.success(),
+        "promtool check metrics:\n{said}\non:\n{text}"
+    );
     // Lint findings also fail it with a non-zero status; say so if a version ever only warns.
     assert!(said.trim().is_empty(), "promtool check metrics:\n{said}");
 }
