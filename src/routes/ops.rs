@@ -2,7 +2,6 @@
 //! worker is busy: `/`, `/testrequest`, `/healthz`, `/readyz`, `/metrics`, `/status`,
 //! `/openapi.json`; and [`ENDPOINTS`], the table of every route that the router serves.
 
-use std::fmt::Write;
 use std::sync::OnceLock;
 
 use axum::extract::State;
@@ -184,11 +183,10 @@ fn index_text() -> &'static str {
         let mut text =
             "forkpool: CPU work in a pool of worker processes, behind HTTP.\n\n".to_owned();
         for usage in ENDPOINTS.iter().flat_map(|e| e.usage) {
-            let _ = writeln!(
-                text,
-                "{:<36}{}\n     {}",
+            text.push_str(&format!(
+                "{:<36}{}\n     {}\n",
                 usage.request, usage.what, usage.example
-            );
+            ));
         }
         text
     })
@@ -292,10 +290,9 @@ fn append_process_metrics(text: &mut String, stats: &ProcessStats) {
     ];
     for (name, kind, help, value) in families {
         if let Some(value) = value {
-            let _ = write!(
-                text,
+            text.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n\n"
-            );
+            ));
         }
     }
 }
