@@ -302,13 +302,14 @@ fn every_operation_documents_500_and_503_and_every_reference_resolves() {
             for status in ["200", "500", "503"] {
                 let response = &operation["responses"][status];
                 assert!(!response.is_null(), "{method} {path} lacks {status}");
-                // Each one resolves to content with a schema that compiles.
+                // Each one resolves to content with a schema that compiles (`validate` panics
+                // on one that does not; whether null matches it is beside the point).
                 for media in resolve(&doc, response)["content"]
                     .as_object()
                     .unwrap()
                     .values()
                 {
-                    validate(&doc, &media["schema"], &Value::Null).ok();
+                    let _matches_null = validate(&doc, &media["schema"], &Value::Null);
                 }
             }
         }
