@@ -140,7 +140,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         audience: Audience::Operators,
         usage: &[Usage {
             request: "GET  /metrics",
-            what: "Prometheus metrics",
+            what: "Prometheus metrics (on --admin-listen if set)",
             example: "curl http://127.0.0.1:3636/metrics",
         }],
     },
@@ -150,7 +150,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         audience: Audience::Operators,
         usage: &[Usage {
             request: "GET  /status",
-            what: "config in force and one row per worker, as JSON",
+            what: "config and workers, as JSON (on --admin-listen if set)",
             example: "curl http://127.0.0.1:3636/status",
         }],
     },
