@@ -17,7 +17,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Mutex;
@@ -34,6 +34,7 @@ const WARM_UP: Duration = Duration::from_secs(5);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 const BODY_TIMEOUT: Duration = Duration::from_secs(2);
 const LS_TIMEOUT: Duration = Duration::from_secs(3);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait for a byte the server owes: beyond it, the server hangs.
 const ANSWER_LIMIT: Duration = Duration::from_secs(20);
 /// How late a server deadline may fire on a loaded machine before it counts as not enforced.
@@ -60,6 +61,8 @@ enum Outcome {
     ListingCut,
     /// Closed by the server without an answer at `--header-timeout`.
     HeadTimedOut,
+    /// A kept-alive connection closed by the server at `--keepalive-timeout`.
+    IdleClosed,
     /// The client hung up on purpose.
     HungUp,
 }
@@ -420,6 +423,145 @@ fn ops_client(soak: &Soak, rng: &mut SplitMix64) {
         },
     };
     soak.exchange("ops", &planned);
+    // Paced: unpaced, this one thread sends thousands of requests a second and takes the CPU
+    // that the other clients (and a shared CI machine) need.
+    std::thread::sleep(rng.between(Duration::ZERO, Duration::from_millis(4)));
+}
+
+/// Up to five requests on one kept-alive connection with short gaps; then, one time in four,
+/// it stays idle and must be closed at `--keepalive-timeout` (not at once, not much later).
+fn keep_alive_client(soak: &Soak, rng: &mut SplitMix64) {
+    let Ok(stream) =
+        connect(soak.addr).inspect_err(|e| soak.record("keep-alive", "connect", Err(e.clone())))
+    else {
+        return;
+    };
+    let mut reader = BufReader::new(stream.try_clone().expect("clone the socket"));
+    let mut writer = stream;
+    for _ in 0..1 + rng.below(5) {
+        let planned = keep_alive_request(rng);
+        let started = Instant::now();
+        let result = write(&mut writer, &planned.raw)
+            .and_then(|()| read_response(&mut reader))
+            .and_then(|raw| Ok((planned.judge(&raw, started.elapsed())?, raw)));
+        let open = result.as_ref().is_ok_and(|(_, raw)| stays_open(raw));
+        soak.record(
+            "keep-alive",
+            &planned.what,
+            result.map(|(outcome, _)| outcome),
+        );
+        if !open {
+            return;
+        }
+        std::thread::sleep(rng.between(Duration::ZERO, Duration::from_millis(300)));
+    }
+    if rng.below(4) == 0 {
+        soak.record("keep-alive", "idle", idle_close(&mut reader));
+    }
+}
+
+/// A GET that keeps its connection open: a probe, a small job or a small listing.
+fn keep_alive_request(rng: &mut SplitMix64) -> Planned {
+    let (path, statuses, good) = match rng.below(3) {
+        0 => (
+            "/testrequest".to_owned(),
+            &[200][..],
+            Good::Text("I am unblocked now"),
+        ),
+        1 => {
+            let &(query, number, is_prime) = rng.pick(SMALL);
+            let good = Good::Verdict {
+                number: number.into(),
+                is_prime,
+            };
+            (format!("/isprime?number={query}"), JOB, good)
+        }
+        _ => (
+            "/ls?directory=small".to_owned(),
+            LISTING,
+            Good::Listing(" b.txt".into()),
+        ),
+    };
+    Planned {
+        what: format!("GET {path} (kept alive)"),
+        raw: format!("GET {path} HTTP/1.1\r\nhost: chaos\r\n\r\n").into_bytes(),
+        statuses,
+        good,
+    }
+}
+
+/// False when the response says the server closes the connection after it.
+fn stays_open(raw: &[u8]) -> bool {
+    Response::try_parse(raw).is_ok_and(|r| r.complete && r.header("connection") != Some("close"))
+}
+
+/// Waits on an idle kept-alive connection for the server to close it.
+fn idle_close(reader: &mut BufReader<TcpStream>) -> Result<Outcome, String> {
+    let started = Instant::now();
+    let mut byte = [0u8; 1];
+    let closed = match reader.read(&mut byte) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err("bytes on an idle connection".to_owned()),
+        Err(e) if is_timeout(&e) => Err(format!("still open after {ANSWER_LIMIT:?}")),
+        Err(_) => Ok(()),
+    };
+    // The server's idle time began when it sent the last answer, a little before it was
+    // read here: the lower bound only catches a connection closed at once.
+    closed.and_then(|()| match started.elapsed() {
+        t if t < KEEPALIVE_TIMEOUT / 2 => Err(format!("closed after {t:?} idle")),
+        t if t > KEEPALIVE_TIMEOUT + LATE => Err(format!("closed only after {t:?} idle")),
+        _ => Ok(Outcome::IdleClosed),
+    })
+}
+
+/// Reads one response off a kept-alive connection, framed by its `Content-Length` or its
+/// chunks, and returns its bytes; what came before the server closed if it was cut short.
+fn read_response(reader: &mut BufReader<TcpStream>) -> Result<Vec<u8>, String> {
+    let mut raw = Vec::new();
+    while !raw.ends_with(b"\r\n\r\n") {
+        match reader.read_until(b'\n', &mut raw) {
+            Ok(0) if raw.is_empty() => return Err("closed without an answer".into()),
+            Ok(0) => return Ok(raw),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    match (length, head.contains("transfer-encoding: chunked")) {
+        (Some(length), _) => take(reader, length, &mut raw).map(|_| raw),
+        (None, true) => read_chunks(reader, &mut raw).map(|()| raw),
+        (None, false) => Err(format!("a response without framing: {head}")),
+    }
+}
+
+/// Appends the chunks of a chunked body to `raw`, up to and with the last one.
+fn read_chunks(reader: &mut BufReader<TcpStream>, raw: &mut Vec<u8>) -> Result<(), String> {
+    loop {
+        let start = raw.len();
+        if reader.read_until(b'\n', raw).unwrap_or(0) == 0 {
+            return Ok(());
+        }
+        let line = String::from_utf8_lossy(&raw[start..]).trim().to_owned();
+        let size = u64::from_str_radix(&line, 16).map_err(|_| format!("chunk size {line:?}"))?;
+        // The data and its CRLF; the last (empty) chunk has just the CRLF (no trailers here).
+        if !take(reader, size + 2, raw)? || size == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Appends `n` bytes from `reader` to `raw`; false if the connection ended first.
+fn take(reader: &mut BufReader<TcpStream>, n: u64, raw: &mut Vec<u8>) -> Result<bool, String> {
+    let read = reader.by_ref().take(n).read_to_end(raw);
+    match read {
+        Ok(got) => Ok(got as u64 == n),
+        Err(e) if is_timeout(&e) => Err(format!("no answer within {ANSWER_LIMIT:?}")),
+        Err(_) => Ok(false),
+    }
 }
 
 /// Clients that leave at the worst moment: at once, mid-head, mid-body, mid-job, mid-listing,
@@ -672,6 +814,7 @@ const CLIENTS: &[(Client, usize)] = &[
     (isprime_client, 3),
     (ls_client, 2),
     (ops_client, 1),
+    (keep_alive_client, 1),
     (hang_up_client, 1),
     (slow_client, 2),
 ];
@@ -740,6 +883,8 @@ fn start(root: &Path) -> Server {
         "2s",
         "--ls-timeout",
         "3s",
+        "--keepalive-timeout",
+        "3s",
     ])
 }
 
@@ -792,7 +937,7 @@ fn settle(server: &Server, baseline: Option<Footprint>) -> Footprint {
 fn print_tally(title: &str, soak: &Soak) {
     println!("{title}:");
     for ((client, outcome), n) in soak.tally.lock().unwrap().iter() {
-        println!("  {client:8} {outcome:?}: {n}");
+        println!("  {client:10} {outcome:?}: {n}");
     }
 }
 
