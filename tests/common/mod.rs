@@ -503,23 +503,6 @@ pub fn slow_prime() -> String {
     mersenne(21701)
 }
 
-/// Open file descriptors of `pid`, from /proc/PID/fd.
-pub fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read /proc/PID/fd")
-        .count()
-}
-
-/// Resident set size of `pid` in KiB, from `VmRSS` in /proc/PID/status.
-pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
-}
-
 /// SplitMix64 (Steele, Lea & Flood 2014): a tiny deterministic PRNG, so that a randomised test
 /// can print its seed and be replayed.
 pub struct SplitMix64(pub u64);
