@@ -328,9 +328,13 @@ fn isprime_client(soak: &Soak, rng: &mut SplitMix64) {
             };
             Planned::get(addr, &format!("/isprime?number={query}"), JOB, good)
         }
-        6..=10 => {
+        6..=9 => {
             let &(p, is_prime) = rng.pick(MERSENNE);
             number_job(addr, mersenne(p), is_prime)
+        }
+        10 => {
+            let &(p, is_prime) = rng.pick(MERSENNE);
+            chunked_job(mersenne(p), is_prime, 1 + rng.below(4) as usize)
         }
         11 => number_job(addr, slow_prime(), true),
         12..=14 => {
@@ -358,6 +362,26 @@ fn isprime_client(soak: &Soak, rng: &mut SplitMix64) {
 fn number_job(addr: SocketAddr, number: String, is_prime: bool) -> Planned {
     let body = format!(r#"{{"number": "{number}"}}"#);
     Planned::post(addr, &body, JOB, Good::Verdict { number, is_prime })
+}
+
+/// A job whose body is sent chunked (no `Content-Length`), in `pieces` chunks.
+fn chunked_job(number: String, is_prime: bool, pieces: usize) -> Planned {
+    let body = format!(r#"{{"number": "{number}"}}"#);
+    let mut raw = b"POST /isprime HTTP/1.1\r\nhost: chaos\r\nconnection: close\r\n\
+        content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+        .to_vec();
+    for chunk in body.as_bytes().chunks(body.len().div_ceil(pieces)) {
+        raw.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        raw.extend_from_slice(chunk);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    Planned {
+        what: format!("POST /isprime chunked {}", shorten(&body)),
+        raw,
+        statuses: JOB,
+        good: Good::Verdict { number, is_prime },
+    }
 }
 
 /// The head of a JSON POST to `path` declaring a body of `length` bytes; no body follows.
@@ -429,8 +453,9 @@ fn ops_client(soak: &Soak, rng: &mut SplitMix64) {
     std::thread::sleep(rng.between(Duration::ZERO, Duration::from_millis(4)));
 }
 
-/// Up to five requests on one kept-alive connection with short gaps; then, one time in four,
-/// it stays idle and must be closed at `--keepalive-timeout` (not at once, not much later).
+/// Up to five requests on one kept-alive connection with short gaps; then, now and then, it
+/// stays idle and must be closed at `--keepalive-timeout`, or it starts a head and stalls and
+/// must be closed at `--header-timeout` (not at once, not much later).
 fn keep_alive_client(soak: &Soak, rng: &mut SplitMix64) {
     let Ok(stream) =
         connect(soak.addr).inspect_err(|e| soak.record("keep-alive", "connect", Err(e.clone())))
@@ -456,8 +481,15 @@ fn keep_alive_client(soak: &Soak, rng: &mut SplitMix64) {
         }
         std::thread::sleep(rng.between(Duration::ZERO, Duration::from_millis(300)));
     }
-    if rng.below(4) == 0 {
-        soak.record("keep-alive", "idle", idle_close(&mut reader));
+    // The connection is idle here, with nothing buffered: it can be read directly.
+    match rng.below(8) {
+        0 | 1 => soak.record("keep-alive", "idle", idle_close(&mut reader)),
+        2 => {
+            let started = Instant::now();
+            let result = head_closed(&mut writer, started);
+            soak.record("keep-alive", "stalled second head", result);
+        }
+        _ => {}
     }
 }
 
@@ -663,32 +695,34 @@ fn trickled_head(soak: &Soak, rng: &mut SplitMix64) {
 /// `--header-timeout`, not before, and not much later.
 fn stalled_head(soak: &Soak) {
     let started = Instant::now();
-    let result = connect(soak.addr).and_then(|mut stream| {
-        write(&mut stream, b"GET /testrequest HTTP/1.1\r\nhost: chaos\r\n")?;
-        stream
-            .set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let mut buf = [0u8; 1024];
-        while started.elapsed() < HEADER_TIMEOUT + LATE {
-            let closed = match stream.read(&mut buf) {
-                Ok(0) => true,
-                Ok(n) => return Err(format!("answered {:?}", String::from_utf8_lossy(&buf[..n]))),
-                Err(e) if is_timeout(&e) => stream.write_all(b"x-slow: 1\r\n").is_err(),
-                Err(_) => true,
-            };
-            if closed {
-                return Ok(started.elapsed());
-            }
-        }
-        Err(format!("still open after {:?}", started.elapsed()))
-    });
-    let result = result.and_then(|elapsed| match elapsed >= HEADER_TIMEOUT {
-        true => Ok(Outcome::HeadTimedOut),
-        false => Err(format!(
-            "closed after {elapsed:?}, before the header timeout"
-        )),
-    });
+    let result = connect(soak.addr).and_then(|mut stream| head_closed(&mut stream, started));
     soak.record("slow", "stalled head", result);
+}
+
+/// Starts a request head on `stream` and adds a header line every 300 ms, never ending it:
+/// the server must close the connection no earlier than `--header-timeout` after `started`,
+/// and not much later.
+fn head_closed(stream: &mut TcpStream, started: Instant) -> Result<Outcome, String> {
+    write(stream, b"GET /testrequest HTTP/1.1\r\nhost: chaos\r\n")?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    while started.elapsed() < HEADER_TIMEOUT + LATE {
+        let closed = match stream.read(&mut buf) {
+            Ok(0) => true,
+            Ok(n) => return Err(format!("answered {:?}", String::from_utf8_lossy(&buf[..n]))),
+            Err(e) if is_timeout(&e) => stream.write_all(b"x-slow: 1\r\n").is_err(),
+            Err(_) => true,
+        };
+        if closed {
+            return match started.elapsed() {
+                t if t < HEADER_TIMEOUT => Err(format!("closed {t:?} into a head")),
+                _ => Ok(Outcome::HeadTimedOut),
+            };
+        }
+    }
+    Err(format!("still open {:?} into a head", started.elapsed()))
 }
 
 /// A body that stops after a few bytes: 408 at `--body-timeout`, not before, not much later.
