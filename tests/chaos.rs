@@ -993,6 +993,21 @@ fn every_slot_live(server: &Server) {
     assert!(live.is_some(), "/readyz: {}", server.get("/readyz").text());
 }
 
+/// The server's own accounting after the soak: no job left queued, every worker idle, and no
+/// listing counted as running (a lost decrement would hold an `ls` slot for good).
+fn assert_books_balanced(server: &Server) {
+    let status = server.get("/status").json();
+    assert_eq!(status["queue_depth"], 0, "{status}");
+    let workers = status["workers"].as_array().expect("workers in /status");
+    assert!(workers.iter().all(|w| w["state"] == "idle"), "{status}");
+    let metrics = server.get("/metrics").text();
+    let running = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("forkpool_ls_running "))
+        .unwrap_or_else(|| panic!("no forkpool_ls_running in /metrics:\n{metrics}"));
+    assert_eq!(running.trim().parse::<f64>(), Ok(0.0), "ls running");
+}
+
 fn print_tally(title: &str, soak: &Soak) {
     println!("{title}:");
     for ((client, outcome), n) in soak.tally.lock().unwrap().iter() {
@@ -1070,6 +1085,15 @@ fn assert_recovered(server: &Server, baseline: Footprint) {
         "RSS grew: {} KiB after warm-up, {} KiB after the soak",
         baseline.rss_kib,
         after.rss_kib
+    );
+    assert_books_balanced(server);
+    // A panic in a connection task drops the connection without a status to see.
+    let log = server.log();
+    let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
+    assert!(
+        panics.is_empty(),
+        "the server panicked:\n{}",
+        panics.join("\n")
     );
     let answer = server.get("/isprime?number=1000000007");
     assert_eq!(answer.status, 200, "{}", answer.text());
