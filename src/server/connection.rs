@@ -45,9 +45,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 use tower::Service;
 
-/// Largest request head (request line and headers) in bytes. hyper's read buffer never grows
-/// past this, so a connection costs at most this much however large a head a client sends
-/// (nginx's default `large_client_header_buffers` allows 32 KiB).
+/// Largest request head (request line and headers) in bytes; a larger one is answered 431
+/// (nginx's default `large_client_header_buffers` allows 32 KiB). It is set twice: as hyper's
+/// read buffer cap, which bounds what a connection holds while a head is incomplete, and as
+/// hyper's head size limit, because hyper checks the buffer cap only between reads and one read
+/// may take the buffer past it (up to about twice), so a head of up to ~128 KiB that arrived in
+/// one piece would otherwise be served.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// The connection timeouts, from the command line.
@@ -267,7 +270,8 @@ pub async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .keep_alive(!timeouts.keepalive.is_zero())
-        .max_buf_size(MAX_HEAD_BYTES);
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES);
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let mut drain_started = *draining.borrow();

@@ -153,17 +153,9 @@ impl Server {
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\ncontent-length: {}\r\n",
-            self.addr,
-            body.len()
-        );
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).unwrap();
-        stream.write_all(body).unwrap();
+        stream
+            .write_all(&request_bytes(self.addr, method, path, headers, body))
+            .unwrap();
         stream
     }
 
@@ -291,6 +283,28 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String,
     )
 }
 
+/// One HTTP/1.1 request as sent on the wire: `Connection: close`, a `Content-Length` for `body`,
+/// then `headers`.
+pub fn request_bytes(
+    host: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Vec<u8> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
 /// Sends a signal by name with `kill(1)`, e.g. `signal(pid, "KILL")`.
 pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
@@ -306,26 +320,34 @@ pub struct Response {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
-    /// False when a chunked body ended without its final zero-size chunk.
+    /// False when a chunked body ended without its final zero-size chunk, or a body is shorter
+    /// than its `Content-Length`.
     pub complete: bool,
 }
 
 impl Response {
+    /// Parses a response; panics, showing the bytes, when it is not one.
     pub fn parse(raw: &[u8]) -> Response {
+        Self::try_parse(raw).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Parses a response, or says why the bytes are not one (no head end, no status line).
+    /// A body shorter than its `Content-Length`, or a chunked body without its last chunk,
+    /// parses with `complete` false.
+    pub fn try_parse(raw: &[u8]) -> Result<Response, String> {
+        let shown = || String::from_utf8_lossy(&raw[..raw.len().min(300)]).into_owned();
         let split = raw
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+            .ok_or_else(|| format!("no header end in {:?}", shown()))?;
         let head = String::from_utf8_lossy(&raw[..split]).into_owned();
         let mut lines = head.split("\r\n");
         let status = lines
             .next()
-            .unwrap()
-            .split(' ')
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap();
+            .and_then(|line| line.strip_prefix("HTTP/1.1 "))
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| format!("no HTTP/1.1 status line in {:?}", shown()))?;
         let headers: Vec<(String, String)> = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -334,17 +356,21 @@ impl Response {
         let chunked = headers
             .iter()
             .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
-        let (body, complete) = if chunked {
-            dechunk(rest)
-        } else {
-            (rest.to_vec(), true)
+        let declared = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse::<usize>().ok());
+        let (body, complete) = match (chunked, declared) {
+            (true, _) => dechunk(rest),
+            (false, Some(length)) => (rest.to_vec(), rest.len() >= length),
+            (false, None) => (rest.to_vec(), true),
         };
-        Response {
+        Ok(Response {
             status,
             headers,
             body,
             complete,
-        }
+        })
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -475,4 +501,34 @@ pub use forkpool::loadtest::mersenne;
 /// it mid-job: the Mersenne prime 2^21701 - 1 (6533 digits).
 pub fn slow_prime() -> String {
     mersenne(21701)
+}
+
+/// SplitMix64 (Steele, Lea & Flood 2014): a tiny deterministic PRNG, so that a randomised test
+/// can print its seed and be replayed.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0; the modulo bias is negligible for small `n`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// A duration between `low` and `high`.
+    pub fn between(&mut self, low: Duration, high: Duration) -> Duration {
+        let span = (high - low).as_micros() as u64;
+        low + Duration::from_micros(self.below(span + 1))
+    }
+
+    /// One of `items` (not empty).
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
 }
