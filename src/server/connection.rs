@@ -15,6 +15,14 @@
 //! - [`Phase::Idle`]: kept alive between requests, no byte of the next one yet. Closed
 //!   `--keepalive-timeout` after the phase began, or at once when the listener needs the slot.
 //!
+//! # Drain
+//! When the server drains, an idle connection closes at once, and one serving a request closes
+//! after answering it. One still waiting for its head is left to send it: it may have been
+//! accepted a moment ago (or taken from the accept queue as the listener closed) with its
+//! request still in the socket buffer, and hyper's graceful shutdown would close it unanswered,
+//! which a load balancer cannot retry for a POST. Its answer says `Connection: close` (a server
+//! layer), and a silent one still meets its header deadline.
+//!
 //! hyper's own `header_read_timeout` is not used: hyper starts that timer whenever it waits for
 //! a head, idle kept-alive connections included, so it would cut every idle connection at the
 //! header timeout instead of the keep-alive timeout.
@@ -52,6 +60,10 @@ use tower::Service;
 /// may take the buffer past it (up to about twice), so a head of up to ~128 KiB that arrived in
 /// one piece would otherwise be served.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// While the server drains, how often a connection looks whether it has become idle (and so
+/// must close), in case its last answer did not close it.
+const DRAIN_CHECK: Duration = Duration::from_millis(50);
 
 /// The connection timeouts, from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -274,13 +286,26 @@ pub async fn serve(
         .max_header_size(MAX_HEAD_BYTES);
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
-    let mut drain_started = *draining.borrow();
-    if drain_started {
-        connection.as_mut().graceful_shutdown();
-    }
+    let mut drain_started = false;
     loop {
-        // See the module doc for why this period is enough.
-        let check = Instant::now() + timeouts.shortest();
+        if !drain_started && *draining.borrow_and_update() {
+            drain_started = true;
+            if tracker.phase() == Phase::Active {
+                // Answered first, then closed: hyper stops keep-alive.
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+        // See the module doc (Drain) for why only an idle connection closes at once.
+        if drain_started && tracker.phase() == Phase::Idle {
+            return;
+        }
+        // See the module doc for why this period is enough; while draining, an idle
+        // connection is looked for more often, as it must close at once.
+        let period = match drain_started {
+            true => DRAIN_CHECK,
+            false => timeouts.shortest(),
+        };
+        let check = Instant::now() + period;
         let wake = tracker.deadline(&timeouts).map_or(check, |d| d.min(check));
         tokio::select! {
             result = connection.as_mut() => {
@@ -299,11 +324,7 @@ pub async fn serve(
                 tracing::debug!("idle connection closed to admit a new one");
                 return;
             }
-            _ = draining.changed(), if !drain_started => {
-                drain_started = true;
-                // Idle connections close at once; a request in flight is answered first.
-                connection.as_mut().graceful_shutdown();
-            }
+            _ = draining.changed(), if !drain_started => {}
         }
     }
 }

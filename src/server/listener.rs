@@ -9,8 +9,9 @@
 //!   (EMFILE, ENFILE, ENOBUFS, ENOMEM) pauses accepting for [`RESOURCE_BACKOFF`], and such errors
 //!   are logged at most once a second with the number that were not logged. Other errors
 //!   concern one connection (it was reset before we took it) and are skipped.
-//! - Stopping the loop closes the listening socket; the connections already held go on (the
-//!   caller drains them through their `draining` signal and the [`Registry`]).
+//! - Stopping the loop first takes what waits in the accept queue (while slots are free), then
+//!   closes the listening socket; the connections held go on (the caller drains them through
+//!   their `draining` signal and the [`Registry`]).
 
 use std::future::Future;
 use std::io;
@@ -18,8 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use futures_util::FutureExt;
 use rustix::io::Errno;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::connection::{self, Registry, Timeouts};
@@ -54,7 +56,7 @@ impl Listener {
         loop {
             let accepted = tokio::select! {
                 accepted = self.listener.accept() => accepted,
-                () = &mut stop => return,
+                () = &mut stop => return self.serve_queued(),
             };
             let stream = match accepted {
                 Ok((stream, _)) => stream,
@@ -71,16 +73,32 @@ impl Listener {
                 slot = self.slot() => slot,
                 () = &mut stop => return,
             };
-            // Small responses go out at once instead of waiting for Nagle's timer.
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(connection::serve(
-                stream,
-                self.router.clone(),
-                self.timeouts,
-                self.registry.clone(),
-                self.draining.clone(),
-                slot,
-            ));
+            self.spawn(stream, slot);
+        }
+    }
+
+    fn spawn(&self, stream: TcpStream, slot: OwnedSemaphorePermit) {
+        // Small responses go out at once instead of waiting for Nagle's timer.
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection::serve(
+            stream,
+            self.router.clone(),
+            self.timeouts,
+            self.registry.clone(),
+            self.draining.clone(),
+            slot,
+        ));
+    }
+
+    /// Takes the connections already waiting in the accept queue, while slots are free, before
+    /// the listening socket closes. Closing it resets them, and a balancer that has already
+    /// sent a request on one cannot tell whether it was started, so will not retry a POST.
+    fn serve_queued(&self) {
+        while let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            match self.listener.accept().now_or_never() {
+                Some(Ok((stream, _))) => self.spawn(stream, slot),
+                _ => return,
+            }
         }
     }
 
