@@ -2,7 +2,8 @@
 //!
 //! Every literal below was double-checked with gmpy2 2.3.2 (GMP's
 //! `is_prime`, `next_prime`, `prev_prime`, `is_strong_prp`,
-//! `is_strong_selfridge_prp`); the comments say which sequence it comes from.
+//! `is_strong_selfridge_prp`, `is_selfridge_prp`, `is_extra_strong_lucas_prp`);
+//! the comments say which sequence it comes from.
 
 use forkpool::prime::{is_bpsw_probable_prime, is_prime, is_prime_u64, Method, Verdict};
 use malachite_base::num::arithmetic::traits::{ModPow, Pow, PowerOf2};
@@ -160,6 +161,19 @@ fn pseudoprimes() {
     for n in [5459u128, 5777, 10877, 16109, 18971] {
         check(&nat(n), false);
     }
+    // Lucas pseudoprimes with Selfridge parameters (OEIS A217120).
+    for n in [323u128, 377, 1159, 1829, 3827, 9071, 9179] {
+        check(&nat(n), false);
+    }
+    // Almost extra strong Lucas pseudoprimes with Baillie's method C
+    // parameters, the Lucas test BPSW uses here: the extra strong ones (OEIS
+    // A217719) and 10469 (Jacobsen's AESLSP table); gmpy2
+    // `is_extra_strong_lucas_prp` agrees on the former.
+    for n in [
+        989u128, 3239, 5777, 10469, 10877, 27971, 29681, 30739, 31631, 39059, 72389, 73919, 75077,
+    ] {
+        check(&nat(n), false);
+    }
 }
 
 #[test]
@@ -270,6 +284,7 @@ fn bpsw_agrees_with_deterministic_u64() {
         let mut n = rng.next() | 1;
         loop {
             let prime = is_prime_u64(n);
+            assert_eq!(prime, reference_below_psi13(n.into()), "{n}");
             assert_eq!(is_bpsw_probable_prime(&nat(n.into())), prime, "{n}");
             if prime || n >= u64::MAX - 2 {
                 break;
