@@ -26,10 +26,11 @@
 //!   and the allocator that turns a failed allocation in a worker into a recognisable exit).
 //! - [`jobs`]: the server's job types (`IsPrimeJob`) and how its workers log them; no HTTP, so
 //!   worker mode needs only this and the pool.
-//! - [`prime`]: primality, pure functions.
+//! - [`prime`]: primality, pure functions (and `mersenne`, the heavy job of tests and load).
 //! - [`procfs`]: this process's CPU, memory, fd and start-time figures from `/proc/self`.
 //! - [`error`]: `AppError`, the one JSON error shape, and the status of every typed error.
 //! - [`logging`]: tracing to stderr.
+//! - [`units`]: parsers of durations (`10s`) and byte sizes (`1GiB`), for flags and files.
 //! - [`loadtest`]: the `forkpool loadtest` program behind the README's figures.
 
 pub mod config;
@@ -42,3 +43,4 @@ pub mod prime;
 pub mod procfs;
 pub mod routes;
 pub mod server;
+pub mod units;

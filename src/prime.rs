@@ -33,7 +33,9 @@
 //! while every other operation is a multiplication by a small constant, an
 //! addition or a halving.
 
-use malachite_base::num::arithmetic::traits::{CheckedSqrt, JacobiSymbol, ModPow, Parity, Square};
+use malachite_base::num::arithmetic::traits::{
+    CheckedSqrt, JacobiSymbol, ModPow, Parity, PowerOf2, Square,
+};
 use malachite_base::num::basic::traits::One;
 use malachite_base::num::conversion::traits::WrappingFrom;
 use malachite_base::num::logic::traits::{BitAccess, SignificantBits};
@@ -68,6 +70,13 @@ pub fn is_prime(n: &Natural) -> Verdict {
             method: Method::Bpsw,
         },
     }
+}
+
+/// 2^p - 1 in decimal: a prime when p is a Mersenne exponent (e.g. 4423, 9689, 11213, 19937,
+/// 21701), whose test then runs to the end instead of stopping at a witness. The heavy job of
+/// the load tester, the tests and the benchmarks.
+pub fn mersenne(p: u32) -> String {
+    (Natural::power_of_2(u64::from(p)) - Natural::from(1u32)).to_string()
 }
 
 /// Bases of the deterministic test: the first twelve primes. Proven to have no
@@ -311,6 +320,13 @@ mod tests {
         assert_eq!(selfridge_d(&Natural::from(5777u32)), Some(5));
         // 21 = 3·7 meets D = −7 with Jacobi symbol 0 first.
         assert_eq!(selfridge_d(&Natural::from(21u32)), None);
+    }
+
+    #[test]
+    fn mersenne_numbers_in_decimal() {
+        assert_eq!(mersenne(7), "127");
+        assert_eq!(mersenne(61), "2305843009213693951");
+        assert_eq!(mersenne(11213).len(), 3376);
     }
 
     #[test]

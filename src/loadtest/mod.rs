@@ -29,13 +29,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::config::parse_duration;
+use crate::units::parse_duration;
 use client::Target;
 use report::Report;
 use scenarios::{Plan, Run};
 use spawn::SpawnedServer;
-
-pub use scenarios::mersenne;
 
 #[derive(Debug, Clone, Args)]
 pub struct LoadtestArgs {

@@ -468,8 +468,8 @@ pub fn wait_until<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> O
     }
 }
 
-/// The Mersenne number 2^p - 1 in decimal (the load test's own helper).
-pub use forkpool::loadtest::mersenne;
+/// The Mersenne number 2^p - 1 in decimal.
+pub use forkpool::prime::mersenne;
 
 /// A prime whose test keeps a worker busy for a good while (around a second or more), to catch
 /// it mid-job: the Mersenne prime 2^21701 - 1 (6533 digits).
