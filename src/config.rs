@@ -15,7 +15,6 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::loadtest::LoadtestArgs;
 use crate::pool::worker::{SchedClass, WorkerSettings};
 use crate::units::{parse_duration, parse_positive_duration, parse_size};
 
@@ -34,8 +33,6 @@ pub enum Command {
     /// Runs a worker process; started by the server, not by people.
     #[command(hide = true)]
     Worker(WorkerArgs),
-    /// Measures a running (or self-spawned) forkpool: latency under load, throughput, /ls.
-    Loadtest(LoadtestArgs),
 }
 
 /// How the server runs. Shown by `/status`, so nothing secret belongs here.

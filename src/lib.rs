@@ -31,12 +31,13 @@
 //! - [`error`]: `AppError`, the one JSON error shape, and the status of every typed error.
 //! - [`logging`]: tracing to stderr.
 //! - [`units`]: parsers of durations (`10s`) and byte sizes (`1GiB`), for flags and files.
-//! - [`loadtest`]: the `forkpool loadtest` program behind the README's figures.
+//!
+//! The load tester behind the README's figures is a program of its own, `forkpool-loadtest`
+//! (the workspace member in `loadtest/`): none of it is linked into this server.
 
 pub mod config;
 pub mod error;
 pub mod jobs;
-pub mod loadtest;
 pub mod logging;
 pub mod pool;
 pub mod prime;

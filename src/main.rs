@@ -1,5 +1,6 @@
 //! The `forkpool` binary: parses the command line and dispatches to the server, the hidden
-//! worker mode, or the load test. Nothing else lives here but the choice of global allocator.
+//! worker mode. Nothing else lives here but the choice of global allocator. (The load tester
+//! is a program of its own, `forkpool-loadtest`.)
 
 use std::future::Future;
 
@@ -8,7 +9,7 @@ use forkpool::config::{Cli, Command, Config};
 use forkpool::jobs::{IsPrimeJob, RequestIdLog};
 use forkpool::pool::worker;
 use forkpool::pool::Job;
-use forkpool::{loadtest, logging, server};
+use forkpool::{logging, server};
 
 /// A worker that runs out of memory exits with a code the server can name in its 502.
 #[global_allocator]
@@ -26,7 +27,6 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Loadtest(args)) => Ok(loadtest::run(args)?),
     }
 }
 

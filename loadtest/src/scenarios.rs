@@ -18,7 +18,7 @@ use super::report::{
     ConnKind, Dispatch, Heavy, Ls, Memory, ProbePair, Sample, Saturated, SaturatedPhase, Stats,
     Throughput,
 };
-use crate::prime::mersenne;
+use forkpool::prime::mersenne;
 
 /// Longest wait for one probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);

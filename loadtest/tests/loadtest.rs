@@ -1,20 +1,33 @@
-//! `forkpool loadtest --spawn` end to end with tiny bounds, its saturated scenario held to the
-//! loose p99 bound of tests/isprime.rs's event-loop guard. The real targets are measured by the
-//! load test itself in a release build, not here.
-
-mod common;
+//! `forkpool-loadtest --spawn` end to end with tiny bounds, its saturated scenario held to the
+//! loose p99 bound of the server's event-loop guard (tests/isprime.rs). The real targets are
+//! measured by the load tester itself in a release build, not here.
+//!
+//! `--spawn` runs the `forkpool` next to the load tester: `cargo test` at the workspace root
+//! builds both (`cargo test -p forkpool-loadtest` alone may find a stale or missing server).
 
 use std::io::Read;
 use std::process::Command;
 
-use common::{alive, BIN};
+const BIN: &str = env!("CARGO_BIN_EXE_forkpool-loadtest");
+
+/// True while `pid` exists and is not a zombie. The test's own reading of /proc, independent
+/// of the load tester's clean-up that it checks.
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|close| stat[close + 2..].chars().next());
+    state != Some('Z')
+}
 
 #[test]
 fn loadtest_spawn_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let (json_path, svg_path) = (dir.path().join("lt.json"), dir.path().join("lt.svg"));
     let output = Command::new(BIN)
-        .args(["loadtest", "--spawn", "--workers", "2"])
+        .args(["--spawn", "--workers", "2"])
         .args(["--scenarios", "idle,saturated,dispatch,ls"])
         .args([
             "--idle-probes",
@@ -32,7 +45,7 @@ fn loadtest_spawn_runs_end_to_end() {
         .arg("--svg")
         .arg(&svg_path)
         .output()
-        .expect("run forkpool loadtest");
+        .expect("run forkpool-loadtest");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
