@@ -6,7 +6,7 @@
 //! crash) without harm to the server or to other jobs.
 //!
 //! # Layout
-//! - [`config`]: clap `Config` (every flag also `FORKPOOL_*` and a TOML key) and subcommands,
+//! - [`cli`]: clap `Config` (every flag also `FORKPOOL_*` and a TOML key) and subcommands,
 //!   among them `WorkerArgs`, the `forkpool worker` flags the server spells and parses.
 //! - [`server`]: `AppState`, `routers() -> (public, admin)` with their layers,
 //!   `run(listener, admin, config, shutdown)`; `server::listener` (the accept loop and the
@@ -35,7 +35,7 @@
 //! The load tester behind the README's figures is a program of its own, `forkpool-loadtest`
 //! (the workspace member in `loadtest/`): none of it is linked into this server.
 
-pub mod config;
+pub mod cli;
 pub mod error;
 pub mod jobs;
 pub mod logging;

@@ -5,7 +5,7 @@
 use std::future::Future;
 
 use anyhow::{bail, Context};
-use forkpool::config::{Cli, Command, Config};
+use forkpool::cli::{Cli, Command, Config};
 use forkpool::jobs::{IsPrimeJob, RequestIdLog};
 use forkpool::pool::worker;
 use forkpool::pool::Job;

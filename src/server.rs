@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
-use crate::config::{Config, WorkerArgs};
+use crate::cli::{Config, WorkerArgs};
 use crate::error::AppError;
 use crate::jobs::IsPrimeJob;
 use crate::pool::{Job, PoolConfig, WorkerPool};

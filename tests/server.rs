@@ -230,7 +230,7 @@ fn help_mentions_every_serve_flag() {
         "--config",
     ];
     // Whatever flags exist by the time this runs, not only the ones listed above.
-    let declared: Vec<String> = forkpool::config::Cli::command()
+    let declared: Vec<String> = forkpool::cli::Cli::command()
         .get_arguments()
         .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
         .collect();

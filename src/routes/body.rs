@@ -8,7 +8,7 @@
 //! would otherwise be read as the next request. Without these a few hundred stalled uploads
 //! could hold hundreds of megabytes (axum's default limit is 2 MiB per request).
 //!
-//! [`Config::max_body_bytes`]: crate::config::Config::max_body_bytes
+//! [`Config::max_body_bytes`]: crate::cli::Config::max_body_bytes
 
 use std::time::Duration;
 

@@ -9,7 +9,7 @@
 
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
-use crate::config::Config;
+use crate::cli::Config;
 
 /// The cap when `--max-connections` is not given (gunicorn's `worker_connections` is 1000).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
