@@ -6,10 +6,12 @@
 //! crash) without harm to the server or to other jobs.
 //!
 //! # Layout
-//! - [`cli`]: clap `Config` (every flag also `FORKPOOL_*` and a TOML key) and subcommands,
-//!   among them `WorkerArgs`, the `forkpool worker` flags the server spells and parses.
+//! - [`cli`]: the command line, only for the binary and the worker command line: clap
+//!   `Config` (every flag also `FORKPOOL_*` and a TOML key), subcommands, `WorkerArgs` (the
+//!   `forkpool worker` flags the server spells and parses), `Config::resolve() -> Settings`.
+//! - [`settings`]: `Settings`, every setting as in force (what `/status` shows).
 //! - [`server`]: `AppState`, `routers() -> (public, admin)` with their layers,
-//!   `run(listener, admin, config, shutdown)`; `server::listener` (the accept loop and the
+//!   `run(listener, admin, settings, shutdown)`; `server::listener` (the accept loop and the
 //!   connection cap), `server::connection` (one connection: header, keep-alive and drain
 //!   handling over hyper), `server::fd_budget` (the cap sized from `RLIMIT_NOFILE`).
 //! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`; `routes::body` reads
@@ -29,7 +31,7 @@
 //! - [`prime`]: primality, pure functions (and `mersenne`, the heavy job of tests and load).
 //! - [`procfs`]: this process's CPU, memory, fd and start-time figures from `/proc/self`.
 //! - [`error`]: `AppError`, the one JSON error shape, and the status of every typed error.
-//! - [`logging`]: tracing to stderr.
+//! - [`logging`]: tracing to stderr, `LogFormat`.
 //! - [`units`]: parsers of durations (`10s`) and byte sizes (`1GiB`), for flags and files.
 //!
 //! The load tester behind the README's figures is a program of its own, `forkpool-loadtest`
@@ -44,4 +46,5 @@ pub mod prime;
 pub mod procfs;
 pub mod routes;
 pub mod server;
+pub mod settings;
 pub mod units;

@@ -31,6 +31,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
+    let config = config
+        .resolve()
+        .unwrap_or_else(|e| start_error(e.to_string()));
     logging::init(config.log_format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     runtime.block_on(async {

@@ -13,7 +13,6 @@ mod listener;
 
 use std::future::Future;
 use std::ops::Deref;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -30,12 +29,13 @@ use tokio::task::JoinHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
-use crate::cli::{Config, WorkerArgs};
+use crate::cli::WorkerArgs;
 use crate::error::AppError;
 use crate::jobs::IsPrimeJob;
 use crate::pool::{Job, PoolConfig, WorkerPool};
 use crate::routes::ops::Audience;
 use crate::routes::{ls, ops, RequestId};
+use crate::settings::Settings;
 use connection::{Registry, Timeouts};
 use fd_budget::{BudgetError, ADMIN_MAX_CONNECTIONS};
 use listener::Listener;
@@ -47,10 +47,9 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub struct AppState(Arc<State>);
 
 pub struct State {
-    pub config: Config,
+    /// The settings in force, as `/status` shows them.
+    pub config: Settings,
     pub pool: WorkerPool<IsPrimeJob>,
-    /// Canonical form of `--ls-root`, resolved once at start-up (shown by /status).
-    pub ls_root: PathBuf,
     /// What /ls runs on: the root held open as an fd, and `ls` found once.
     pub ls: ls::Ls,
     /// One permit per `ls` process allowed to run.
@@ -71,11 +70,6 @@ impl Deref for AppState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("--ls-root {path}: {source}")]
-    LsRoot {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Ls(#[from] ls::SetupError),
     #[error("cannot find this executable to start workers from (set --worker-program): {0}")]
@@ -85,19 +79,10 @@ pub enum StartError {
 }
 
 impl AppState {
-    /// Resolves paths and starts the worker pool. Must run inside the Tokio runtime.
-    pub fn new(config: Config) -> Result<AppState, StartError> {
-        let root = match &config.ls_root {
-            Some(root) => root.clone(),
-            None => std::env::current_dir().map_err(|source| StartError::LsRoot {
-                path: ".".into(),
-                source,
-            })?,
-        };
-        let ls_root = root
-            .canonicalize()
-            .map_err(|source| StartError::LsRoot { path: root, source })?;
-        let ls = ls::Ls::open(&ls_root)?;
+    /// Opens the /ls root, finds the worker program and starts the worker pool. Must run
+    /// inside the Tokio runtime.
+    pub fn new(config: Settings) -> Result<AppState, StartError> {
+        let ls = ls::Ls::open(&config.ls_root)?;
         let program = match &config.worker_program {
             Some(program) => program.clone(),
             None => std::env::current_exe().map_err(StartError::WorkerProgram)?,
@@ -116,7 +101,6 @@ impl AppState {
             ls_slots: Arc::new(Semaphore::new(config.ls_max_concurrent as usize)),
             config,
             pool,
-            ls_root,
             ls,
             metrics,
             started: Instant::now(),
@@ -137,9 +121,9 @@ impl AppState {
 }
 
 /// The pool's settings under `config`; its metrics are the server's `forkpool_*`.
-fn pool_config(config: &Config) -> PoolConfig {
+fn pool_config(config: &Settings) -> PoolConfig {
     PoolConfig {
-        workers: config.worker_count(),
+        workers: config.workers,
         queue: config.queue as usize,
         job_timeout: config.job_timeout,
         max_line: config.max_line as usize,
@@ -335,7 +319,7 @@ fn describe_metrics() {
 pub async fn run(
     listener: TcpListener,
     admin: Option<TcpListener>,
-    config: Config,
+    config: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let grace = config.shutdown_grace;
@@ -346,7 +330,7 @@ pub async fn run(
     // Before the pool starts: the budget counts the descriptors open without it. The cap in
     // force replaces the flag, so that /status shows what was chosen.
     let cap = fd_budget::connection_cap(&config)?;
-    let state = AppState::new(Config {
+    let state = AppState::new(Settings {
         max_connections: Some(cap),
         ..config
     })?;
@@ -395,7 +379,7 @@ struct Serving {
 }
 
 impl Serving {
-    fn new(config: &Config) -> Serving {
+    fn new(config: &Settings) -> Serving {
         Serving {
             timeouts: Timeouts {
                 header: config.header_timeout,

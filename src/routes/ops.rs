@@ -298,17 +298,13 @@ fn append_process_metrics(text: &mut String, stats: &ProcessStats) {
 }
 
 pub async fn status(State(state): State<AppState>) -> impl IntoResponse {
-    // The config in force: defaults that are resolved at start-up show their resolved value.
-    let mut config = serde_json::to_value(&state.config).unwrap_or_default();
-    config["workers"] = json!(state.config.worker_count());
-    config["ls_root"] = json!(state.ls_root);
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
         "shutting_down": state.is_shutting_down(),
         "queue_depth": state.pool.queue_depth(),
-        "config": config,
+        "config": &state.config,
         "workers": state.pool.status(),
     }))
 }
