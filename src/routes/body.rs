@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::error::AppError;
-use crate::server::AppState;
+use crate::routes::state::AppState;
 
 /// Why a request body was not read.
 #[derive(Debug, thiserror::Error)]

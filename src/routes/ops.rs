@@ -15,7 +15,7 @@ use super::{isprime, ls};
 use crate::error::AppError;
 use crate::pool::WorkerState;
 use crate::procfs::ProcessStats;
-use crate::server::AppState;
+use crate::routes::state::AppState;
 
 /// One endpoint: the routers serve it from this table and `GET /` lists it from the same
 /// table, so neither can name a path the other lacks. `docs/openapi.json` is held to it by
