@@ -421,7 +421,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["forkpool", "--worker-sched", "other", "--worker-nice", "3"])
                 .unwrap();
-        let args = WorkerArgs::for_server(&cli.config, "isprime");
+        let args = WorkerArgs::for_server(&cli.config.resolve().unwrap(), "isprime");
         let line = std::iter::once("forkpool".to_owned()).chain(args.to_args());
         let Some(Command::Worker(parsed)) = Cli::try_parse_from(line).unwrap().command else {
             panic!("not parsed as the worker subcommand");

@@ -7,7 +7,7 @@ mod common;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{mersenne, slow_prime, wait_until, Server};
+use common::{busy_jobs, mersenne, slow_prime, wait_until, Server};
 
 fn server() -> Server {
     let server = Server::start(&["--workers", "2", "--max-digits", "50"]);
@@ -123,13 +123,6 @@ fn numbers_over_the_digit_cap_get_413() {
     server.post_json("/isprime", &body).assert_error(413);
 }
 
-/// True when /status lists `n` workers, all busy.
-fn all_busy(server: &Server, n: usize) -> bool {
-    let status = server.get("/status").json();
-    let workers = status["workers"].as_array().cloned().unwrap_or_default();
-    workers.len() == n && workers.iter().all(|w| w["state"] == "busy")
-}
-
 #[test]
 fn testrequest_answers_while_every_worker_is_busy() {
     let server = Server::start(&["--workers", "2"]);
@@ -138,7 +131,7 @@ fn testrequest_answers_while_every_worker_is_busy() {
     // Two heavy jobs per worker, so that both stay busy for the whole probe run.
     let jobs: Vec<TcpStream> = (0..4).map(|_| server.send_job(&number)).collect();
     let busy = wait_until(Duration::from_secs(10), || {
-        all_busy(&server, 2).then_some(())
+        (busy_jobs(&server).len() == 2).then_some(())
     });
     assert!(
         busy.is_some(),
@@ -155,7 +148,7 @@ fn testrequest_answers_while_every_worker_is_busy() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(
-        all_busy(&server, 2),
+        busy_jobs(&server).len() == 2,
         "a worker went idle during the probes, so they did not measure saturation; use a \
          slower heavy job"
     );
