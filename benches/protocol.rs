@@ -5,9 +5,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use forkpool::jobs::{IsPrimeError, IsPrimeJob, IsPrimeOutput};
-use forkpool::loadtest::mersenne;
 use forkpool::pool::protocol::{decode, encode, Outcome, Reply, Request};
-use forkpool::prime::Method;
+use forkpool::prime::{mersenne, Method};
 
 fn job(n: String) -> Request<IsPrimeJob> {
     Request {

@@ -1,7 +1,8 @@
-//! Typed errors become JSON responses here, in one shape: `{"error": "...", "status": 404}`.
+//! Errors become JSON responses here, in one shape: `{"error": "...", "status": 404}`.
 //!
-//! Each module keeps its own error type (`PoolError`, `NumberError`, `LsError`); the mapping to
-//! an HTTP status lives in one place, below, so that the same failure always gets the same code.
+//! Each module keeps its own error type (`NumberError`, `LsError`, and `PoolError` for the
+//! pool) and says its own status by implementing [`HttpError`]; this module only knows
+//! [`AppError`], the response, and imports nothing else of the crate.
 
 use std::time::Duration;
 
@@ -9,14 +10,12 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::pool::PoolError;
-use crate::routes::isprime::NumberError;
-use crate::routes::ls::LsError;
-
 /// An error as the client sees it.
 #[derive(Debug)]
 pub struct AppError {
+    /// The response status, also in the body as `status`.
     pub status: StatusCode,
+    /// The body's `error`: what went wrong, in words a client can act on.
     pub message: String,
     /// Sent as `Retry-After` (whole seconds) on 503s that are worth retrying.
     pub retry_after: Option<Duration>,
@@ -34,14 +33,6 @@ impl AppError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
-
-    /// 503 with `Retry-After`, for a server that is busy right now.
-    pub fn busy(message: impl Into<String>) -> Self {
-        AppError {
-            retry_after: Some(Duration::from_secs(1)),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
-        }
-    }
 }
 
 impl IntoResponse for AppError {
@@ -58,50 +49,28 @@ impl IntoResponse for AppError {
     }
 }
 
-impl<E: std::fmt::Display> From<PoolError<E>> for AppError {
-    fn from(e: PoolError<E>) -> Self {
-        let message = e.to_string();
-        match e {
-            PoolError::QueueFull(_) => AppError::busy(message),
-            PoolError::ShuttingDown => AppError::new(StatusCode::SERVICE_UNAVAILABLE, message),
-            PoolError::Timeout(_) => AppError::new(StatusCode::GATEWAY_TIMEOUT, message),
-            PoolError::WorkerDied { .. } | PoolError::Protocol { .. } => {
-                AppError::new(StatusCode::BAD_GATEWAY, message)
-            }
-            PoolError::JobFailed(_) | PoolError::DriverPanic => {
-                AppError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
-            }
+/// An error that knows how it looks over HTTP. Each module's error type implements it next to
+/// its definition, so that the same failure always gets the same code; `?` in a handler turns
+/// any of them into an [`AppError`] through the one `From` below.
+pub trait HttpError: std::fmt::Display {
+    /// The status of the response.
+    fn status(&self) -> StatusCode;
+
+    /// `Retry-After` of a 503 worth retrying shortly; none by default.
+    fn retry_after(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// `Retry-After` of a server that is busy right now (a full queue, every `ls` slot taken).
+pub const RETRY_WHEN_BUSY: Duration = Duration::from_secs(1);
+
+impl<E: HttpError> From<E> for AppError {
+    fn from(e: E) -> Self {
+        AppError {
+            status: e.status(),
+            message: e.to_string(),
+            retry_after: e.retry_after(),
         }
-    }
-}
-
-impl From<NumberError> for AppError {
-    fn from(e: NumberError) -> Self {
-        let status = match e {
-            NumberError::TooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        AppError::new(status, e.to_string())
-    }
-}
-
-impl From<LsError> for AppError {
-    fn from(e: LsError) -> Self {
-        let message = e.to_string();
-        let status = match e {
-            LsError::TooLong { .. } | LsError::NulByte | LsError::Unresolvable { .. } => {
-                StatusCode::BAD_REQUEST
-            }
-            LsError::OutsideRoot(_) | LsError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            LsError::NotFound(_) => StatusCode::NOT_FOUND,
-            LsError::Busy(_) => return AppError::busy(message),
-            LsError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            LsError::Io { .. }
-            | LsError::Spawn(_)
-            | LsError::Failed(_)
-            | LsError::Read(_)
-            | LsError::Lost => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        AppError::new(status, message)
     }
 }

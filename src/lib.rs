@@ -6,14 +6,17 @@
 //! crash) without harm to the server or to other jobs.
 //!
 //! # Layout
-//! - [`config`]: clap `Config` (every flag also `FORKPOOL_*` and a TOML key) and subcommands,
-//!   among them `WorkerArgs`, the `forkpool worker` flags the server spells and parses.
-//! - [`server`]: `AppState`, `routers() -> (public, admin)` with their layers,
-//!   `run(listener, admin, config, shutdown)`; `server::listener` (the accept loop and the
+//! - [`cli`]: the command line, only for the binary and the worker command line: clap
+//!   `Config` (every flag also `FORKPOOL_*` and a TOML key), subcommands, `WorkerArgs` (the
+//!   `forkpool worker` flags the server spells and parses), `Config::resolve() -> Settings`.
+//! - [`settings`]: `Settings`, every setting as in force (what `/status` shows).
+//! - [`server`]: `routers() -> (public, admin)` with their layers,
+//!   `run(listener, admin, settings, shutdown)`; `server::listener` (the accept loop and the
 //!   connection cap), `server::connection` (one connection: header, keep-alive and drain
 //!   handling over hyper), `server::fd_budget` (the cap sized from `RLIMIT_NOFILE`).
 //! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`; `routes::body` reads
-//!   request bodies under a size limit and a deadline.
+//!   request bodies under a size limit and a deadline; `routes::state` holds `AppState`, what
+//!   every handler shares (settings, pool, /ls, metrics), which the server builds.
 //! - [`pool`]: a library of its own (imports nothing from the crate): `WorkerPool<J: Job>`
 //!   (submit with an opaque tag, queue, deadlines, roll, shutdown, drop guard), `PoolConfig`,
 //!   `WorkerCommand` (how the embedding program starts a worker); `pool::driver` (the per-slot
@@ -26,19 +29,24 @@
 //!   and the allocator that turns a failed allocation in a worker into a recognisable exit).
 //! - [`jobs`]: the server's job types (`IsPrimeJob`) and how its workers log them; no HTTP, so
 //!   worker mode needs only this and the pool.
-//! - [`prime`]: primality, pure functions.
+//! - [`prime`]: primality, pure functions (and `mersenne`, the heavy job of tests and load).
 //! - [`procfs`]: this process's CPU, memory, fd and start-time figures from `/proc/self`.
-//! - [`error`]: `AppError`, the one JSON error shape, and the status of every typed error.
-//! - [`logging`]: tracing to stderr.
-//! - [`loadtest`]: the `forkpool loadtest` program behind the README's figures.
+//! - [`error`]: `AppError`, the one JSON error shape, and `HttpError`, which every typed error
+//!   implements next to its definition to say its status.
+//! - [`logging`]: tracing to stderr, `LogFormat`.
+//! - [`units`]: parsers of durations (`10s`) and byte sizes (`1GiB`), for flags and files.
+//!
+//! The load tester behind the README's figures is a program of its own, `forkpool-loadtest`
+//! (the workspace member in `loadtest/`): none of it is linked into this server.
 
-pub mod config;
+pub mod cli;
 pub mod error;
 pub mod jobs;
-pub mod loadtest;
 pub mod logging;
 pub mod pool;
 pub mod prime;
 pub mod procfs;
 pub mod routes;
 pub mod server;
+pub mod settings;
+pub mod units;

@@ -6,10 +6,21 @@
 
 use std::io::IsTerminal;
 
+use clap::ValueEnum;
+use serde::Serialize;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `key=value` text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
+/// Installs the global subscriber. Call once per process.
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

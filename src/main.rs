@@ -1,14 +1,15 @@
 //! The `forkpool` binary: parses the command line and dispatches to the server, the hidden
-//! worker mode, or the load test. Nothing else lives here but the choice of global allocator.
+//! worker mode. Nothing else lives here but the choice of global allocator. (The load tester
+//! is a program of its own, `forkpool-loadtest`.)
 
 use std::future::Future;
 
 use anyhow::{bail, Context};
-use forkpool::config::{Cli, Command, Config};
+use forkpool::cli::{Cli, Command, Config};
 use forkpool::jobs::{IsPrimeJob, RequestIdLog};
 use forkpool::pool::worker;
 use forkpool::pool::Job;
-use forkpool::{loadtest, logging, server};
+use forkpool::{logging, server};
 
 /// A worker that runs out of memory exits with a code the server can name in its 502.
 #[global_allocator]
@@ -26,11 +27,13 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(Command::Loadtest(args)) => Ok(loadtest::run(args)?),
     }
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
+    let config = config
+        .resolve()
+        .unwrap_or_else(|e| start_error(e.to_string()));
     logging::init(config.log_format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     runtime.block_on(async {

@@ -46,7 +46,9 @@
 //! That halving is what brings the whole test level with GMP even though each
 //! of malachite's modular products costs more than GMP's.
 
-use malachite_base::num::arithmetic::traits::{CheckedSqrt, JacobiSymbol, ModPow, Square};
+use malachite_base::num::arithmetic::traits::{
+    CheckedSqrt, JacobiSymbol, ModPow, PowerOf2, Square,
+};
 use malachite_base::num::basic::traits::One;
 use malachite_base::num::conversion::traits::WrappingFrom;
 use malachite_base::num::factorization::traits::IsPrime;
@@ -82,6 +84,13 @@ pub fn is_prime(n: &Natural) -> Verdict {
             method: Method::Bpsw,
         },
     }
+}
+
+/// 2^p - 1 in decimal: a prime when p is a Mersenne exponent (e.g. 4423, 9689, 11213, 19937,
+/// 21701), whose test then runs to the end instead of stopping at a witness. The heavy job of
+/// the load tester, the tests and the benchmarks.
+pub fn mersenne(p: u32) -> String {
+    (Natural::power_of_2(u64::from(p)) - Natural::from(1u32)).to_string()
 }
 
 /// Exact primality test for 64-bit integers: malachite-base's `u64::is_prime`,
@@ -279,6 +288,13 @@ mod tests {
                 "{n}"
             );
         }
+    }
+
+    #[test]
+    fn mersenne_numbers_in_decimal() {
+        assert_eq!(mersenne(7), "127");
+        assert_eq!(mersenne(61), "2305843009213693951");
+        assert_eq!(mersenne(11213).len(), 3376);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The HTTP server: shared state, the routers with their layers, and `run`, which serves until
+//! The HTTP server: the routers with their layers, and `run`, which serves until
 //! a shutdown future resolves and then drains in order (readiness off, listeners closed,
 //! requests finished, workers retired), all within the configured grace period. A request still
 //! waiting when the grace period ends is answered 503 before its connection closes.
@@ -12,9 +12,7 @@ mod fd_budget;
 mod listener;
 
 use std::future::Future;
-use std::ops::Deref;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -23,129 +21,31 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
-use crate::config::{Config, WorkerArgs};
 use crate::error::AppError;
-use crate::jobs::IsPrimeJob;
-use crate::pool::{Job, PoolConfig, WorkerPool};
 use crate::routes::ops::Audience;
-use crate::routes::{ls, ops, RequestId};
+use crate::routes::state::{AppState, StateError};
+use crate::routes::{ops, RequestId};
+use crate::settings::Settings;
 use connection::{Registry, Timeouts};
 use fd_budget::{BudgetError, ADMIN_MAX_CONNECTIONS};
 use listener::Listener;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Shared by every handler. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<State>);
-
-pub struct State {
-    pub config: Config,
-    pub pool: WorkerPool<IsPrimeJob>,
-    /// Canonical form of `--ls-root`, resolved once at start-up (shown by /status).
-    pub ls_root: PathBuf,
-    /// What /ls runs on: the root held open as an fd, and `ls` found once.
-    pub ls: ls::Ls,
-    /// One permit per `ls` process allowed to run.
-    pub ls_slots: Arc<Semaphore>,
-    pub metrics: PrometheusHandle,
-    pub started: Instant,
-    shutting_down: AtomicBool,
-    /// Turns true when `--shutdown-grace` ends: requests still waiting are answered 503.
-    grace_over: watch::Sender<bool>,
-}
-
-impl Deref for AppState {
-    type Target = State;
-    fn deref(&self) -> &State {
-        &self.0
-    }
-}
-
+/// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("--ls-root {path}: {source}")]
-    LsRoot {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error(transparent)]
-    Ls(#[from] ls::SetupError),
-    #[error("cannot find this executable to start workers from (set --worker-program): {0}")]
-    WorkerProgram(std::io::Error),
+    State(#[from] StateError),
     #[error("--max-connections: {0}")]
     Connections(#[from] BudgetError),
-}
-
-impl AppState {
-    /// Resolves paths and starts the worker pool. Must run inside the Tokio runtime.
-    pub fn new(config: Config) -> Result<AppState, StartError> {
-        let root = match &config.ls_root {
-            Some(root) => root.clone(),
-            None => std::env::current_dir().map_err(|source| StartError::LsRoot {
-                path: ".".into(),
-                source,
-            })?,
-        };
-        let ls_root = root
-            .canonicalize()
-            .map_err(|source| StartError::LsRoot { path: root, source })?;
-        let ls = ls::Ls::open(&ls_root)?;
-        let program = match &config.worker_program {
-            Some(program) => program.clone(),
-            None => std::env::current_exe().map_err(StartError::WorkerProgram)?,
-        };
-        // Before the pool: it registers metric handles, which need the recorder in place.
-        let metrics = metrics_handle();
-        let pool = WorkerPool::start(pool_config(&config), {
-            let args = WorkerArgs::for_server(&config, IsPrimeJob::KIND).to_args();
-            move || {
-                let mut command = std::process::Command::new(&program);
-                command.args(&args);
-                command
-            }
-        });
-        Ok(AppState(Arc::new(State {
-            ls_slots: Arc::new(Semaphore::new(config.ls_max_concurrent as usize)),
-            config,
-            pool,
-            ls_root,
-            ls,
-            metrics,
-            started: Instant::now(),
-            shutting_down: AtomicBool::new(false),
-            grace_over: watch::Sender::new(false),
-        })))
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
-    }
-
-    /// Readiness off and no new jobs; what is queued or running may finish.
-    fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
-        self.pool.close();
-    }
-}
-
-/// The pool's settings under `config`; its metrics are the server's `forkpool_*`.
-fn pool_config(config: &Config) -> PoolConfig {
-    PoolConfig {
-        workers: config.worker_count(),
-        queue: config.queue as usize,
-        job_timeout: config.job_timeout,
-        max_line: config.max_line as usize,
-        max_jobs_per_worker: config.max_jobs_per_worker,
-        metrics_prefix: "forkpool".into(),
-    }
 }
 
 /// The routers: the public one, and the admin one when `--admin-listen` is set. Without it
@@ -282,51 +182,6 @@ fn new_request_id() -> String {
     format!("{prefix:08x}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// The process-wide Prometheus recorder, installed on first use.
-fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    const BUCKETS: [f64; 14] = [
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
-    ];
-    HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new()
-                .set_buckets(&BUCKETS)
-                .expect("bucket list is not empty")
-                .install_recorder()
-                .inspect(|_| {
-                    describe_metrics();
-                    metrics::gauge!("forkpool_build_info", "version" => env!("CARGO_PKG_VERSION"))
-                        .set(1.0);
-                })
-                .expect("forkpool installs the only metrics recorder")
-        })
-        .clone()
-}
-
-/// `# HELP` lines for every metric that the server and `/ls` record (the pool describes its
-/// own): a family without one fails `promtool check metrics`. The `process_*` families are not
-/// recorded but rendered at scrape time (`routes::ops`), with their own HELP.
-fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_gauge!(
-        "forkpool_build_info",
-        "Always 1; the label `version` is the running build's version"
-    );
-    describe_counter!(
-        "forkpool_http_requests_total",
-        "HTTP requests by route and status"
-    );
-    describe_histogram!(
-        "forkpool_http_request_duration_seconds",
-        "HTTP request duration by route"
-    );
-    describe_gauge!("forkpool_pool_workers", "Worker slots by state");
-    describe_gauge!("forkpool_queue_depth", "Jobs waiting for a worker");
-    describe_gauge!("forkpool_ls_running", "`ls` processes running for /ls");
-    describe_counter!("forkpool_ls_total", "/ls requests by outcome");
-}
-
 /// Serves `listener` (and `admin`, the `--admin-listen` socket) until `shutdown` resolves,
 /// then drains: readiness goes to 503 and new jobs are refused at once; after
 /// `--shutdown-delay` the listeners close and each connection closes once its request is
@@ -335,7 +190,7 @@ fn describe_metrics() {
 pub async fn run(
     listener: TcpListener,
     admin: Option<TcpListener>,
-    config: Config,
+    config: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let grace = config.shutdown_grace;
@@ -346,7 +201,7 @@ pub async fn run(
     // Before the pool starts: the budget counts the descriptors open without it. The cap in
     // force replaces the flag, so that /status shows what was chosen.
     let cap = fd_budget::connection_cap(&config)?;
-    let state = AppState::new(Config {
+    let state = AppState::new(Settings {
         max_connections: Some(cap),
         ..config
     })?;
@@ -395,7 +250,7 @@ struct Serving {
 }
 
 impl Serving {
-    fn new(config: &Config) -> Serving {
+    fn new(config: &Settings) -> Serving {
         Serving {
             timeouts: Timeouts {
                 header: config.header_timeout,

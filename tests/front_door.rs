@@ -390,18 +390,8 @@ fn a_request_still_waiting_when_the_grace_ends_is_answered_503() {
 fn admin_endpoints_move_to_the_admin_listener() {
     let server = Server::start(&["--workers", "1", "--admin-listen", "127.0.0.1:0"]);
     server.wait_for_workers(1);
-    let admin = server.admin.expect("the admin address is printed");
-    let on_admin = |path: &str| {
-        let mut stream = TcpStream::connect(admin).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).unwrap();
-        Response::parse(&raw)
-    };
+    assert!(server.admin.is_some(), "the admin address is printed");
+    let on_admin = |path: &str| server.get_admin(path);
     for path in ["/metrics", "/status"] {
         server.get(path).assert_error(404);
         assert_eq!(on_admin(path).status, 200, "{path} on the admin listener");

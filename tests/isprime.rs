@@ -1,9 +1,13 @@
 //! `/isprime` over HTTP: answers, the reply's shape, and every kind of bad input.
-//! (The primality vectors themselves are in tests/prime.rs.)
+//! (The primality vectors themselves are in tests/prime.rs.) Also the regression guard for a
+//! blocked event loop: probes while every worker is busy, with a loose bound.
 
 mod common;
 
-use common::{mersenne, Server};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::{busy_jobs, mersenne, slow_prime, wait_until, Server};
 
 fn server() -> Server {
     let server = Server::start(&["--workers", "2", "--max-digits", "50"]);
@@ -117,4 +121,43 @@ fn numbers_over_the_digit_cap_get_413() {
     );
     let body = format!("{{\"number\": 1{fifty}}}");
     server.post_json("/isprime", &body).assert_error(413);
+}
+
+#[test]
+fn testrequest_answers_while_every_worker_is_busy() {
+    let server = Server::start(&["--workers", "2"]);
+    server.wait_for_workers(2);
+    let number = slow_prime();
+    // Two heavy jobs per worker, so that both stay busy for the whole probe run.
+    let jobs: Vec<TcpStream> = (0..4).map(|_| server.send_job(&number)).collect();
+    let busy = wait_until(Duration::from_secs(10), || {
+        (busy_jobs(&server).len() == 2).then_some(())
+    });
+    assert!(
+        busy.is_some(),
+        "workers never all busy: {}",
+        server.get("/status").text()
+    );
+
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let started = Instant::now();
+        let response = server.get("/testrequest");
+        times.push(started.elapsed());
+        assert_eq!(response.status, 200);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        busy_jobs(&server).len() == 2,
+        "a worker went idle during the probes, so they did not measure saturation; use a \
+         slower heavy job"
+    );
+    times.sort();
+    let p99 = times[(times.len() * 99).div_ceil(100) - 1];
+    assert!(
+        p99 < Duration::from_millis(100),
+        "/testrequest p99 {p99:?} with every worker busy: is the event loop blocked? {times:?}"
+    );
+    // The heavy jobs are abandoned; the server is killed when it drops.
+    drop(jobs);
 }

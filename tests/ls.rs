@@ -6,34 +6,39 @@ mod common;
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::{wait_until, Response, Server};
 
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+/// A temporary directory (tempfile's) under its canonical path, removed on drop.
+struct TempDir {
+    /// Removes the directory when dropped.
+    dir: tempfile::TempDir,
+    /// Canonical: the server resolves `--ls-root`, and tests compare paths with its.
+    path: PathBuf,
+}
 
 impl TempDir {
     fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("forkpool-ls-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path.canonicalize().unwrap())
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("forkpool-ls-{tag}-"))
+            .tempdir()
+            .unwrap();
+        let path = dir.path().canonicalize().unwrap();
+        TempDir { dir, path }
     }
 
     fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
 
     fn str(&self) -> &str {
-        self.0.to_str().unwrap()
+        self.path.to_str().unwrap()
     }
 
     fn file(&self, name: &str) -> PathBuf {
-        let path = self.0.join(name);
+        let path = self.path.join(name);
         std::fs::write(&path, name.as_bytes()).unwrap();
         path
     }
@@ -42,14 +47,13 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         use std::os::unix::fs::PermissionsExt;
-        // A test may leave a mode-000 directory behind.
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
+        // A test may leave a mode-000 directory behind, which the removal could not enter.
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
             for entry in entries.flatten() {
                 let _ =
                     std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o755));
             }
         }
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -1,4 +1,4 @@
-//! Issue 6: operating the service: /readyz, /metrics, /status, request ids in worker logs,
+//! Operating the service: /readyz, /metrics, /status, request ids in worker logs,
 //! --log-format json, --config FILE, SIGHUP rolling restarts.
 //!
 //! Tests marked "needs the real src/prime.rs" hold a worker busy with `common::slow_prime()`;
@@ -9,11 +9,13 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{alive, run_to_exit, signal, slow_prime, wait_until, Response, Server};
+use common::{
+    alive, busy_jobs, run_to_exit, signal, slow_prime, status, temp_file, wait_until, Response,
+    Server,
+};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
@@ -251,40 +253,6 @@ fn try_get(addr: SocketAddr, path: &str) -> Option<Response> {
         .then(|| Response::parse(&raw))
 }
 
-fn status(server: &Server) -> Value {
-    let response = server.get("/status");
-    assert_eq!(response.status, 200, "{}", response.text());
-    response.json()
-}
-
-/// Waits until exactly `n` workers are up and idle per /status, the same pids as /proc shows,
-/// so that counts are exact (`Server::wait_for_workers` is satisfied by one ready worker while
-/// another is still starting).
-fn wait_ready(server: &Server, n: usize) -> Vec<u32> {
-    wait_until(Duration::from_secs(20), || {
-        let rows = status(server)["workers"].as_array()?.clone();
-        let mut pids: Vec<u32> = rows
-            .iter()
-            .filter(|w| w["state"] == "idle")
-            .filter_map(|w| w["pid"].as_u64())
-            .map(|p| p as u32)
-            .collect();
-        pids.sort_unstable();
-        (rows.len() == n && pids.len() == n && server.worker_pids() == pids).then_some(pids)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "{n} idle workers did not come up: /status {}, children {:?}",
-            status(server)["workers"],
-            server.children()
-        )
-    })
-}
-
-fn wait_exit(server: &mut Server, limit: Duration) -> Option<ExitStatus> {
-    wait_until(limit, || server.child.try_wait().expect("try_wait"))
-}
-
 fn slow_body() -> String {
     format!("{{\"number\": \"{}\"}}", slow_prime())
 }
@@ -293,17 +261,8 @@ fn slow_body() -> String {
 /// (`finished` says whether it is done) ended first: then the job was never seen running.
 fn wait_busy(server: &Server, finished: impl Fn() -> bool) -> (u32, u64) {
     let seen = wait_until(Duration::from_secs(30), || {
-        let status = status(server);
-        let busy = status["workers"].as_array().unwrap().iter().find_map(|w| {
-            (w["state"] == "busy").then(|| {
-                (
-                    w["pid"].as_u64().unwrap() as u32,
-                    w["job"].as_u64().unwrap(),
-                )
-            })
-        });
-        match busy {
-            Some(found) => Some(Some(found)),
+        match busy_jobs(server).first() {
+            Some(&(job, pid)) => Some(Some((pid, job))),
             None if finished() => Some(None),
             None => None,
         }
@@ -319,35 +278,13 @@ fn refuse_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     (code, stderr)
 }
 
-/// A TOML file that is removed on drop.
-struct TempFile(std::path::PathBuf);
-
-impl TempFile {
-    fn new(name: &str, text: &str) -> TempFile {
-        let path =
-            std::env::temp_dir().join(format!("forkpool-ops-{}-{name}.toml", std::process::id()));
-        std::fs::write(&path, text).unwrap();
-        TempFile(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // /healthz and /readyz
 
 #[test]
 fn readyz_is_200_with_live_workers_and_healthz_always_200() {
     let server = Server::start(&["--workers", "2"]);
-    wait_ready(&server, 2);
+    server.wait_for_workers(2);
     let ready = server.get("/readyz");
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(ready.json()["live_workers"], 2);
@@ -375,7 +312,7 @@ fn readyz_is_503_when_no_worker_can_start() {
 #[test]
 fn readyz_flips_to_503_during_shutdown_and_new_jobs_are_refused() {
     let mut server = Server::start(&["--workers", "1", "--shutdown-delay", "5s"]);
-    wait_ready(&server, 1);
+    server.wait_for_workers(1);
     assert_eq!(server.get("/readyz").status, 200);
     let signalled = Instant::now();
     server.terminate();
@@ -395,7 +332,9 @@ fn readyz_flips_to_503_during_shutdown_and_new_jobs_are_refused() {
         signalled.elapsed() < Duration::from_secs(5),
         "too slow to observe the delay"
     );
-    let exit = wait_exit(&mut server, Duration::from_secs(30)).expect("server exits");
+    let exit = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("server exits");
     assert_eq!(exit.code(), Some(0), "{}", server.log());
     assert!(
         signalled.elapsed() >= Duration::from_secs(5),
@@ -409,7 +348,7 @@ fn readyz_flips_to_503_during_shutdown_and_new_jobs_are_refused() {
 #[test]
 fn metrics_parse_and_move_with_requests() {
     let server = Server::start(&["--workers", "2"]);
-    wait_ready(&server, 2);
+    server.wait_for_workers(2);
     let before = scrape(&server);
     let testrequest = [("route", "/testrequest"), ("status", "200")];
     let not_found = [("route", "unmatched"), ("status", "404")];
@@ -500,7 +439,7 @@ fn metrics_parse_and_move_with_requests() {
 #[test]
 fn a_killed_idle_worker_counts_as_crashed_by_signal_9_and_is_replaced() {
     let server = Server::start(&["--workers", "1"]);
-    let [old] = wait_ready(&server, 1)[..] else {
+    let [old] = server.wait_for_workers(1)[..] else {
         unreachable!()
     };
     signal(old, "KILL");
@@ -525,7 +464,7 @@ fn a_killed_idle_worker_counts_as_crashed_by_signal_9_and_is_replaced() {
 /// listing, a 404 and a 405; then kills the idle worker and waits for its replacement, so that
 /// the exit and spawn counters have moved. Returns the scrape that follows, as text.
 fn scrape_after_traffic(server: &Server) -> String {
-    let [old] = wait_ready(server, 1)[..] else {
+    let [old] = server.wait_for_workers(1)[..] else {
         unreachable!()
     };
     assert_eq!(server.get("/isprime?number=97").status, 200);
@@ -653,7 +592,7 @@ fn promtool_check_metrics_passes_on_a_live_server_after_traffic() {
 #[test]
 fn a_job_that_times_out_is_504_and_counted() {
     let server = Server::start(&["--workers", "1", "--job-timeout", "200ms"]);
-    let [old] = wait_ready(&server, 1)[..] else {
+    let [old] = server.wait_for_workers(1)[..] else {
         unreachable!()
     };
     let response = server.post_json("/isprime", &slow_body());
@@ -678,7 +617,7 @@ fn a_job_that_times_out_is_504_and_counted() {
 #[test]
 fn a_worker_killed_mid_job_is_502_naming_the_signal_and_counted() {
     let server = Server::start(&["--workers", "1"]);
-    wait_ready(&server, 1);
+    server.wait_for_workers(1);
     let body = slow_body();
     let response = std::thread::scope(|s| {
         let request = s.spawn(|| server.post_json("/isprime", &body));
@@ -695,7 +634,7 @@ fn a_worker_killed_mid_job_is_502_naming_the_signal_and_counted() {
     assert!(message.contains("signal 9"), "{message}");
     let killed = [("reason", "crashed"), ("signal", "9")];
     assert_one_job_and_worker_exit(&server, "crashed", &killed);
-    wait_ready(&server, 1);
+    server.wait_for_workers(1);
     assert_eq!(server.get("/isprime?number=7").status, 200);
     server.assert_no_zombies();
 }
@@ -706,7 +645,7 @@ fn a_worker_killed_mid_job_is_502_naming_the_signal_and_counted() {
 #[test]
 fn status_lists_exactly_the_workers_with_live_pids() {
     let server = Server::start(&["--workers", "3", "--job-timeout", "7s"]);
-    let pids = wait_ready(&server, 3);
+    let pids = server.wait_for_workers(3);
     let jobs = 5;
     for n in 0..jobs {
         assert_eq!(
@@ -765,7 +704,7 @@ fn status_lists_exactly_the_workers_with_live_pids() {
 fn the_client_request_id_reaches_the_worker_log_line_of_its_job() {
     // A worker logs each finished job at debug (the server's request line is the info one).
     let server = Server::start_with_env(&["--workers", "1"], &[("RUST_LOG", "debug")]);
-    let [worker] = wait_ready(&server, 1)[..] else {
+    let [worker] = server.wait_for_workers(1)[..] else {
         unreachable!()
     };
     let id = "rid-from-client-7f3a";
@@ -802,7 +741,7 @@ fn log_format_json_writes_one_json_object_per_line() {
         &["--workers", "1", "--log-format", "json"],
         &[("RUST_LOG", "debug")],
     );
-    wait_ready(&server, 1);
+    server.wait_for_workers(1);
     let id = "json-rid-1";
     let response = server.request("GET", "/isprime?number=101", &[("x-request-id", id)], b"");
     assert_eq!(response.status, 200);
@@ -832,12 +771,13 @@ fn log_format_json_writes_one_json_object_per_line() {
 
 #[test]
 fn config_file_values_are_in_force() {
-    let file = TempFile::new(
-        "in-force",
+    let file = temp_file(
+        "forkpool-ops-",
+        ".toml",
         "workers = 1\njob-timeout = \"5s\"\nmax-digits = 50\n",
     );
-    let server = Server::start(&["--config", file.path()]);
-    wait_ready(&server, 1);
+    let server = Server::start(&["--config", file.to_str().unwrap()]);
+    server.wait_for_workers(1);
     let status = status(&server);
     assert_eq!(status["config"]["workers"], 1);
     assert_eq!(status["config"]["job_timeout"], 5.0);
@@ -851,20 +791,23 @@ fn config_file_values_are_in_force() {
 
 #[test]
 fn env_beats_the_config_file() {
-    let file = TempFile::new("env", "workers = 1\n");
-    let server = Server::start_with_env(&["--config", file.path()], &[("FORKPOOL_WORKERS", "2")]);
-    wait_ready(&server, 2);
+    let file = temp_file("forkpool-ops-", ".toml", "workers = 1\n");
+    let server = Server::start_with_env(
+        &["--config", file.to_str().unwrap()],
+        &[("FORKPOOL_WORKERS", "2")],
+    );
+    server.wait_for_workers(2);
     assert_eq!(status(&server)["workers"].as_array().unwrap().len(), 2);
 }
 
 #[test]
 fn flags_beat_env_and_the_config_file() {
-    let file = TempFile::new("flag", "workers = 1\nqueue = 5\n");
+    let file = temp_file("forkpool-ops-", ".toml", "workers = 1\nqueue = 5\n");
     let server = Server::start_with_env(
-        &["--config", file.path(), "--workers", "3"],
+        &["--config", file.to_str().unwrap(), "--workers", "3"],
         &[("FORKPOOL_WORKERS", "2")],
     );
-    wait_ready(&server, 3);
+    server.wait_for_workers(3);
     let status = status(&server);
     assert_eq!(status["workers"].as_array().unwrap().len(), 3);
     assert_eq!(status["config"]["queue"], 5);
@@ -872,9 +815,13 @@ fn flags_beat_env_and_the_config_file() {
 
 #[test]
 fn config_file_from_the_environment() {
-    let file = TempFile::new("env-path", "workers = 1\njob-timeout = \"9s\"\n");
-    let server = Server::start_with_env(&[], &[("FORKPOOL_CONFIG", file.path())]);
-    wait_ready(&server, 1);
+    let file = temp_file(
+        "forkpool-ops-",
+        ".toml",
+        "workers = 1\njob-timeout = \"9s\"\n",
+    );
+    let server = Server::start_with_env(&[], &[("FORKPOOL_CONFIG", file.to_str().unwrap())]);
+    server.wait_for_workers(1);
     assert_eq!(status(&server)["config"]["job_timeout"], 9.0);
 }
 
@@ -901,9 +848,9 @@ fn config_file_errors_exit_2_naming_the_problem() {
         ("table", "[pool]\nworkers = 1\n", &["pool"]),
     ];
     for (name, text, expected) in cases {
-        let file = TempFile::new(name, text);
+        let file = temp_file("forkpool-ops-", ".toml", text);
         // A valid flag for the same key does not excuse a bad value in the file.
-        let (code, stderr) = refuse_start(&["--config", file.path()], &[]);
+        let (code, stderr) = refuse_start(&["--config", file.to_str().unwrap()], &[]);
         assert_eq!(code, Some(2), "{name}: {stderr}");
         for word in expected {
             assert!(
@@ -912,7 +859,7 @@ fn config_file_errors_exit_2_naming_the_problem() {
             );
         }
         assert!(
-            stderr.contains(file.path()),
+            stderr.contains(file.to_str().unwrap()),
             "{name}: the file is not named: {stderr}"
         );
     }
@@ -931,7 +878,7 @@ fn sighup_replaces_every_worker_without_failing_the_running_job() {
     // The normal scheduling class: under SCHED_IDLE, a machine busy with other work starves
     // the running job, and the roll waits on it for longer than this test does.
     let server = Server::start(&["--workers", "2", "--worker-sched", "other"]);
-    let before = wait_ready(&server, workers);
+    let before = server.wait_for_workers(workers);
     let body = slow_body();
     let done = AtomicBool::new(false);
     let (response, most, seen) = std::thread::scope(|s| {
@@ -976,7 +923,7 @@ fn sighup_replaces_every_worker_without_failing_the_running_job() {
         workers + 1
     );
     assert!(seen.len() >= 2 * workers, "sampled pids {seen:?}");
-    let after = wait_ready(&server, workers);
+    let after = server.wait_for_workers(workers);
     assert!(after.iter().all(|p| !before.contains(p)));
     assert!(before.iter().all(|&p| !alive(p)), "old workers still alive");
     let exits = [("reason", "recycled")];
@@ -993,7 +940,7 @@ fn sighup_replaces_every_worker_without_failing_the_running_job() {
 #[test]
 fn sighup_on_an_idle_pool_replaces_every_worker() {
     let server = Server::start(&["--workers", "2"]);
-    let before = wait_ready(&server, 2);
+    let before = server.wait_for_workers(2);
     signal(server.pid(), "HUP");
     let rolled = wait_until(Duration::from_secs(20), || {
         let pids = server.worker_pids();
@@ -1020,7 +967,7 @@ fn sighup_on_an_idle_pool_replaces_every_worker() {
 #[test]
 fn a_dead_worker_is_not_reported_live_during_the_respawn_backoff() {
     let server = Server::start(&["--workers", "1"]);
-    let [mut pid] = wait_ready(&server, 1)[..] else {
+    let [mut pid] = server.wait_for_workers(1)[..] else {
         unreachable!()
     };
     for kill in 1..=4 {
@@ -1071,6 +1018,6 @@ fn a_dead_worker_is_not_reported_live_during_the_respawn_backoff() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(checked > 0, "the backoff window was never observed");
-    wait_ready(&server, 1);
+    server.wait_for_workers(1);
     server.assert_no_zombies();
 }

@@ -6,11 +6,10 @@ mod common;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{alive, signal, slow_prime, wait_until, Server};
+use common::{alive, busy_jobs, signal, slow_prime, status, temp_file, wait_until, Server};
 use forkpool::error::AppError;
 use forkpool::jobs::IsPrimeJob;
 use forkpool::pool::{Job, PoolConfig, PoolError, WorkerPool};
@@ -31,28 +30,6 @@ fn start_slow_job(server: &Server) -> (std::net::TcpStream, u32) {
     })
     .expect("a worker picks up the slow job");
     (stream, pid)
-}
-
-fn status(server: &Server) -> Value {
-    let response = server.get("/status");
-    assert_eq!(response.status, 200);
-    response.json()
-}
-
-/// (job id, worker pid) of every busy worker.
-fn busy_jobs(server: &Server) -> Vec<(u64, u32)> {
-    status(server)["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|w| w["state"] == "busy")
-        .map(|w| {
-            (
-                w["job"].as_u64().unwrap(),
-                w["pid"].as_u64().unwrap() as u32,
-            )
-        })
-        .collect()
 }
 
 fn assert_serves(server: &Server) {
@@ -264,27 +241,17 @@ fn recycled_workers_are_replaced_without_failing_a_request() {
 
 /// A fake worker: a shell script that says `hello` as told, then answers every job with `reply`.
 struct FakeWorker {
-    path: PathBuf,
+    /// The script; removed when the fake worker is dropped.
+    path: tempfile::TempPath,
 }
 
 impl FakeWorker {
     fn new(name: &str, hello: &str, reply: &str) -> FakeWorker {
-        let path = std::env::temp_dir().join(format!("forkpool-{name}-{}.sh", std::process::id()));
-        let mut file = std::fs::File::create(&path).unwrap();
-        writeln!(
-            file,
-            "#!/bin/sh\necho \"{hello}\"\nwhile read line; do {reply}; done"
-        )
-        .unwrap();
-        drop(file);
+        // Named `forkpool-*`, so that `Server::worker_pids` counts it as a worker.
+        let script = format!("#!/bin/sh\necho \"{hello}\"\nwhile read line; do {reply}; done\n");
+        let path = temp_file(&format!("forkpool-{name}-"), ".sh", &script);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         FakeWorker { path }
-    }
-}
-
-impl Drop for FakeWorker {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 

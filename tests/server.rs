@@ -1,4 +1,4 @@
-//! Issue 2: the HTTP front end of the real binary: /testrequest, the JSON error shape, request
+//! The HTTP front end of the real binary: /testrequest, the JSON error shape, request
 //! ids, graceful shutdown on SIGTERM, start-up errors, --help and the index.
 //!
 //! (A panicking handler is tested in-process, in `src/server.rs`: no route panics.)
@@ -6,16 +6,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
 use common::{alive, run_to_exit, slow_prime, wait_until, Server};
-
-/// Waits for the server process to exit by itself.
-fn wait_exit(server: &mut Server, limit: Duration) -> Option<ExitStatus> {
-    wait_until(limit, || server.child.try_wait().expect("try_wait"))
-}
 
 #[test]
 fn testrequest_answers_plain_text() {
@@ -100,7 +94,9 @@ fn sigterm_kills_a_job_that_outlasts_the_grace_period_and_still_exits_0() {
     assert!(busy.is_some(), "the slow job never ran");
     let sent = Instant::now();
     server.terminate();
-    let status = wait_exit(&mut server, Duration::from_secs(10)).expect("server exits");
+    let status = server
+        .wait_exit(Duration::from_secs(10))
+        .expect("server exits");
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", server.log());
     assert!(
         sent.elapsed() < Duration::from_secs(5),
@@ -139,7 +135,9 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     });
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json()["isPrime"], true);
-    let status = wait_exit(&mut server, Duration::from_secs(30)).expect("server exits");
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("server exits");
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", server.log());
     assert!(
         workers.iter().all(|&pid| !alive(pid)),
@@ -154,7 +152,9 @@ fn sigterm_when_idle_exits_0_promptly() {
     let workers = server.wait_for_workers(2);
     let started = Instant::now();
     server.terminate();
-    let status = wait_exit(&mut server, Duration::from_secs(20)).expect("server exits");
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .expect("server exits");
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", server.log());
     // The default grace is 10 s; nothing is in flight, so nothing should wait for it.
     assert!(
@@ -230,7 +230,7 @@ fn help_mentions_every_serve_flag() {
         "--config",
     ];
     // Whatever flags exist by the time this runs, not only the ones listed above.
-    let declared: Vec<String> = forkpool::config::Cli::command()
+    let declared: Vec<String> = forkpool::cli::Cli::command()
         .get_arguments()
         .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
         .collect();

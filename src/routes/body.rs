@@ -1,6 +1,6 @@
 //! Request bodies, read under a size limit and a deadline.
 //!
-//! A body is only ever a number in JSON, so its limit is small ([`Config::max_body_bytes`]),
+//! A body is only ever a number in JSON, so its limit is small ([`Settings::max_body_bytes`]),
 //! and a client that declares more in `Content-Length` is answered 413 before a byte of the body
 //! is read (a client sending `Expect: 100-continue` never has to send it). A chunked body is cut
 //! off at the limit with 413. A body that has not arrived in full within `--body-timeout` of the
@@ -8,7 +8,7 @@
 //! would otherwise be read as the next request. Without these a few hundred stalled uploads
 //! could hold hundreds of megabytes (axum's default limit is 2 MiB per request).
 //!
-//! [`Config::max_body_bytes`]: crate::config::Config::max_body_bytes
+//! [`Settings::max_body_bytes`]: crate::settings::Settings::max_body_bytes
 
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::error::AppError;
-use crate::server::AppState;
+use crate::routes::state::AppState;
 
 /// Why a request body was not read.
 #[derive(Debug, thiserror::Error)]

@@ -3,20 +3,21 @@
 //! Only well-formed numbers within the digit cap reach a worker; everything else is answered
 //! here with a 400 or 413 that says what is wrong.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::Uri;
+use axum::http::{StatusCode, Uri};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::body::BoundedBody;
 use super::{single_param, RequestId};
-use crate::error::AppError;
+use crate::error::{AppError, HttpError, RETRY_WHEN_BUSY};
 use crate::jobs::IsPrimeJob;
+use crate::pool::PoolError;
 use crate::prime::Method;
-use crate::server::AppState;
+use crate::routes::state::AppState;
 
 /// The 200 body. `number` is a string so that no client loses precision.
 #[derive(Debug, Serialize)]
@@ -53,6 +54,34 @@ pub enum NumberError {
     TooLong { digits: usize, max: usize },
     #[error("the body must be JSON like {{\"number\": \"N\"}}: {0}")]
     BadBody(String),
+}
+
+impl HttpError for NumberError {
+    /// 413 for a number over the digit cap, 400 for everything else.
+    fn status(&self) -> StatusCode {
+        match self {
+            NumberError::TooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// The pool knows nothing of HTTP: the statuses of its errors are chosen here, by the route
+/// that submits the jobs.
+impl<E: std::fmt::Display> HttpError for PoolError<E> {
+    fn status(&self) -> StatusCode {
+        match self {
+            PoolError::QueueFull(_) | PoolError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            PoolError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            PoolError::WorkerDied { .. } | PoolError::Protocol { .. } => StatusCode::BAD_GATEWAY,
+            PoolError::JobFailed(_) | PoolError::DriverPanic => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A full queue is worth retrying shortly; a server shutting down is not.
+    fn retry_after(&self) -> Option<Duration> {
+        matches!(self, PoolError::QueueFull(_)).then_some(RETRY_WHEN_BUSY)
+    }
 }
 
 /// Checks a submitted number and returns it in canonical form (no sign, no leading zeros).

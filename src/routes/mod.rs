@@ -1,10 +1,12 @@
 //! HTTP endpoints, one file per family: `isprime` (jobs for the worker pool), `ls` (streamed
 //! directory listings) and `ops` (index, health, readiness, metrics, status, /testrequest).
+//! `state` holds [`AppState`](state::AppState), what every handler shares; the server builds it.
 
 pub mod body;
 pub mod isprime;
 pub mod ls;
 pub mod ops;
+pub mod state;
 
 use std::borrow::Cow;
 

@@ -15,7 +15,7 @@ use super::{isprime, ls};
 use crate::error::AppError;
 use crate::pool::WorkerState;
 use crate::procfs::ProcessStats;
-use crate::server::AppState;
+use crate::routes::state::AppState;
 
 /// One endpoint: the routers serve it from this table and `GET /` lists it from the same
 /// table, so neither can name a path the other lacks. `docs/openapi.json` is held to it by
@@ -298,17 +298,13 @@ fn append_process_metrics(text: &mut String, stats: &ProcessStats) {
 }
 
 pub async fn status(State(state): State<AppState>) -> impl IntoResponse {
-    // The config in force: defaults that are resolved at start-up show their resolved value.
-    let mut config = serde_json::to_value(&state.config).unwrap_or_default();
-    config["workers"] = json!(state.config.worker_count());
-    config["ls_root"] = json!(state.ls_root);
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
         "shutting_down": state.is_shutting_down(),
         "queue_depth": state.pool.queue_depth(),
-        "config": config,
+        "config": &state.config,
         "workers": state.pool.status(),
     }))
 }

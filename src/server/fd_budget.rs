@@ -9,7 +9,7 @@
 
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
-use crate::config::Config;
+use crate::settings::Settings;
 
 /// The cap when `--max-connections` is not given (gunicorn's `worker_connections` is 1000).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
@@ -38,10 +38,10 @@ pub enum BudgetError {
 /// Raises the soft descriptor limit to the hard one and returns the connection cap for
 /// `--listen`: `--max-connections` (or [`DEFAULT_MAX_CONNECTIONS`]), lowered to what the limit
 /// leaves after the reserve.
-pub fn connection_cap(config: &Config) -> Result<u32, BudgetError> {
+pub fn connection_cap(config: &Settings) -> Result<u32, BudgetError> {
     let (before, limit) = raise_nofile_limit();
     let open = open_descriptors();
-    let workers_fds = FDS_PER_WORKER * (config.worker_count() as u64 + 1);
+    let workers_fds = FDS_PER_WORKER * (config.workers as u64 + 1);
     let reserved = open
         + workers_fds
         + FDS_PER_LS * u64::from(config.ls_max_concurrent)

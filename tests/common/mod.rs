@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,12 @@ impl Server {
         )
     }
 
+    /// A GET on the `--admin-listen` address; panics if there is none.
+    pub fn get_admin(&self, path: &str) -> Response {
+        let admin = self.admin.expect("the server has an admin listener");
+        read_to_end(send_to(admin, "GET", path, &[], b""))
+    }
+
     /// One request on a fresh connection (`Connection: close`), read to the end.
     pub fn request(
         &self,
@@ -135,10 +141,7 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
-        let mut stream = self.send(method, path, headers, body);
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).expect("read response");
-        Response::parse(&raw)
+        read_to_end(self.send(method, path, headers, body))
     }
 
     /// Sends a request and returns the open connection, for tests that read slowly or hang up.
@@ -149,14 +152,7 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> TcpStream {
-        let mut stream = TcpStream::connect(self.addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        stream
-            .write_all(&request_bytes(self.addr, method, path, headers, body))
-            .unwrap();
-        stream
+        send_to(self.addr, method, path, headers, body)
     }
 
     /// POSTs a primality job for `number` and returns the open connection, unread: drop it to
@@ -188,18 +184,32 @@ impl Server {
         pids
     }
 
-    /// Waits until `n` workers are up (per /readyz and /proc), or panics after 10 s.
+    /// Waits until exactly `n` workers are up and idle per /status, the same pids as /proc
+    /// shows, so that counts are exact; panics after 20 s. Returns their pids, sorted.
     pub fn wait_for_workers(&self, n: usize) -> Vec<u32> {
-        wait_until(Duration::from_secs(10), || {
-            let pids = self.worker_pids();
-            (pids.len() == n && self.get("/readyz").status == 200).then_some(pids)
+        wait_until(Duration::from_secs(20), || {
+            let rows = status(self)["workers"].as_array()?.clone();
+            let mut pids: Vec<u32> = rows
+                .iter()
+                .filter(|w| w["state"] == "idle")
+                .filter_map(|w| w["pid"].as_u64())
+                .map(|p| p as u32)
+                .collect();
+            pids.sort_unstable();
+            (rows.len() == n && pids.len() == n && self.worker_pids() == pids).then_some(pids)
         })
         .unwrap_or_else(|| {
             panic!(
-                "{n} workers did not come up; children: {:?}",
+                "{n} idle workers did not come up: /status {}, children {:?}",
+                status(self)["workers"],
                 self.children()
             )
         })
+    }
+
+    /// Waits up to `limit` for the server process to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        wait_until(limit, || self.child.try_wait().expect("try_wait"))
     }
 
     /// Asserts that within 2 s no child of the server is a zombie: every worker or `ls` that
@@ -480,6 +490,66 @@ pub fn alive(pid: u32) -> bool {
     proc_info(pid).is_some_and(|p| p.state != 'Z')
 }
 
+/// Sends one request to `addr` (`Connection: close`) and returns the open connection.
+fn send_to(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream
+        .write_all(&request_bytes(addr, method, path, headers, body))
+        .unwrap();
+    stream
+}
+
+/// Reads a response to the end of the connection.
+fn read_to_end(mut stream: TcpStream) -> Response {
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read response");
+    Response::parse(&raw)
+}
+
+/// A file under the temp dir named `{prefix}XXXXXX{suffix}`, holding `text`, closed (so that it
+/// can be executed) and removed on drop.
+pub fn temp_file(prefix: &str, suffix: &str, text: &str) -> tempfile::TempPath {
+    let mut file = tempfile::Builder::new()
+        .prefix(prefix)
+        .suffix(suffix)
+        .tempfile()
+        .expect("create a temporary file");
+    file.write_all(text.as_bytes())
+        .expect("write a temporary file");
+    file.into_temp_path()
+}
+
+/// The server's /status, which must answer 200.
+pub fn status(server: &Server) -> serde_json::Value {
+    // With `--admin-listen`, /status is served there only.
+    let response = match server.admin {
+        Some(_) => server.get_admin("/status"),
+        None => server.get("/status"),
+    };
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()
+}
+
+/// (job id, worker pid) of every busy worker per /status.
+pub fn busy_jobs(server: &Server) -> Vec<(u64, u32)> {
+    status(server)["workers"]
+        .as_array()
+        .expect("/status lists workers")
+        .iter()
+        .filter(|w| w["state"] == "busy")
+        .filter_map(|w| Some((w["job"].as_u64()?, w["pid"].as_u64()? as u32)))
+        .collect()
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or gives up after `limit`.
 pub fn wait_until<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
@@ -494,8 +564,8 @@ pub fn wait_until<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> O
     }
 }
 
-/// The Mersenne number 2^p - 1 in decimal (the load test's own helper).
-pub use forkpool::loadtest::mersenne;
+/// The Mersenne number 2^p - 1 in decimal.
+pub use forkpool::prime::mersenne;
 
 /// A prime whose test keeps a worker busy for a good while (around a second or more), to catch
 /// it mid-job: the Mersenne prime 2^21701 - 1 (6533 digits).

@@ -40,14 +40,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, Uri};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use axum::Extension;
 use tokio::process::Command;
 
 use super::{single_param_bytes, RequestId};
-use crate::error::AppError;
-use crate::server::AppState;
+use crate::error::{AppError, HttpError, RETRY_WHEN_BUSY};
+use crate::routes::state::AppState;
 use confine::{Root, Target};
 
 /// Environment variables that change what `ls -lash` prints; removed so that the output has
@@ -114,7 +114,7 @@ fn find_program(search: &OsStr, name: &OsStr) -> Option<PathBuf> {
         })
 }
 
-/// Why a listing is refused or broken off. The HTTP status of each is in `crate::error`.
+/// Why a listing is refused or broken off; each knows its HTTP status ([`HttpError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum LsError {
     #[error("`directory` is {len} bytes long; the limit is {max}")]
@@ -148,22 +148,39 @@ pub enum LsError {
     Lost,
 }
 
-impl LsError {
-    /// The `outcome` label of `forkpool_ls_total` for this error.
-    fn outcome(&self) -> &'static str {
+impl HttpError for LsError {
+    fn status(&self) -> StatusCode {
         match self {
             LsError::TooLong { .. } | LsError::NulByte | LsError::Unresolvable { .. } => {
-                "bad_request"
+                StatusCode::BAD_REQUEST
             }
-            LsError::OutsideRoot(_) | LsError::PermissionDenied(_) => "forbidden",
-            LsError::NotFound(_) => "not_found",
-            LsError::Busy(_) => "rejected_busy",
-            LsError::Timeout(_) => "timeout",
+            LsError::OutsideRoot(_) | LsError::PermissionDenied(_) => StatusCode::FORBIDDEN,
+            LsError::NotFound(_) => StatusCode::NOT_FOUND,
+            LsError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            LsError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             LsError::Io { .. }
             | LsError::Spawn(_)
             | LsError::Failed(_)
             | LsError::Read(_)
-            | LsError::Lost => "failed",
+            | LsError::Lost => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        matches!(self, LsError::Busy(_)).then_some(RETRY_WHEN_BUSY)
+    }
+}
+
+impl LsError {
+    /// The `outcome` label of `forkpool_ls_total`: the status, named (one grouping for both).
+    fn outcome(&self) -> &'static str {
+        match self.status() {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::SERVICE_UNAVAILABLE => "rejected_busy",
+            StatusCode::GATEWAY_TIMEOUT => "timeout",
+            _ => "failed",
         }
     }
 }

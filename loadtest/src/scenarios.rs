@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::StatusCode;
 use indicatif::ProgressBar;
-use malachite_base::num::arithmetic::traits::PowerOf2;
-use malachite_nz::natural::Natural;
 use tokio::task::JoinSet;
 
 use super::client::{Call, Conn, Target};
@@ -20,6 +18,7 @@ use super::report::{
     ConnKind, Dispatch, Heavy, Ls, Memory, ProbePair, Sample, Saturated, SaturatedPhase, Stats,
     Throughput,
 };
+use forkpool::prime::mersenne;
 
 /// Longest wait for one probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -169,10 +168,10 @@ impl Run {
     /// RSS of the server and each worker, from /proc.
     pub async fn memory(&self) -> Result<Memory, String> {
         let (pid, workers) = self.wait_idle(Duration::from_secs(10)).await?;
-        let server_kib = rss_kib(pid).ok_or_else(|| format!("cannot read /proc/{pid}/status"))?;
+        let server_kib = rss_kib(pid).ok_or_else(|| format!("cannot read /proc/{pid}/statm"))?;
         let workers_kib = workers
             .iter()
-            .map(|&p| rss_kib(p).ok_or_else(|| format!("cannot read /proc/{p}/status")))
+            .map(|&p| rss_kib(p).ok_or_else(|| format!("cannot read /proc/{p}/statm")))
             .collect::<Result<Vec<u64>, String>>()?;
         Ok(Memory {
             total_kib: server_kib + workers_kib.iter().sum::<u64>(),
@@ -458,12 +457,6 @@ async fn closed_loop(
     }
 }
 
-/// 2^p - 1 in decimal: a prime when p is a Mersenne exponent (e.g. 4423, 9689, 11213, 19937,
-/// 21701), whose test then runs to the end instead of stopping at a witness.
-pub fn mersenne(p: u32) -> String {
-    (Natural::power_of_2(u64::from(p)) - Natural::from(1u32)).to_string()
-}
-
 /// A temporary directory of `n` empty files inside `root`; removed when dropped.
 fn make_files(root: &Path, n: usize) -> std::io::Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new().prefix("ls-").tempdir_in(root)?;
@@ -502,19 +495,10 @@ fn median_ms(times: &mut [Duration]) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64() * 1e3)
 }
 
-/// Resident set size of a process in KiB (the same reading as /status).
+/// Resident set size of a process in KiB, from `/proc/PID/statm` (the reading the server's
+/// /status makes too; this program reads it itself because it links nothing of the server).
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    crate::pool::rss_bytes(pid).map(|bytes| bytes / 1024)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mersenne_numbers() {
-        assert_eq!(mersenne(7), "127");
-        assert_eq!(mersenne(61), "2305843009213693951");
-        assert_eq!(mersenne(11213).len(), 3376);
-    }
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * rustix::param::page_size() as u64 / 1024)
 }

@@ -186,7 +186,7 @@ impl Report {
         let how = if self.spawned { "spawned" } else { "running" };
         let _ = writeln!(
             out,
-            "forkpool loadtest  {}  ({how} server, {} workers{nice}{})  {:.1} s",
+            "forkpool-loadtest  {}  ({how} server, {} workers{nice}{})  {:.1} s",
             self.url,
             self.workers,
             match self.server_args.is_empty() {

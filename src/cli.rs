@@ -1,4 +1,5 @@
-//! Command-line and environment configuration.
+//! The command line, for the binary only (nothing else in the crate imports it): flags, env
+//! vars and the config file, resolved into [`Settings`].
 //!
 //! Every serve flag can also come from an env var `FORKPOOL_<NAME>` or from a TOML file named by
 //! `--config`. Precedence is flag > env > file > default. The file is merged by turning each of
@@ -13,10 +14,11 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use serde::Serialize;
 
-use crate::loadtest::LoadtestArgs;
-use crate::pool::worker::{SchedClass, WorkerSettings};
+use crate::logging::LogFormat;
+use crate::pool::worker::WorkerSettings;
+use crate::settings::{Settings, WorkerSched};
+use crate::units::{parse_duration, parse_positive_duration, parse_size};
 
 /// The whole command line: serve flags at the top level, or a subcommand.
 #[derive(Debug, Parser)]
@@ -33,12 +35,10 @@ pub enum Command {
     /// Runs a worker process; started by the server, not by people.
     #[command(hide = true)]
     Worker(WorkerArgs),
-    /// Measures a running (or self-spawned) forkpool: latency under load, throughput, /ls.
-    Loadtest(LoadtestArgs),
 }
 
-/// How the server runs. Shown by `/status`, so nothing secret belongs here.
-#[derive(Debug, Clone, Args, Serialize)]
+/// The serve flags as given; [`Config::resolve`] turns them into the [`Settings`] in force.
+#[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port (printed as `listening on http://...`).
     #[arg(long, env = "FORKPOOL_LISTEN", default_value = "127.0.0.1:3636")]
@@ -54,7 +54,6 @@ pub struct Config {
 
     /// Deadline of one job, queue wait plus run time (e.g. `60s`, `500ms`).
     #[arg(long, env = "FORKPOOL_JOB_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    #[serde(serialize_with = "as_secs")]
     pub job_timeout: Duration,
 
     /// Largest protocol line (job or reply) in bytes; a worker that sends more is replaced.
@@ -94,7 +93,6 @@ pub struct Config {
 
     /// Time limit of one whole /ls listing.
     #[arg(long, env = "FORKPOOL_LS_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    #[serde(serialize_with = "as_secs")]
     pub ls_timeout: Duration,
 
     /// Most `ls` processes running at once; beyond that a request gets 503 with Retry-After.
@@ -103,36 +101,30 @@ pub struct Config {
 
     /// On SIGINT/SIGTERM, time for in-flight requests and jobs to finish before workers are killed.
     #[arg(long, env = "FORKPOOL_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
-    #[serde(serialize_with = "as_secs")]
     pub shutdown_grace: Duration,
 
     /// On SIGINT/SIGTERM, keep accepting for this long with /readyz at 503 and no new jobs, so
     /// that a load balancer sees the drain before the listener closes.
     #[arg(long, env = "FORKPOOL_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
-    #[serde(serialize_with = "as_secs")]
     pub shutdown_delay: Duration,
 
     /// Close a connection that has not sent a complete request head within this time, counted
     /// from the accept or, on a kept-alive connection, from the first byte of the next request.
     #[arg(long, env = "FORKPOOL_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
-    #[serde(serialize_with = "as_secs")]
     pub header_timeout: Duration,
 
     /// Close a kept-alive connection idle for this long between requests; 0 turns keep-alive off.
     #[arg(long, env = "FORKPOOL_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    #[serde(serialize_with = "as_secs")]
     pub keepalive_timeout: Duration,
 
     /// Answer 408 and close the connection when a request body has not arrived in full within
     /// this time of the handler starting to read it.
     #[arg(long, env = "FORKPOOL_BODY_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
-    #[serde(serialize_with = "as_secs")]
     pub body_timeout: Duration,
 
     /// Close a connection whose response write has made no progress for this long: the client
     /// stopped reading (nginx's `send_timeout`).
     #[arg(long, env = "FORKPOOL_SEND_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
-    #[serde(serialize_with = "as_secs")]
     pub send_timeout: Duration,
 
     /// Most client connections held at once on `--listen` [default: 1024, less if
@@ -155,27 +147,14 @@ pub struct Config {
     pub config: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkerSched {
-    Other,
-    Idle,
-}
-
-impl From<WorkerSched> for SchedClass {
-    fn from(sched: WorkerSched) -> SchedClass {
-        match sched {
-            WorkerSched::Other => SchedClass::Other,
-            WorkerSched::Idle => SchedClass::Idle,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
+/// A setting that cannot be resolved; the message names the flag.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("--ls-root {path}: {source}")]
+    LsRoot {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// `forkpool worker ...`: the flags the server passes to a worker it starts. Built by
@@ -208,7 +187,7 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     /// The flags of a worker for job type `kind`, started by this process under `config`.
-    pub fn for_server(config: &Config, kind: &str) -> WorkerArgs {
+    pub fn for_server(config: &Settings, kind: &str) -> WorkerArgs {
         WorkerArgs {
             kind: kind.to_owned(),
             parent_pid: std::process::id() as i32,
@@ -261,17 +240,47 @@ impl WorkerArgs {
 }
 
 impl Config {
-    /// Largest request body accepted: room for a number of `--max-digits` digits, its JSON
-    /// syntax and generous whitespace. A body is only ever a number, so anything larger is
-    /// refused (413) before it is read, instead of being buffered.
-    pub fn max_body_bytes(&self) -> usize {
-        self.max_digits as usize + 16 * 1024
-    }
-
-    /// Worker count in force: the flag, or one per available core.
-    pub fn worker_count(&self) -> usize {
-        self.workers.map(usize::from).unwrap_or_else(|| {
+    /// The settings in force: the worker count from the cores when not given, `--ls-root`
+    /// (default: the working directory) made canonical, so that it must exist.
+    pub fn resolve(self) -> Result<Settings, ResolveError> {
+        let workers = self.workers.map(usize::from).unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let root = match self.ls_root {
+            Some(root) => root,
+            None => std::env::current_dir().map_err(|source| ResolveError::LsRoot {
+                path: ".".into(),
+                source,
+            })?,
+        };
+        let ls_root = root
+            .canonicalize()
+            .map_err(|source| ResolveError::LsRoot { path: root, source })?;
+        Ok(Settings {
+            listen: self.listen,
+            workers,
+            queue: self.queue,
+            job_timeout: self.job_timeout,
+            max_line: self.max_line,
+            max_digits: self.max_digits,
+            max_jobs_per_worker: self.max_jobs_per_worker,
+            worker_memory: self.worker_memory,
+            worker_nice: self.worker_nice,
+            worker_sched: self.worker_sched,
+            worker_program: self.worker_program,
+            ls_root,
+            ls_timeout: self.ls_timeout,
+            ls_max_concurrent: self.ls_max_concurrent,
+            shutdown_grace: self.shutdown_grace,
+            shutdown_delay: self.shutdown_delay,
+            header_timeout: self.header_timeout,
+            keepalive_timeout: self.keepalive_timeout,
+            body_timeout: self.body_timeout,
+            send_timeout: self.send_timeout,
+            max_connections: self.max_connections,
+            admin_listen: self.admin_listen,
+            log_format: self.log_format,
+            config: self.config,
         })
     }
 }
@@ -361,90 +370,9 @@ fn clap_message(e: &clap::Error) -> String {
     line.strip_prefix("error: ").unwrap_or(line).to_owned()
 }
 
-/// Parses `250ms`, `10s`, `2m`, or a plain number of seconds (`1.5`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 500ms, 10s or 2m"))?;
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` (use ms, s, m or h)"
-            ))
-        }
-    };
-    Duration::try_from_secs_f64(number * scale).map_err(|e| format!("`{text}`: {e}"))
-}
-
-/// A duration that is not zero: a zero timeout would close every connection at once.
-fn parse_positive_duration(text: &str) -> Result<Duration, String> {
-    match parse_duration(text)? {
-        Duration::ZERO => Err(format!("`{text}` must be more than zero")),
-        duration => Ok(duration),
-    }
-}
-
-/// Parses a byte size: `4096`, `64KiB`, `512MiB`, `1GiB` (also `K`, `M`, `G`, `KB`, ...
-/// meaning the same powers of 1024).
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size like 4096, 64KiB or 1GiB"))?;
-    let shift = match unit
-        .trim()
-        .trim_end_matches(['B', 'b'])
-        .trim_end_matches('i')
-    {
-        "" => 0,
-        "K" | "k" => 10,
-        "M" | "m" => 20,
-        "G" | "g" => 30,
-        _ => {
-            return Err(format!(
-                "unknown size unit in `{text}` (use KiB, MiB or GiB)"
-            ))
-        }
-    };
-    number
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("`{text}` is too large"))
-}
-
-fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_and_sizes() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5 parsecs").is_err());
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("1TiB").is_err());
-        assert!(parse_size("-1").is_err());
-    }
 
     fn temp_file(name: &str, text: &str) -> PathBuf {
         let path =
@@ -493,7 +421,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["forkpool", "--worker-sched", "other", "--worker-nice", "3"])
                 .unwrap();
-        let args = WorkerArgs::for_server(&cli.config, "isprime");
+        let args = WorkerArgs::for_server(&cli.config.resolve().unwrap(), "isprime");
         let line = std::iter::once("forkpool".to_owned()).chain(args.to_args());
         let Some(Command::Worker(parsed)) = Cli::try_parse_from(line).unwrap().command else {
             panic!("not parsed as the worker subcommand");

@@ -1,9 +1,10 @@
-//! `--spawn`: runs this same executable as a server on 127.0.0.1 port 0, with `--ls-root` in a
-//! temporary directory, and stops it (SIGTERM, then SIGKILL if it lingers) when dropped.
+//! `--spawn`: runs the `forkpool` next to this executable as a server on 127.0.0.1 port 0, with
+//! `--ls-root` in a temporary directory, and stops it (SIGTERM, then SIGKILL if it lingers) when
+//! dropped. A missing server is named with the command that builds it.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,8 +28,13 @@ impl SpawnedServer {
             .prefix("forkpool-loadtest-")
             .tempdir()
             .map_err(|e| failed("cannot create a temporary directory", e))?;
-        let program =
-            std::env::current_exe().map_err(|e| failed("cannot find this executable", e))?;
+        let program = server_program().map_err(|e| failed("cannot find this executable", e))?;
+        if !program.is_file() {
+            return Err(LoadtestError::Spawn(format!(
+                "no server at {} (build it with `cargo build --release`)",
+                program.display()
+            )));
+        }
         let mut command = Command::new(program);
         command
             .args(["--listen", "127.0.0.1:0", "--ls-root"])
@@ -94,6 +100,12 @@ impl Drop for SpawnedServer {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(15));
     }
+}
+
+/// The `forkpool` server built next to this program (Cargo puts every binary of the workspace
+/// in the same directory).
+fn server_program() -> std::io::Result<PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name("forkpool"))
 }
 
 /// Waits up to `limit` for each of `pids` to be gone (or a zombie), then SIGKILLs any left.

@@ -1,5 +1,9 @@
-//! `forkpool loadtest`: measures a running forkpool (or one it spawns) and reports; it does not
+//! `forkpool-loadtest`: measures a running forkpool (or one it spawns) and reports; it does not
 //! judge. The README holds the targets; this program produces the figures behind them.
+//!
+//! A program of its own, not a subcommand of the server: its HTTP client, progress bar and
+//! plotting stay out of the binary that every worker execs. `--spawn` starts the `forkpool`
+//! found next to this executable (`cargo build --release` builds both).
 //!
 //! Scenarios, each bounded in time and request count, loopback only:
 //! - `idle`: sequential /testrequest probes with a small pause.
@@ -24,26 +28,28 @@ mod spawn;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::config::parse_duration;
 use client::Target;
+use forkpool::units::parse_duration;
 use report::Report;
 use scenarios::{Plan, Run};
 use spawn::SpawnedServer;
 
-pub use scenarios::mersenne;
-
-#[derive(Debug, Clone, Args)]
+/// Measures a running (or self-spawned) forkpool: latency under load, throughput, /ls.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "forkpool-loadtest", version, about, long_about = None)]
 pub struct LoadtestArgs {
     /// Server to measure (loopback only).
     #[arg(long, default_value = "http://127.0.0.1:3636")]
     pub url: String,
 
-    /// Start a server of this same binary on 127.0.0.1 port 0 instead, and stop it afterwards.
+    /// Start the `forkpool` next to this executable on 127.0.0.1 port 0 instead, and stop it
+    /// afterwards.
     #[arg(long)]
     pub spawn: bool,
 
@@ -135,6 +141,16 @@ pub enum LoadtestError {
         path: PathBuf,
         why: String,
     },
+}
+
+fn main() -> ExitCode {
+    match run(LoadtestArgs::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Runs the load test and prints the table. Fails only when it could not measure at all (no
@@ -307,19 +323,11 @@ fn progress_bar() -> ProgressBar {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: LoadtestArgs,
-    }
 
     #[test]
     fn flags() {
-        let cli = Cli::parse_from([
+        let args = LoadtestArgs::parse_from([
             "x",
             "--spawn",
             "--server-arg=--worker-nice=19",
@@ -330,12 +338,12 @@ mod tests {
             "--duration",
             "1s",
         ]);
-        assert_eq!(cli.args.server_args, ["--worker-nice=19", "--queue=4"]);
-        assert_eq!(cli.args.scenarios, [Scenario::Idle, Scenario::Dispatch]);
-        assert_eq!(cli.args.duration, Duration::from_secs(1));
-        assert_eq!(cli.args.multiples, [1, 2, 4]);
+        assert_eq!(args.server_args, ["--worker-nice=19", "--queue=4"]);
+        assert_eq!(args.scenarios, [Scenario::Idle, Scenario::Dispatch]);
+        assert_eq!(args.duration, Duration::from_secs(1));
+        assert_eq!(args.multiples, [1, 2, 4]);
         assert!(
-            Cli::try_parse_from(["x", "--workers", "2"]).is_err(),
+            LoadtestArgs::try_parse_from(["x", "--workers", "2"]).is_err(),
             "needs --spawn"
         );
     }

@@ -1,0 +1,111 @@
+//! The server's settings as they are in force: every flag resolved at start-up (the worker
+//! count from the cores, `--ls-root` made canonical), so that the server reads one value per
+//! setting and `/status` serialises this type as it is.
+//!
+//! Built by [`crate::cli`] from the command line, the environment and the config file; nothing
+//! here parses or fails. Shown by `/status`, so nothing secret belongs here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::logging::LogFormat;
+use crate::pool::worker::SchedClass;
+
+/// Scheduling class of the workers (`--worker-sched`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerSched {
+    /// The normal class, at `--worker-nice`.
+    Other,
+    /// SCHED_IDLE: CPU time that nothing else wants.
+    Idle,
+}
+
+impl From<WorkerSched> for SchedClass {
+    fn from(sched: WorkerSched) -> SchedClass {
+        match sched {
+            WorkerSched::Other => SchedClass::Other,
+            WorkerSched::Idle => SchedClass::Idle,
+        }
+    }
+}
+
+/// Every setting of a running server; the flag of each is named in [`crate::cli::Config`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// Address asked for (port 0 included; the bound address is printed at start-up).
+    pub listen: SocketAddr,
+    /// Number of worker processes: `--workers`, or one per available core.
+    pub workers: usize,
+    /// Jobs that may wait for a worker.
+    pub queue: u32,
+    /// Deadline of one job, queue wait plus run time.
+    #[serde(serialize_with = "as_secs")]
+    pub job_timeout: Duration,
+    /// Largest protocol line in bytes.
+    pub max_line: u64,
+    /// Largest number /isprime accepts, in significant decimal digits.
+    pub max_digits: u32,
+    /// Retire a worker after about this many jobs; 0 means never.
+    pub max_jobs_per_worker: u64,
+    /// Address-space limit of each worker in bytes; 0 means none.
+    pub worker_memory: u64,
+    /// Nice value of the workers.
+    pub worker_nice: i32,
+    /// Scheduling class of the workers.
+    pub worker_sched: WorkerSched,
+    /// Program started as a worker; `None` means this executable.
+    pub worker_program: Option<PathBuf>,
+    /// Canonical directory that /ls is confined to.
+    pub ls_root: PathBuf,
+    /// Time limit of one whole /ls listing.
+    #[serde(serialize_with = "as_secs")]
+    pub ls_timeout: Duration,
+    /// Most `ls` processes running at once.
+    pub ls_max_concurrent: u32,
+    /// On SIGINT/SIGTERM, time for in-flight work to finish before workers are killed.
+    #[serde(serialize_with = "as_secs")]
+    pub shutdown_grace: Duration,
+    /// On SIGINT/SIGTERM, time spent draining (readiness off) before the listener closes.
+    #[serde(serialize_with = "as_secs")]
+    pub shutdown_delay: Duration,
+    /// Longest wait for a complete request head.
+    #[serde(serialize_with = "as_secs")]
+    pub header_timeout: Duration,
+    /// Longest idle time of a kept-alive connection; 0 means no keep-alive.
+    #[serde(serialize_with = "as_secs")]
+    pub keepalive_timeout: Duration,
+    /// Longest wait for a whole request body once the handler reads it.
+    #[serde(serialize_with = "as_secs")]
+    pub body_timeout: Duration,
+    /// Longest a response write may make no progress before the connection is closed.
+    #[serde(serialize_with = "as_secs")]
+    pub send_timeout: Duration,
+    /// Most client connections at once on `listen`: the flag, replaced by the cap in force
+    /// (sized from RLIMIT_NOFILE) once the server runs.
+    pub max_connections: Option<u32>,
+    /// Address that alone serves `/metrics` and `/status`, if any.
+    pub admin_listen: Option<SocketAddr>,
+    /// Log format on stderr.
+    pub log_format: LogFormat,
+    /// The TOML file the settings were merged from, if any.
+    pub config: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Largest request body accepted: room for a number of `--max-digits` digits, its JSON
+    /// syntax and generous whitespace. A body is only ever a number, so anything larger is
+    /// refused (413) before it is read, instead of being buffered.
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_digits as usize + 16 * 1024
+    }
+}
+
+/// Durations are shown as seconds (a float), as the flags accept them.
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
