@@ -35,10 +35,18 @@ pub enum Command {
     /// Runs a worker process; started by the server, not by people.
     #[command(hide = true)]
     Worker(WorkerArgs),
+    /// Prints a shell completion script on stdout (e.g. `forkpool completions bash`).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page (roff) on stdout: `forkpool man > forkpool.1; man ./forkpool.1`.
+    Man,
 }
 
 /// The serve flags as given; [`Config::resolve`] turns them into the [`Settings`] in force.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, PartialEq, Args)]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port (printed as `listening on http://...`).
     #[arg(long, env = "FORKPOOL_LISTEN", default_value = "127.0.0.1:3636")]
@@ -323,7 +331,7 @@ fn file_args(path: &std::path::Path, matches: &ArgMatches) -> Result<Vec<OsStrin
     let command = Cli::command();
     let mut args = Vec::new();
     for (key, value) in table {
-        let flags = || command.get_arguments().filter(|a| a.get_id() != "config");
+        let flags = || file_flags(&command);
         let Some(arg) = flags().find(|a| a.get_long() == Some(key.as_str())) else {
             let kebab = key.replace('_', "-");
             let hint = match flags().any(|a| a.get_long() == Some(kebab.as_str())) {
@@ -361,6 +369,13 @@ fn file_args(path: &std::path::Path, matches: &ArgMatches) -> Result<Vec<OsStrin
         }
     }
     Ok(args)
+}
+
+/// The flags that a `--config` file may set: every top-level flag but `--config` itself.
+fn file_flags(command: &clap::Command) -> impl Iterator<Item = &clap::Arg> {
+    command
+        .get_arguments()
+        .filter(|a| a.get_long().is_some() && a.get_id() != "config")
 }
 
 /// The first line of a clap error without its `error: ` prefix.
@@ -445,5 +460,49 @@ mod tests {
         assert_eq!(cli.config.job_timeout, Duration::from_secs(5));
         assert_eq!(cli.config.queue, 9);
         assert_eq!(cli.config.max_digits, 10_000);
+    }
+
+    /// The example file, read through `--config` exactly as an operator would use it.
+    const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/forkpool.example.toml");
+
+    fn load(args: &[&str]) -> Cli {
+        Cli::load_from(args.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn the_example_config_loads_to_exactly_the_defaults() {
+        // Checked first so that a bad key fails with its message, not with clap's exit(2).
+        let matches = Cli::command().get_matches_from(["forkpool"]);
+        file_args(std::path::Path::new(EXAMPLE), &matches).expect("the example should parse");
+        let mut example = load(&["forkpool", "--config", EXAMPLE]).config;
+        assert_eq!(example.config, Some(PathBuf::from(EXAMPLE)));
+        example.config = None;
+        assert_eq!(example, load(&["forkpool"]).config);
+    }
+
+    #[test]
+    fn the_example_config_names_every_flag_and_its_commented_out_values_parse() {
+        let text = std::fs::read_to_string(EXAMPLE).unwrap();
+        // `key = value` lines, active or commented out (`# key = value`), without the `# `.
+        let settings: Vec<&str> = text
+            .lines()
+            .map(|line| line.strip_prefix("# ").unwrap_or(line))
+            .filter(|line| {
+                line.split_once(" = ")
+                    .is_some_and(|(key, _)| key.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+            })
+            .collect();
+        let keys: std::collections::BTreeSet<&str> = settings
+            .iter()
+            .filter_map(|line| Some(line.split_once(" = ")?.0))
+            .collect();
+        let command = Cli::command();
+        let flags = file_flags(&command).filter_map(clap::Arg::get_long).collect();
+        assert_eq!(keys, flags, "the example's keys against the flags");
+        // With every key active, the file still parses: the example values are valid too.
+        let path = temp_file("example-all", &settings.join("\n"));
+        let result = file_args(&path, &Cli::command().get_matches_from(["forkpool"]));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(result.map(|args| args.len()), Ok(settings.len()));
     }
 }

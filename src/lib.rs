@@ -1,6 +1,10 @@
 //! forkpool: an HTTP service (axum + tokio) that keeps its event loop free by running CPU work
 //! in a pool of worker processes.
 //!
+//! Linux only (kernel 5.6 or newer): the pool relies on `prctl(PR_SET_PDEATHSIG)`, SCHED_IDLE
+//! and `RLIMIT_AS`, and `/ls` on `openat2`. On any other OS the build stops with one
+//! `compile_error!` that says so.
+//!
 //! The server re-executes its own binary in a hidden `worker` mode and talks JSON lines with
 //! each worker over stdin/stdout. Workers can be killed at any moment (deadline, client gone,
 //! crash) without harm to the server or to other jobs.
@@ -39,14 +43,29 @@
 //! The load tester behind the README's figures is a program of its own, `forkpool-loadtest`
 //! (the workspace member in `loadtest/`): none of it is linked into this server.
 
-pub mod cli;
-pub mod error;
-pub mod jobs;
-pub mod logging;
-pub mod pool;
-pub mod prime;
-pub mod procfs;
-pub mod routes;
-pub mod server;
-pub mod settings;
-pub mod units;
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "forkpool runs on Linux only (kernel 5.6 or newer): it needs prctl(PR_SET_PDEATHSIG), \
+     SCHED_IDLE, RLIMIT_AS and openat2, which this target does not have"
+);
+
+/// Declares the modules for Linux only. Elsewhere the crate is then empty but for the
+/// `compile_error!` above, so that it is the one error, not the first of pages of unresolved
+/// Linux-only names (rustc goes on to name resolution after a `compile_error!`).
+macro_rules! linux_only {
+    ($($module:item)*) => { $(#[cfg(target_os = "linux")] $module)* };
+}
+
+linux_only! {
+    pub mod cli;
+    pub mod error;
+    pub mod jobs;
+    pub mod logging;
+    pub mod pool;
+    pub mod prime;
+    pub mod procfs;
+    pub mod routes;
+    pub mod server;
+    pub mod settings;
+    pub mod units;
+}

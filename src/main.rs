@@ -1,10 +1,13 @@
 //! The `forkpool` binary: parses the command line and dispatches to the server, the hidden
-//! worker mode. Nothing else lives here but the choice of global allocator. (The load tester
-//! is a program of its own, `forkpool-loadtest`.)
+//! worker mode, or the shell completion and man page printers (generated from the clap grammar,
+//! so they cannot drift from the flags). Nothing else lives here but the choice of global
+//! allocator. (The load tester is a program of its own, `forkpool-loadtest`.)
 
 use std::future::Future;
+use std::io::Write;
 
 use anyhow::{bail, Context};
+use clap::CommandFactory;
 use forkpool::cli::{Cli, Command, Config};
 use forkpool::jobs::{IsPrimeJob, RequestIdLog};
 use forkpool::pool::worker;
@@ -27,7 +30,27 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Some(Command::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "forkpool", &mut script);
+            print_out(&script)
+        }
+        Some(Command::Man) => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            print_out(&page)
+        }
     }
+}
+
+/// Writes a generated text to stdout. Generated into memory first, because clap_complete
+/// panics on a failed write; this way `forkpool man | head` ends with an error, not a panic.
+fn print_out(text: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text)
+        .and_then(|()| stdout.flush())
+        .context("cannot write to stdout")
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
