@@ -34,6 +34,13 @@ impl Server {
         Self::launch(command(&[&["--listen", "127.0.0.1:0"], args].concat(), env))
     }
 
+    /// Starts `forkpool --listen ADDR ARGS...` on a given address, e.g. a replica restarted on
+    /// the port its load balancer knows.
+    pub fn start_on(addr: SocketAddr, args: &[&str]) -> Server {
+        let listen = addr.to_string();
+        Self::launch(command(&[&["--listen", listen.as_str()], args].concat(), &[]))
+    }
+
     /// Starts the server so that file permissions bind it even when the tests run as root:
     /// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (which let root read any directory) leave the
     /// bounding set before exec, so the server, its workers and `ls` never get them.
@@ -135,10 +142,8 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
-        let mut stream = self.send(method, path, headers, body);
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).expect("read response");
-        Response::parse(&raw)
+        try_request(self.addr, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     /// Sends a request and returns the open connection, for tests that read slowly or hang up.
@@ -149,14 +154,7 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> TcpStream {
-        let mut stream = TcpStream::connect(self.addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        stream
-            .write_all(&request_bytes(self.addr, method, path, headers, body))
-            .unwrap();
-        stream
+        send_to(self.addr, method, path, headers, body).expect("connect and send")
     }
 
     /// POSTs a primality job for `number` and returns the open connection, unread: drop it to
@@ -250,6 +248,43 @@ fn listening_address(line: &str, prefix: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
         .parse()
         .expect("address")
+}
+
+/// Sends one request on a fresh connection (`Connection: close`) to any HTTP server (forkpool,
+/// or nginx in front of it) and returns the connection, unread. A 60 s read timeout bounds a
+/// test that would otherwise hang.
+pub fn send_to(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.write_all(&request_bytes(addr, method, path, headers, body))?;
+    Ok(stream)
+}
+
+/// [`send_to`], then reads the response to the end. An error, not a panic, when the
+/// connection fails or no complete response head arrives: load tests count those.
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut stream = send_to(addr, method, path, headers, body)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    match raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        true => Ok(Response::parse(&raw)),
+        false => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("no response head in {} bytes", raw.len()),
+        )),
+    }
 }
 
 /// `forkpool ARGS` with `env` added (and `RUST_LOG` removed unless given), stdout and stderr
