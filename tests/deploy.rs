@@ -352,9 +352,11 @@ fn a_replica_killed_under_load_fails_only_requests_nginx_must_not_retry() {
         assert_eq!(*kind, Kind::IsPrimePost, "{failure}");
         assert!(failure.starts_with("502"), "{failure}");
     }
+    // Whatever was sent to the dead replica first moved on: a GET in flight, or any request
+    // whose connection was refused (nothing sent yet, so a POST too).
     assert!(
-        retried.keys().any(|method| method == "GET"),
-        "no GET was moved to the other replica: {retried:?}"
+        !retried.is_empty(),
+        "nginx moved no request to the other replica"
     );
 }
 
@@ -722,8 +724,11 @@ impl std::fmt::Display for Tally {
             (ok as f64 + self.failed.len() as f64) / secs,
             Load::CLIENTS
         )?;
-        for (kind, failure) in &self.failed {
+        for (kind, failure) in self.failed.iter().take(10) {
             write!(f, "\n  failed {kind:?}: {failure}")?;
+        }
+        if self.failed.len() > 10 {
+            write!(f, "\n  ... and {} more", self.failed.len() - 10)?;
         }
         Ok(())
     }
