@@ -98,3 +98,7 @@ for run in $(seq "$runs"); do
     start_nginx "$n2" "$a" "$b"
     dispatch "through nginx, two replicas" "http://127.0.0.1:$n2"
 done
+
+# What nginx itself logged as errors (a replica that failed a connect or a read), by message.
+echo "== nginx errors over all runs"
+grep -E '\[(error|crit|alert|emerg)\]' "$dir/error.log" | sed -E 's/^.*\] [0-9#]+: (\*[0-9]+ )?//; s/, client:.*//' | sort | uniq -c || echo "none"

@@ -38,7 +38,10 @@ impl Server {
     /// the port its load balancer knows.
     pub fn start_on(addr: SocketAddr, args: &[&str]) -> Server {
         let listen = addr.to_string();
-        Self::launch(command(&[&["--listen", listen.as_str()], args].concat(), &[]))
+        Self::launch(command(
+            &[&["--listen", listen.as_str()], args].concat(),
+            &[],
+        ))
     }
 
     /// Starts the server so that file permissions bind it even when the tests run as root:
