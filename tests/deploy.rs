@@ -256,7 +256,9 @@ struct Listing {
     ls_running_at_first_chunk: bool,
     /// From the request to the end of the listing.
     total: Duration,
+    /// Lines of the listing.
     lines: usize,
+    /// Bytes of the listing (the decoded body).
     bytes: usize,
 }
 
@@ -363,19 +365,25 @@ fn a_replica_killed_under_load_fails_only_requests_nginx_must_not_retry() {
 // ---------------------------------------------------------------------------------------------
 // The cluster: two replicas on fixed loopback ports, nginx in front
 
+/// Two replicas behind nginx, for one test at a time.
 struct Cluster {
     /// First, so that it stops before the replicas do.
     nginx: Nginx,
+    /// The replicas, in the order of the upstream's `server` lines.
     replicas: Vec<Server>,
     /// The replicas' flags: one worker each, and the shipped env file's drain settings.
     args: Vec<String>,
+    /// Held while the cluster lives: the nginx tests run one at a time.
     _lock: MutexGuard<'static, ()>,
 }
 
 /// How long each step of one replica's restart took, from its SIGTERM.
 struct Roll {
+    /// Until the old replica had exited (its delay, then what was in flight).
     exited: Duration,
+    /// Until the fresh replica on the same port was ready (`/readyz` 200).
     ready: Duration,
+    /// Until nginx sent a request to the fresh replica.
     in_rotation: Duration,
 }
 
@@ -458,8 +466,11 @@ fn free_port() -> SocketAddr {
 /// nginx running `daemon off` as the current user, its files in a temp dir, serving the
 /// shipped conf with the test's ports.
 struct Nginx {
+    /// The master process (`daemon off`).
     child: Child,
+    /// Where it listens: the shipped `listen 80` with the test's port.
     addr: SocketAddr,
+    /// Its confs, pid file, logs and temp files.
     dir: tempfile::TempDir,
 }
 
@@ -639,8 +650,11 @@ impl Kind {
 
 /// Closed-loop clients, each sending the three kinds in turn with a short pause.
 struct Load {
+    /// Set by `finish`: each client stops after its current request.
     stop: Arc<AtomicBool>,
+    /// The client threads, each returning its own tally.
     clients: Vec<JoinHandle<Tally>>,
+    /// When the load began, for the failures' timestamps and the rate.
     started: Instant,
 }
 
