@@ -111,8 +111,9 @@ pub struct Config {
     #[arg(long, env = "FORKPOOL_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// On SIGINT/SIGTERM, keep accepting for this long with /readyz at 503 and no new jobs, so
-    /// that a load balancer sees the drain before the listener closes.
+    /// On SIGINT/SIGTERM, keep serving (jobs included) for this long with /readyz at 503 and
+    /// `Connection: close` on every response, so that a load balancer sees the drain and stops
+    /// reusing connections before the listener closes.
     #[arg(long, env = "FORKPOOL_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
 

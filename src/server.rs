@@ -1,7 +1,8 @@
-//! The HTTP server: the routers with their layers, and `run`, which serves until
-//! a shutdown future resolves and then drains in order (readiness off, listeners closed,
-//! requests finished, workers retired), all within the configured grace period. A request still
-//! waiting when the grace period ends is answered 503 before its connection closes.
+//! The HTTP server: the routers with their layers, and `run`, which serves until a shutdown
+//! future resolves and then drains in order (readiness off and `Connection: close`, listeners
+//! closed, requests finished, workers retired), all within the configured grace period. A
+//! request still waiting when the grace period ends is answered 503 before its connection
+//! closes.
 //!
 //! Connections are accepted by our own loop (`listener`) over hyper's HTTP/1.1 connection
 //! (`connection`), not by `axum::serve`, which has no header, body or idle timeouts and no
@@ -17,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -72,6 +73,10 @@ pub fn routers(state: AppState) -> (Router, Option<Router>) {
                 state.clone(),
                 answer_before_grace_ends,
             ))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                close_when_draining,
+            ))
             .with_state(state.clone());
         with_layers(router)
     };
@@ -84,6 +89,24 @@ pub fn with_layers(router: Router) -> Router {
     router
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(middleware::from_fn(observe))
+}
+
+/// Once shutdown has begun, every response says `Connection: close`, so that a load balancer
+/// (nginx keeps connections to its upstreams alive, and open-source nginx never reads /readyz)
+/// retires each kept-alive connection after its next answer. By the time the listener closes,
+/// no idle connection is left for the server to close while the balancer sends a request on
+/// it: a POST lost that way is one nginx will not retry, since the job may have started.
+async fn close_when_draining(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if state.is_shutting_down() {
+        let close = HeaderValue::from_static("close");
+        response.headers_mut().insert(header::CONNECTION, close);
+    }
+    response
 }
 
 /// A request still waiting when `--shutdown-grace` ends is answered 503 instead of having its
@@ -183,10 +206,11 @@ fn new_request_id() -> String {
 }
 
 /// Serves `listener` (and `admin`, the `--admin-listen` socket) until `shutdown` resolves,
-/// then drains: readiness goes to 503 and new jobs are refused at once; after
-/// `--shutdown-delay` the listeners close and each connection closes once its request is
-/// answered; requests and jobs get what is left of `--shutdown-grace`, after which those still
-/// waiting are answered 503; then the workers are retired or killed.
+/// then drains: readiness goes to 503 and every response says `Connection: close` at once
+/// (requests, jobs included, are still served); after `--shutdown-delay` the listeners close
+/// and each connection closes once its request is answered; requests and jobs get what is
+/// left of `--shutdown-grace`, after which those still waiting are answered 503; then the
+/// workers are retired or killed.
 pub async fn run(
     listener: TcpListener,
     admin: Option<TcpListener>,

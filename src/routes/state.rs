@@ -91,10 +91,11 @@ impl AppState {
         self.shutting_down.load(Ordering::Relaxed)
     }
 
-    /// Readiness off and no new jobs; what is queued or running may finish.
+    /// Readiness off and `Connection: close` from now on. Jobs are still taken: whoever sends
+    /// here during `--shutdown-delay` (a balancer that has not noticed) or has a request in
+    /// flight when the listeners close is served; `WorkerPool::shutdown` closes the pool.
     pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
-        self.pool.close();
     }
 }
 

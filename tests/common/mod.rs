@@ -34,6 +34,16 @@ impl Server {
         Self::launch(command(&[&["--listen", "127.0.0.1:0"], args].concat(), env))
     }
 
+    /// Starts `forkpool --listen ADDR ARGS...` on a given address, e.g. a replica restarted on
+    /// the port its load balancer knows.
+    pub fn start_on(addr: SocketAddr, args: &[&str]) -> Server {
+        let listen = addr.to_string();
+        Self::launch(command(
+            &[&["--listen", listen.as_str()], args].concat(),
+            &[],
+        ))
+    }
+
     /// Starts the server so that file permissions bind it even when the tests run as root:
     /// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (which let root read any directory) leave the
     /// bounding set before exec, so the server, its workers and `ls` never get them.
@@ -130,7 +140,7 @@ impl Server {
     /// A GET on the `--admin-listen` address; panics if there is none.
     pub fn get_admin(&self, path: &str) -> Response {
         let admin = self.admin.expect("the server has an admin listener");
-        read_to_end(send_to(admin, "GET", path, &[], b""))
+        try_request(admin, "GET", path, &[], b"").unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     /// One request on a fresh connection (`Connection: close`), read to the end.
@@ -141,7 +151,8 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
-        read_to_end(self.send(method, path, headers, body))
+        try_request(self.addr, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     /// Sends a request and returns the open connection, for tests that read slowly or hang up.
@@ -152,7 +163,7 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> TcpStream {
-        send_to(self.addr, method, path, headers, body)
+        send_to(self.addr, method, path, headers, body).expect("connect and send")
     }
 
     /// POSTs a primality job for `number` and returns the open connection, unread: drop it to
@@ -260,6 +271,43 @@ fn listening_address(line: &str, prefix: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
         .parse()
         .expect("address")
+}
+
+/// Sends one request on a fresh connection (`Connection: close`) to any HTTP server (forkpool,
+/// or nginx in front of it) and returns the connection, unread. A 60 s read timeout bounds a
+/// test that would otherwise hang.
+pub fn send_to(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.write_all(&request_bytes(addr, method, path, headers, body))?;
+    Ok(stream)
+}
+
+/// [`send_to`], then reads the response to the end. An error, not a panic, when the
+/// connection fails or no complete response head arrives: load tests count those.
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut stream = send_to(addr, method, path, headers, body)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    match raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        true => Ok(Response::parse(&raw)),
+        false => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("no response head in {} bytes", raw.len()),
+        )),
+    }
 }
 
 /// `forkpool ARGS` with `env` added (and `RUST_LOG` removed unless given), stdout and stderr
@@ -488,31 +536,6 @@ pub fn open_fds(pid: u32) -> usize {
 /// True while `pid` exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     proc_info(pid).is_some_and(|p| p.state != 'Z')
-}
-
-/// Sends one request to `addr` (`Connection: close`) and returns the open connection.
-fn send_to(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    stream
-        .write_all(&request_bytes(addr, method, path, headers, body))
-        .unwrap();
-    stream
-}
-
-/// Reads a response to the end of the connection.
-fn read_to_end(mut stream: TcpStream) -> Response {
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read response");
-    Response::parse(&raw)
 }
 
 /// A file under the temp dir named `{prefix}XXXXXX{suffix}`, holding `text`, closed (so that it
