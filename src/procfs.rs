@@ -119,7 +119,8 @@ fn boot_time() -> Result<u64, ProcfsError> {
         .ok_or_else(|| format_error(PROC_STAT, "btime"))
 }
 
-fn open_fds() -> Result<u64, ProcfsError> {
+/// Descriptors this process has open now.
+pub fn open_fds() -> Result<u64, ProcfsError> {
     const FD_DIR: &str = "/proc/self/fd";
     let entries = std::fs::read_dir(FD_DIR).map_err(|source| ProcfsError::Read {
         path: FD_DIR.into(),

@@ -9,6 +9,7 @@
 
 use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 
+use crate::procfs;
 use crate::settings::Settings;
 
 /// The cap when `--max-connections` is not given (gunicorn's `worker_connections` is 1000).
@@ -40,7 +41,8 @@ pub enum BudgetError {
 /// leaves after the reserve.
 pub fn connection_cap(config: &Settings) -> Result<u32, BudgetError> {
     let (before, limit) = raise_nofile_limit();
-    let open = open_descriptors();
+    // Unreadable /proc: count none open, and let the margin absorb what is.
+    let open = procfs::open_fds().unwrap_or(0);
     let workers_fds = FDS_PER_WORKER * (config.workers as u64 + 1);
     let reserved = open
         + workers_fds
@@ -92,9 +94,4 @@ fn raise_nofile_limit() -> (u64, u64) {
             (soft, soft)
         }
     }
-}
-
-/// Descriptors open in this process now.
-fn open_descriptors() -> u64 {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count() as u64)
 }
