@@ -175,12 +175,12 @@ impl Tracker {
     }
 
     /// Since when this connection has been idle, if it is.
-    pub fn idle_since(&self) -> Option<Instant> {
+    fn idle_since(&self) -> Option<Instant> {
         (self.phase() == Phase::Idle).then(|| self.since())
     }
 
     /// Asks the connection to close at once (it is idle: nothing is lost).
-    pub fn evict(&self) {
+    fn evict(&self) {
         self.evict.notify_one();
     }
 }
@@ -207,24 +207,20 @@ impl Registry {
         }
     }
 
-    /// Closes the connection that has been idle the longest, if any is idle; true if one was.
-    pub fn evict_oldest_idle(&self) -> bool {
+    /// Closes the connection that has been idle the longest, if any is idle.
+    pub fn evict_oldest_idle(&self) {
         let connections = self.connections.lock().unwrap();
         let oldest = connections
             .values()
             .filter_map(|t| t.idle_since().map(|since| (since, t)))
             .min_by_key(|(since, _)| *since);
-        match oldest {
-            Some((_, tracker)) => {
-                tracker.evict();
-                true
-            }
-            None => false,
+        if let Some((_, tracker)) = oldest {
+            tracker.evict();
         }
     }
 
     /// Connections still open.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.connections.lock().unwrap().len()
     }
 
