@@ -76,6 +76,10 @@ pub struct Config {
     #[arg(long, env = "FORKPOOL_MAX_JOBS_PER_WORKER", default_value_t = 0)]
     pub max_jobs_per_worker: u64,
 
+    /// Most light jobs (numbers below 2^64) sent to one worker at once; 1 sends each alone.
+    #[arg(long, env = "FORKPOOL_MAX_BATCH", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_batch: u32,
+
     /// Address-space limit of each worker (RLIMIT_AS), e.g. `1GiB`; 0 means no limit.
     #[arg(long, env = "FORKPOOL_WORKER_MEMORY", default_value = "1GiB", value_parser = parse_size)]
     pub worker_memory: u64,
@@ -273,6 +277,7 @@ impl Config {
             max_line: self.max_line,
             max_digits: self.max_digits,
             max_jobs_per_worker: self.max_jobs_per_worker,
+            max_batch: self.max_batch as usize,
             worker_memory: self.worker_memory,
             worker_nice: self.worker_nice,
             worker_sched: self.worker_sched,

@@ -12,7 +12,7 @@ use malachite_nz::natural::Natural;
 use serde::{Deserialize, Serialize};
 
 use crate::pool::worker::JobLog;
-use crate::pool::Job;
+use crate::pool::{Job, Weight};
 use crate::prime::{self, Method};
 
 /// The job sent to a worker: a canonical decimal number.
@@ -50,6 +50,15 @@ impl Job for IsPrimeJob {
             is_prime: verdict.is_prime,
             method: verdict.method,
         })
+    }
+
+    /// Light below 2^64 (every number of at most 19 digits is): the exact `u64` test takes
+    /// microseconds. Anything longer may take seconds, so it runs on a free worker, alone.
+    fn weight(&self) -> Weight {
+        match self.n.len() <= 19 {
+            true => Weight::Light,
+            false => Weight::Heavy,
+        }
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Settings {
     pub max_digits: u32,
     /// Retire a worker after about this many jobs; 0 means never.
     pub max_jobs_per_worker: u64,
+    /// Most light jobs sent to one worker at once.
+    pub max_batch: usize,
     /// Address-space limit of each worker in bytes; 0 means none.
     pub worker_memory: u64,
     /// Nice value of the workers.

@@ -9,7 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{alive, busy_jobs, signal, slow_prime, status, temp_file, wait_until, Server};
+use common::{
+    alive, busy_jobs, mersenne, signal, slow_prime, status, temp_file, wait_until, Server,
+};
 use forkpool::error::AppError;
 use forkpool::jobs::IsPrimeJob;
 use forkpool::pool::{Job, PoolConfig, PoolError, WorkerPool};
@@ -166,6 +168,129 @@ fn full_queue_gives_503_with_retry_after_and_hang_up_leaves_the_queue() {
     drop(running);
     server.wait_for_workers(1);
     assert_serves(&server);
+    server.assert_no_zombies();
+}
+
+/// Waits until the queue holds `n` jobs.
+fn wait_queued(server: &Server, n: u64) {
+    let queued = wait_until(Duration::from_secs(10), || {
+        (status(server)["queue_depth"] == n).then_some(())
+    });
+    assert!(
+        queued.is_some(),
+        "{n} jobs never queued: {}",
+        status(server)
+    );
+}
+
+/// Whether the server has not answered on `stream` yet.
+fn unanswered(stream: &std::net::TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let waiting =
+        matches!(stream.peek(&mut [0]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    stream.set_nonblocking(false).unwrap();
+    waiting
+}
+
+#[test]
+fn short_jobs_queued_behind_a_long_one_never_wait_for_it() {
+    // Both workers busy, then a long job and twenty short ones queue up behind it. The first
+    // free worker must take the long job alone: short jobs sent along with it would wait the
+    // whole long test in its worker while the other worker sat free.
+    let server = Server::start(&["--workers", "2", "--max-batch", "16"]);
+    server.wait_for_workers(2);
+    let medium = mersenne(4423);
+    let busy: Vec<_> = (0..2).map(|_| server.send_job(&medium)).collect();
+    wait_until(Duration::from_secs(10), || {
+        (busy_jobs(&server).len() == 2).then_some(())
+    })
+    .expect("both workers take a job");
+    let long = server.send_job(&slow_prime());
+    wait_queued(&server, 1);
+    let shorts: Vec<_> = (0..20)
+        .map(|i| server.send_job(&(1_000_003 + 2 * i).to_string()))
+        .collect();
+    wait_queued(&server, 21);
+    for (i, short) in shorts.into_iter().enumerate() {
+        let response = read_response(short);
+        assert_eq!(response.status, 200, "short job {i}: {}", response.text());
+    }
+    assert!(
+        unanswered(&long),
+        "the long job ended before every short job was answered: some waited behind it"
+    );
+    assert_eq!(read_response(long).json()["isPrime"], true);
+    for stream in busy {
+        assert_eq!(read_response(stream).status, 200);
+    }
+    server.assert_no_zombies();
+}
+
+/// A fake isprime worker like the real one: it holds its answers until no more jobs arrive
+/// for 0.3 s, then writes them at once; a job for 11 takes a second, one for 13 crashes it.
+fn batching_fake_worker() -> tempfile::TempPath {
+    let hello = hello(env!("CARGO_PKG_VERSION"));
+    let script = format!(
+        r#"#!/bin/bash
+echo "{hello}"
+held=""
+while true; do
+  if read -r -t 0.3 line; then
+    id=${{line#*\"id\":}}; id=${{id%%,*}}
+    case $line in *'"n":"13"'*) exit 3;; *'"n":"11"'*) sleep 1;; esac
+    held+="{{\"id\":$id,\"ms\":0.1,\"ok\":{{\"is_prime\":true,\"method\":\"deterministic\"}}}}"$'\n'
+  elif [ $? -gt 128 ]; then
+    printf '%s' "$held"; held=""
+  else
+    exit 0
+  fi
+done
+"#
+    );
+    let path = temp_file("forkpool-batching-", ".sh", &script);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn a_worker_dying_with_several_jobs_fails_only_the_job_that_crashes_alone() {
+    let fake = batching_fake_worker();
+    let program = fake.to_str().unwrap();
+    let server = Server::start(&["--workers", "1", "--worker-program", program]);
+    server.wait_for_workers(1);
+    let first = server.send_job("11");
+    wait_until(Duration::from_secs(10), || {
+        (busy_jobs(&server).len() == 1).then_some(())
+    })
+    .expect("the worker takes the first job");
+    // Queued behind it, then handed over together: the worker holds the answer to 2 when 13
+    // crashes it, so the pool cannot tell which job did.
+    let batch: Vec<_> = ["2", "13", "3"]
+        .iter()
+        .map(|&n| {
+            let stream = server.send_job(n);
+            std::thread::sleep(Duration::from_millis(50));
+            stream
+        })
+        .collect();
+    wait_queued(&server, 3);
+    assert_eq!(read_response(first).status, 200);
+    let answers: Vec<_> = batch.into_iter().map(read_response).collect();
+    assert_eq!(answers[0].status, 200, "{}", answers[0].text());
+    let message = answers[1].assert_error(502);
+    assert!(message.contains("exited with code 3"), "{message}");
+    assert_eq!(answers[2].status, 200, "{}", answers[2].text());
+    let metrics = server.get("/metrics").text();
+    for line in [
+        "forkpool_jobs_total{outcome=\"crashed\"} 1",
+        "forkpool_jobs_total{outcome=\"ok\"} 3",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
+    }
+    server.wait_for_workers(1);
     server.assert_no_zombies();
 }
 

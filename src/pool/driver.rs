@@ -6,13 +6,21 @@
 //! start again after losing the worker, or retire. The worker and what is tracked about it
 //! live in a [`Tenure`], replaced whole when the worker is.
 //!
+//! A job event hands the worker a batch: one heavy job, or light ones that it runs in order.
+//! The driver then answers each job as its reply comes in and, while the worker runs only light
+//! jobs, tops its pipe up with queued light ones, so that a busy worker never waits for the
+//! driver. It writes and reads at once (see `WorkerProcess::write_and_read`), so a batch larger
+//! than a pipe's buffer cannot stall both sides.
+//!
 //! Failure modes: a worker lost mid-job fails that job and is replaced at once, or after a
-//! backoff when it dies again and again right after start; a panic in the driver (a bug, or a
+//! backoff when it dies again and again right after start; the jobs sent ahead to it go back
+//! to the front of the queue (see `on_died_mid_batch` for a worker that dies holding several). A panic in the driver (a bug, or a
 //! `Job::Output` whose decoding panics) unwinds to [`supervise`], which has the worker killed
-//! (by dropping it), fails the running job with `PoolError::DriverPanic`, counts and logs it,
-//! and starts the driver again.
+//! (by dropping it), fails the running job with `PoolError::DriverPanic`, requeues the jobs
+//! sent ahead, counts and logs it, and starts the driver again.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::BuildHasher;
@@ -21,14 +29,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::sleep;
 
 use super::lifecycle::{JobOutcome, WorkerExit};
 use super::process::{SpawnError, WorkerProcess};
-use super::protocol::{decode, encode, Outcome, ProtocolError, Reply, Request};
+use super::protocol::{decode, encode_into, Outcome, ProtocolError, Reply, Request};
 use super::queue::Pending;
 use super::status::WorkerState;
 use super::{Answer, Done, Inner, Job, PoolError, RollRequest};
@@ -66,9 +75,9 @@ struct Driver<J: Job> {
     rolls: mpsc::UnboundedReceiver<RollRequest>,
     /// Delay before the next start after failures; reset by a served job.
     backoff: Backoff,
-    /// The answer channel of the job running now. Kept here rather than on the run's stack so
-    /// that `recover` can still fail the job after a panic.
-    running: Option<oneshot::Sender<Answer<J>>>,
+    /// The jobs handed to the worker and not answered yet, the running one first. Kept here
+    /// rather than on the run's stack so that `recover` can still answer them after a panic.
+    running: VecDeque<Pending<J>>,
 }
 
 /// The worker in the slot, and what the driver tracks about it.
@@ -104,7 +113,8 @@ type Spawning =
 /// size gap between variants costs nothing worth a box.
 #[allow(clippy::large_enum_variant)]
 enum Event<J: Job> {
-    Job(Pending<J>),
+    /// One heavy job, or light ones (see `Inner::next_batch`).
+    Jobs(Vec<Pending<J>>),
     /// The queue is closed and empty.
     Closed,
     /// Output (or EOF) from a worker that has no job: it died or misbehaves.
@@ -155,7 +165,7 @@ impl<J: Job> Driver<J> {
             slot,
             rolls,
             backoff: Backoff::default(),
-            running: None,
+            running: VecDeque::new(),
         }
     }
 
@@ -183,7 +193,7 @@ impl<J: Job> Driver<J> {
     async fn step(&mut self, t: &mut Tenure) -> Step {
         self.set_state(WorkerState::Idle, Some(&t.worker));
         match self.next_event(t).await {
-            Event::Job(job) => self.on_job(t, job).await,
+            Event::Jobs(batch) => self.on_batch(t, batch).await,
             Event::Closed => Step::Retire,
             Event::IdleOutput(line) => on_idle_output(&mut t.worker, line).await,
             Event::Roll(done) => self.on_roll(t, done),
@@ -205,56 +215,129 @@ impl<J: Job> Driver<J> {
             }
         };
         tokio::select! {
-            job = self.pool.next_job() => job.map_or(Event::Closed, Event::Job),
+            jobs = self.pool.next_batch() => jobs.map_or(Event::Closed, Event::Jobs),
             line = worker.next_line() => Event::IdleOutput(line),
             Some(done) = self.rolls.recv() => Event::Roll(done),
             new = replacement => Event::Replacement(new),
         }
     }
 
-    /// Runs one job on the worker and answers it.
-    async fn on_job(&mut self, t: &mut Tenure, job: Pending<J>) -> Step {
-        self.pool.slots[self.slot].lock().unwrap().busy(job.id);
-        let Pending {
-            id,
-            tag,
-            job,
-            deadline,
-            enqueued,
-            reply,
-        } = job;
-        let started = Instant::now();
-        let metrics = &self.pool.metrics;
-        metrics
-            .queue_wait
-            .record((started - enqueued).as_secs_f64());
-        let request = Request { id, tag, job };
-        let line = encode(&request);
-        let reply = self.running.insert(reply);
-        let end = exchange::<J>(&mut t.worker, &line, id, deadline, reply).await;
-        metrics.run_time.record(started.elapsed().as_secs_f64());
-        let settled = settle(&mut t.worker, end, id, &request.tag).await;
-        metrics.job(settled.outcome);
-        let reply = self.running.take();
-        if let (Some(reply), Some(answer)) = (reply, settled.answer) {
+    /// Hands the worker `batch` and answers each job as its reply comes in; while the worker
+    /// runs light jobs, queued light ones are sent after them.
+    async fn on_batch(&mut self, t: &mut Tenure, batch: Vec<Pending<J>>) -> Step {
+        let light = batch[0].travels_light();
+        let mut outbox = BytesMut::new();
+        self.hand_over(batch, &mut outbox);
+        // The running job started when the one before it answered (or when the batch left).
+        let mut started = Instant::now();
+        while let Some(head) = self.running.front_mut() {
+            self.pool.slots[self.slot].lock().unwrap().busy(head.id);
+            let end = exchange::<J>(&mut t.worker, &mut outbox, head).await;
+            if matches!(end, RunEnd::Died) && self.running.len() > 1 {
+                return self.on_died_mid_batch(&mut t.worker).await;
+            }
+            let job = self.running.pop_front().expect("the running job is the front one");
+            let now = Instant::now();
+            self.pool.metrics.run_time.record((now - started).as_secs_f64());
+            started = now;
+            if let Some(exit) = self.answer(&mut t.worker, end, job).await {
+                self.requeue_sent_ahead(false);
+                return Step::Lost(exit);
+            }
+            self.on_served(t);
+            if light {
+                self.top_up(t, &mut outbox);
+            }
+        }
+        Step::Continue
+    }
+
+    /// The worker died holding several unanswered jobs. It writes its answers when it runs
+    /// out of input, so the first unanswered job may have finished: which one crashed it is
+    /// unknown. None is failed; all go back to the queue to run alone, where a crash is the
+    /// job's own. (Light jobs take microseconds, so running a finished one again costs little;
+    /// a job that kills every worker fails on its first run alone.)
+    async fn on_died_mid_batch(&mut self, worker: &mut WorkerProcess) -> Step {
+        let cause = worker.exit_cause().await;
+        tracing::warn!(pid = worker.pid, jobs = self.running.len(), %cause,
+            "worker died holding several jobs; each runs again alone");
+        self.requeue_sent_ahead(true);
+        Step::Lost(WorkerExit::Crashed(cause))
+    }
+
+    /// Answers `job` with how its run ended; `Some` when the worker is gone. (`&mut self`
+    /// because a shared `Driver` is not `Sync`, and this future must be `Send`.)
+    async fn answer(
+        &mut self,
+        worker: &mut WorkerProcess,
+        end: RunEnd<J>,
+        job: Pending<J>,
+    ) -> Option<WorkerExit> {
+        let settled = settle(worker, end, job.id, &job.tag).await;
+        self.pool.metrics.job(settled.outcome);
+        if let Some(answer) = settled.answer {
             // The submitter may have left meanwhile; then nobody needs the answer.
-            let _ = reply.send(answer);
+            let _ = job.reply.send(answer);
         }
-        match settled.exit {
-            Some(exit) => Step::Lost(exit),
-            None => self.on_served(t),
+        settled.exit
+    }
+
+    /// Moves `jobs` to `running` and their lines to `outbox`.
+    fn hand_over(&mut self, jobs: Vec<Pending<J>>, outbox: &mut BytesMut) {
+        let now = Instant::now();
+        let mut lines = Vec::new();
+        for job in jobs {
+            let waited = now - job.enqueued;
+            self.pool.metrics.queue_wait.record(waited.as_secs_f64());
+            let request = Request {
+                id: job.id,
+                tag: job.tag.as_str(),
+                job: &job.job,
+            };
+            encode_into(&mut lines, &request);
+            self.running.push_back(job);
         }
+        outbox.extend_from_slice(&lines);
+    }
+
+    /// Sends queued light jobs after the light ones the worker has, up to `max_batch` in all,
+    /// once at most half of them are left: writes of several jobs each, yet the worker never
+    /// runs dry. None while a replacement or a roll waits for the worker to be free, or it
+    /// would never be.
+    fn top_up(&mut self, t: &Tenure, outbox: &mut BytesMut) {
+        let max = self.pool.config.max_batch;
+        if self.running.len() > max / 2 || t.spawning.is_some() || !self.rolls.is_empty() {
+            return;
+        }
+        let room = max.saturating_sub(self.running.len());
+        let jobs = self.pool.more_light(room);
+        self.hand_over(jobs, outbox);
+    }
+
+    /// The worker was lost with jobs sent ahead and not answered. They may have run (a worker
+    /// writes its answers when it runs out of input), but nobody got an answer, so they go
+    /// back to the front of the queue for another worker; `alone` when each must run alone
+    /// from now on.
+    fn requeue_sent_ahead(&mut self, alone: bool) {
+        if self.running.is_empty() {
+            return;
+        }
+        tracing::info!(slot = self.slot, jobs = self.running.len(),
+            "jobs sent ahead to a lost worker go back to the queue");
+        self.pool.requeue(self.running.drain(..).map(|job| Pending {
+            alone: alone || job.alone,
+            ..job
+        }));
     }
 
     /// The worker answered and stays: count it, and start its replacement once it is due.
-    fn on_served(&mut self, t: &mut Tenure) -> Step {
+    fn on_served(&mut self, t: &mut Tenure) {
         t.served += 1;
         self.backoff.reset();
         self.pool.slots[self.slot].lock().unwrap().jobs_served += 1;
         if t.retire_after > 0 && t.served >= t.retire_after && t.spawning.is_none() {
             t.spawning = Some(self.pool.spawn_spare());
         }
-        Step::Continue
     }
 
     fn on_roll(&self, t: &mut Tenure, done: RollRequest) -> Step {
@@ -318,10 +401,10 @@ impl<J: Job> Driver<J> {
         // worker as live.
         self.set_state(WorkerState::Down, None);
         let metrics = &self.pool.metrics;
-        let had_job = match self.running.take() {
-            Some(reply) => {
+        let had_job = match self.running.pop_front() {
+            Some(job) => {
                 metrics.job(JobOutcome::DriverPanic);
-                reply.send(Err(PoolError::DriverPanic)).is_ok()
+                job.reply.send(Err(PoolError::DriverPanic)).is_ok()
             }
             None => false,
         };
@@ -331,6 +414,7 @@ impl<J: Job> Driver<J> {
         metrics.driver_panics.increment(1);
         tracing::error!(slot = self.slot, ?pid, had_job, panic = %message,
             "slot driver panicked; its worker was killed and its job failed; restarting the slot");
+        self.requeue_sent_ahead(false);
     }
 
     /// Spawns workers until one says hello, backing off exponentially between failures.
@@ -359,19 +443,16 @@ impl<J: Job> Driver<J> {
     }
 }
 
-/// Sends the job line and reads the reply, unless the submitter stops waiting first.
+/// Writes what is left of `outbox` and reads the reply of `head`, the job running now, unless
+/// its submitter stops waiting first.
 async fn exchange<J: Job>(
     worker: &mut WorkerProcess,
-    line: &[u8],
-    id: u64,
-    deadline: Instant,
-    reply: &mut oneshot::Sender<Answer<J>>,
+    outbox: &mut BytesMut,
+    head: &mut Pending<J>,
 ) -> RunEnd<J> {
+    let (id, deadline) = (head.id, head.deadline);
     let talk = async {
-        if worker.send(line).await.is_err() {
-            return RunEnd::Died;
-        }
-        match worker.next_line().await {
+        match worker.write_and_read(outbox).await {
             Ok(Some(line)) => match decode::<Reply<J::Output, J::Error>>(&line) {
                 Ok(answer) if answer.id == id => RunEnd::Replied(answer),
                 Ok(other) => RunEnd::Protocol(ProtocolError::Unexpected(format!(
@@ -385,10 +466,12 @@ async fn exchange<J: Job>(
         }
     };
     // No timer of our own: at the deadline `submit` stops waiting and drops the receiver,
-    // which is what `closed` reports, so one timer per job serves both.
+    // which is what `closed` reports, so one timer per job serves both. Biased: a reply
+    // already in the pipe wins over a submitter that left a moment ago.
     tokio::select! {
+        biased;
         end = talk => end,
-        _ = reply.closed() => match Instant::now() >= deadline {
+        _ = head.reply.closed() => match Instant::now() >= deadline {
             true => RunEnd::Deadline,
             false => RunEnd::Cancelled,
         },

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
+use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
@@ -153,9 +154,26 @@ impl WorkerProcess {
         Ok(())
     }
 
-    /// Writes one protocol line (newline included).
-    pub(super) async fn send(&mut self, line: &[u8]) -> std::io::Result<()> {
-        self.stdin.write_all(line).await
+    /// Writes what is left of `outbox` (whole protocol lines) while waiting for the next line
+    /// from the worker, and returns that line; cancel-safe (what is written leaves `outbox`,
+    /// what is read stays in the [`LineReader`]). Both at once, because a worker blocked on
+    /// writing replies nobody reads would never take the rest of a long outbox. A failed write
+    /// (the worker closed its stdin: it exited) reads as the end of its output.
+    pub(super) async fn write_and_read(
+        &mut self,
+        outbox: &mut BytesMut,
+    ) -> Result<Option<Vec<u8>>, ProtocolError> {
+        while !outbox.is_empty() {
+            tokio::select! {
+                biased;
+                line = self.stdout.next_line() => return line,
+                written = self.stdin.write(outbox) => match written {
+                    Ok(n) if n > 0 => outbox.advance(n),
+                    _ => return Ok(None),
+                },
+            }
+        }
+        self.stdout.next_line().await
     }
 
     /// Reads the next protocol line; cancel-safe (see [`LineReader`]).

@@ -6,6 +6,12 @@
 //! worker -> pool  {"id":7,"ms":0.41,"ok":{...}}   or   {"id":7,"ms":0.02,"err":...}
 //! ```
 //!
+//! The pool may write several job lines before it reads a reply (see [`Weight`]): the worker
+//! runs them in the order sent and answers them in that order. It writes its answers when it
+//! has read every line it was sent, all in one write, so that the pool wakes once per batch
+//! rather than once per job. A worker holding a single job therefore answers it as soon as it
+//! is done, and a crash then is that job's.
+//!
 //! Every message is one line of JSON. Lines are capped in both directions: a worker that sends
 //! more than `max_line` bytes without a newline is broken (or hostile) and gets replaced, and
 //! the reader never buffers more than the cap.
@@ -34,6 +40,28 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     /// Runs in the worker process. An `Err` is answered to the submitter; a panic kills the
     /// worker (the job fails as a crash and the slot gets a fresh worker).
     fn run(self) -> Result<Self::Output, Self::Error>;
+
+    /// How long this job may take, as far as the submitter can tell before it runs. The
+    /// default, [`Weight::Heavy`], is always safe; say [`Weight::Light`] only for jobs known to
+    /// take microseconds, which lets the pool hand a worker several at once.
+    fn weight(&self) -> Weight {
+        Weight::Heavy
+    }
+}
+
+/// A job's cost hint ([`Job::weight`]), which decides whether it may queue inside a worker.
+///
+/// Handing a worker several jobs in one write saves a wake-up of each side per job, which is
+/// most of what a microsecond job costs; but a job sent to a worker waits behind everything
+/// sent before it, even when another worker is free. So only light jobs travel together: a
+/// worker holds either one heavy job, or up to [`PoolConfig::max_batch`](super::PoolConfig)
+/// light ones, and a light job never waits behind more than `max_batch - 1` other light ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weight {
+    /// Known to take microseconds: may be sent to a worker along with other light jobs.
+    Light,
+    /// Anything else (or unknown): sent alone, to a worker with nothing else to do.
+    Heavy,
 }
 
 /// First line a worker writes: proves that it is a worker of the same pool version, for the
@@ -54,14 +82,16 @@ pub struct HelloLine {
     pub hello: Hello,
 }
 
-/// A job as sent to a worker.
+/// A job as sent to a worker. The pool sends it borrowed (`Request<&J, &str>`), so that it
+/// keeps the job to send again should the worker die before starting it; the worker reads it
+/// owned (`Request<J>`).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Request<J> {
+pub struct Request<J, T = String> {
     /// The pool's number for this job, echoed in the reply.
     pub id: u64,
     /// The submitter's opaque tag (the server: the HTTP request id), logged by the worker so
     /// that its lines can be matched with the submitter's.
-    pub tag: String,
+    pub tag: T,
     /// The job itself.
     pub job: J,
 }
@@ -87,9 +117,15 @@ pub enum Outcome<O, E> {
 
 /// Serializes `message` as one protocol line, newline included.
 pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
-    let mut line = serde_json::to_vec(message).expect("protocol types always serialize");
-    line.push(b'\n');
+    let mut line = Vec::new();
+    encode_into(&mut line, message);
     line
+}
+
+/// Appends `message` to `lines` as one protocol line, newline included.
+pub fn encode_into<T: Serialize>(lines: &mut Vec<u8>, message: &T) {
+    serde_json::to_writer(&mut *lines, message).expect("protocol types always serialize");
+    lines.push(b'\n');
 }
 
 /// Parses one protocol line (without its newline).

@@ -2,7 +2,10 @@
 //! submitter went away or its deadline passed (both seen by the dropped reply channel).
 //!
 //! The queue is a `VecDeque` behind a mutex, held only for a push or a pop: a driver wakes on
-//! [`Notify`](tokio::sync::Notify) and takes the front job itself.
+//! [`Notify`](tokio::sync::Notify) and takes the front job itself, together with the light jobs
+//! right behind it when it is light (see [`Weight`]). A driver never takes more than its fair
+//! share of what waits (the queue split evenly between the slots), so that a burst is spread
+//! over the workers instead of lining up in one.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -10,6 +13,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::lifecycle::JobOutcome;
+use super::protocol::Weight;
 use super::{Answer, Inner, Job, PoolError};
 
 /// A job waiting in the queue, with everything the driver needs to run and answer it.
@@ -25,6 +29,16 @@ pub(super) struct Pending<J: Job> {
     pub(super) enqueued: Instant,
     /// Where the answer goes; closed once the submitter stops waiting.
     pub(super) reply: oneshot::Sender<Answer<J>>,
+    /// Sent to a worker that died while it held several jobs: which one crashed it is
+    /// unknown, so this one runs alone from now on, and a crash then is its own.
+    pub(super) alone: bool,
+}
+
+impl<J: Job> Pending<J> {
+    /// Whether it may share a worker with other light jobs.
+    pub(super) fn travels_light(&self) -> bool {
+        !self.alone && self.job.weight() == Weight::Light
+    }
 }
 
 pub(super) struct Queue<J: Job> {
@@ -76,9 +90,10 @@ impl<J: Job> Inner<J> {
         Ok(())
     }
 
-    /// Waits for the next live job. `None` once the pool is closed and the queue is empty.
+    /// Waits for work: the next live job and, when it is light, the light jobs right behind
+    /// it (see [`Inner::take_light`]). `None` once the pool is closed and the queue is empty.
     /// Jobs whose submitter has stopped waiting are counted and skipped.
-    pub(super) async fn next_job(&self) -> Option<Pending<J>> {
+    pub(super) async fn next_batch(&self) -> Option<Vec<Pending<J>>> {
         loop {
             // Register interest before looking, so a job queued in between still wakes us.
             let notified = self.job_ready.notified();
@@ -87,12 +102,15 @@ impl<J: Job> Inner<J> {
             {
                 let mut queue = self.queue.lock().unwrap();
                 while let Some(job) = queue.jobs.pop_front() {
-                    if job.reply.is_closed() {
-                        let past = Instant::now() >= job.deadline;
-                        self.metrics.job(JobOutcome::abandoned(past));
+                    if self.abandoned(&job) {
                         continue;
                     }
-                    return Some(job);
+                    let light = job.travels_light();
+                    let mut batch = vec![job];
+                    if light {
+                        self.take_light(&mut queue, &mut batch, self.config.max_batch);
+                    }
+                    return Some(batch);
                 }
                 if queue.closed {
                     return None;
@@ -100,6 +118,55 @@ impl<J: Job> Inner<J> {
             }
             notified.await;
         }
+    }
+
+    /// More light jobs for a worker that runs only light ones, never waiting: at most `room`.
+    pub(super) fn more_light(&self, room: usize) -> Vec<Pending<J>> {
+        let mut batch = Vec::new();
+        if room > 0 {
+            self.take_light(&mut self.queue.lock().unwrap(), &mut batch, room);
+        }
+        batch
+    }
+
+    /// Moves the live light jobs at the front of the queue into `batch` until it holds `most`,
+    /// or this slot's fair share of the queue (what waits, `batch` included, split evenly
+    /// between the slots), or a heavy job is next, whichever comes first.
+    fn take_light(&self, queue: &mut Queue<J>, batch: &mut Vec<Pending<J>>, most: usize) {
+        let share = (queue.jobs.len() + batch.len()).div_ceil(self.config.workers);
+        while batch.len() < most.min(share) {
+            match queue.jobs.front() {
+                Some(next) if next.travels_light() => {}
+                _ => return,
+            }
+            let job = queue.jobs.pop_front().expect("the front was just seen");
+            if !self.abandoned(&job) {
+                batch.push(job);
+            }
+        }
+    }
+
+    /// Whether the job's submitter has stopped waiting; such a job is counted here, once.
+    fn abandoned(&self, job: &Pending<J>) -> bool {
+        if !job.reply.is_closed() {
+            return false;
+        }
+        let past = Instant::now() >= job.deadline;
+        self.metrics.job(JobOutcome::abandoned(past));
+        true
+    }
+
+    /// Puts jobs back at the front of the queue, in their order: they were sent ahead to a
+    /// worker that was lost before it started them. They were admitted once, so the capacity
+    /// does not apply. Wakes every idle driver, since there may be more than one job.
+    pub(super) fn requeue(&self, jobs: impl DoubleEndedIterator<Item = Pending<J>>) {
+        {
+            let mut queue = self.queue.lock().unwrap();
+            for job in jobs.rev() {
+                queue.jobs.push_front(job);
+            }
+        }
+        self.job_ready.notify_waiters();
     }
 }
 

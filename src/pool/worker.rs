@@ -23,13 +23,14 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Display;
 use std::io::{BufRead, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rustix::process::{Pid, Resource, Rlimit, Signal};
 
 use super::protocol::{
-    decode, encode, Hello, HelloLine, Job, Outcome, Reply, Request, EXIT_OUT_OF_MEMORY,
+    decode, encode, encode_into, Hello, HelloLine, Job, Outcome, Reply, Request, EXIT_OUT_OF_MEMORY,
 };
 
 /// The scheduling class a worker runs in.
@@ -200,8 +201,11 @@ fn set_sched_idle() -> std::io::Result<()> {
 /// EOF on stdin (a clean exit: the pool retired this worker).
 pub fn run<J: Job>(settings: &WorkerSettings, log: &dyn JobLog) -> Result<(), WorkerError> {
     harden(settings)?;
-    let stdin = std::io::stdin();
-    let mut input = stdin.lock();
+    // Our own buffer on stdin rather than `Stdin`'s, whose fill level is not public: answers
+    // are written when it is empty (see `protocol`).
+    let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let mut input = std::io::BufReader::new(stdin);
+    let mut replies = Vec::new();
     let stdout = std::io::stdout();
     let mut output = stdout.lock();
     say_hello::<J>(&mut output)?;
@@ -223,8 +227,14 @@ pub fn run<J: Job>(settings: &WorkerSettings, log: &dyn JobLog) -> Result<(), Wo
             ms,
             result,
         };
-        output.write_all(&encode(&reply))?;
-        output.flush()?;
+        encode_into(&mut replies, &reply);
+        // More jobs already read: their answers go with this one, in one write that wakes the
+        // pool once. None: answer now, before waiting for more.
+        if input.buffer().is_empty() {
+            output.write_all(&replies)?;
+            output.flush()?;
+            replies.clear();
+        }
     }
     tracing::debug!(pid = std::process::id(), "stdin closed, exiting");
     Ok(())

@@ -107,6 +107,7 @@ fn pool_config(config: &Settings) -> PoolConfig {
         job_timeout: config.job_timeout,
         max_line: config.max_line as usize,
         max_jobs_per_worker: config.max_jobs_per_worker,
+        max_batch: config.max_batch,
         metrics_prefix: "forkpool".into(),
     }
 }
