@@ -77,7 +77,7 @@ pub struct Config {
     pub max_jobs_per_worker: u64,
 
     /// Most light jobs (numbers below 2^64) sent to one worker at once; 1 sends each alone.
-    #[arg(long, env = "FORKPOOL_MAX_BATCH", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, env = "FORKPOOL_MAX_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_batch: u32,
 
     /// Address-space limit of each worker (RLIMIT_AS), e.g. `1GiB`; 0 means no limit.

@@ -197,7 +197,7 @@ fn short_jobs_queued_behind_a_long_one_never_wait_for_it() {
     // Both workers busy, then a long job and twenty short ones queue up behind it. The first
     // free worker must take the long job alone: short jobs sent along with it would wait the
     // whole long test in its worker while the other worker sat free.
-    let server = Server::start(&["--workers", "2", "--max-batch", "16"]);
+    let server = Server::start(&["--workers", "2", "--max-batch", "32"]);
     server.wait_for_workers(2);
     let medium = mersenne(4423);
     let busy: Vec<_> = (0..2).map(|_| server.send_job(&medium)).collect();

@@ -10,6 +10,8 @@
 //! - `saturated`: K = m x workers heavy /isprime jobs in flight (m from `--multiples`), probed
 //!   while every worker is busy; the jobs' completion times and any 503.
 //! - `dispatch`: closed-loop requests/s of `/isprime?number=7` and of `/testrequest`.
+//! - `mixed`: short `/isprime` jobs in a closed loop while one heavy job is always in flight;
+//!   their latency shows whether any waits behind it.
 //! - `ls`: a full /ls of a directory of `--ls-files` files against `ls -lash` run directly, and
 //!   the server's RSS growth meanwhile.
 //!
@@ -66,7 +68,7 @@ pub struct LoadtestArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "idle,saturated,dispatch,ls"
+        default_value = "idle,saturated,dispatch,mixed,ls"
     )]
     pub scenarios: Vec<Scenario>,
 
@@ -88,11 +90,11 @@ pub struct LoadtestArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub multiples: Vec<usize>,
 
-    /// Dispatch scenario: length of each of its two phases.
+    /// Dispatch scenario: length of each of its two phases; mixed scenario: its length.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub duration: Duration,
 
-    /// Dispatch scenario: requests in flight (one kept-alive connection each).
+    /// Dispatch and mixed scenarios: requests in flight (one kept-alive connection each).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
 
@@ -118,6 +120,7 @@ pub enum Scenario {
     Idle,
     Saturated,
     Dispatch,
+    Mixed,
     Ls,
 }
 
@@ -279,6 +282,9 @@ async fn measure(
     }
     if wants(Scenario::Dispatch) {
         report.dispatch = Some(run.dispatch().await);
+    }
+    if wants(Scenario::Mixed) {
+        report.mixed = Some(run.mixed().await);
     }
     if wants(Scenario::Ls) {
         let root = match ls_root {

@@ -25,6 +25,7 @@ pub struct Report {
     pub idle: Option<ProbePair>,
     pub saturated: Option<Saturated>,
     pub dispatch: Option<Dispatch>,
+    pub mixed: Option<Mixed>,
     pub ls: Option<Ls>,
     pub errors: Vec<String>,
     /// Every /testrequest probe, in order, for the plot.
@@ -150,6 +151,21 @@ pub struct Dispatch {
     pub ratio: f64,
 }
 
+/// Short jobs next to a heavy one (the `mixed` scenario).
+#[derive(Debug, Serialize)]
+pub struct Mixed {
+    /// Short-job requests in flight.
+    pub concurrency: usize,
+    pub duration_s: f64,
+    /// Digits of the heavy job's number.
+    pub heavy_digits: usize,
+    /// Heavy jobs answered 200, one in flight at a time.
+    pub heavy_ok: u64,
+    pub heavy_errors: u64,
+    /// The short jobs.
+    pub short: Throughput,
+}
+
 /// Closed-loop throughput of one endpoint.
 #[derive(Debug, Serialize)]
 pub struct Throughput {
@@ -257,6 +273,16 @@ impl Report {
                 );
             }
             let _ = writeln!(out, "  ratio isprime/testrequest: {:.2}", d.ratio);
+        }
+        if let Some(m) = &self.mixed {
+            let t = &m.short;
+            let _ = writeln!(
+                out,
+                "\nmixed (short jobs in a closed loop, concurrency {}, {:.1} s, next to one {}-digit job at a time)\n  endpoint                    req/s        ok  errors  p50 ms  p99 ms  max ms\n  {:<26} {:>6.0}  {:>8}  {:>6}  {:>6.2}  {:>6.2}  {:>6.2}\n  heavy jobs answered: {}, errors: {}",
+                m.concurrency, m.duration_s, m.heavy_digits, t.path, t.requests_per_s, t.ok,
+                t.errors, t.latency.p50_ms, t.latency.p99_ms, t.latency.max_ms, m.heavy_ok,
+                m.heavy_errors
+            );
         }
         if let Some(ls) = &self.ls {
             let _ = writeln!(

@@ -1,4 +1,4 @@
-//! The four scenarios. Each is bounded in time and request count and only talks to the target,
+//! The five scenarios. Each is bounded in time and request count and only talks to the target,
 //! which [`Target::parse`](super::client::Target::parse) restricts to loopback.
 
 use std::path::{Path, PathBuf};
@@ -15,8 +15,8 @@ use tokio::task::JoinSet;
 use super::client::{Call, Conn, Target};
 use super::probe::{probe_new, ProbeConn};
 use super::report::{
-    ConnKind, Dispatch, Heavy, Ls, Memory, ProbePair, Sample, Saturated, SaturatedPhase, Stats,
-    Throughput,
+    ConnKind, Dispatch, Heavy, Ls, Memory, Mixed, ProbePair, Sample, Saturated, SaturatedPhase,
+    Stats, Throughput,
 };
 use forkpool::prime::mersenne;
 
@@ -320,6 +320,41 @@ impl Run {
             },
             isprime,
             testrequest,
+        }
+    }
+
+    /// Short jobs (a 7-digit prime) in a closed loop while one heavy job is always in flight:
+    /// the short jobs' latency shows whether any waits behind the heavy one.
+    pub async fn mixed(&mut self) -> Mixed {
+        let number = mersenne(self.plan.heavy_exponent);
+        let heavy_digits = number.len();
+        let body = Bytes::from(format!("{{\"number\":\"{number}\"}}"));
+        let (target, duration) = (self.target, self.plan.duration);
+        let deadline = Instant::now() + duration;
+        self.bar
+            .set_message("mixed: short jobs while a heavy one is in flight");
+        // One heavy job at a time, the next sent as soon as one is answered, until the end.
+        let heavy = tokio::spawn(async move {
+            let (mut ok, mut errors) = (0, 0);
+            while Instant::now() < deadline {
+                let call = Call::post_json("/isprime", body.clone());
+                match target.fresh(&call, HEAVY_TIMEOUT).await {
+                    Ok(r) if r.status == StatusCode::OK => ok += 1,
+                    _ => errors += 1,
+                }
+            }
+            (ok, errors)
+        });
+        let path = "/isprime?number=1000003";
+        let short = closed_loop(target, path, self.plan.concurrency, duration).await;
+        let (heavy_ok, heavy_errors) = heavy.await.unwrap_or((0, 1));
+        Mixed {
+            concurrency: self.plan.concurrency,
+            duration_s: duration.as_secs_f64(),
+            heavy_digits,
+            heavy_ok,
+            heavy_errors,
+            short,
         }
     }
 

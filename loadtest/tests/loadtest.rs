@@ -28,7 +28,7 @@ fn loadtest_spawn_runs_end_to_end() {
     let (json_path, svg_path) = (dir.path().join("lt.json"), dir.path().join("lt.svg"));
     let output = Command::new(BIN)
         .args(["--spawn", "--workers", "2"])
-        .args(["--scenarios", "idle,saturated,dispatch,ls"])
+        .args(["--scenarios", "idle,saturated,dispatch,mixed,ls"])
         .args([
             "--idle-probes",
             "20",
@@ -57,6 +57,7 @@ fn loadtest_spawn_runs_end_to_end() {
         "/testrequest probes",
         "heavy jobs",
         "dispatch",
+        "mixed (short jobs",
         "ls (300 files",
     ] {
         assert!(
@@ -107,6 +108,10 @@ fn loadtest_spawn_runs_end_to_end() {
         );
     }
     assert!(json["dispatch"]["ratio"].as_f64().unwrap() > 0.0);
+    let mixed = &json["mixed"];
+    assert!(mixed["heavy_ok"].as_u64().unwrap() >= 1, "{mixed}");
+    assert!(mixed["short"]["ok"].as_u64().unwrap() > 0, "{mixed}");
+    assert_eq!(mixed["short"]["errors"], 0, "{mixed}");
     assert_eq!(json["ls"]["files"], 300, "ls failed: {}", json["errors"]);
     assert!(json["ls"]["body_bytes"].as_u64().unwrap() > 300 * 20);
     assert!(json["samples"].as_array().unwrap().len() >= 40);

@@ -172,7 +172,7 @@ pub struct PoolConfig {
 
 impl PoolConfig {
     /// `workers` slots, a queue of 256, a 60 s deadline, 1 MiB lines, no recycling, batches of
-    /// up to 16 light jobs, metrics named `forkpool_*`.
+    /// up to 32 light jobs, metrics named `forkpool_*`.
     pub fn new(workers: usize) -> PoolConfig {
         PoolConfig {
             workers,
@@ -180,7 +180,7 @@ impl PoolConfig {
             job_timeout: Duration::from_secs(60),
             max_line: 1 << 20,
             max_jobs_per_worker: 0,
-            max_batch: 16,
+            max_batch: 32,
             metrics_prefix: "forkpool".into(),
         }
     }
