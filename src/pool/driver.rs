@@ -29,7 +29,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
@@ -285,7 +285,6 @@ impl<J: Job> Driver<J> {
     /// Moves `jobs` to `running` and their lines to `outbox`.
     fn hand_over(&mut self, jobs: Vec<Pending<J>>, outbox: &mut BytesMut) {
         let now = Instant::now();
-        let mut lines = Vec::new();
         for job in jobs {
             let waited = now - job.enqueued;
             self.pool.metrics.queue_wait.record(waited.as_secs_f64());
@@ -294,10 +293,9 @@ impl<J: Job> Driver<J> {
                 tag: job.tag.as_str(),
                 job: &job.job,
             };
-            encode_into(&mut lines, &request);
+            encode_into((&mut *outbox).writer(), &request);
             self.running.push_back(job);
         }
-        outbox.extend_from_slice(&lines);
     }
 
     /// Sends queued light jobs after the light ones the worker has, up to `max_batch` in all,

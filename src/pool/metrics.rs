@@ -11,6 +11,10 @@
 //! | `<prefix>_worker_spawns_total` | counter | |
 //! | `<prefix>_driver_panics_total` | counter | |
 //!
+//! A job's run time is counted from the previous answer of its worker (or from its hand-over)
+//! to its own answer. Light jobs handed over together are answered in one write, so the
+//! batch's time falls on its first job and the others count about zero.
+//!
 //! [`PoolConfig::metrics_prefix`]: super::PoolConfig::metrics_prefix
 
 use metrics::{Counter, Histogram, SharedString};

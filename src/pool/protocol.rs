@@ -122,10 +122,10 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
     line
 }
 
-/// Appends `message` to `lines` as one protocol line, newline included.
-pub fn encode_into<T: Serialize>(lines: &mut Vec<u8>, message: &T) {
-    serde_json::to_writer(&mut *lines, message).expect("protocol types always serialize");
-    lines.push(b'\n');
+/// Appends `message` to `lines` (a buffer in memory) as one protocol line, newline included.
+pub fn encode_into<T: Serialize>(mut lines: impl std::io::Write, message: &T) {
+    serde_json::to_writer(&mut lines, message).expect("protocol types always serialize");
+    lines.write_all(b"\n").expect("a buffer in memory takes every write");
 }
 
 /// Parses one protocol line (without its newline).
