@@ -17,14 +17,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{mersenne, open_fds, request_bytes, rss_kib, slow_prime, Response, Server};
-use common::{wait_until, SplitMix64};
+use common::{read_framed_response, wait_until, SplitMix64};
 use rustix::process::{kill_process, Pid, Signal};
 
 /// How long the traffic runs with chaos, and before it, without (the baseline).
@@ -540,7 +540,7 @@ fn keep_alive_client(soak: &Soak, rng: &mut SplitMix64) {
         let planned = keep_alive_request(rng);
         let started = Instant::now();
         let result = write(&mut writer, &planned.raw)
-            .and_then(|()| read_response(&mut reader))
+            .and_then(|()| read_framed_response(&mut reader))
             .and_then(|raw| Ok((planned.judge(&raw, started.elapsed())?, raw)));
         let open = result.as_ref().is_ok_and(|(_, raw)| stays_open(raw));
         soak.record(
@@ -617,56 +617,6 @@ fn idle_close(reader: &mut BufReader<TcpStream>) -> Result<Outcome, String> {
         t if t > KEEPALIVE_TIMEOUT + LATE => Err(format!("closed only after {t:?} idle")),
         _ => Ok(Outcome::IdleClosed),
     })
-}
-
-/// Reads one response off a kept-alive connection, framed by its `Content-Length` or its
-/// chunks, and returns its bytes; what came before the server closed if it was cut short.
-fn read_response(reader: &mut BufReader<TcpStream>) -> Result<Vec<u8>, String> {
-    let mut raw = Vec::new();
-    while !raw.ends_with(b"\r\n\r\n") {
-        match reader.read_until(b'\n', &mut raw) {
-            Ok(0) if raw.is_empty() => return Err("closed without an answer".into()),
-            Ok(0) => return Ok(raw),
-            Ok(_) => {}
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
-    let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
-    let length = head
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length:"))
-        .and_then(|value| value.trim().parse::<u64>().ok());
-    match (length, head.contains("transfer-encoding: chunked")) {
-        (Some(length), _) => take(reader, length, &mut raw).map(|_| raw),
-        (None, true) => read_chunks(reader, &mut raw).map(|()| raw),
-        (None, false) => Err(format!("a response without framing: {head}")),
-    }
-}
-
-/// Appends the chunks of a chunked body to `raw`, up to and with the last one.
-fn read_chunks(reader: &mut BufReader<TcpStream>, raw: &mut Vec<u8>) -> Result<(), String> {
-    loop {
-        let start = raw.len();
-        if reader.read_until(b'\n', raw).unwrap_or(0) == 0 {
-            return Ok(());
-        }
-        let line = String::from_utf8_lossy(&raw[start..]).trim().to_owned();
-        let size = u64::from_str_radix(&line, 16).map_err(|_| format!("chunk size {line:?}"))?;
-        // The data and its CRLF; the last (empty) chunk has just the CRLF (no trailers here).
-        if !take(reader, size + 2, raw)? || size == 0 {
-            return Ok(());
-        }
-    }
-}
-
-/// Appends `n` bytes from `reader` to `raw`; false if the connection ended first.
-fn take(reader: &mut BufReader<TcpStream>, n: u64, raw: &mut Vec<u8>) -> Result<bool, String> {
-    let read = reader.by_ref().take(n).read_to_end(raw);
-    match read {
-        Ok(got) => Ok(got as u64 == n),
-        Err(e) if is_timeout(&e) => Err(format!("no answer within {ANSWER_LIMIT:?}")),
-        Err(_) => Ok(false),
-    }
 }
 
 /// Clients that leave at the worst moment: at once, mid-head, mid-body, mid-job, mid-listing,

@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{rss_kib, signal, wait_until, Response, Server};
+use common::{read_framed_response, rss_kib, signal, wait_until, Response, Server};
 
 /// Opens a connection with a read timeout of `timeout`.
 fn connect(server: &Server, timeout: Duration) -> TcpStream {
@@ -37,34 +37,8 @@ fn closed_by_server(stream: &mut TcpStream) -> bool {
 /// One keep-alive request on `stream`, and its response (which must carry a content-length).
 fn keep_alive_request(stream: &mut TcpStream, path: &str) -> Response {
     write!(stream, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-    read_one_response(stream)
-}
-
-/// Reads exactly one response with a content-length body from a kept-alive connection.
-fn read_one_response(stream: &mut TcpStream) -> Response {
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut buf).expect("read response");
-        assert!(
-            n > 0,
-            "closed mid-response: {:?}",
-            String::from_utf8_lossy(&raw)
-        );
-        raw.extend_from_slice(&buf[..n]);
-        let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = Response::parse(&raw[..end + 4]);
-        let length: usize = head
-            .header("content-length")
-            .expect("content-length")
-            .parse()
-            .unwrap();
-        if raw.len() >= end + 4 + length {
-            return Response::parse(&raw);
-        }
-    }
+    let raw = read_framed_response(&mut BufReader::new(&*stream)).expect("one whole response");
+    Response::parse(&raw)
 }
 
 #[test]

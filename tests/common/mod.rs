@@ -6,7 +6,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -623,5 +623,57 @@ impl SplitMix64 {
     /// One of `items` (not empty).
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// Reads one response off a kept-alive connection, framed by its `Content-Length` or its
+/// chunks, and returns its bytes; what came before the server closed if it was cut short.
+pub fn read_framed_response(reader: &mut impl BufRead) -> Result<Vec<u8>, String> {
+    let mut raw = Vec::new();
+    while !raw.ends_with(b"\r\n\r\n") {
+        match reader.read_until(b'\n', &mut raw) {
+            Ok(0) if raw.is_empty() => return Err("closed without an answer".into()),
+            Ok(0) => return Ok(raw),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    match (length, head.contains("transfer-encoding: chunked")) {
+        (Some(length), _) => take(reader, length, &mut raw).map(|_| raw),
+        (None, true) => read_chunks(reader, &mut raw).map(|()| raw),
+        (None, false) => Err(format!("a response without framing: {head}")),
+    }
+}
+
+/// Appends the chunks of a chunked body to `raw`, up to and with the last one.
+fn read_chunks(reader: &mut impl BufRead, raw: &mut Vec<u8>) -> Result<(), String> {
+    loop {
+        let start = raw.len();
+        if reader.read_until(b'\n', raw).unwrap_or(0) == 0 {
+            return Ok(());
+        }
+        let line = String::from_utf8_lossy(&raw[start..]).trim().to_owned();
+        let size = u64::from_str_radix(&line, 16).map_err(|_| format!("chunk size {line:?}"))?;
+        // The data and its CRLF; the last (empty) chunk has just the CRLF (no trailers here).
+        if !take(reader, size + 2, raw)? || size == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Appends `n` bytes from `reader` to `raw`; false if the connection ended first.
+fn take(reader: &mut impl BufRead, n: u64, raw: &mut Vec<u8>) -> Result<bool, String> {
+    let read = reader.by_ref().take(n).read_to_end(raw);
+    match read {
+        Ok(got) => Ok(got as u64 == n),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            Err("no answer before the read timeout: the server hangs".into())
+        }
+        Err(_) => Ok(false),
     }
 }
