@@ -2,13 +2,18 @@
 //! worker mode, or the shell completion and man page printers (generated from the clap grammar,
 //! so they cannot drift from the flags). Nothing else lives here but the choice of global
 //! allocator. (The load tester is a program of its own, `forkpool-loadtest`.)
+//!
+//! `forkpool worker ...` is recognised by its first argument before clap runs, and its flags
+//! are parsed by [`WorkerArgs::parse`]: a worker then touches little of the binary besides the
+//! job code, which keeps its resident memory low (see `WorkerArgs`).
 
+use std::ffi::OsString;
 use std::future::Future;
 use std::io::Write;
 
 use anyhow::{bail, Context};
 use clap::CommandFactory;
-use forkpool::cli::{Cli, Command, Config};
+use forkpool::cli::{Cli, Command, Config, WorkerArgs};
 use forkpool::jobs::{IsPrimeJob, RequestIdLog};
 use forkpool::pool::worker;
 use forkpool::pool::Job;
@@ -19,17 +24,13 @@ use forkpool::{logging, server};
 static ALLOCATOR: worker::ExitOnOutOfMemory = worker::ExitOnOutOfMemory;
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::load();
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "worker") {
+        return run_worker(WorkerArgs::parse(args.into_iter().skip(2))?);
+    }
+    let cli = Cli::load_from(args);
     match cli.command {
         None => serve(cli.config),
-        Some(Command::Worker(args)) => {
-            logging::init(args.log_format);
-            match args.kind.as_str() {
-                IsPrimeJob::KIND => worker::run::<IsPrimeJob>(&args.settings(), &RequestIdLog)?,
-                other => bail!("unknown job kind `{other}`"),
-            }
-            Ok(())
-        }
         Some(Command::Completions { shell }) => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "forkpool", &mut script);
@@ -41,6 +42,16 @@ fn main() -> anyhow::Result<()> {
             print_out(&page)
         }
     }
+}
+
+/// The worker mode: serves jobs of `args.kind` on stdin/stdout until EOF.
+fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    logging::init(args.log_format);
+    match args.kind.as_str() {
+        IsPrimeJob::KIND => worker::run::<IsPrimeJob>(&args.settings(), &RequestIdLog)?,
+        other => bail!("unknown job kind `{other}`"),
+    }
+    Ok(())
 }
 
 /// Writes a generated text to stdout. Generated into memory first, because clap_complete

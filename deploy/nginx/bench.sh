@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-1}
-bin=target/release/forkpool
+# The build target is fixed in .cargo/config.toml (static link, see there).
+bin=target/x86_64-unknown-linux-gnu/release/forkpool
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 command -v nginx >/dev/null || { echo "nginx is not installed" >&2; exit 1; }
 
