@@ -46,14 +46,17 @@
 //! That halving is what brings the whole test level with GMP even though each
 //! of malachite's modular products costs more than GMP's.
 
-use malachite_base::num::arithmetic::traits::{
-    CheckedSqrt, JacobiSymbol, ModPow, PowerOf2, Square,
-};
-use malachite_base::num::basic::traits::One;
+mod montgomery;
+mod plain;
+
+use malachite_base::num::arithmetic::traits::{CheckedSqrt, JacobiSymbol, PowerOf2, Square};
+use malachite_base::num::basic::traits::{One, Zero};
 use malachite_base::num::conversion::traits::WrappingFrom;
 use malachite_base::num::factorization::traits::IsPrime;
 use malachite_base::num::logic::traits::{BitAccess, SignificantBits};
 use malachite_nz::natural::Natural;
+use montgomery::Montgomery;
+use plain::Plain;
 
 /// How a verdict was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -117,17 +120,50 @@ const SMALL_PRIMES: [u64; 54] = [
 /// it with no factor in `SMALL_PRIMES` is prime.
 const TRIAL_DIVISION_LIMIT: u64 = 257 * 257;
 
+/// Above this many limbs [`Plain`]'s Toom products and divide-and-conquer
+/// division beat the schoolbook [`Montgomery`] arithmetic (measured: 52 limbs
+/// (1000 digits) and 156 limbs (3000 digits) faster in Montgomery form, 519
+/// limbs (10,000 digits) faster plain).
+const MONTGOMERY_MAX_LIMBS: usize = 200;
+
+/// Arithmetic modulo a fixed odd `n > 1` on residues in some representation.
+/// The Baillie–PSW ladders are written once against it; [`Montgomery`] and
+/// [`Plain`] implement it.
+trait Residues {
+    /// A residue modulo `n`, in a canonical form (so `==` is congruence).
+    type Residue: Clone + PartialEq;
+    /// The residue of `x < n`.
+    fn residue(&self, x: &Natural) -> Self::Residue;
+    /// `x ← x² mod n`.
+    fn square(&mut self, x: &mut Self::Residue);
+    /// `out ← x·y mod n`.
+    fn mul(&mut self, x: &Self::Residue, y: &Self::Residue, out: &mut Self::Residue);
+    /// `x ← x − y mod n`.
+    fn sub(&self, x: &mut Self::Residue, y: &Self::Residue);
+    /// `x ← 2x mod n`.
+    fn double(&self, x: &mut Self::Residue);
+}
+
 /// Baillie–PSW probable-prime test, valid for every `n` (also below 2^64).
 pub fn is_bpsw_probable_prime(n: &Natural) -> bool {
     if let Some(verdict) = trial_division(n) {
         return verdict;
     }
     // Past trial division n is odd, coprime to 2·3·…·251 and ≥ 257².
-    strong_probable_prime_base_2(n)
+    if n.significant_bits() <= 64 * MONTGOMERY_MAX_LIMBS as u64 {
+        bpsw_after_trial_division(&mut Montgomery::new(n), n)
+    } else {
+        bpsw_after_trial_division(&mut Plain { n }, n)
+    }
+}
+
+/// The strong base-2 and Lucas tests, for odd `n ≥ 257²` with no factor below 256.
+fn bpsw_after_trial_division<R: Residues>(ring: &mut R, n: &Natural) -> bool {
+    strong_probable_prime_base_2(ring, n)
         // No D has (D/n) = −1 when n is a square: the search for P would run
         // until it met a factor of n, so rule squares out first.
         && n.checked_sqrt().is_none()
-        && almost_extra_strong_lucas_probable_prime(n)
+        && almost_extra_strong_lucas_probable_prime(ring, n)
 }
 
 /// Decides `n` if it is below 2, has a factor below 256, or is below 257².
@@ -157,20 +193,30 @@ fn trial_division(n: &Natural) -> Option<bool> {
 }
 
 /// Strong probable-prime (Miller–Rabin) test to base 2 for odd `n > 2`.
-fn strong_probable_prime_base_2(n: &Natural) -> bool {
+/// `2^d` comes from a left-to-right binary ladder whose multiplications by 2
+/// are doublings (a shift and a conditional subtraction), so the cost is one
+/// modular square per bit and nothing else.
+fn strong_probable_prime_base_2<R: Residues>(ring: &mut R, n: &Natural) -> bool {
     let n_minus_1 = n - Natural::ONE;
     let s = n_minus_1.trailing_zeros().unwrap_or(0); // n − 1 > 0
     let d = &n_minus_1 >> s;
-    let mut x = Natural::from(2u32).mod_pow(&d, n);
-    if x == 1u32 || x == n_minus_1 {
+    let (one, minus_one) = (ring.residue(&Natural::ONE), ring.residue(&n_minus_1));
+    let mut x = ring.residue(&Natural::from(2u32)); // the top bit of d
+    for i in (0..d.significant_bits() - 1).rev() {
+        ring.square(&mut x);
+        if d.get_bit(i) {
+            ring.double(&mut x);
+        }
+    }
+    if x == one || x == minus_one {
         return true;
     }
     for _ in 1..s {
-        x = x.square() % n;
-        if x == n_minus_1 {
+        ring.square(&mut x);
+        if x == minus_one {
             return true;
         }
-        if x == 1u32 {
+        if x == one {
             // 1 reached without passing −1: a non-trivial square root of 1.
             return false;
         }
@@ -185,46 +231,52 @@ fn strong_probable_prime_base_2(n: &Natural) -> bool {
 /// `0 ≤ r < s − 1`.
 ///
 /// Requires odd `n ≥ 257²` with no factor below 256 that is not a square.
-fn almost_extra_strong_lucas_probable_prime(n: &Natural) -> bool {
+fn almost_extra_strong_lucas_probable_prime<R: Residues>(ring: &mut R, n: &Natural) -> bool {
     let Some(p) = lucas_p(n) else {
         return false;
     };
     let n_plus_1 = n + Natural::ONE;
     let s = n_plus_1.trailing_zeros().unwrap_or(0); // n + 1 > 0
-    let mut v = lucas_v(p, &(&n_plus_1 >> s), n);
-    let two = Natural::from(2u32);
-    if v == two || v == n - &two {
+    let mut v = lucas_v(ring, p, &(&n_plus_1 >> s));
+    let two = ring.residue(&Natural::from(2u32));
+    if v == two || v == ring.residue(&(n - Natural::from(2u32))) {
         return true;
     }
+    let zero = ring.residue(&Natural::ZERO);
     for _ in 1..s {
-        if v == 0u32 {
+        if v == zero {
             return true;
         }
         // V_2k = V_k² − 2 (Q = 1).
-        v = sub_mod(v.square() % n, &two, n);
+        ring.square(&mut v);
+        ring.sub(&mut v, &two);
     }
     false
 }
 
 /// `V_k(P, 1) mod n` for `k ≥ 1` by the ladder over the bits of `k` that holds
 /// `(V_j, V_{j+1})`: `V_2j = V_j² − 2` and `V_{2j+1} = V_j·V_{j+1} − P` (Q = 1
-/// makes both hold without a running `Q^j`). One square, one product and two
-/// reductions per bit, and no U sequence.
+/// makes both hold without a running `Q^j`). One square and one product per
+/// bit, and no U sequence.
 ///
 /// Requires `P² < n`.
-fn lucas_v(p: u64, k: &Natural, n: &Natural) -> Natural {
-    let (p, two) = (Natural::from(p), Natural::from(2u32));
+fn lucas_v<R: Residues>(ring: &mut R, p: u64, k: &Natural) -> R::Residue {
+    let (two, p) = (ring.residue(&Natural::from(2u32)), Natural::from(p));
+    let mut high = ring.residue(&((&p).square() - Natural::from(2u32))); // V_2
+    let p = ring.residue(&p);
     let mut low = p.clone(); // V_1
-    let mut high = (&p).square() - &two; // V_2, below n
+    let mut mixed = p.clone(); // scratch for V_{2j+1}
     for i in (0..k.significant_bits() - 1).rev() {
-        let mixed = sub_mod((&low * &high) % n, &p, n);
-        if k.get_bit(i) {
-            low = mixed;
-            high = sub_mod(high.square() % n, &two, n);
+        ring.mul(&low, &high, &mut mixed);
+        ring.sub(&mut mixed, &p);
+        let (doubled, replaced) = if k.get_bit(i) {
+            (&mut high, &mut low)
         } else {
-            high = mixed;
-            low = sub_mod(low.square() % n, &two, n);
-        }
+            (&mut low, &mut high)
+        };
+        std::mem::swap(replaced, &mut mixed);
+        ring.square(doubled);
+        ring.sub(doubled, &two);
     }
     low
 }
@@ -245,15 +297,6 @@ fn lucas_p(n: &Natural) -> Option<u64> {
     })?
 }
 
-/// `(x − c) mod n` for `x, c < n`.
-fn sub_mod(x: Natural, c: &Natural, n: &Natural) -> Natural {
-    if x >= *c {
-        x - c
-    } else {
-        x + n - c
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +306,22 @@ mod tests {
     fn small_primes_table_is_the_primes_below_256() {
         let expected: Vec<u64> = (0..256).filter(|&n| is_prime_u64(n)).collect();
         assert_eq!(SMALL_PRIMES.to_vec(), expected);
+    }
+
+    /// The Lucas test in Montgomery and in plain form, which must agree.
+    fn lucas_test(n: &Natural) -> bool {
+        let montgomery = almost_extra_strong_lucas_probable_prime(&mut Montgomery::new(n), n);
+        let plain = almost_extra_strong_lucas_probable_prime(&mut Plain { n }, n);
+        assert_eq!(montgomery, plain, "Lucas test of {n}");
+        plain
+    }
+
+    /// The strong base-2 test in Montgomery and in plain form, which must agree.
+    fn base_2_test(n: &Natural) -> bool {
+        let montgomery = strong_probable_prime_base_2(&mut Montgomery::new(n), n);
+        let plain = strong_probable_prime_base_2(&mut Plain { n }, n);
+        assert_eq!(montgomery, plain, "base-2 test of {n}");
+        plain
     }
 
     /// Composites below 80,000 that pass the almost extra strong Lucas test
@@ -282,11 +341,25 @@ mod tests {
                 continue;
             }
             let expected = is_prime_u64(n) || AES_LUCAS_PSEUDOPRIMES.contains(&n);
-            assert_eq!(
-                almost_extra_strong_lucas_probable_prime(&big),
-                expected,
-                "{n}"
-            );
+            assert_eq!(lucas_test(&big), expected, "{n}");
+        }
+    }
+
+    #[test]
+    fn the_base_2_test_alone_passes_strong_pseudoprimes_and_primes_only() {
+        // Strong base-2 pseudoprimes with no factor below 256 (OEIS A001262;
+        // the last one is strong to every prime base up to 37, A014233),
+        // checked with gmpy2's `is_strong_prp(n, 2)`.
+        for n in [1_373_653u64, 25_326_001, 3_825_123_056_546_413_051] {
+            assert!(base_2_test(&Natural::from(n)), "{n}");
+        }
+        // Every strong base-2 pseudoprime below 80,000 (A001262, checked with gmpy2).
+        let below_80_000 = [
+            2047, 3277, 4033, 4681, 8321, 15841, 29341, 42799, 49141, 52633, 65281, 74665,
+        ];
+        for n in (3u64..80_000).step_by(2) {
+            let expected = is_prime_u64(n) || below_80_000.contains(&n);
+            assert_eq!(base_2_test(&Natural::from(n)), expected, "{n}");
         }
     }
 
@@ -310,25 +383,98 @@ mod tests {
     }
 
     #[test]
-    fn lucas_v_follows_the_recurrence() {
+    fn lucas_v_follows_the_recurrence_in_both_forms() {
         // V_0 = 2, V_1 = P, V_{k+1} = P·V_k − V_{k−1} (Q = 1), here P = 5 mod 1_000_003.
-        let n = 1_000_003u64;
+        let n = Natural::from(1_000_003u32);
+        let (mut montgomery, mut plain) = (Montgomery::new(&n), Plain { n: &n });
         let (mut previous, mut current) = (2u64, 5u64);
         for k in 1u64..200 {
-            assert_eq!(
-                lucas_v(5, &Natural::from(k), &Natural::from(n)),
-                current,
-                "V_{k}"
-            );
-            let next = (5 * current + n - previous) % n;
+            let k_big = Natural::from(k);
+            assert_eq!(lucas_v(&mut plain, 5, &k_big), current, "V_{k}");
+            let expected = montgomery.residue(&Natural::from(current));
+            assert_eq!(lucas_v(&mut montgomery, 5, &k_big), expected, "V_{k}");
+            let next = (5 * current + 1_000_003 - previous) % 1_000_003;
             (previous, current) = (current, next);
         }
     }
 
+    /// Odd moduli of 1 to 9 limbs at the edges of REDC: all ones (just under
+    /// a power of 2^64), just over half a power, and a pseudo-random one.
+    fn edge_moduli() -> Vec<Natural> {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut moduli = Vec::new();
+        for limbs in 1..=9u64 {
+            let bits = 64 * limbs;
+            moduli.push(Natural::power_of_2(bits) - Natural::ONE);
+            moduli.push(Natural::power_of_2(bits) - Natural::from(0x1_0000_0001u64));
+            moduli.push(Natural::power_of_2(bits - 1) + Natural::ONE);
+            let random: Vec<u64> = (0..limbs)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state
+                })
+                .collect();
+            moduli.push(Natural::from_limbs_asc(&random) | Natural::ONE);
+        }
+        moduli.retain(|m| *m > 1u32);
+        moduli
+    }
+
     #[test]
-    fn subtraction_wraps_modulo_n() {
-        let n = Natural::from(11u32);
-        assert_eq!(sub_mod(Natural::from(3u32), &Natural::from(5u32), &n), 9u32);
-        assert_eq!(sub_mod(Natural::from(5u32), &Natural::from(3u32), &n), 2u32);
+    fn montgomery_arithmetic_agrees_with_plain_arithmetic_on_edge_moduli() {
+        for m in edge_moduli() {
+            let (mut montgomery, mut plain) = (Montgomery::new(&m), Plain { n: &m });
+            let two = Natural::from(2u32);
+            let values = [
+                Natural::ZERO,
+                Natural::ONE,
+                &m - Natural::ONE,
+                &m - &two,
+                &m >> 1u32,
+                (&m >> 1u32) + Natural::ONE,
+                Natural::from(3u32).pow(80) % &m,
+            ];
+            for x in &values {
+                for y in &values {
+                    let (xm, ym) = (montgomery.residue(x), montgomery.residue(y));
+                    let mut product = xm.clone();
+                    montgomery.mul(&xm, &ym, &mut product);
+                    let mut expected = Natural::ZERO;
+                    plain.mul(x, y, &mut expected);
+                    assert_eq!(product, montgomery.residue(&expected), "{x}·{y} mod {m}");
+                    let mut difference = xm.clone();
+                    montgomery.sub(&mut difference, &ym);
+                    let mut expected = x.clone();
+                    plain.sub(&mut expected, y);
+                    assert_eq!(difference, montgomery.residue(&expected), "{x}−{y} mod {m}");
+                }
+                let mut square = montgomery.residue(x);
+                montgomery.square(&mut square);
+                let mut expected = x.clone();
+                plain.square(&mut expected);
+                assert_eq!(square, montgomery.residue(&expected), "{x}² mod {m}");
+                let mut doubled = montgomery.residue(x);
+                montgomery.double(&mut doubled);
+                assert_eq!(doubled, montgomery.residue(&((x << 1u32) % &m)), "2·{x} mod {m}");
+            }
+        }
+    }
+
+    #[test]
+    fn both_forms_agree_on_bpsw_across_limb_counts() {
+        // 2^b ± k for b around each limb boundary: both tests run to the end
+        // on the primes among them and on the base-2 pseudoprimes alike.
+        for bits in [64u64, 65, 127, 128, 129, 191, 192, 255, 256, 257, 320, 521, 607] {
+            for k in (1u64..400).step_by(2) {
+                for n in [Natural::power_of_2(bits) + Natural::from(k), Natural::power_of_2(bits) - Natural::from(k)] {
+                    if trial_division(&n).is_none() && (&n).checked_sqrt().is_none() {
+                        base_2_test(&n);
+                        lucas_test(&n);
+                    }
+                }
+            }
+        }
     }
 }
