@@ -142,6 +142,25 @@ trait Residues {
     fn sub(&self, x: &mut Self::Residue, y: &Self::Residue);
     /// `x ← 2x mod n`.
     fn double(&self, x: &mut Self::Residue);
+
+    /// `2^e mod n` for `e ≥ 1`: a left-to-right binary ladder whose
+    /// multiplications by 2 are doublings (a shift and a conditional
+    /// subtraction), so one modular square per bit and nothing else.
+    fn power_of_2(&mut self, e: &Natural) -> Self::Residue {
+        square_and_double(self, e)
+    }
+}
+
+/// `2^e mod n` for `e ≥ 1` by the left-to-right square-and-double ladder.
+fn square_and_double<R: Residues + ?Sized>(ring: &mut R, e: &Natural) -> R::Residue {
+    let mut x = ring.residue(&Natural::from(2u32)); // the top bit of e
+    for i in (0..e.significant_bits() - 1).rev() {
+        ring.square(&mut x);
+        if e.get_bit(i) {
+            ring.double(&mut x);
+        }
+    }
+    x
 }
 
 /// Baillie–PSW probable-prime test, valid for every `n` (also below 2^64).
@@ -193,21 +212,12 @@ fn trial_division(n: &Natural) -> Option<bool> {
 }
 
 /// Strong probable-prime (Miller–Rabin) test to base 2 for odd `n > 2`.
-/// `2^d` comes from a left-to-right binary ladder whose multiplications by 2
-/// are doublings (a shift and a conditional subtraction), so the cost is one
-/// modular square per bit and nothing else.
 fn strong_probable_prime_base_2<R: Residues>(ring: &mut R, n: &Natural) -> bool {
     let n_minus_1 = n - Natural::ONE;
     let s = n_minus_1.trailing_zeros().unwrap_or(0); // n − 1 > 0
     let d = &n_minus_1 >> s;
     let (one, minus_one) = (ring.residue(&Natural::ONE), ring.residue(&n_minus_1));
-    let mut x = ring.residue(&Natural::from(2u32)); // the top bit of d
-    for i in (0..d.significant_bits() - 1).rev() {
-        ring.square(&mut x);
-        if d.get_bit(i) {
-            ring.double(&mut x);
-        }
-    }
+    let mut x = ring.power_of_2(&d);
     if x == one || x == minus_one {
         return true;
     }
@@ -398,12 +408,13 @@ mod tests {
         }
     }
 
-    /// Odd moduli of 1 to 9 limbs at the edges of REDC: all ones (just under
-    /// a power of 2^64), just over half a power, and a pseudo-random one.
+    /// Odd moduli of 1 to 9 limbs, and of 101 and 157 (malachite's products
+    /// instead of the schoolbook ones), at the edges of REDC: all ones (just
+    /// under a power of 2^64), just over half a power, and a pseudo-random one.
     fn edge_moduli() -> Vec<Natural> {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut moduli = Vec::new();
-        for limbs in 1..=9u64 {
+        for limbs in (1..=9u64).chain([101, 157]) {
             let bits = 64 * limbs;
             moduli.push(Natural::power_of_2(bits) - Natural::ONE);
             moduli.push(Natural::power_of_2(bits) - Natural::from(0x1_0000_0001u64));
@@ -459,6 +470,23 @@ mod tests {
                 montgomery.double(&mut doubled);
                 assert_eq!(doubled, montgomery.residue(&((x << 1u32) % &m)), "2·{x} mod {m}");
             }
+        }
+    }
+
+    #[test]
+    fn powers_of_two_agree_in_every_form_and_size() {
+        // Small, schoolbook and Toom-sized moduli; the ladder, malachite's
+        // mod_pow (plain, and Montgomery past the schoolbook sizes) and
+        // repeated doubling must give the same 2^e.
+        let e = Natural::power_of_2(70) + Natural::from(0x1234_5678u32);
+        for m in edge_moduli() {
+            let (mut montgomery, mut plain) = (Montgomery::new(&m), Plain { n: &m });
+            let expected = plain.power_of_2(&e);
+            assert_eq!(square_and_double(&mut plain, &e), expected, "mod {m}");
+            let in_montgomery_form = montgomery.residue(&expected);
+            assert_eq!(montgomery.power_of_2(&e), in_montgomery_form, "mod {m}");
+            let ladder = square_and_double(&mut montgomery, &e);
+            assert_eq!(ladder, in_montgomery_form, "mod {m}");
         }
     }
 

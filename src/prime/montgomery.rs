@@ -17,8 +17,8 @@
 //! Failure modes: none at run time; a modulus that is even, zero or one is a
 //! caller bug and panics in [`Montgomery::new`].
 
-use super::Residues;
-use malachite_base::num::arithmetic::traits::{ModPowerOf2Inverse, Parity};
+use super::{square_and_double, Residues};
+use malachite_base::num::arithmetic::traits::{ModPow, ModPowerOf2Inverse, Parity, Square};
 use malachite_nz::natural::Natural;
 
 /// Multiplication modulo a fixed odd modulus in Montgomery representation.
@@ -64,15 +64,36 @@ impl Residues for Montgomery {
         limbs
     }
 
+    /// Past the schoolbook sizes malachite's own Montgomery `mod_pow` (its
+    /// REDC is subquadratic) beats the square-and-double ladder.
+    fn power_of_2(&mut self, e: &Natural) -> Self::Residue {
+        if self.modulus.len() > SCHOOLBOOK_MAX_LIMBS {
+            let m = Natural::from_limbs_asc(&self.modulus);
+            self.residue(&Natural::from(2u32).mod_pow(e, &m))
+        } else {
+            square_and_double(self, e)
+        }
+    }
+
     /// `x ← x² / R mod m`, the Montgomery square.
     fn square(&mut self, x: &mut Self::Residue) {
-        square_schoolbook(&mut self.product, x);
+        if x.len() > SCHOOLBOOK_MAX_LIMBS {
+            let x_big = Natural::from_limbs_asc(x);
+            copy_padded(&mut self.product, &(&x_big).square());
+        } else {
+            square_schoolbook(&mut self.product, x);
+        }
         redc(x, &mut self.product, &self.modulus, self.inverse);
     }
 
     /// `out ← x·y / R mod m`, the Montgomery product.
     fn mul(&mut self, x: &Self::Residue, y: &Self::Residue, out: &mut Self::Residue) {
-        mul_schoolbook(&mut self.product, x, y);
+        if x.len() > SCHOOLBOOK_MAX_LIMBS {
+            let product = Natural::from_limbs_asc(x) * Natural::from_limbs_asc(y);
+            copy_padded(&mut self.product, &product);
+        } else {
+            mul_schoolbook(&mut self.product, x, y);
+        }
         redc(out, &mut self.product, &self.modulus, self.inverse);
     }
 
@@ -89,6 +110,18 @@ impl Residues for Montgomery {
         if carry || !less_than(x, &self.modulus) {
             sub_in_place(x, &self.modulus);
         }
+    }
+}
+
+/// Above this many limbs malachite's Toom products beat the schoolbook ones
+/// (52 limbs, 1000 digits: schoolbook faster; 156 limbs: Toom faster).
+const SCHOOLBOOK_MAX_LIMBS: usize = 100;
+
+/// `out ← x`'s limbs, zero-padded to `out.len()`.
+fn copy_padded(out: &mut [u64], x: &Natural) {
+    out.fill(0);
+    for (o, limb) in out.iter_mut().zip(x.limbs()) {
+        *o = limb;
     }
 }
 

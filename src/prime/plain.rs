@@ -5,7 +5,7 @@
 //! against. No failure modes: every operation is total on residues below `n`.
 
 use super::Residues;
-use malachite_base::num::arithmetic::traits::Square;
+use malachite_base::num::arithmetic::traits::{ModPow, Square};
 use malachite_nz::natural::Natural;
 
 /// Arithmetic modulo `n` on reduced [`Natural`]s.
@@ -34,6 +34,13 @@ impl Residues for Plain<'_> {
             *x += self.n;
         }
         *x -= y;
+    }
+
+    /// malachite's `mod_pow` (Montgomery form inside, sliding windows): at
+    /// 10,000 digits it beats the square-and-double ladder over `%` (15.15 s
+    /// against 16.04 s for the whole BPSW test, one run each).
+    fn power_of_2(&mut self, e: &Natural) -> Natural {
+        Natural::from(2u32).mod_pow(e, self.n)
     }
 
     fn double(&self, x: &mut Natural) {
