@@ -1,6 +1,5 @@
 //! Montgomery arithmetic modulo a fixed odd `m` on little-endian `u64` limbs,
-//! for the Baillie–PSW ladders in the parent module. Safe code only, no
-//! allocation per operation (one product buffer is reused).
+//! for the Baillie–PSW ladders in the parent module. Safe code only.
 //!
 //! A residue `x` is held as `x·R mod m` with `R = 2^(64·k)`, `k` the limb
 //! count of `m`, always fully reduced (`< m`) and exactly `k` limbs long, so
@@ -8,11 +7,13 @@
 //! (P. L. Montgomery, "Modular multiplication without trial division", Math.
 //! Comp. 44 (1985) 519–521), done four limbs at a time: the four quotient limbs
 //! come from a 4×4 triangle, then one pass adds `q·m` (GMP's `mpn_redc_2` does
-//! the same with two). The products are schoolbook, the square computing each
-//! cross product once (Menezes, van Oorschot & Vanstone, "Handbook of Applied
-//! Cryptography", algorithm 14.16), the rows again four at a time. Below about
-//! 100 limbs that beats malachite's Toom products plus division, which is why
-//! the parent module uses this only up to a limb-count threshold.
+//! the same with two). Up to [`SCHOOLBOOK_MAX_LIMBS`] the products are
+//! schoolbook, the square computing each cross product once (Menezes, van
+//! Oorschot & Vanstone, "Handbook of Applied Cryptography", algorithm 14.16),
+//! the rows again four at a time, into one reused buffer (no allocation per
+//! operation); above, malachite's Toom products. Four rows per pass matter:
+//! at 52 limbs REDC one row at a time took 2.7 µs, two 2.2 µs, four 2.0 µs
+//! (malachite's division: 2.7 µs).
 //!
 //! Failure modes: none at run time; a modulus that is even, zero or one is a
 //! caller bug and panics in [`Montgomery::new`].
@@ -114,7 +115,8 @@ impl Residues for Montgomery {
 }
 
 /// Above this many limbs malachite's Toom products beat the schoolbook ones
-/// (52 limbs, 1000 digits: schoolbook faster; 156 limbs: Toom faster).
+/// (52 limbs: schoolbook square 1.3 µs, Toom 1.4 µs; whole BPSW test at 156
+/// limbs: 0.82 s schoolbook, 0.73 s Toom).
 const SCHOOLBOOK_MAX_LIMBS: usize = 100;
 
 /// `out ← x`'s limbs, zero-padded to `out.len()`.
