@@ -4,7 +4,8 @@
 //! # Design
 //!
 //! [`spawn`] starts the child and hands it to a *supervisor* task, which owns the child, its
-//! stdout, the `--ls-max-concurrent` permit and the deadline. The response body only receives
+//! stdout, the [`Admission`] (the `--ls-max-concurrent` slot and the turn to run) and the
+//! deadline. The response body only receives
 //! chunks from the supervisor through a bounded channel ([`CHANNEL`] chunks). So the deadline
 //! does not depend on the client: when it passes, the supervisor kills and reaps `ls` and
 //! releases the permit at once, even if the client has stopped reading and hyper is not
@@ -26,8 +27,8 @@
 //! transfer. The body ends cleanly only on an explicit end-of-listing from the supervisor; a
 //! supervisor that vanished without one (a panic, a runtime going down) is an error too.
 //! - `ls` exits non-zero (even after all its output): abort. Exit 0 ends the body cleanly.
-//! - `--ls-timeout` (counted from the spawn) expires: `ls` is killed and reaped and the permit
-//!   released at that moment; the client gets what was already queued, then the abort, when
+//! - `--ls-timeout` (counted from the admission, so a wait for a turn counts) expires: `ls`
+//!   is killed and reaped and the admission released at that moment; the client gets what was already queued, then the abort, when
 //!   (if ever) it reads on. A client that never reads keeps only its connection (no process,
 //!   no slot) until it leaves or the connection layer closes it.
 //! - The client hangs up: hyper drops the body, the channel closes, and the supervisor kills
@@ -39,8 +40,8 @@
 //!   and nothing here calls `block_in_place`), which live as long as the server.
 //!   `kill_on_drop` stays set as the last resort for a runtime shutting down.
 //!
-//! The permit is released only once the child is reaped, so the cap counts processes that
-//! really exist. stderr is drained by its own task into a buffer capped at [`STDERR_CAP`] (the
+//! The slot and the turn are released only once the child is reaped, so the caps count
+//! processes that really exist. stderr is drained by its own task into a buffer capped at [`STDERR_CAP`] (the
 //! rest is read and discarded, so `ls` can never block on a full stderr pipe) and logged with
 //! the exit status.
 
@@ -121,29 +122,51 @@ enum Ending {
     HungUp,
 }
 
+/// What a listing holds to run `ls`; both are released once `ls` is reaped.
+pub struct Admission {
+    /// Its `--ls-max-concurrent` slot.
+    slot: OwnedSemaphorePermit,
+    /// Its turn among the `ls` processes allowed to run at once (see the parent module).
+    turn: OwnedSemaphorePermit,
+}
+
+impl Admission {
+    pub fn new(slot: OwnedSemaphorePermit, turn: OwnedSemaphorePermit) -> Admission {
+        Admission { slot, turn }
+    }
+
+    /// Frees the slot and the turn (for the next listing waiting for one).
+    fn release(self) {
+        let Admission { slot, turn } = self;
+        drop((slot, turn));
+    }
+}
+
 /// One `ls` process until it is reaped, with what is needed to account for it afterwards.
 struct Run {
     child: Child,
     /// The task draining stderr; yields what it kept.
     stderr: JoinHandle<Vec<u8>>,
     /// Released in `finish`, i.e. after the child is reaped.
-    permit: OwnedSemaphorePermit,
+    admission: Admission,
     /// For the log line.
     request_id: String,
     /// `directory` as asked, for the log line.
     directory: String,
-    /// When `ls` was spawned.
+    /// When `ls` was spawned (its turn came).
     started: Instant,
     /// Bytes of stdout handed to the body so far.
     bytes: u64,
 }
 
 /// Spawns `command` (with `cwd` as its working directory) and returns the response body, which
-/// a supervisor task feeds; see the module doc. An error here comes before any response.
+/// a supervisor task feeds until `deadline` at most (`timeout` is what the error names); see
+/// the module doc. An error here comes before any response.
 pub fn spawn(
     mut command: Command,
     cwd: OwnedFd,
-    permit: OwnedSemaphorePermit,
+    admission: Admission,
+    deadline: Instant,
     timeout: Duration,
     request_id: String,
     directory: String,
@@ -178,14 +201,14 @@ pub fn spawn(
     let run = Run {
         child,
         stderr: tokio::spawn(drain(stderr)),
-        permit,
+        admission,
         request_id,
         directory,
         started,
         bytes: 0,
     };
     let (sender, receiver) = mpsc::channel(CHANNEL);
-    tokio::spawn(supervise(run, stdout, sender, started + timeout, timeout));
+    tokio::spawn(supervise(run, stdout, sender, deadline, timeout));
     Ok(body(receiver))
 }
 
@@ -322,14 +345,14 @@ impl Run {
     async fn finish(self, outcome: Outcome, status: io::Result<ExitStatus>) {
         let Run {
             stderr,
-            permit,
+            admission,
             request_id,
             directory,
             started,
             bytes,
             ..
         } = self;
-        drop(permit);
+        admission.release();
         metrics::gauge!("forkpool_ls_running").decrement(1.0);
         count(outcome.label());
         // The child is gone, so its stderr is at EOF; the bound only guards against a
@@ -392,15 +415,20 @@ mod tests {
     }
 
     /// Runs `sh -c script` in a fresh temp dir; returns its output, how it ended and whether
-    /// the permit was free again by then.
+    /// the slot and the turn were both free again by then.
     async fn collect(script: &str, timeout: Duration) -> (Vec<u8>, Option<LsError>, bool) {
-        let slots = Arc::new(Semaphore::new(1));
-        let permit = slots.clone().try_acquire_owned().unwrap();
+        let slots = Arc::new(Semaphore::new(2));
+        let admission = Admission::new(
+            slots.clone().try_acquire_owned().unwrap(),
+            slots.clone().try_acquire_owned().unwrap(),
+        );
         let dir = tempfile::tempdir().unwrap();
         let cwd = rustix::fs::open(dir.path(), rustix::fs::OFlags::PATH, 0.into()).unwrap();
         let mut command = Command::new("sh");
         command.args(["-c", script]);
-        let body = spawn(command, cwd, permit, timeout, "t".into(), "d".into()).unwrap();
+        let deadline = Instant::now() + timeout;
+        let (id, directory) = ("t".into(), "d".into());
+        let body = spawn(command, cwd, admission, deadline, timeout, id, directory).unwrap();
         let mut body = std::pin::pin!(body);
         let mut output = Vec::new();
         while let Some(item) = body.next().await {
@@ -408,11 +436,11 @@ mod tests {
                 Ok(chunk) => output.extend_from_slice(&chunk),
                 Err(e) => {
                     assert!(body.next().await.is_none(), "nothing after an error");
-                    return (output, Some(e), slots.available_permits() == 1);
+                    return (output, Some(e), slots.available_permits() == 2);
                 }
             }
         }
-        (output, None, slots.available_permits() == 1)
+        (output, None, slots.available_permits() == 2)
     }
 
     #[test]
