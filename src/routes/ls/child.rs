@@ -3,15 +3,16 @@
 //!
 //! # Design
 //!
-//! [`spawn`] starts the child and hands it to a *supervisor* task, which owns the child, its
-//! stdout, the [`Admission`] (the `--ls-max-concurrent` slot and the turn to run) and the
-//! deadline. The response body only receives
-//! chunks from the supervisor through a bounded channel ([`CHANNEL`] chunks). So the deadline
-//! does not depend on the client: when it passes, the supervisor kills and reaps `ls` and
-//! releases the permit at once, even if the client has stopped reading and hyper is not
-//! polling the body. Reads are ~64 KiB chunks (after a small read, once more [`COALESCE`] later,
-//! so that `ls`'s 4 KiB writes travel as fewer, larger chunks). Backpressure is end to end:
-//! a slow client leaves the channel full, the supervisor stops reading, the pipe fills and
+//! [`Supervisors::spawn`] starts the child, on a thread and runtime of their own that run
+//! every listing's `ls` at a low priority (see [`Supervisors`] for why), and hands it to a
+//! *supervisor* task, which owns the child, its stdout, the [`Admission`] (the
+//! `--ls-max-concurrent` slot and the turn to run) and the deadline. The response body only
+//! receives chunks from the supervisor through a bounded channel ([`CHANNEL`] chunks). So the
+//! deadline does not depend on the client: when it passes, the supervisor kills and reaps `ls`
+//! and releases the admission at once, even if the client has stopped reading and hyper is
+//! not polling the body. Reads are ~64 KiB chunks (after a small read, once more [`COALESCE`]
+//! later, so that `ls`'s 4 KiB writes travel as fewer, larger chunks). Backpressure is end to
+//! end: a slow client leaves the channel full, the supervisor stops reading, the pipe fills and
 //! `ls` blocks in `write`.
 //!
 //! The child runs in the listed directory (`fchdir` to an fd in `pre_exec`, see `confine`),
@@ -36,8 +37,7 @@
 //! - The server dies (even by SIGKILL): `ls` gets SIGKILL through `PR_SET_PDEATHSIG`. A broken
 //!   pipe would end it only at its next write, and `ls -l` of a huge directory writes nothing
 //!   until it has read and sorted every entry. The signal fires when the *thread* that forked
-//!   the child exits; that is one of the runtime's worker threads (handlers are async tasks,
-//!   and nothing here calls `block_in_place`), which live as long as the server.
+//!   the child exits; that is the [`Supervisors`] thread, which lives as long as the server.
 //!   `kill_on_drop` stays set as the last resort for a runtime shutting down.
 //!
 //! The slot and the turn are released only once the child is reaped, so the caps count
@@ -78,6 +78,9 @@ const CHANNEL: usize = 2;
 const STDERR_CAP: usize = 4 * 1024;
 /// Nice value of `ls` (the lowest priority).
 const LS_NICE: i32 = 19;
+/// Nice value of the supervisors' thread: below the front end, above `ls`'s idle class, so
+/// that deadlines are kept even while `ls` gets no CPU.
+const SUPERVISOR_NICE: i32 = 19;
 /// `ioprio_set` constants from linux/ioprio.h (the libc crate does not carry them).
 const IOPRIO_WHO_PROCESS: libc::c_int = 1;
 const IOPRIO_CLASS_IDLE: libc::c_int = 3;
@@ -159,18 +162,98 @@ struct Run {
     bytes: u64,
 }
 
-/// Spawns `command` (with `cwd` as its working directory) and returns the response body, which
-/// a supervisor task feeds until `deadline` at most (`timeout` is what the error names); see
-/// the module doc. An error here comes before any response.
-pub fn spawn(
-    mut command: Command,
-    cwd: OwnedFd,
-    admission: Admission,
-    deadline: Instant,
-    timeout: Duration,
-    request_id: String,
-    directory: String,
-) -> Result<impl Stream<Item = Result<Bytes, LsError>> + Send + 'static, LsError> {
+/// Everything one listing needs to run `ls`.
+pub struct Launch {
+    /// The `ls` command line and environment.
+    pub command: Command,
+    /// The directory `ls` runs in.
+    pub cwd: OwnedFd,
+    /// Held until `ls` is reaped.
+    pub admission: Admission,
+    /// When `ls` is killed, whatever the client does.
+    pub deadline: Instant,
+    /// `--ls-timeout`, which the error at the deadline names.
+    pub timeout: Duration,
+    /// For the log lines.
+    pub request_id: String,
+    /// `directory` as asked, for the log lines.
+    pub directory: String,
+}
+
+/// The thread that runs every listing's `ls`: it forks them, reads their pipes and keeps
+/// their deadlines, on a single-threaded runtime of its own at nice [`SUPERVISOR_NICE`].
+///
+/// Why a thread of its own: `ls` writes 4 KiB at a time and every write wakes whichever
+/// thread's epoll has the pipe registered, over a thousand times for a 6 MB listing. On the
+/// server's runtime those wake-ups were the front end's threads' CPU time, and every
+/// millisecond a nice-0 thread runs while idle-class `ls` processes wait is repaid, under
+/// EEVDF, as a delay when it next wakes (a new connection then waited 3-5 ms, once 60 ms, for
+/// its turn). Here they land on a low-weight thread; the front end only sees one wake-up per
+/// chunk of up to [`CHUNK`] bytes, from the channel that feeds the body.
+///
+/// The thread lives as long as the process: it is the parent thread that
+/// `PR_SET_PDEATHSIG` watches, so its exit would kill every `ls`.
+#[derive(Debug, Clone)]
+pub struct Supervisors {
+    /// The runtime on that thread.
+    handle: tokio::runtime::Handle,
+}
+
+impl Supervisors {
+    /// Starts the thread and its runtime.
+    pub fn start() -> io::Result<Supervisors> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("ls-supervisor".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let runtime = match runtime {
+                    Ok(runtime) => runtime,
+                    Err(e) => return drop(sender.send(Err(e))),
+                };
+                // This thread only: on Linux the nice value is per thread, and `None` (0) is
+                // the calling one. Best effort: at worst it competes with the front end as
+                // the server's own runtime did.
+                let _ = rustix::process::setpriority_process(None, SUPERVISOR_NICE);
+                let _ = sender.send(Ok(runtime.handle().clone()));
+                runtime.block_on(std::future::pending::<()>());
+            })?;
+        let handle = receiver.recv().map_err(io::Error::other)??;
+        Ok(Supervisors { handle })
+    }
+
+    /// Spawns `ls` on the supervisors' thread and returns the response body, which a
+    /// supervisor task feeds until the deadline at most; see the module doc. An error here
+    /// comes before any response.
+    pub async fn spawn(
+        &self,
+        launch: Launch,
+    ) -> Result<impl Stream<Item = Result<Bytes, LsError>> + Send + 'static, LsError> {
+        // If the handler is dropped meanwhile, the receiver is dropped with the join handle's
+        // output, and the supervisor kills `ls` as for any client that hung up.
+        let receiver = self
+            .handle
+            .spawn(async move { spawn(launch) })
+            .await
+            .map_err(|_| LsError::Lost)??;
+        Ok(body(receiver))
+    }
+}
+
+/// Spawns `ls` and its supervisor task on the current (the supervisors') runtime; returns the
+/// channel the supervisor feeds.
+fn spawn(launch: Launch) -> Result<mpsc::Receiver<Piece>, LsError> {
+    let Launch {
+        mut command,
+        cwd,
+        admission,
+        deadline,
+        timeout,
+        request_id,
+        directory,
+    } = launch;
     // SAFETY: between fork and exec the closure makes only system calls (prctl, fchdir,
     // setpriority, ioprio_set, sched_setscheduler) and reads errno; none allocates or takes a
     // lock. `cwd` is owned by the closure, so the fd is open in the forked child.
@@ -209,7 +292,7 @@ pub fn spawn(
     };
     let (sender, receiver) = mpsc::channel(CHANNEL);
     tokio::spawn(supervise(run, stdout, sender, deadline, timeout));
-    Ok(body(receiver))
+    Ok(receiver)
 }
 
 /// Lowers the CPU and I/O priority of the calling process; runs between fork and exec, so it
@@ -404,8 +487,10 @@ async fn drain(mut stderr: ChildStderr) -> Vec<u8> {
 mod tests {
     use super::*;
     use futures_util::StreamExt;
-    use std::sync::Arc;
+    use std::sync::{Arc, LazyLock};
     use tokio::sync::Semaphore;
+
+    static SUPERVISORS: LazyLock<Supervisors> = LazyLock::new(|| Supervisors::start().unwrap());
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -426,9 +511,16 @@ mod tests {
         let cwd = rustix::fs::open(dir.path(), rustix::fs::OFlags::PATH, 0.into()).unwrap();
         let mut command = Command::new("sh");
         command.args(["-c", script]);
-        let deadline = Instant::now() + timeout;
-        let (id, directory) = ("t".into(), "d".into());
-        let body = spawn(command, cwd, admission, deadline, timeout, id, directory).unwrap();
+        let launch = Launch {
+            command,
+            cwd,
+            admission,
+            deadline: Instant::now() + timeout,
+            timeout,
+            request_id: "t".into(),
+            directory: "d".into(),
+        };
+        let body = SUPERVISORS.spawn(launch).await.unwrap();
         let mut body = std::pin::pin!(body);
         let mut output = Vec::new();
         while let Some(item) = body.next().await {

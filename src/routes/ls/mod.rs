@@ -95,6 +95,8 @@ pub enum SetupError {
         "`ls` is not an executable file in any absolute directory of PATH ({0}); /ls needs it"
     )]
     NoLs(String),
+    #[error("cannot start the thread that runs `ls`: {0}")]
+    Supervisors(io::Error),
 }
 
 /// What `/ls` needs from start-up: the root held open and `ls` found once.
@@ -104,6 +106,8 @@ pub struct Ls {
     root: Root,
     /// Absolute path of `ls`, looked up on `PATH` once at start, never per request.
     program: PathBuf,
+    /// The thread that runs every `ls`.
+    supervisors: child::Supervisors,
     /// Turns to run `ls`: [`RUNNING_PER_CPU`] per available CPU (FIFO, as tokio's semaphore
     /// is), taken after the `--ls-max-concurrent` slot and held until `ls` is reaped.
     turns: Arc<Semaphore>,
@@ -121,9 +125,11 @@ impl Ls {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         let turns = Arc::new(Semaphore::new(RUNNING_PER_CPU * cpus));
         tracing::debug!(program = %program.display(), running = RUNNING_PER_CPU * cpus, "ls found");
+        let supervisors = child::Supervisors::start().map_err(SetupError::Supervisors)?;
         Ok(Ls {
             root,
             program,
+            supervisors,
             turns,
         })
     }
@@ -263,8 +269,16 @@ async fn start(
         .map_err(|_| LsError::Timeout(timeout))?
         .expect("the turns semaphore is never closed");
     let (command, cwd) = command(&state.ls.program, target);
-    let admission = child::Admission::new(slot, turn);
-    let body = child::spawn(command, cwd, admission, deadline, timeout, request_id.0, shown)?;
+    let launch = child::Launch {
+        command,
+        cwd,
+        admission: child::Admission::new(slot, turn),
+        deadline,
+        timeout,
+        request_id: request_id.0,
+        directory: shown,
+    };
+    let body = state.ls.supervisors.spawn(launch).await?;
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
     let text = HeaderValue::from_static("text/plain; charset=utf-8");
