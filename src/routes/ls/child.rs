@@ -134,6 +134,7 @@ pub struct Admission {
 }
 
 impl Admission {
+    /// A listing's slot and turn, held together until its `ls` is reaped.
     pub fn new(slot: OwnedSemaphorePermit, turn: OwnedSemaphorePermit) -> Admission {
         Admission { slot, turn }
     }
