@@ -634,6 +634,60 @@ fn concurrency_cap_gives_503() {
     assert_no_ls_left(&server);
 }
 
+/// Live children of the server named `name`.
+fn live_children(server: &Server, name: &str) -> usize {
+    let children = server.children().into_iter();
+    children
+        .filter(|p| p.name == name && p.state != 'Z')
+        .count()
+}
+
+#[test]
+fn only_four_ls_per_cpu_run_at_once_and_the_next_listing_waits_for_its_turn() {
+    let turns = 4 * std::thread::available_parallelism().map_or(1, usize::from);
+    // A stand-in `ls` that lists nothing and never ends: cheap to hold many of.
+    let root = TempDir::new("turns");
+    let cap = (turns + 1).to_string();
+    let extra = ["--ls-max-concurrent", &cap, "--ls-timeout", "60s"];
+    let (server, _bin) = start_with_fake_ls(&root, "exec sleep 60", &extra);
+    let mut held: Vec<TcpStream> = (0..turns).map(|_| open_head(&server, "/").0).collect();
+    let all_running = wait_until(Duration::from_secs(10), || {
+        (live_children(&server, "sleep") == turns).then_some(())
+    });
+    assert!(all_running.is_some(), "{:?}", server.children());
+
+    // One more listing is admitted (no 503) but waits, before its head, for a turn.
+    let mut waiting = server.send("GET", "/ls?directory=/", &[], b"");
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let early = waiting.read(&mut byte);
+    assert!(early.is_err(), "answered without a turn: {early:?}");
+    assert_eq!(live_children(&server, "sleep"), turns);
+
+    // A listing that ends hands its turn on: the waiting one's `ls` starts and its head comes.
+    drop(held.pop());
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    waiting.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    // (Its stand-in may still be the shell that is about to exec `sleep`.)
+    let refilled = wait_until(Duration::from_secs(5), || {
+        (live_children(&server, "sleep") == turns).then_some(())
+    });
+    assert!(refilled.is_some(), "{:?}", server.children());
+    drop(held);
+    drop(waiting);
+    let clean = wait_until(Duration::from_secs(5), || {
+        (live_children(&server, "sleep") == 0).then_some(())
+    });
+    assert!(clean.is_some(), "{:?}", server.children());
+    assert_no_ls_left(&server);
+}
+
 /// Lines of a listing that are not rows of an entry: every row starts with a size, a space and
 /// a mode string (`4.0K drwxr-xr-x`), and the first line is `total`.
 fn forged_lines(text: &str) -> Vec<&str> {

@@ -3,14 +3,16 @@
 //!
 //! # Design
 //!
-//! [`spawn`] starts the child and hands it to a *supervisor* task, which owns the child, its
-//! stdout, the `--ls-max-concurrent` permit and the deadline. The response body only receives
-//! chunks from the supervisor through a bounded channel ([`CHANNEL`] chunks). So the deadline
-//! does not depend on the client: when it passes, the supervisor kills and reaps `ls` and
-//! releases the permit at once, even if the client has stopped reading and hyper is not
-//! polling the body. Reads are ~64 KiB chunks (after a small read, once more [`COALESCE`] later,
-//! so that `ls`'s 4 KiB writes travel as fewer, larger chunks). Backpressure is end to end:
-//! a slow client leaves the channel full, the supervisor stops reading, the pipe fills and
+//! [`Supervisors::spawn`] starts the child, on a thread and runtime of their own that run
+//! every listing's `ls` at a low priority (see [`Supervisors`] for why), and hands it to a
+//! *supervisor* task, which owns the child, its stdout, the [`Admission`] (the
+//! `--ls-max-concurrent` slot and the turn to run) and the deadline. The response body only
+//! receives chunks from the supervisor through a bounded channel ([`CHANNEL`] chunks). So the
+//! deadline does not depend on the client: when it passes, the supervisor kills and reaps `ls`
+//! and releases the admission at once, even if the client has stopped reading and hyper is
+//! not polling the body. Reads are ~64 KiB chunks (after a small read, once more [`COALESCE`]
+//! later, so that `ls`'s 4 KiB writes travel as fewer, larger chunks). Backpressure is end to
+//! end: a slow client leaves the channel full, the supervisor stops reading, the pipe fills and
 //! `ls` blocks in `write`.
 //!
 //! The child runs in the listed directory (`fchdir` to an fd in `pre_exec`, see `confine`),
@@ -26,8 +28,8 @@
 //! transfer. The body ends cleanly only on an explicit end-of-listing from the supervisor; a
 //! supervisor that vanished without one (a panic, a runtime going down) is an error too.
 //! - `ls` exits non-zero (even after all its output): abort. Exit 0 ends the body cleanly.
-//! - `--ls-timeout` (counted from the spawn) expires: `ls` is killed and reaped and the permit
-//!   released at that moment; the client gets what was already queued, then the abort, when
+//! - `--ls-timeout` (counted from the admission, so a wait for a turn counts) expires: `ls`
+//!   is killed and reaped and the admission released at that moment; the client gets what was already queued, then the abort, when
 //!   (if ever) it reads on. A client that never reads keeps only its connection (no process,
 //!   no slot) until it leaves or the connection layer closes it.
 //! - The client hangs up: hyper drops the body, the channel closes, and the supervisor kills
@@ -35,12 +37,11 @@
 //! - The server dies (even by SIGKILL): `ls` gets SIGKILL through `PR_SET_PDEATHSIG`. A broken
 //!   pipe would end it only at its next write, and `ls -l` of a huge directory writes nothing
 //!   until it has read and sorted every entry. The signal fires when the *thread* that forked
-//!   the child exits; that is one of the runtime's worker threads (handlers are async tasks,
-//!   and nothing here calls `block_in_place`), which live as long as the server.
+//!   the child exits; that is the [`Supervisors`] thread, which lives as long as the server.
 //!   `kill_on_drop` stays set as the last resort for a runtime shutting down.
 //!
-//! The permit is released only once the child is reaped, so the cap counts processes that
-//! really exist. stderr is drained by its own task into a buffer capped at [`STDERR_CAP`] (the
+//! The slot and the turn are released only once the child is reaped, so the caps count
+//! processes that really exist. stderr is drained by its own task into a buffer capped at [`STDERR_CAP`] (the
 //! rest is read and discarded, so `ls` can never block on a full stderr pipe) and logged with
 //! the exit status.
 
@@ -77,6 +78,9 @@ const CHANNEL: usize = 2;
 const STDERR_CAP: usize = 4 * 1024;
 /// Nice value of `ls` (the lowest priority).
 const LS_NICE: i32 = 19;
+/// Nice value of the supervisors' thread: below the front end, above `ls`'s idle class, so
+/// that deadlines are kept even while `ls` gets no CPU.
+const SUPERVISOR_NICE: i32 = 19;
 /// `ioprio_set` constants from linux/ioprio.h (the libc crate does not carry them).
 const IOPRIO_WHO_PROCESS: libc::c_int = 1;
 const IOPRIO_CLASS_IDLE: libc::c_int = 3;
@@ -121,33 +125,136 @@ enum Ending {
     HungUp,
 }
 
+/// What a listing holds to run `ls`; both are released once `ls` is reaped.
+pub struct Admission {
+    /// Its `--ls-max-concurrent` slot.
+    slot: OwnedSemaphorePermit,
+    /// Its turn among the `ls` processes allowed to run at once (see the parent module).
+    turn: OwnedSemaphorePermit,
+}
+
+impl Admission {
+    /// A listing's slot and turn, held together until its `ls` is reaped.
+    pub fn new(slot: OwnedSemaphorePermit, turn: OwnedSemaphorePermit) -> Admission {
+        Admission { slot, turn }
+    }
+
+    /// Frees the slot and the turn (for the next listing waiting for one).
+    fn release(self) {
+        let Admission { slot, turn } = self;
+        drop((slot, turn));
+    }
+}
+
 /// One `ls` process until it is reaped, with what is needed to account for it afterwards.
 struct Run {
     child: Child,
     /// The task draining stderr; yields what it kept.
     stderr: JoinHandle<Vec<u8>>,
     /// Released in `finish`, i.e. after the child is reaped.
-    permit: OwnedSemaphorePermit,
+    admission: Admission,
     /// For the log line.
     request_id: String,
     /// `directory` as asked, for the log line.
     directory: String,
-    /// When `ls` was spawned.
+    /// When `ls` was spawned (its turn came).
     started: Instant,
     /// Bytes of stdout handed to the body so far.
     bytes: u64,
 }
 
-/// Spawns `command` (with `cwd` as its working directory) and returns the response body, which
-/// a supervisor task feeds; see the module doc. An error here comes before any response.
-pub fn spawn(
-    mut command: Command,
-    cwd: OwnedFd,
-    permit: OwnedSemaphorePermit,
-    timeout: Duration,
-    request_id: String,
-    directory: String,
-) -> Result<impl Stream<Item = Result<Bytes, LsError>> + Send + 'static, LsError> {
+/// Everything one listing needs to run `ls`.
+pub struct Launch {
+    /// The `ls` command line and environment.
+    pub command: Command,
+    /// The directory `ls` runs in.
+    pub cwd: OwnedFd,
+    /// Held until `ls` is reaped.
+    pub admission: Admission,
+    /// When `ls` is killed, whatever the client does.
+    pub deadline: Instant,
+    /// `--ls-timeout`, which the error at the deadline names.
+    pub timeout: Duration,
+    /// For the log lines.
+    pub request_id: String,
+    /// `directory` as asked, for the log lines.
+    pub directory: String,
+}
+
+/// The thread that runs every listing's `ls`: it forks them, reads their pipes and keeps
+/// their deadlines, on a single-threaded runtime of its own at nice [`SUPERVISOR_NICE`].
+///
+/// Why a thread of its own: `ls` writes 4 KiB at a time and every write wakes whichever
+/// thread's epoll has the pipe registered, over a thousand times for a 6 MB listing. On the
+/// server's runtime those wake-ups were the front end's threads' CPU time, and every
+/// millisecond a nice-0 thread runs while idle-class `ls` processes wait is repaid, under
+/// EEVDF, as a delay when it next wakes (a new connection then waited 3-5 ms, once 60 ms, for
+/// its turn). Here they land on a low-weight thread; the front end only sees one wake-up per
+/// chunk of up to [`CHUNK`] bytes, from the channel that feeds the body.
+///
+/// The thread lives as long as the process: it is the parent thread that
+/// `PR_SET_PDEATHSIG` watches, so its exit would kill every `ls`.
+#[derive(Debug, Clone)]
+pub struct Supervisors {
+    /// The runtime on that thread.
+    handle: tokio::runtime::Handle,
+}
+
+impl Supervisors {
+    /// Starts the thread and its runtime.
+    pub fn start() -> io::Result<Supervisors> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("ls-supervisor".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let runtime = match runtime {
+                    Ok(runtime) => runtime,
+                    Err(e) => return drop(sender.send(Err(e))),
+                };
+                // This thread only: on Linux the nice value is per thread, and `None` (0) is
+                // the calling one. Best effort: at worst it competes with the front end as
+                // the server's own runtime did.
+                let _ = rustix::process::setpriority_process(None, SUPERVISOR_NICE);
+                let _ = sender.send(Ok(runtime.handle().clone()));
+                runtime.block_on(std::future::pending::<()>());
+            })?;
+        let handle = receiver.recv().map_err(io::Error::other)??;
+        Ok(Supervisors { handle })
+    }
+
+    /// Spawns `ls` on the supervisors' thread and returns the response body, which a
+    /// supervisor task feeds until the deadline at most; see the module doc. An error here
+    /// comes before any response.
+    pub async fn spawn(
+        &self,
+        launch: Launch,
+    ) -> Result<impl Stream<Item = Result<Bytes, LsError>> + Send + 'static, LsError> {
+        // If the handler is dropped meanwhile, the receiver is dropped with the join handle's
+        // output, and the supervisor kills `ls` as for any client that hung up.
+        let receiver = self
+            .handle
+            .spawn(async move { spawn(launch) })
+            .await
+            .map_err(|_| LsError::Lost)??;
+        Ok(body(receiver))
+    }
+}
+
+/// Spawns `ls` and its supervisor task on the current (the supervisors') runtime; returns the
+/// channel the supervisor feeds.
+fn spawn(launch: Launch) -> Result<mpsc::Receiver<Piece>, LsError> {
+    let Launch {
+        mut command,
+        cwd,
+        admission,
+        deadline,
+        timeout,
+        request_id,
+        directory,
+    } = launch;
     // SAFETY: between fork and exec the closure makes only system calls (prctl, fchdir,
     // setpriority, ioprio_set, sched_setscheduler) and reads errno; none allocates or takes a
     // lock. `cwd` is owned by the closure, so the fd is open in the forked child.
@@ -178,15 +285,15 @@ pub fn spawn(
     let run = Run {
         child,
         stderr: tokio::spawn(drain(stderr)),
-        permit,
+        admission,
         request_id,
         directory,
         started,
         bytes: 0,
     };
     let (sender, receiver) = mpsc::channel(CHANNEL);
-    tokio::spawn(supervise(run, stdout, sender, started + timeout, timeout));
-    Ok(body(receiver))
+    tokio::spawn(supervise(run, stdout, sender, deadline, timeout));
+    Ok(receiver)
 }
 
 /// Lowers the CPU and I/O priority of the calling process; runs between fork and exec, so it
@@ -322,14 +429,14 @@ impl Run {
     async fn finish(self, outcome: Outcome, status: io::Result<ExitStatus>) {
         let Run {
             stderr,
-            permit,
+            admission,
             request_id,
             directory,
             started,
             bytes,
             ..
         } = self;
-        drop(permit);
+        admission.release();
         metrics::gauge!("forkpool_ls_running").decrement(1.0);
         count(outcome.label());
         // The child is gone, so its stderr is at EOF; the bound only guards against a
@@ -381,8 +488,10 @@ async fn drain(mut stderr: ChildStderr) -> Vec<u8> {
 mod tests {
     use super::*;
     use futures_util::StreamExt;
-    use std::sync::Arc;
+    use std::sync::{Arc, LazyLock};
     use tokio::sync::Semaphore;
+
+    static SUPERVISORS: LazyLock<Supervisors> = LazyLock::new(|| Supervisors::start().unwrap());
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -392,15 +501,27 @@ mod tests {
     }
 
     /// Runs `sh -c script` in a fresh temp dir; returns its output, how it ended and whether
-    /// the permit was free again by then.
+    /// the slot and the turn were both free again by then.
     async fn collect(script: &str, timeout: Duration) -> (Vec<u8>, Option<LsError>, bool) {
-        let slots = Arc::new(Semaphore::new(1));
-        let permit = slots.clone().try_acquire_owned().unwrap();
+        let slots = Arc::new(Semaphore::new(2));
+        let admission = Admission::new(
+            slots.clone().try_acquire_owned().unwrap(),
+            slots.clone().try_acquire_owned().unwrap(),
+        );
         let dir = tempfile::tempdir().unwrap();
         let cwd = rustix::fs::open(dir.path(), rustix::fs::OFlags::PATH, 0.into()).unwrap();
         let mut command = Command::new("sh");
         command.args(["-c", script]);
-        let body = spawn(command, cwd, permit, timeout, "t".into(), "d".into()).unwrap();
+        let launch = Launch {
+            command,
+            cwd,
+            admission,
+            deadline: Instant::now() + timeout,
+            timeout,
+            request_id: "t".into(),
+            directory: "d".into(),
+        };
+        let body = SUPERVISORS.spawn(launch).await.unwrap();
         let mut body = std::pin::pin!(body);
         let mut output = Vec::new();
         while let Some(item) = body.next().await {
@@ -408,11 +529,11 @@ mod tests {
                 Ok(chunk) => output.extend_from_slice(&chunk),
                 Err(e) => {
                     assert!(body.next().await.is_none(), "nothing after an error");
-                    return (output, Some(e), slots.available_permits() == 1);
+                    return (output, Some(e), slots.available_permits() == 2);
                 }
             }
         }
-        (output, None, slots.available_permits() == 1)
+        (output, None, slots.available_permits() == 2)
     }
 
     #[test]

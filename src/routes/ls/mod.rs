@@ -9,9 +9,10 @@
 //!
 //! Before the response starts (every failure here is a JSON error): `D` is resolved by
 //! [`confine::Root::resolve`] on the blocking pool (400, 403, 404), one permit of the `ls`
-//! semaphore is taken without waiting (none left: 503 + `Retry-After`), and `ls` is spawned
-//! directly, no shell, from the absolute path found once at start ([`Ls::open`]), with its
-//! working directory set to the fd that was resolved:
+//! semaphore is taken without waiting (none left: 503 + `Retry-After`), the listing waits for
+//! its turn to run (see below), and `ls` is spawned directly, no shell, from the absolute path
+//! found once at start ([`Ls::open`]), with its working directory set to the fd that was
+//! resolved:
 //! - a directory: `ls -lash --quoting-style=c-maybe -- .`, the same rows as `ls -lash DIR`.
 //!   For the root itself `--ignore=..` is added: the root's `..` row would describe a
 //!   directory outside the root (its owner, mode, size and time), so the root listing has no
@@ -27,6 +28,19 @@
 //! server's environment), and the variables that change `ls`'s format are removed.
 //!
 //! While the body streams, [`child`] owns everything; see its doc for the failure modes.
+//!
+//! # Turns: at most [`RUNNING_PER_CPU`] `ls` per CPU at once
+//!
+//! `ls` runs under `SCHED_IDLE` at nice 19, yet that alone does not keep the server prompt:
+//! with dozens of runnable idle-class tasks per CPU, Linux's scheduler (EEVDF) lets a waking
+//! normal-priority thread wait several ticks behind them (measured: 32 `SCHED_IDLE` busy
+//! loops on 2 CPUs delay a nice-0 wake-up by up to 31 ms, 8 of them by at most 6 ms; see
+//! the README). So of the `--ls-max-concurrent` listings admitted, only [`RUNNING_PER_CPU`]
+//! per available CPU run `ls` at once; the others wait, in arrival order and before their
+//! response head, for a running one to be reaped. `ls -l` of a big directory is CPU-bound, so
+//! more processes than that would not finish the listings sooner anyway. The wait counts
+//! towards `--ls-timeout`: a listing still waiting at its deadline is answered 504, and its
+//! client's hang-up while waiting ends it there.
 
 mod child;
 mod confine;
@@ -36,6 +50,7 @@ use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -44,6 +59,8 @@ use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use axum::Extension;
 use tokio::process::Command;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::{single_param_bytes, RequestId};
 use crate::error::{AppError, HttpError, RETRY_WHEN_BUSY};
@@ -64,6 +81,8 @@ const LS_ENV: [&str; 8] = [
 ];
 /// Escapes only names that need it; see the module doc.
 const QUOTING: &str = "--quoting-style=c-maybe";
+/// `ls` processes running at once per available CPU; see the module doc.
+const RUNNING_PER_CPU: usize = 4;
 
 /// Why `/ls` cannot be served at all; reported at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +95,8 @@ pub enum SetupError {
         "`ls` is not an executable file in any absolute directory of PATH ({0}); /ls needs it"
     )]
     NoLs(String),
+    #[error("cannot start the thread that runs `ls`: {0}")]
+    Supervisors(io::Error),
 }
 
 /// What `/ls` needs from start-up: the root held open and `ls` found once.
@@ -85,6 +106,11 @@ pub struct Ls {
     root: Root,
     /// Absolute path of `ls`, looked up on `PATH` once at start, never per request.
     program: PathBuf,
+    /// The thread that runs every `ls`.
+    supervisors: child::Supervisors,
+    /// Turns to run `ls`: [`RUNNING_PER_CPU`] per available CPU (FIFO, as tokio's semaphore
+    /// is), taken after the `--ls-max-concurrent` slot and held until `ls` is reaped.
+    turns: Arc<Semaphore>,
 }
 
 impl Ls {
@@ -96,8 +122,16 @@ impl Ls {
         let search = std::env::var_os("PATH").unwrap_or_default();
         let program = find_program(&search, OsStr::new("ls"))
             .ok_or_else(|| SetupError::NoLs(search.to_string_lossy().into_owned()))?;
-        tracing::debug!(program = %program.display(), "ls found");
-        Ok(Ls { root, program })
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let turns = Arc::new(Semaphore::new(RUNNING_PER_CPU * cpus));
+        tracing::debug!(program = %program.display(), running = RUNNING_PER_CPU * cpus, "ls found");
+        let supervisors = child::Supervisors::start().map_err(SetupError::Supervisors)?;
+        Ok(Ls {
+            root,
+            program,
+            supervisors,
+            turns,
+        })
     }
 }
 
@@ -223,14 +257,28 @@ async fn start(
             shown: shown.clone(),
             source: io::Error::other(e),
         })??;
-    let permit = state
+    let slot = state
         .ls_slots
         .clone()
         .try_acquire_owned()
         .map_err(|_| LsError::Busy(state.config.ls_max_concurrent))?;
-    let (command, cwd) = command(&state.ls.program, target);
     let timeout = state.config.ls_timeout;
-    let body = child::spawn(command, cwd, permit, timeout, request_id.0, shown)?;
+    let deadline = Instant::now() + timeout;
+    let turn = tokio::time::timeout_at(deadline, state.ls.turns.clone().acquire_owned())
+        .await
+        .map_err(|_| LsError::Timeout(timeout))?
+        .expect("the turns semaphore is never closed");
+    let (command, cwd) = command(&state.ls.program, target);
+    let launch = child::Launch {
+        command,
+        cwd,
+        admission: child::Admission::new(slot, turn),
+        deadline,
+        timeout,
+        request_id: request_id.0,
+        directory: shown,
+    };
+    let body = state.ls.supervisors.spawn(launch).await?;
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
     let text = HeaderValue::from_static("text/plain; charset=utf-8");
