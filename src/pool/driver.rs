@@ -12,12 +12,12 @@
 //! driver. It writes and reads at once (see `WorkerProcess::write_and_read`), so a batch larger
 //! than a pipe's buffer cannot stall both sides.
 //!
-//! Failure modes: a worker lost mid-job fails that job and is replaced at once, or after a
-//! backoff when it dies again and again right after start; the jobs sent ahead to it go back
-//! to the front of the queue (see `on_died_mid_batch` for a worker that dies holding several). A panic in the driver (a bug, or a
-//! `Job::Output` whose decoding panics) unwinds to [`supervise`], which has the worker killed
-//! (by dropping it), fails the running job with `PoolError::DriverPanic`, requeues the jobs
-//! sent ahead, counts and logs it, and starts the driver again.
+//! Failure modes: a worker lost mid-job fails that job and is replaced at once, or after a backoff
+//! when it dies again and again right after start; the jobs sent ahead to it go back to the front
+//! of the queue (see `on_died_mid_batch` for a worker that dies holding several). A panic in the
+//! driver (a bug, or a `Job::Output` whose decoding panics) unwinds to [`supervise`], which has the
+//! worker killed (by dropping it), fails the running job with `PoolError::DriverPanic`, requeues
+//! the jobs sent ahead, counts and logs it, and starts the driver again.
 
 use std::any::Any;
 use std::collections::VecDeque;

@@ -29,9 +29,10 @@
 //! supervisor that vanished without one (a panic, a runtime going down) is an error too.
 //! - `ls` exits non-zero (even after all its output): abort. Exit 0 ends the body cleanly.
 //! - `--ls-timeout` (counted from the admission, so a wait for a turn counts) expires: `ls`
-//!   is killed and reaped and the admission released at that moment; the client gets what was already queued, then the abort, when
-//!   (if ever) it reads on. A client that never reads keeps only its connection (no process,
-//!   no slot) until it leaves or the connection layer closes it.
+//!   is killed and reaped and the admission released at that moment; the client gets what
+//!   was already queued, then the abort, when (if ever) it reads on. A client that never
+//!   reads keeps only its connection (no process, no slot) until it leaves or the connection
+//!   layer closes it.
 //! - The client hangs up: hyper drops the body, the channel closes, and the supervisor kills
 //!   and reaps `ls` at once, with its exit status in the log.
 //! - The server dies (even by SIGKILL): `ls` gets SIGKILL through `PR_SET_PDEATHSIG`. A broken
@@ -41,9 +42,9 @@
 //!   `kill_on_drop` stays set as the last resort for a runtime shutting down.
 //!
 //! The slot and the turn are released only once the child is reaped, so the caps count
-//! processes that really exist. stderr is drained by its own task into a buffer capped at [`STDERR_CAP`] (the
-//! rest is read and discarded, so `ls` can never block on a full stderr pipe) and logged with
-//! the exit status.
+//! processes that really exist. stderr is drained by its own task into a buffer capped at
+//! [`STDERR_CAP`] (the rest is read and discarded, so `ls` can never block on a full stderr
+//! pipe) and logged with the exit status.
 
 use std::io;
 use std::os::fd::OwnedFd;
