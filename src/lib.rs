@@ -20,20 +20,25 @@
 //!   handling over hyper), `server::fd_budget` (the cap sized from `RLIMIT_NOFILE`).
 //! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`; `routes::body` reads
 //!   request bodies under a size limit and a deadline; `routes::state` holds `AppState`, what
-//!   every handler shares (settings, pool, /ls, metrics), which the server builds.
+//!   every handler shares (settings, pool, /ls, metrics), which the server builds. `routes::ls`
+//!   is three parts: the handler and its turns (`mod`), `confine` (the security policy:
+//!   `openat2` beneath the root fd, auditable alone) and `child` (the `ls` process and its
+//!   supervisor, on a low-priority thread of their own).
 //! - [`pool`]: a library of its own (imports nothing from the crate): `WorkerPool<J: Job>`
 //!   (submit with an opaque tag, queue, deadlines, roll, shutdown, drop guard), `PoolConfig`,
 //!   `WorkerCommand` (how the embedding program starts a worker); `pool::driver` (the per-slot
-//!   state machine on the pool's own thread, and its supervisor: dispatch, respawn with
-//!   backoff, recycle, restart after a panic); `pool::dispatch` (that thread); `pool::queue`;
+//!   state machine on the pool's own thread, and its supervisor: dispatch in batches of light
+//!   jobs, respawn with backoff, recycle, restart after a panic); `pool::dispatch` (that
+//!   thread); `pool::queue` (fair shares, requeueing);
 //!   `pool::lifecycle` (`Exit`, `WorkerExit`, `JobOutcome`: how workers and jobs end, with
 //!   their metric labels); `pool::metrics` (`<prefix>_*`); `pool::process` (one child process:
 //!   spawn, handshake, kill, reap); `pool::protocol` (JSON-lines messages, framing, the `Job`
-//!   trait); `pool::status` (per-worker rows); `pool::worker` (the worker side: `run::<J>()`,
+//!   trait and its `Weight` hint); `pool::status` (per-worker rows); `pool::worker` (the worker side: `run::<J>()`,
 //!   and the allocator that turns a failed allocation in a worker into a recognisable exit).
 //! - [`jobs`]: the server's job types (`IsPrimeJob`) and how its workers log them; no HTTP, so
 //!   worker mode needs only this and the pool.
-//! - [`prime`]: primality, pure functions (and `mersenne`, the heavy job of tests and load).
+//! - [`prime`]: primality, pure functions (and `mersenne`, the heavy job of tests and load);
+//!   `prime::montgomery` and `prime::plain`, the two arithmetics BPSW runs on.
 //! - [`procfs`]: this process's CPU, memory, fd and start-time figures from `/proc/self`.
 //! - [`error`]: `AppError`, the one JSON error shape, and `HttpError`, which every typed error
 //!   implements next to its definition to say its status.
