@@ -227,7 +227,8 @@ fn short_jobs_queued_behind_a_long_one_never_wait_for_it() {
 }
 
 /// A fake isprime worker like the real one: it holds its answers until no more jobs arrive
-/// for 0.3 s, then writes them at once; a job for 11 takes a second, one for 13 crashes it.
+/// for 0.3 s, then writes them at once; a job for 11 takes a second, one for 13 crashes it,
+/// one for 17 gets a line that is not JSON.
 fn batching_fake_worker() -> tempfile::TempPath {
     let hello = hello(env!("CARGO_PKG_VERSION"));
     let script = format!(
@@ -237,7 +238,11 @@ held=""
 while true; do
   if read -r -t 0.3 line; then
     id=${{line#*\"id\":}}; id=${{id%%,*}}
-    case $line in *'"n":"13"'*) exit 3;; *'"n":"11"'*) sleep 1;; esac
+    case $line in
+      *'"n":"13"'*) exit 3;;
+      *'"n":"11"'*) sleep 1;;
+      *'"n":"17"'*) echo garbage; continue;;
+    esac
     held+="{{\"id\":$id,\"ms\":0.1,\"ok\":{{\"is_prime\":true,\"method\":\"deterministic\"}}}}"$'\n'
   elif [ $? -gt 128 ]; then
     printf '%s' "$held"; held=""
@@ -255,25 +260,9 @@ done
 #[test]
 fn a_worker_dying_with_several_jobs_fails_only_the_job_that_crashes_alone() {
     let fake = batching_fake_worker();
-    let program = fake.to_str().unwrap();
-    let server = Server::start(&["--workers", "1", "--worker-program", program]);
-    server.wait_for_workers(1);
-    let first = server.send_job("11");
-    wait_until(Duration::from_secs(10), || {
-        (busy_jobs(&server).len() == 1).then_some(())
-    })
-    .expect("the worker takes the first job");
-    // Queued behind it, then handed over together: the worker holds the answer to 2 when 13
-    // crashes it, so the pool cannot tell which job did.
-    let batch: Vec<_> = ["2", "13", "3"]
-        .iter()
-        .map(|&n| {
-            let stream = server.send_job(n);
-            std::thread::sleep(Duration::from_millis(50));
-            stream
-        })
-        .collect();
-    wait_queued(&server, 3);
+    // Handed over together: the worker holds the answer to 2 when 13 crashes it, so the pool
+    // cannot tell which job did.
+    let (server, first, batch) = batch_behind_a_busy_fake(&fake, &["2", "13", "3"]);
     assert_eq!(read_response(first).status, 200);
     let answers: Vec<_> = batch.into_iter().map(read_response).collect();
     assert_eq!(answers[0].status, 200, "{}", answers[0].text());
@@ -291,6 +280,66 @@ fn a_worker_dying_with_several_jobs_fails_only_the_job_that_crashes_alone() {
         );
     }
     server.wait_for_workers(1);
+    server.assert_no_zombies();
+}
+
+/// A server with one batching fake worker, busy for a second with a job for 11 (returned,
+/// unread), and the streams of `numbers` sent meanwhile, queued in that order.
+fn batch_behind_a_busy_fake(
+    fake: &tempfile::TempPath,
+    numbers: &[&str],
+) -> (Server, std::net::TcpStream, Vec<std::net::TcpStream>) {
+    let server = Server::start(&["--workers", "1", "--worker-program", fake.to_str().unwrap()]);
+    server.wait_for_workers(1);
+    let first = server.send_job("11");
+    wait_until(Duration::from_secs(10), || {
+        (busy_jobs(&server).len() == 1).then_some(())
+    })
+    .expect("the worker takes the first job");
+    let batch = numbers
+        .iter()
+        .map(|&n| {
+            let stream = server.send_job(n);
+            std::thread::sleep(Duration::from_millis(50));
+            stream
+        })
+        .collect();
+    wait_queued(&server, numbers.len() as u64);
+    (server, first, batch)
+}
+
+#[test]
+fn jobs_sent_with_one_that_breaks_the_protocol_run_again_on_a_fresh_worker() {
+    let fake = batching_fake_worker();
+    let (server, first, batch) = batch_behind_a_busy_fake(&fake, &["17", "2", "3"]);
+    assert_eq!(read_response(first).status, 200);
+    let answers: Vec<_> = batch.into_iter().map(read_response).collect();
+    let message = answers[0].assert_error(502);
+    assert!(message.contains("protocol"), "{message}");
+    for answer in &answers[1..] {
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    server.wait_for_workers(1);
+    server.assert_no_zombies();
+}
+
+#[test]
+fn a_client_leaving_a_light_job_in_a_batch_does_not_cost_the_worker() {
+    let fake = batching_fake_worker();
+    let (server, first, mut batch) = batch_behind_a_busy_fake(&fake, &["2", "3", "5"]);
+    let pid = server.worker_pids();
+    assert_eq!(read_response(first).status, 200);
+    // Handed to the worker with the others, whose answers it holds for 0.3 s: its client
+    // leaves meanwhile.
+    drop(batch.remove(0));
+    for stream in batch {
+        assert_eq!(read_response(stream).status, 200);
+    }
+    assert_eq!(
+        server.worker_pids(),
+        pid,
+        "the worker was replaced for a light job whose client left"
+    );
     server.assert_no_zombies();
 }
 

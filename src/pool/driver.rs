@@ -8,7 +8,7 @@
 //!
 //! A job event hands the worker a batch: one heavy job, or light ones that it runs in order.
 //! The driver then answers each job as its reply comes in and, while the worker runs only light
-//! jobs, tops its pipe up with queued light ones, so that a busy worker never waits for the
+//! jobs, tops its pipe up with queued light ones, so that a busy worker seldom waits for the
 //! driver. It writes and reads at once (see `WorkerProcess::write_and_read`), so a batch larger
 //! than a pipe's buffer cannot stall both sides.
 //!
@@ -37,7 +37,7 @@ use tokio::time::sleep;
 
 use super::lifecycle::{JobOutcome, WorkerExit};
 use super::process::{SpawnError, WorkerProcess};
-use super::protocol::{decode, encode_into, Outcome, ProtocolError, Reply, Request};
+use super::protocol::{decode, encode_into, Outcome, ProtocolError, Reply, Request, Weight};
 use super::queue::Pending;
 use super::status::WorkerState;
 use super::{Answer, Done, Inner, Job, PoolError, RollRequest};
@@ -299,9 +299,9 @@ impl<J: Job> Driver<J> {
     }
 
     /// Sends queued light jobs after the light ones the worker has, up to `max_batch` in all,
-    /// once at most half of them are left: writes of several jobs each, yet the worker never
-    /// runs dry. None while a replacement or a roll waits for the worker to be free, or it
-    /// would never be.
+    /// once at most half of them are left unanswered: writes of several jobs each, which
+    /// `write_and_read` sends before the driver works through the answers it already holds.
+    /// None while a replacement or a roll waits for the worker to be free, or it never would be.
     fn top_up(&mut self, t: &Tenure, outbox: &mut BytesMut) {
         let max = self.pool.config.max_batch;
         if self.running.len() > max / 2 || t.spawning.is_some() || !self.rolls.is_empty() {
@@ -419,7 +419,9 @@ impl<J: Job> Driver<J> {
     /// `None` when the pool closed meanwhile.
     async fn start_worker(&mut self) -> Option<WorkerProcess> {
         loop {
-            if self.pool.queue.lock().unwrap().is_closed() {
+            // Closed but not empty: jobs sent ahead to a lost worker came back, and may have
+            // no other slot left to run them.
+            if self.pool.queue.lock().unwrap().is_closed_and_empty() {
                 return None;
             }
             self.set_state(WorkerState::Starting, None);
@@ -449,6 +451,7 @@ async fn exchange<J: Job>(
     head: &mut Pending<J>,
 ) -> RunEnd<J> {
     let (id, deadline) = (head.id, head.deadline);
+    let light = head.weight == Weight::Light;
     let talk = async {
         match worker.write_and_read(outbox).await {
             Ok(Some(line)) => match decode::<Reply<J::Output, J::Error>>(&line) {
@@ -463,13 +466,22 @@ async fn exchange<J: Job>(
             Err(error) => RunEnd::Protocol(error),
         }
     };
-    // No timer of our own: at the deadline `submit` stops waiting and drops the receiver,
-    // which is what `closed` reports, so one timer per job serves both. Biased: a reply
-    // already in the pipe wins over a submitter that left a moment ago.
+    // At the deadline `submit` stops waiting and drops the receiver, which is what `closed`
+    // reports, so one timer per job serves both. A light job whose submitter left is let
+    // finish: its answer is microseconds away, while a kill would cost a fresh worker and
+    // send every job behind it round again (a client hanging up over and over could make
+    // the pool do nothing else). Its own deadline still holds, should it not be light after
+    // all. Biased: an answer already in the pipe wins over a submitter that left a moment ago.
+    let abandoned = async {
+        head.reply.closed().await;
+        if light {
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    };
     tokio::select! {
         biased;
         end = talk => end,
-        _ = head.reply.closed() => match Instant::now() >= deadline {
+        () = abandoned => match Instant::now() >= deadline {
             true => RunEnd::Deadline,
             false => RunEnd::Cancelled,
         },

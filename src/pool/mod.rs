@@ -14,7 +14,9 @@
 //!   has its worker killed, and the caller gets [`PoolError::Timeout`] either way.
 //! - **Hanging up kills.** Dropping the future returned by `submit` (an HTTP client went away)
 //!   takes the job out of the queue, or kills the worker running it; the slot gets a fresh one.
-//!   An abandoned job never keeps a core busy.
+//!   An abandoned job never keeps a core busy. A light job already handed to a worker is the
+//!   exception: it is let finish (it takes microseconds) and its answer dropped, since a kill
+//!   would cost a fresh worker and run every job sent after it again.
 //! - **No orphans.** Each worker runs in its own process group, arms `PR_SET_PDEATHSIG` and
 //!   checks its parent before saying hello, so it dies with the pool's process even on SIGKILL.
 //!   Every path that lets go of a worker (kill, crash, retirement, a panicking driver, dropping
@@ -106,7 +108,7 @@
 //!
 //! Why batches: a microsecond job costs far less than the two wake-ups (worker, then driver)
 //! of a round trip. When light jobs queue up, a driver writes several in one go and keeps the
-//! worker's pipe topped up as replies come in, so a busy worker never sleeps between jobs.
+//! worker's pipe topped up as replies come in, so a busy worker seldom sleeps between jobs.
 //!
 //! Why a driver per slot: the submitter's future is dropped when its caller gives up (axum
 //! drops a handler whose client hung up). If the submitter held the worker, that drop would
@@ -163,7 +165,7 @@ pub struct PoolConfig {
     /// together do not retire together); 0 means never.
     pub max_jobs_per_worker: u64,
     /// Most light jobs ([`Weight::Light`]) a worker is handed at once: while it runs one, the
-    /// next ones are already in its pipe, so neither side sleeps between them. 1 sends every
+    /// next ones are already in its pipe, so neither side wakes up for each one. 1 sends every
     /// job alone. Heavy jobs are always sent alone.
     pub max_batch: usize,
     /// Metric names start with this and `_` (see the `metrics` module's table).
@@ -357,6 +359,7 @@ impl<J: Job> WorkerPool<J> {
         inner.enqueue(Pending {
             id,
             tag: tag.to_owned(),
+            weight: job.weight(),
             job,
             deadline,
             enqueued: now,

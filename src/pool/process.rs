@@ -1,5 +1,5 @@
-//! One worker process as the pool sees it: spawn and handshake, send a line, read a line,
-//! kill, retire.
+//! One worker process as the pool sees it: spawn and handshake, write jobs while reading
+//! answers, kill, retire.
 //!
 //! The child gets its own process group, so that a kill reaches everything it may have
 //! started. A `WorkerProcess` that is dropped without being reaped (its driver panicked, or the
@@ -157,8 +157,10 @@ impl WorkerProcess {
     /// Writes what is left of `outbox` (whole protocol lines) while waiting for the next line
     /// from the worker, and returns that line; cancel-safe (what is written leaves `outbox`,
     /// what is read stays in the [`LineReader`]). Both at once, because a worker blocked on
-    /// writing replies nobody reads would never take the rest of a long outbox. A failed write
-    /// (the worker closed its stdin: it exited) reads as the end of its output.
+    /// writing replies nobody reads would never take the rest of a long outbox. Writing comes
+    /// first, so that new jobs reach the worker before the driver works through answers it
+    /// already has. A failed write (the worker closed its stdin: it exited) drops the rest of
+    /// the outbox; what the worker wrote before it went is still read, then the end.
     pub(super) async fn write_and_read(
         &mut self,
         outbox: &mut BytesMut,
@@ -166,11 +168,11 @@ impl WorkerProcess {
         while !outbox.is_empty() {
             tokio::select! {
                 biased;
-                line = self.stdout.next_line() => return line,
                 written = self.stdin.write(outbox) => match written {
                     Ok(n) if n > 0 => outbox.advance(n),
-                    _ => return Ok(None),
+                    _ => outbox.clear(),
                 },
+                line = self.stdout.next_line() => return line,
             }
         }
         self.stdout.next_line().await

@@ -7,10 +7,10 @@
 //! ```
 //!
 //! The pool may write several job lines before it reads a reply (see [`Weight`]): the worker
-//! runs them in the order sent and answers them in that order. It writes its answers when it
-//! has read every line it was sent, all in one write, so that the pool wakes once per batch
-//! rather than once per job. A worker holding a single job therefore answers it as soon as it
-//! is done, and a crash then is that job's.
+//! runs them in the order sent and answers them in that order. It writes its answers once it
+//! has run every job it has read so far (its input buffer is empty), all in one write, so
+//! that the pool wakes once per batch rather than once per job. A worker holding a single job
+//! therefore answers it as soon as it is done, and a crash then is that job's.
 //!
 //! Every message is one line of JSON. Lines are capped in both directions: a worker that sends
 //! more than `max_line` bytes without a newline is broken (or hostile) and gets replaced, and

@@ -29,6 +29,9 @@ pub(super) struct Pending<J: Job> {
     pub(super) enqueued: Instant,
     /// Where the answer goes; closed once the submitter stops waiting.
     pub(super) reply: oneshot::Sender<Answer<J>>,
+    /// [`Job::weight`], asked once in `submit`: outside the queue's lock, so that a
+    /// panicking `weight` fails only its own submitter.
+    pub(super) weight: Weight,
     /// Sent to a worker that died while it held several jobs: which one crashed it is
     /// unknown, so this one runs alone from now on, and a crash then is its own.
     pub(super) alone: bool,
@@ -37,7 +40,7 @@ pub(super) struct Pending<J: Job> {
 impl<J: Job> Pending<J> {
     /// Whether it may share a worker with other light jobs.
     pub(super) fn travels_light(&self) -> bool {
-        !self.alone && self.job.weight() == Weight::Light
+        !self.alone && self.weight == Weight::Light
     }
 }
 
@@ -67,8 +70,9 @@ impl<J: Job> Queue<J> {
         self.closed = true;
     }
 
-    pub(super) fn is_closed(&self) -> bool {
-        self.closed
+    /// Closed, and nothing left for a driver to run.
+    pub(super) fn is_closed_and_empty(&self) -> bool {
+        self.closed && self.jobs.is_empty()
     }
 }
 

@@ -42,6 +42,10 @@
 //! towards `--ls-timeout`: a listing still waiting at its deadline is answered 504, and its
 //! client's hang-up while waiting ends it there.
 
+// The module doc is a map for maintainers and links to the private parts it describes;
+// `cargo doc --document-private-items` renders those links.
+#![allow(rustdoc::private_intra_doc_links)]
+
 mod child;
 mod confine;
 
