@@ -183,6 +183,18 @@ fn wait_queued(server: &Server, n: u64) {
     );
 }
 
+/// Waits until `n` workers are busy.
+fn wait_busy(server: &Server, n: usize) {
+    let busy = wait_until(Duration::from_secs(10), || {
+        (busy_jobs(server).len() == n).then_some(())
+    });
+    assert!(
+        busy.is_some(),
+        "{n} workers never got busy: {}",
+        status(server)
+    );
+}
+
 /// Whether the server has not answered on `stream` yet.
 fn unanswered(stream: &std::net::TcpStream) -> bool {
     stream.set_nonblocking(true).unwrap();
@@ -201,10 +213,7 @@ fn short_jobs_queued_behind_a_long_one_never_wait_for_it() {
     server.wait_for_workers(2);
     let medium = mersenne(4423);
     let busy: Vec<_> = (0..2).map(|_| server.send_job(&medium)).collect();
-    wait_until(Duration::from_secs(10), || {
-        (busy_jobs(&server).len() == 2).then_some(())
-    })
-    .expect("both workers take a job");
+    wait_busy(&server, 2);
     let long = server.send_job(&slow_prime());
     wait_queued(&server, 1);
     let shorts: Vec<_> = (0..20)
@@ -292,10 +301,7 @@ fn batch_behind_a_busy_fake(
     let server = Server::start(&["--workers", "1", "--worker-program", fake.to_str().unwrap()]);
     server.wait_for_workers(1);
     let first = server.send_job("11");
-    wait_until(Duration::from_secs(10), || {
-        (busy_jobs(&server).len() == 1).then_some(())
-    })
-    .expect("the worker takes the first job");
+    wait_busy(&server, 1);
     let batch = numbers
         .iter()
         .map(|&n| {
