@@ -196,7 +196,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    fn add(self: &Arc<Self>) -> Registered {
+    /// Registers a new connection. Called by the accept loop before the connection's task is
+    /// spawned, not by the task: a drain that finds no connection open must really have none.
+    /// (Registered by its task, a connection taken from the accept queue at stop was not yet
+    /// counted when the drain looked, so the pool shut while that connection's request was
+    /// still to come, and it got a 503 "shutting down": seen in the rolling-restart test.)
+    pub fn add(self: &Arc<Self>) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let tracker = Arc::new(Tracker::new());
         self.connections.lock().unwrap().insert(id, tracker.clone());
@@ -227,7 +232,11 @@ impl Registry {
     /// Resolves once no connection is open.
     pub async fn closed(&self) {
         loop {
+            // Enabled before the count is read, so that a last connection closing in between
+            // still wakes us (`notify_waiters` only reaches futures already waiting).
             let emptied = self.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
             if self.len() == 0 {
                 return;
             }
@@ -237,7 +246,7 @@ impl Registry {
 }
 
 /// A connection's entry in its [`Registry`], removed when the connection's task ends.
-struct Registered {
+pub struct Registered {
     registry: Arc<Registry>,
     id: u64,
     tracker: Arc<Tracker>,
@@ -260,12 +269,11 @@ pub async fn serve(
     stream: TcpStream,
     router: Router,
     timeouts: Timeouts,
-    registry: Arc<Registry>,
+    entry: Registered,
     mut draining: watch::Receiver<bool>,
     slot: OwnedSemaphorePermit,
 ) {
     let _slot = slot;
-    let entry = registry.add();
     let tracker = entry.tracker.clone();
     let io = TokioIo::new(Watched {
         io: stream,

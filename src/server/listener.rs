@@ -84,7 +84,7 @@ impl Listener {
             stream,
             self.router.clone(),
             self.timeouts,
-            self.registry.clone(),
+            self.registry.add(),
             self.draining.clone(),
             slot,
         ));
