@@ -120,6 +120,16 @@ pub struct Config {
     #[arg(long, env = "FORKPOOL_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration)]
     pub shutdown_delay: Duration,
 
+    /// On SIGUSR2 (in-place upgrade), how long the new server may take to be ready (a worker of
+    /// its own said hello) before it is killed and this one keeps serving.
+    #[arg(long, env = "FORKPOOL_UPGRADE_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub upgrade_timeout: Duration,
+
+    /// Write the pid of the server that is serving to this file once it is ready; after a
+    /// SIGUSR2 upgrade, the new server rewrites it. Removed at exit by the server it names.
+    #[arg(long, env = "FORKPOOL_PID_FILE")]
+    pub pid_file: Option<PathBuf>,
+
     /// Close a connection that has not sent a complete request head within this time, counted
     /// from the accept or, on a kept-alive connection, from the first byte of the next request.
     #[arg(long, env = "FORKPOOL_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
@@ -363,6 +373,8 @@ impl Config {
             ls_max_concurrent: self.ls_max_concurrent,
             shutdown_grace: self.shutdown_grace,
             shutdown_delay: self.shutdown_delay,
+            upgrade_timeout: self.upgrade_timeout,
+            pid_file: self.pid_file,
             header_timeout: self.header_timeout,
             keepalive_timeout: self.keepalive_timeout,
             body_timeout: self.body_timeout,

@@ -72,5 +72,7 @@ linux_only! {
     pub mod routes;
     pub mod server;
     pub mod settings;
+    pub mod systemd;
     pub mod units;
+    pub mod upgrade;
 }

@@ -17,7 +17,8 @@ use forkpool::cli::{Cli, Command, Config, WorkerArgs};
 use forkpool::jobs::{IsPrimeJob, RequestIdLog};
 use forkpool::pool::worker;
 use forkpool::pool::Job;
-use forkpool::{logging, server};
+use forkpool::server::{self, Listeners};
+use forkpool::{logging, systemd};
 
 /// A worker that runs out of memory exits with a code the server can name in its 502.
 #[global_allocator]
@@ -65,6 +66,9 @@ fn print_out(text: &[u8]) -> anyhow::Result<()> {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
+    // SAFETY: no other thread exists yet (the runtime starts below).
+    let passed =
+        unsafe { systemd::take_listeners() }.unwrap_or_else(|e| start_error(e.to_string()));
     let config = config
         .resolve()
         .unwrap_or_else(|e| start_error(e.to_string()));
@@ -74,20 +78,34 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // Installed before anyone can know our address, so that a SIGTERM sent as soon as we
         // listen is a graceful shutdown and never the default action (death by signal).
         let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
-        let listener = bind("--listen", config.listen).await;
-        let admin = match config.admin_listen {
-            Some(address) => Some(bind("--admin-listen", address).await),
-            None => None,
+        let listeners = match passed {
+            Some(passed) => from_passed(passed),
+            None => Listeners {
+                public: bind("--listen", config.listen).await,
+                admin: match config.admin_listen {
+                    Some(address) => Some(bind("--admin-listen", address).await),
+                    None => None,
+                },
+            },
         };
-        println!("listening on http://{}", listener.local_addr()?);
-        if let Some(admin) = &admin {
-            println!("admin listening on http://{}", admin.local_addr()?);
-        }
-        if let Err(e) = server::run(listener, admin, config, shutdown).await {
+        if let Err(e) = server::run(listeners, config, shutdown).await {
             start_error(e.to_string());
         }
         Ok(())
     })
+}
+
+/// The sockets systemd (or a predecessor) passed, on this runtime; `--listen` and
+/// `--admin-listen` are not bound then.
+fn from_passed(passed: systemd::PassedListeners) -> Listeners {
+    let adopt = |listener| {
+        tokio::net::TcpListener::from_std(listener)
+            .unwrap_or_else(|e| start_error(format!("LISTEN_FDS: {e}")))
+    };
+    Listeners {
+        public: adopt(passed.public),
+        admin: passed.admin.map(adopt),
+    }
 }
 
 /// Listens on `address`, or exits with a start-up error naming `flag`.

@@ -13,6 +13,9 @@ mod fd_budget;
 mod listener;
 
 use std::future::Future;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -34,6 +38,8 @@ use crate::routes::ops::Audience;
 use crate::routes::state::{AppState, StateError};
 use crate::routes::{ops, RequestId};
 use crate::settings::Settings;
+use crate::systemd::{self, NotifyState};
+use crate::upgrade::{PidFile, Upgrader};
 use connection::{Registry, Timeouts};
 use fd_budget::{BudgetError, ADMIN_MAX_CONNECTIONS};
 use listener::Listener;
@@ -45,6 +51,8 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub enum StartError {
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("the listening sockets: {0}")]
+    Listeners(std::io::Error),
     #[error("--max-connections: {0}")]
     Connections(#[from] BudgetError),
 }
@@ -205,44 +213,181 @@ fn new_request_id() -> String {
     format!("{prefix:08x}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Serves `listener` (and `admin`, the `--admin-listen` socket) until `shutdown` resolves,
-/// then drains: readiness goes to 503 and every response says `Connection: close` at once
-/// (requests, jobs included, are still served); after `--shutdown-delay` the listeners close
-/// and each connection closes once its request is answered; requests and jobs get what is
-/// left of `--shutdown-grace`, after which those still waiting are answered 503; then the
-/// workers are retired or killed.
+/// The listening sockets the server serves: bound from `--listen` and `--admin-listen`, or
+/// passed in (systemd socket activation, or a predecessor's SIGUSR2 upgrade).
+pub struct Listeners {
+    /// Where clients connect.
+    pub public: TcpListener,
+    /// Where `/metrics` and `/status` are served alone, if anywhere.
+    pub admin: Option<TcpListener>,
+}
+
+/// Serves `listeners` until `shutdown` resolves or a SIGUSR2 upgrade hands over to a new
+/// server, then drains: readiness goes to 503 and every response says `Connection: close` at
+/// once (requests, jobs included, are still served); after `--shutdown-delay` (none after a
+/// handover: the sockets stay open in the new server) the listeners close and each connection
+/// closes once its request is answered; requests and jobs get what is left of
+/// `--shutdown-grace`, after which those still waiting are answered 503; then the workers are
+/// retired or killed.
+///
+/// Start-up can fail before anything is served (the /ls root, the worker program); once this
+/// prints `listening on`, it cannot. The server is *ready* once a worker has said hello: it
+/// tells the service manager (`READY=1`), writes `--pid-file`, and logs `ready`. A server
+/// started by a predecessor's upgrade accepts only from then on.
 pub async fn run(
-    listener: TcpListener,
-    admin: Option<TcpListener>,
+    listeners: Listeners,
     config: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let grace = config.shutdown_grace;
-    let delay = config.shutdown_delay;
-    // Registered here, not in the spawned task: SIGHUP's default action is to terminate, so a
-    // roll requested as soon as we serve must not find the handler missing.
-    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    // Before the pool starts: the budget counts the descriptors open without it. The cap in
-    // force replaces the flag, so that /status shows what was chosen.
-    let cap = fd_budget::connection_cap(&config)?;
-    let state = AppState::new(Settings {
-        max_connections: Some(cap),
-        ..config
-    })?;
-    match hangups {
-        Ok(hangups) => drop(tokio::spawn(roll_on_sighup(state.clone(), hangups))),
-        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; rolling restarts are off"),
+    // Registered before anything else: SIGHUP's and SIGUSR2's default action is to terminate,
+    // so a signal sent as soon as we serve must not find the handler missing.
+    let hangups = unix_signal(SignalKind::hangup(), "rolling restarts of the workers");
+    let upgrades = unix_signal(SignalKind::user_defined2(), "in-place upgrades");
+    let upgrader = Upgrader::new(
+        listeners.public.as_fd(),
+        listeners.admin.as_ref().map(AsFd::as_fd),
+        config.upgrade_timeout,
+    )
+    .map_err(StartError::Listeners)?;
+    let state = start_state(&listeners, config)?;
+    announce_listening(&listeners);
+    if let Some(hangups) = hangups {
+        tokio::spawn(roll_on_sighup(state.clone(), hangups));
     }
     tokio::spawn(drain_histograms(state.metrics.clone()));
-    let (public_router, admin_router) = routers(state.clone());
-    let mut serving = Serving::new(&state.config);
-    serving.start("public", listener, public_router, cap);
-    if let (Some(admin), Some(router)) = (admin, admin_router) {
-        serving.start("admin", admin, router, ADMIN_MAX_CONNECTIONS);
+    tokio::spawn(systemd::keep_watchdog_fed());
+    let mut serving = Serving::new(&state);
+    // A predecessor's successor accepts once ready; until then the predecessor serves.
+    let mut listeners = Some(listeners);
+    if std::env::var_os(systemd::UPGRADED_FROM).is_none() {
+        serving.start_all(&mut listeners);
     }
-    shutdown.await;
+    tokio::pin!(shutdown);
+    let mut pid_file = None;
+    let stop = match until_ready(&state, shutdown.as_mut()).await {
+        false => Stop::Signal,
+        true => {
+            serving.start_all(&mut listeners);
+            pid_file = announce_ready(&state);
+            until_stopped(&upgrader, upgrades, shutdown).await
+        }
+    };
+    // Before the listeners close: the upgrader's copies would keep the sockets open.
+    drop(upgrader);
+    drain(&state, &mut serving, stop).await;
+    drop(pid_file);
+    Ok(())
+}
+
+/// Why the server stops serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// A new server took over the listening sockets (SIGUSR2).
+    HandedOver,
+}
+
+/// The handler of `kind`, or `None` (logged) when it cannot be installed.
+fn unix_signal(kind: SignalKind, what: &str) -> Option<Signal> {
+    signal(kind)
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for a signal; {what} are off"))
+        .ok()
+}
+
+/// The shared state, with the settings as in force: the connection cap sized from the
+/// descriptors (counted before the pool starts) and the addresses actually listened on.
+fn start_state(listeners: &Listeners, config: Settings) -> Result<AppState, StartError> {
+    let cap = fd_budget::connection_cap(&config)?;
+    let bound = |l: &TcpListener| l.local_addr().map_err(StartError::Listeners);
+    let admin_listen = listeners.admin.as_ref().map(bound).transpose()?;
+    Ok(AppState::new(Settings {
+        listen: bound(&listeners.public)?,
+        admin_listen,
+        max_connections: Some(cap),
+        ..config
+    })?)
+}
+
+/// `listening on http://ADDR` on stdout, once start-up can no longer fail (scripts and tests
+/// wait for this line to learn the port).
+fn announce_listening(listeners: &Listeners) {
+    let mut out = std::io::stdout().lock();
+    for (name, listener) in [("", Some(&listeners.public)), ("admin ", listeners.admin.as_ref())] {
+        if let Some(address) = listener.and_then(|l| l.local_addr().ok()) {
+            let _ = writeln!(out, "{name}listening on http://{address}");
+        }
+    }
+    let _ = out.flush();
+}
+
+/// Waits until a worker has said hello; false if `shutdown` came first.
+async fn until_ready(state: &AppState, shutdown: Pin<&mut impl Future<Output = ()>>) -> bool {
+    tokio::select! {
+        () = state.pool.wait_live() => true,
+        () = shutdown => false,
+    }
+}
+
+/// The server is ready: tells the service manager (or the predecessor waiting for it) and
+/// writes the pid file, which it holds until it exits.
+fn announce_ready(state: &AppState) -> Option<PidFile> {
+    systemd::notify(&[NotifyState::Ready]);
+    let pid_file = state.config.pid_file.as_deref().and_then(|path| {
+        PidFile::write(path)
+            .inspect_err(|e| tracing::error!(error = %e, path = %path.display(), "cannot write the pid file"))
+            .ok()
+    });
+    let upgraded_from = std::env::var(systemd::UPGRADED_FROM).ok();
+    tracing::info!(pid = std::process::id(), version = env!("CARGO_PKG_VERSION"), upgraded_from, "ready");
+    pid_file
+}
+
+/// Serves until SIGTERM/SIGINT, or until a SIGUSR2 upgrade has handed over to a new server
+/// that is ready. A failed upgrade is logged and serving goes on.
+async fn until_stopped(
+    upgrader: &Upgrader,
+    mut upgrades: Option<Signal>,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+) -> Stop {
+    loop {
+        let upgrade = async {
+            match upgrades.as_mut() {
+                Some(upgrades) => upgrades.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = shutdown.as_mut() => return Stop::Signal,
+            Some(()) = upgrade => {}
+        }
+        let program = upgrader.program().display().to_string();
+        tracing::info!(program, "SIGUSR2: starting the new server");
+        // Dropping `hand_over` (SIGTERM meanwhile) kills the new server.
+        tokio::select! {
+            () = shutdown.as_mut() => return Stop::Signal,
+            result = upgrader.hand_over() => match result {
+                Ok(pid) => {
+                    tracing::info!(pid, "the new server is ready; handing over and draining");
+                    return Stop::HandedOver;
+                }
+                Err(error) => tracing::error!(%error, program, "upgrade failed; this server keeps serving"),
+            },
+        }
+    }
+}
+
+/// Drains, as `run` describes, and retires the workers.
+async fn drain(state: &AppState, serving: &mut Serving, stop: Stop) {
+    let grace = state.config.shutdown_grace;
+    // After a handover the sockets stay open in the new server: nothing to wait for.
+    let delay = match stop {
+        Stop::Signal => state.config.shutdown_delay,
+        Stop::HandedOver => Duration::ZERO,
+    };
     let began = Instant::now();
-    tracing::info!(?grace, ?delay, "shutting down");
+    tracing::info!(?grace, ?delay, ?stop, "shutting down");
+    systemd::notify(&[NotifyState::Stopping]);
     state.begin_shutdown();
     tokio::time::sleep(delay).await;
     if !serving.drain(began + grace).await {
@@ -253,7 +398,6 @@ pub async fn run(
     let left = (began + grace).saturating_duration_since(Instant::now());
     state.pool.shutdown(left).await;
     tracing::info!("stopped");
-    Ok(())
 }
 
 /// After the grace period, how long connections get to write their 503s before the process
@@ -262,6 +406,13 @@ const GRACE_END_FLUSH: Duration = Duration::from_secs(1);
 
 /// The listeners' accept loops and the connections they hold.
 struct Serving {
+    /// What the public listener serves.
+    public: Router,
+    /// What the admin listener serves, when `--admin-listen` (or a passed `admin` socket) is
+    /// there.
+    admin: Option<Router>,
+    /// The connection cap of the public listener.
+    cap: u32,
     timeouts: Timeouts,
     /// Stops the accept loops (and so closes the listening sockets).
     stop: watch::Sender<bool>,
@@ -274,17 +425,33 @@ struct Serving {
 }
 
 impl Serving {
-    fn new(config: &Settings) -> Serving {
+    fn new(state: &AppState) -> Serving {
+        let config = &state.config;
+        let (public, admin) = routers(state.clone());
         Serving {
+            public,
+            admin,
             timeouts: Timeouts {
                 header: config.header_timeout,
                 keepalive: config.keepalive_timeout,
                 send: config.send_timeout,
             },
+            cap: config.max_connections.unwrap_or(1),
             stop: watch::Sender::new(false),
             draining: watch::Sender::new(false),
             accepting: Vec::new(),
             registries: Vec::new(),
+        }
+    }
+
+    /// Starts accepting on `listeners`, if there (taking them).
+    fn start_all(&mut self, listeners: &mut Option<Listeners>) {
+        let Some(Listeners { public, admin }) = listeners.take() else {
+            return;
+        };
+        self.start("public", public, self.public.clone(), self.cap);
+        if let (Some(admin), Some(router)) = (admin, self.admin.clone()) {
+            self.start("admin", admin, router, ADMIN_MAX_CONNECTIONS);
         }
     }
 
@@ -338,7 +505,7 @@ async fn drain_histograms(metrics: PrometheusHandle) {
 }
 
 /// SIGHUP: rolling restart of the workers, for picking up a new binary.
-async fn roll_on_sighup(state: AppState, mut hangups: tokio::signal::unix::Signal) {
+async fn roll_on_sighup(state: AppState, mut hangups: Signal) {
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: rolling restart of the workers");
         state.pool.roll().await;

@@ -75,6 +75,11 @@ pub struct Settings {
     /// On SIGINT/SIGTERM, time spent draining (readiness off) before the listener closes.
     #[serde(serialize_with = "as_secs")]
     pub shutdown_delay: Duration,
+    /// On SIGUSR2, longest wait for the new server to be ready.
+    #[serde(serialize_with = "as_secs")]
+    pub upgrade_timeout: Duration,
+    /// File holding the pid of the server that is serving, if any.
+    pub pid_file: Option<PathBuf>,
     /// Longest wait for a complete request head.
     #[serde(serialize_with = "as_secs")]
     pub header_timeout: Duration,

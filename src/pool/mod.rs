@@ -394,6 +394,13 @@ impl<J: Job> WorkerPool<J> {
         self.inner().slots.iter().filter(|s| live(s)).count()
     }
 
+    /// Resolves once at least one worker is up (has said hello).
+    pub async fn wait_live(&self) {
+        while self.live_workers() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// Jobs waiting for a worker.
     pub fn queue_depth(&self) -> usize {
         self.inner().queue.lock().unwrap().len()

@@ -16,8 +16,8 @@
 //!   `--keepalive-timeout` after the phase began, or at once when the listener needs the slot.
 //!
 //! # Drain
-//! When the server drains, an idle connection closes at once, and one serving a request closes
-//! after answering it. One still waiting for its head is left to send it: it may have been
+//! When the server drains, a connection idle for [`DRAIN_IDLE`] closes (one idle for less may
+//! have its next request on the way), and one serving a request closes after answering it. One still waiting for its head is left to send it: it may have been
 //! accepted a moment ago (or taken from the accept queue as the listener closed) with its
 //! request still in the socket buffer, and hyper's graceful shutdown would close it unanswered,
 //! which a load balancer cannot retry for a POST. Its answer says `Connection: close` (a server
@@ -61,9 +61,17 @@ use tower::Service;
 /// one piece would otherwise be served.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// While the server drains, how often a connection looks whether it has become idle (and so
-/// must close), in case its last answer did not close it.
+/// While the server drains, how often a connection looks whether it has been idle long enough
+/// to close, in case its last answer did not close it.
 const DRAIN_CHECK: Duration = Duration::from_millis(50);
+
+/// While the server drains, how long a kept-alive connection must have been idle before it is
+/// closed. One that became idle a moment ago was answered before the drain began (without
+/// `Connection: close`), and its client may be sending the next request right now: closing it
+/// under that request loses it. Given this long, such a client has sent its request, which is
+/// answered with `Connection: close`. A client idle for longer meets the same race as at any
+/// keep-alive timeout, which HTTP clients handle by retrying on a new connection.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// The connection timeouts, from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -299,8 +307,8 @@ pub async fn serve(
                 connection.as_mut().graceful_shutdown();
             }
         }
-        // See the module doc (Drain) for why only an idle connection closes at once.
-        if drain_started && tracker.phase() == Phase::Idle {
+        // See the module doc (Drain) for why only a connection idle for a while closes.
+        if drain_started && tracker.idle_since().is_some_and(|t| t.elapsed() >= DRAIN_IDLE) {
             return;
         }
         // See the module doc for why this period is enough; while draining, an idle
