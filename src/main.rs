@@ -18,6 +18,7 @@ use forkpool::jobs::{IsPrimeJob, RequestIdLog};
 use forkpool::pool::worker;
 use forkpool::pool::Job;
 use forkpool::server::{self, Listeners};
+use forkpool::settings::Settings;
 use forkpool::{logging, systemd};
 
 /// A worker that runs out of memory exits with a code the server can name in its 502.
@@ -78,16 +79,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // Installed before anyone can know our address, so that a SIGTERM sent as soon as we
         // listen is a graceful shutdown and never the default action (death by signal).
         let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
-        let listeners = match passed {
-            Some(passed) => from_passed(passed),
-            None => Listeners {
-                public: bind("--listen", config.listen).await,
-                admin: match config.admin_listen {
-                    Some(address) => Some(bind("--admin-listen", address).await),
-                    None => None,
-                },
-            },
-        };
+        let listeners = listeners(passed, &config).await;
         if let Err(e) = server::run(listeners, config, shutdown).await {
             start_error(e.to_string());
         }
@@ -95,16 +87,25 @@ fn serve(config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// The sockets systemd (or a predecessor) passed, on this runtime; `--listen` and
-/// `--admin-listen` are not bound then.
-fn from_passed(passed: systemd::PassedListeners) -> Listeners {
+/// The sockets systemd (or a predecessor) passed, else those bound from `--listen` and
+/// `--admin-listen`. A passed socket replaces its flag; an admin socket not passed is bound from
+/// `--admin-listen` all the same, so that /metrics and /status never move to the public port.
+async fn listeners(passed: Option<systemd::PassedListeners>, config: &Settings) -> Listeners {
     let adopt = |listener| {
         tokio::net::TcpListener::from_std(listener)
             .unwrap_or_else(|e| start_error(format!("LISTEN_FDS: {e}")))
     };
+    let (public, admin) = passed.map_or((None, None), |p| (Some(p.public), p.admin));
     Listeners {
-        public: adopt(passed.public),
-        admin: passed.admin.map(adopt),
+        public: match public {
+            Some(public) => adopt(public),
+            None => bind("--listen", config.listen).await,
+        },
+        admin: match (admin, config.admin_listen) {
+            (Some(admin), _) => Some(adopt(admin)),
+            (None, Some(address)) => Some(bind("--admin-listen", address).await),
+            (None, None) => None,
+        },
     }
 }
 

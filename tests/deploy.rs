@@ -20,11 +20,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::load::{Kind, Load};
 use common::{send_to, signal, try_request, wait_until, Response, Server};
 
 const SHIPPED_CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx/forkpool.conf");
@@ -33,6 +32,17 @@ const UNIT: &str = concat!(
     "/deploy/systemd/forkpool.service"
 );
 const ENV_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/systemd/forkpool.env");
+/// The socket units that pass forkpool.service its listeners.
+const SOCKETS: [&str; 2] = [
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/systemd/forkpool.socket"
+    ),
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/systemd/forkpool-admin.socket"
+    ),
+];
 
 /// The replica addresses and the public listener as the shipped nginx file has them; the tests
 /// replace exactly these.
@@ -46,7 +56,7 @@ static HEAVY: Mutex<()> = Mutex::new(());
 // The shipped files, checked by their own tools
 
 #[test]
-fn the_systemd_unit_passes_systemd_analyze_verify_without_a_warning() {
+fn the_systemd_units_pass_systemd_analyze_verify_without_a_warning() {
     if !tool_runs("systemd-analyze", "--version") {
         return;
     }
@@ -60,9 +70,15 @@ fn the_systemd_unit_passes_systemd_analyze_verify_without_a_warning() {
     );
     let path = dir.path().join("forkpool.service");
     std::fs::write(&path, unit).unwrap();
+    let mut units = vec![path];
+    for socket in SOCKETS {
+        let copy = dir.path().join(Path::new(socket).file_name().unwrap());
+        std::fs::copy(socket, &copy).unwrap();
+        units.push(copy);
+    }
     let output = Command::new("systemd-analyze")
         .arg("verify")
-        .arg(&path)
+        .args(&units)
         .output()
         .expect("run systemd-analyze");
     let said = String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
@@ -90,6 +106,26 @@ fn the_unit_lets_forkpool_drain_its_workers_and_its_env_file_names_only_real_fla
         "workers must not get systemd's SIGTERM"
     );
     assert_eq!(key("ExecReload"), "/bin/kill -HUP $MAINPID");
+    // READY=1 comes from forkpool itself, once a worker said hello.
+    assert_eq!(key("Type"), "notify");
+    // The socket units name their sockets the way forkpool tells them apart.
+    let names: Vec<String> = SOCKETS
+        .iter()
+        .map(|socket| std::fs::read_to_string(socket).unwrap())
+        .filter_map(|text| {
+            let name = text
+                .lines()
+                .find_map(|l| l.strip_prefix("FileDescriptorName="));
+            name.map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            forkpool::systemd::PUBLIC_SOCKET_NAME,
+            forkpool::systemd::ADMIN_SOCKET_NAME
+        ]
+    );
     let env = shipped_env();
     let stop = parse_duration(&key("TimeoutStopSec"));
     let grace = parse_duration(&env["FORKPOOL_SHUTDOWN_GRACE"]);
@@ -603,147 +639,4 @@ fn shipped_env() -> HashMap<String, String> {
 
 fn parse_duration(text: &str) -> Duration {
     forkpool::units::parse_duration(text).unwrap()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Steady load through nginx
-
-/// What the load clients send, in turn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Kind {
-    IsPrimeGet,
-    IsPrimePost,
-    TestRequest,
-}
-
-impl Kind {
-    const ALL: [Kind; 3] = [Kind::IsPrimeGet, Kind::IsPrimePost, Kind::TestRequest];
-
-    /// One request on a fresh connection; `Err` says what went wrong (status and body, or the
-    /// connection error).
-    fn send(self, addr: SocketAddr) -> Result<(), String> {
-        let json = [("content-type", "application/json")];
-        let response = match self {
-            Kind::IsPrimeGet => try_request(addr, "GET", "/isprime?number=1000000007", &[], b""),
-            Kind::IsPrimePost => try_request(
-                addr,
-                "POST",
-                "/isprime",
-                &json,
-                br#"{"number": "170141183460469231731687303715884105727"}"#,
-            ),
-            Kind::TestRequest => try_request(addr, "GET", "/testrequest", &[], b""),
-        }
-        .map_err(|e| format!("connection: {e}"))?;
-        let answer = response.text();
-        let good = match self {
-            Kind::TestRequest => answer == "I am unblocked now",
-            _ => serde_json::from_slice::<serde_json::Value>(&response.body)
-                .is_ok_and(|json| json["isPrime"] == true),
-        };
-        match response.status == 200 && good {
-            true => Ok(()),
-            false => Err(format!("{} {}", response.status, answer.trim())),
-        }
-    }
-}
-
-/// Closed-loop clients, each sending the three kinds in turn with a short pause.
-struct Load {
-    /// Set by `finish`: each client stops after its current request.
-    stop: Arc<AtomicBool>,
-    /// The client threads, each returning its own tally.
-    clients: Vec<JoinHandle<Tally>>,
-    /// When the load began, for the failures' timestamps and the rate.
-    started: Instant,
-}
-
-/// Outcomes of a load run.
-#[derive(Default)]
-struct Tally {
-    /// Successful requests by kind.
-    ok: HashMap<Kind, u64>,
-    /// Each failed request: its kind, and when (from the start of the load) and how it failed.
-    failed: Vec<(Kind, String)>,
-    /// Length of the run.
-    elapsed: Duration,
-}
-
-impl Load {
-    const CLIENTS: usize = 4;
-    const PAUSE: Duration = Duration::from_millis(4);
-
-    fn start(addr: SocketAddr) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let started = Instant::now();
-        let clients = (0..Self::CLIENTS)
-            .map(|client| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut tally = Tally::default();
-                    let kinds = Kind::ALL.iter().cycle().skip(client);
-                    for &kind in kinds {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
-                        }
-                        match kind.send(addr) {
-                            Ok(()) => *tally.ok.entry(kind).or_default() += 1,
-                            Err(e) => tally
-                                .failed
-                                .push((kind, format!("{e} (at {:.2?})", started.elapsed()))),
-                        }
-                        std::thread::sleep(Self::PAUSE);
-                    }
-                    tally
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            clients,
-            started,
-        }
-    }
-
-    fn finish(self) -> Tally {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut total = Tally {
-            elapsed: self.started.elapsed(),
-            ..Tally::default()
-        };
-        for client in self.clients {
-            let tally = client.join().expect("load client panicked");
-            for (kind, n) in tally.ok {
-                *total.ok.entry(kind).or_default() += n;
-            }
-            total.failed.extend(tally.failed);
-        }
-        total
-    }
-}
-
-impl std::fmt::Display for Tally {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let secs = self.elapsed.as_secs_f64();
-        for kind in Kind::ALL {
-            let ok = self.ok.get(&kind).copied().unwrap_or(0);
-            let failed = self.failed.iter().filter(|(k, _)| *k == kind).count();
-            writeln!(f, "  {kind:<12?} ok {ok:>6}  failed {failed:>3}")?;
-        }
-        let ok: u64 = self.ok.values().sum();
-        write!(
-            f,
-            "  all          ok {ok:>6}  failed {:>3}  in {secs:.1} s ({:.0} req/s, {} clients)",
-            self.failed.len(),
-            (ok as f64 + self.failed.len() as f64) / secs,
-            Load::CLIENTS
-        )?;
-        for (kind, failure) in self.failed.iter().take(10) {
-            write!(f, "\n  failed {kind:?}: {failure}")?;
-        }
-        if self.failed.len() > 10 {
-            write!(f, "\n  ... and {} more", self.failed.len() - 10)?;
-        }
-        Ok(())
-    }
 }

@@ -16,12 +16,17 @@
 //!   `--keepalive-timeout` after the phase began, or at once when the listener needs the slot.
 //!
 //! # Drain
-//! When the server drains, a connection idle for [`DRAIN_IDLE`] closes (one idle for less may
-//! have its next request on the way), and one serving a request closes after answering it. One still waiting for its head is left to send it: it may have been
-//! accepted a moment ago (or taken from the accept queue as the listener closed) with its
-//! request still in the socket buffer, and hyper's graceful shutdown would close it unanswered,
-//! which a load balancer cannot retry for a POST. Its answer says `Connection: close` (a server
-//! layer), and a silent one still meets its header deadline.
+//! When the server drains, every answer says `Connection: close` (a server layer), after which
+//! hyper closes the connection; so one serving a request closes once it has answered. One
+//! waiting for its head is left to send it: it may have been accepted a moment ago (or taken
+//! from the accept queue as the listener closed) with its request still in the socket buffer.
+//! A silent one still meets its header deadline. An idle one closes once it has been idle for
+//! [`DRAIN_IDLE`]: one idle for less was answered just before the drain began, and its client
+//! may be sending the next request right now.
+//!
+//! hyper's graceful shutdown is not used: it closes a connection between two requests at once,
+//! under a next request that may be on its way, which a load balancer cannot retry for a POST
+//! (seen in the upgrade test, as kept-alive clients' "closed without an answer").
 //!
 //! hyper's own `header_read_timeout` is not used: hyper starts that timer whenever it waits for
 //! a head, idle kept-alive connections included, so it would cut every idle connection at the
@@ -300,14 +305,8 @@ pub async fn serve(
     tokio::pin!(connection);
     let mut drain_started = false;
     loop {
-        if !drain_started && *draining.borrow_and_update() {
-            drain_started = true;
-            if tracker.phase() == Phase::Active {
-                // Answered first, then closed: hyper stops keep-alive.
-                connection.as_mut().graceful_shutdown();
-            }
-        }
-        // See the module doc (Drain) for why only a connection idle for a while closes.
+        // See the module doc (Drain) for what closes a connection while the server drains.
+        drain_started = drain_started || *draining.borrow_and_update();
         if drain_started && tracker.idle_since().is_some_and(|t| t.elapsed() >= DRAIN_IDLE) {
             return;
         }

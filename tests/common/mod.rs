@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod load;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -32,6 +34,12 @@ impl Server {
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
         Self::launch(command(&[&["--listen", "127.0.0.1:0"], args].concat(), env))
+    }
+
+    /// Starts `PROGRAM --listen 127.0.0.1:0 ARGS...`: a copy of the binary installed elsewhere.
+    pub fn start_program(program: &std::path::Path, args: &[&str]) -> Server {
+        let args = [&["--listen", "127.0.0.1:0"], args].concat();
+        Self::launch(command_of(program.as_ref(), &args, &[]))
     }
 
     /// Starts `forkpool --listen ADDR ARGS...` on a given address, e.g. a replica restarted on
@@ -313,7 +321,12 @@ pub fn try_request(
 /// `forkpool ARGS` with `env` added (and `RUST_LOG` removed unless given), stdout and stderr
 /// piped.
 fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BIN);
+    command_of(BIN.as_ref(), args, env)
+}
+
+/// [`command`] for another copy of the binary, at `program`.
+fn command_of(program: &std::ffi::OsStr, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(program);
     command
         .args(args)
         .env_remove("RUST_LOG")
@@ -488,6 +501,8 @@ fn dechunk(mut data: &[u8]) -> (Vec<u8>, bool) {
 pub struct Proc {
     pub pid: u32,
     pub ppid: u32,
+    /// Its process group.
+    pub pgrp: u32,
     pub state: char,
     pub name: String,
 }
@@ -500,9 +515,11 @@ pub fn proc_info(pid: u32) -> Option<Proc> {
     let mut rest = stat[close + 2..].split(' ');
     let state = rest.next()?.chars().next()?;
     let ppid = rest.next()?.parse().ok()?;
+    let pgrp = rest.next()?.parse().ok()?;
     Some(Proc {
         pid,
         ppid,
+        pgrp,
         state,
         name,
     })
@@ -510,12 +527,15 @@ pub fn proc_info(pid: u32) -> Option<Proc> {
 
 /// All processes whose parent is `parent`, zombies included.
 pub fn children_of(parent: u32) -> Vec<Proc> {
+    processes().filter(|p| p.ppid == parent).collect()
+}
+
+/// Every process in /proc.
+pub fn processes() -> impl Iterator<Item = Proc> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter_map(proc_info)
-        .filter(|p| p.ppid == parent)
-        .collect()
 }
 
 /// Resident memory of `pid` in KiB (VmRSS), or 0 once it is gone.
