@@ -259,7 +259,7 @@ pub async fn run(
     let mut serving = Serving::new(&state);
     // A predecessor's successor accepts once ready; until then the predecessor serves.
     let mut listeners = Some(listeners);
-    if std::env::var_os(systemd::UPGRADED_FROM).is_none() {
+    if systemd::upgraded_from().is_none() {
         serving.start_all(&mut listeners);
     }
     tokio::pin!(shutdown);
@@ -338,7 +338,7 @@ fn announce_ready(state: &AppState) -> Option<PidFile> {
             .inspect_err(|e| tracing::error!(error = %e, path = %path.display(), "cannot write the pid file"))
             .ok()
     });
-    let upgraded_from = std::env::var(systemd::UPGRADED_FROM).ok();
+    let upgraded_from = systemd::upgraded_from();
     tracing::info!(pid = std::process::id(), version = env!("CARGO_PKG_VERSION"), upgraded_from, "ready");
     pid_file
 }

@@ -140,6 +140,12 @@ pub fn notified_by_service_manager() -> bool {
 /// Set by a server for the successor it starts on SIGUSR2: its own pid.
 pub const UPGRADED_FROM: &str = "FORKPOOL_UPGRADED_FROM";
 
+/// The pid of the server this one took over from on SIGUSR2, if it did.
+pub fn upgraded_from() -> Option<u32> {
+    static FROM: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *FROM.get_or_init(|| std::env::var(UPGRADED_FROM).ok()?.parse().ok())
+}
+
 /// Sends `WATCHDOG=1` at half the interval the service manager asked for (`WATCHDOG_USEC`),
 /// for ever; returns at once when it asked for none. It runs on the server's runtime, so a
 /// runtime that stops making progress stops the pings and the service manager restarts it.

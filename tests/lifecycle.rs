@@ -158,8 +158,10 @@ fn sigusr2_upgrades_to_the_binary_now_installed_under_load_without_a_failed_requ
     let idle_fds = open_fds(first);
     let load = Load::start_mixed(server.addr);
     let mut serving = first;
+    let mut previous = None;
     let mut last = Reaped(first);
     for _ in 0..3 {
+        previous = Some(serving);
         let workers: Vec<u32> = common::children_of(serving).iter().map(|p| p.pid).collect();
         installed.replace_with(Path::new(BIN));
         serving = installed.upgrade(serving);
@@ -179,6 +181,7 @@ fn sigusr2_upgrades_to_the_binary_now_installed_under_load_without_a_failed_requ
     );
     let status = status(&server);
     assert_eq!(status["pid"], serving, "{status}");
+    assert_eq!(status["upgraded_from"], previous.unwrap(), "{status}");
     // The load's connections close; the new server holds what the first one held at idle.
     let fds = wait_until(Duration::from_secs(10), || {
         let fds = open_fds(serving);

@@ -12,6 +12,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::{isprime, ls};
+use crate::systemd;
 use crate::error::AppError;
 use crate::pool::WorkerState;
 use crate::procfs::ProcessStats;
@@ -301,6 +302,7 @@ pub async fn status(State(state): State<AppState>) -> impl IntoResponse {
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
+        "upgraded_from": systemd::upgraded_from(),
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
         "shutting_down": state.is_shutting_down(),
         "queue_depth": state.pool.queue_depth(),
