@@ -15,7 +15,8 @@
 //!   `forkpool worker` flags the server spells and parses), `Config::resolve() -> Settings`.
 //! - [`settings`]: `Settings`, every setting as in force (what `/status` shows).
 //! - [`server`]: `routers() -> (public, admin)` with their layers,
-//!   `run(listener, admin, settings, shutdown)`; `server::listener` (the accept loop and the
+//!   `run(listeners, settings, shutdown)` (serve, tell readiness, SIGHUP rolls, SIGUSR2
+//!   upgrades, drain); `server::listener` (the accept loop and the
 //!   connection cap), `server::connection` (one connection: header, keep-alive and drain
 //!   handling over hyper), `server::fd_budget` (the cap sized from `RLIMIT_NOFILE`).
 //! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`; `routes::body` reads
@@ -43,6 +44,11 @@
 //! - [`error`]: `AppError`, the one JSON error shape, and `HttpError`, which every typed error
 //!   implements next to its definition to say its status.
 //! - [`logging`]: tracing to stderr, `LogFormat`.
+//! - [`systemd`]: the service manager's protocols (sockets passed by `LISTEN_FDS`, `READY=1`
+//!   and the other notifications, the watchdog), and `command_with_listeners`, which passes
+//!   sockets the same way to a process we start.
+//! - [`upgrade`]: SIGUSR2's in-place upgrade (`Upgrader`: start the new binary with the
+//!   sockets, wait for its `READY=1`, kill it on failure) and the `--pid-file`.
 //! - [`units`]: parsers of durations (`10s`) and byte sizes (`1GiB`), for flags and files.
 //!
 //! The load tester behind the README's figures is a program of its own, `forkpool-loadtest`
