@@ -24,7 +24,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::Router;
+use axum::{Extension, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -34,7 +34,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
 use crate::error::AppError;
-use crate::routes::ops::Audience;
+use crate::routes::ops::{Audience, Port};
 use crate::routes::state::{AppState, StateError};
 use crate::routes::{ops, RequestId};
 use crate::settings::Settings;
@@ -73,8 +73,9 @@ pub fn routers(state: AppState) -> (Router, Option<Router>) {
     };
     let public = serving(&|audience| audience.on_public(split));
     let admin = split.then(|| serving(&Audience::on_admin));
-    let finish = |router: Router<AppState>| {
+    let finish = |router: Router<AppState>, port: Port| {
         let router = router
+            .layer(Extension(port))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(middleware::from_fn_with_state(
@@ -88,7 +89,8 @@ pub fn routers(state: AppState) -> (Router, Option<Router>) {
             .with_state(state.clone());
         with_layers(router)
     };
-    (finish(public), admin.map(finish))
+    let admin = admin.map(|admin| finish(admin, Port::Admin));
+    (finish(public, Port::Public), admin)
 }
 
 /// Layers shared by every route: panics become 500 JSON, and each request gets an id, a log

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
-use common::{alive, run_to_exit, slow_prime, wait_until, Server};
+use common::{alive, run_to_exit, slow_prime, status, wait_until, Server};
 
 #[test]
 fn testrequest_answers_plain_text() {
@@ -272,4 +272,40 @@ fn the_index_lists_the_endpoints() {
     ] {
         assert!(index.contains(endpoint), "index lacks {endpoint}:\n{index}");
     }
+    // Its examples call the port actually bound (the server was asked for port 0).
+    let here = format!("http://{}/", server.addr);
+    assert!(
+        index.contains(&format!("curl {here}testrequest")),
+        "{index}"
+    );
+    assert!(!index.contains(":3636"), "{index}");
+}
+
+#[test]
+fn with_an_admin_listener_each_index_lists_what_its_own_port_serves() {
+    let server = Server::start(&["--workers", "1", "--admin-listen", "127.0.0.1:0"]);
+    let admin = server.admin.unwrap();
+    let public = server.get("/").text();
+    let (served, elsewhere) = public
+        .split_once("On the admin address")
+        .unwrap_or_else(|| panic!("the public index does not say where /metrics is:\n{public}"));
+    let isprime = format!("http://{}/isprime", server.addr);
+    assert!(served.contains(&isprime), "{public}");
+    assert!(!served.contains("/metrics"), "{public}");
+    assert!(
+        elsewhere.contains(&format!("curl http://{admin}/metrics")),
+        "{public}"
+    );
+    let response = server.get_admin("/");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let admin_index = response.text();
+    for on_admin in ["/metrics", "/status", "/readyz", "/openapi.json"] {
+        let example = format!("curl http://{admin}{on_admin}");
+        assert!(
+            admin_index.contains(&example),
+            "no {example}:\n{admin_index}"
+        );
+    }
+    assert!(!admin_index.contains("/isprime"), "{admin_index}");
+    assert_eq!(status(&server)["config"]["listen"], server.addr.to_string());
 }
