@@ -376,6 +376,22 @@ pub fn request_bytes(
     bytes
 }
 
+/// Panics, naming the tool and how to get it, unless `program ARG` runs and exits 0. The tests
+/// that call this are `#[ignore]`d (a machine without the tool says so instead of passing);
+/// `.ci/run` installs every such tool and runs them.
+pub fn require_tool(program: &str, arg: &str) {
+    let runs = Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        runs,
+        "`{program} {arg}` does not run: install it (`.ci/run` does)"
+    );
+}
+
 /// Sends a signal by name with `kill(1)`, e.g. `signal(pid, "KILL")`.
 pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
