@@ -47,7 +47,8 @@ pub enum Command {
 /// The serve flags as given; [`Config::resolve`] turns them into the [`Settings`] in force.
 #[derive(Debug, Clone, PartialEq, Args)]
 pub struct Config {
-    /// Address to listen on; port 0 picks a free port (printed as `listening on http://...`).
+    /// Address to listen on; port 0 picks a free port (printed as `listening on http://...` once
+    /// a worker is up and the server ready).
     #[arg(long, env = "FORKPOOL_LISTEN", default_value = "127.0.0.1:3636")]
     pub listen: SocketAddr,
 

@@ -233,9 +233,10 @@ pub struct Listeners {
 /// retired or killed.
 ///
 /// Start-up can fail before anything is served (the /ls root, the worker program); once this
-/// prints `listening on`, it cannot. The server is *ready* once a worker has said hello: it
-/// tells the service manager (`READY=1`), writes `--pid-file`, and logs `ready`. A server
-/// started by a predecessor's upgrade accepts only from then on.
+/// logs `accepting on`, it cannot. The server is *ready* once a worker has said hello: it
+/// tells the service manager (`READY=1`), prints `listening on http://ADDR` on stdout, writes
+/// `--pid-file`, and logs `ready`. A server started by a predecessor's upgrade accepts only
+/// from then on.
 pub async fn run(
     listeners: Listeners,
     config: Settings,
@@ -252,7 +253,7 @@ pub async fn run(
     )
     .map_err(StartError::Listeners)?;
     let state = start_state(&listeners, config)?;
-    announce_listening(&listeners);
+    log_accepting(&state.config);
     if let Some(hangups) = hangups {
         tokio::spawn(roll_on_sighup(state.clone(), hangups));
     }
@@ -311,14 +312,27 @@ fn start_state(listeners: &Listeners, config: Settings) -> Result<AppState, Star
     })?)
 }
 
-/// `listening on http://ADDR` on stdout, once start-up can no longer fail (scripts and tests
-/// wait for this line to learn the port).
-fn announce_listening(listeners: &Listeners) {
+/// Logs the addresses served, once start-up can no longer fail. The server accepts from now
+/// on (a predecessor's successor, once ready); tests that need the address of a server that
+/// may never be ready read it here.
+fn log_accepting(config: &Settings) {
+    let when = match systemd::upgraded_from() {
+        Some(_) => "once ready",
+        None => "now",
+    };
+    tracing::info!(listener = "public", when, "accepting on http://{}", config.listen);
+    if let Some(admin) = config.admin_listen {
+        tracing::info!(listener = "admin", when, "accepting on http://{admin}");
+    }
+}
+
+/// `listening on http://ADDR` (and `admin listening on ...`) on stdout: the line scripts and
+/// supervisors wait for, printed when the server is ready, as `READY=1` is sent.
+fn print_listening(config: &Settings) {
     let mut out = std::io::stdout().lock();
-    for (name, listener) in [("", Some(&listeners.public)), ("admin ", listeners.admin.as_ref())] {
-        if let Some(address) = listener.and_then(|l| l.local_addr().ok()) {
-            let _ = writeln!(out, "{name}listening on http://{address}");
-        }
+    let _ = writeln!(out, "listening on http://{}", config.listen);
+    if let Some(admin) = config.admin_listen {
+        let _ = writeln!(out, "admin listening on http://{admin}");
     }
     let _ = out.flush();
 }
@@ -331,10 +345,11 @@ async fn until_ready(state: &AppState, shutdown: Pin<&mut impl Future<Output = (
     }
 }
 
-/// The server is ready: tells the service manager (or the predecessor waiting for it) and
-/// writes the pid file, which it holds until it exits.
+/// The server is ready: tells the service manager (or the predecessor waiting for it), prints
+/// `listening on` and writes the pid file, which it holds until it exits.
 fn announce_ready(state: &AppState) -> Option<PidFile> {
     systemd::notify(&[NotifyState::Ready]);
+    print_listening(&state.config);
     let pid_file = state.config.pid_file.as_deref().and_then(|path| {
         PidFile::write(path)
             .inspect_err(|e| tracing::error!(error = %e, path = %path.display(), "cannot write the pid file"))

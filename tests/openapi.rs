@@ -472,7 +472,7 @@ fn readiness_and_shutdown_503s_validate_against_the_document() {
     let root = ls_root();
     // No worker can start: /readyz is 503.
     let root_arg = root.path().to_str().unwrap();
-    let server = Server::start(&["--ls-root", root_arg, "--worker-program", "/bin/false"]);
+    let server = Server::start_unready(&["--ls-root", root_arg, "--worker-program", "/bin/false"]);
     check(&server, &doc, ("GET", "/readyz", ""), 503);
     drop(server);
 

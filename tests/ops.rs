@@ -293,7 +293,7 @@ fn readyz_is_200_with_live_workers_and_healthz_always_200() {
 
 #[test]
 fn readyz_is_503_when_no_worker_can_start() {
-    let server = Server::start(&["--workers", "2", "--worker-program", "/bin/false"]);
+    let server = Server::start_unready(&["--workers", "2", "--worker-program", "/bin/false"]);
     // Give the pool a few failed starts; it must never report ready.
     std::thread::sleep(Duration::from_millis(500));
     let message = server.get("/readyz").assert_error(503);

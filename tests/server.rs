@@ -207,6 +207,57 @@ fn a_bad_listen_address_exits_2_naming_the_flag() {
 }
 
 #[test]
+fn every_start_up_failure_exits_2_with_one_line_naming_its_cause_and_never_claims_to_listen() {
+    let file = common::temp_file("forkpool-not-a-dir-", ".txt", "x");
+    let file = file.to_str().unwrap();
+    let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
+        (
+            &["--worker-program", "/nonexistent/worker"],
+            &[],
+            "--worker-program /nonexistent/worker: cannot run it",
+        ),
+        (
+            &["--worker-program", file],
+            &[],
+            "cannot run it: Permission denied",
+        ),
+        (&[], &[("PATH", "/nonexistent")], "`ls`"),
+    ];
+    for (args, env, cause) in cases {
+        let args = [&["--listen", "127.0.0.1:0", "--workers", "1"], args].concat();
+        let (code, stdout, stderr) = run_to_exit(&args, env);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert!(
+            lines.len() == 1 && lines[0].contains(cause),
+            "{args:?}: {stderr}"
+        );
+        assert!(stdout.is_empty(), "{args:?} claimed to listen: {stdout}");
+    }
+}
+
+#[test]
+fn listening_is_printed_once_a_worker_has_said_hello() {
+    // A worker that takes half a second to start: the line must wait for it.
+    let script = format!("#!/bin/sh\nsleep 0.5\nexec {} \"$@\"\n", common::BIN);
+    let slow = common::temp_file("forkpool-slow-worker-", ".sh", &script);
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let server = Server::start(&["--workers", "1", "--worker-program", slow.to_str().unwrap()]);
+    let ready = server.get("/readyz");
+    assert_eq!(
+        ready.status,
+        200,
+        "listening before ready: {}",
+        ready.text()
+    );
+    assert!(
+        server.log().contains("accepting on http://"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
 fn help_mentions_every_serve_flag() {
     let (code, help, _) = run_to_exit(&["--help"], &[]);
     assert_eq!(code, Some(0));

@@ -2,7 +2,9 @@
 //! the metrics recorder and the shutdown flags. Built once by the server at start-up; routes
 //! only read it (the pool, semaphore and channels inside it do their own locking).
 
+use std::io;
 use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -54,6 +56,12 @@ pub enum StateError {
     Ls(#[from] ls::SetupError),
     #[error("cannot find this executable to start workers from (set --worker-program): {0}")]
     WorkerProgram(std::io::Error),
+    #[error("--worker-program {path}: cannot run it: {source}")]
+    WorkerNotExecutable {
+        /// The program given.
+        path: PathBuf,
+        source: io::Error,
+    },
 }
 
 impl AppState {
@@ -62,7 +70,7 @@ impl AppState {
     pub fn new(config: Settings) -> Result<AppState, StateError> {
         let ls = ls::Ls::open(&config.ls_root)?;
         let program = match &config.worker_program {
-            Some(program) => program.clone(),
+            Some(program) => executable(program)?,
             None => std::env::current_exe().map_err(StateError::WorkerProgram)?,
         };
         // Before the pool: it registers metric handles, which need the recorder in place.
@@ -97,6 +105,28 @@ impl AppState {
     pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
     }
+}
+
+/// `program` if it is a file this process may execute (a bare name is looked up on `PATH`, as
+/// the pool's `Command` will): a missing or unrunnable worker program is a start-up error, not
+/// a server that is never ready. (One that runs but never says hello is found out by the pool,
+/// which backs off and, after a few tries, answers 503 at once.)
+fn executable(program: &Path) -> Result<PathBuf, StateError> {
+    let error = |source| StateError::WorkerNotExecutable {
+        path: program.to_owned(),
+        source,
+    };
+    if program.components().count() == 1 && !program.has_root() {
+        let search = std::env::var_os("PATH").unwrap_or_default();
+        return ls::find_program(&search, program.as_os_str())
+            .ok_or_else(|| error(io::Error::other("not found on PATH")));
+    }
+    let metadata = std::fs::metadata(program).map_err(error)?;
+    if !metadata.is_file() {
+        return Err(error(io::Error::other("not a regular file")));
+    }
+    rustix::fs::access(program, rustix::fs::Access::EXEC_OK).map_err(|e| error(e.into()))?;
+    Ok(program.to_owned())
 }
 
 /// The pool's settings under `config`; its metrics are the server's `forkpool_*`.

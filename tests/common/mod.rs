@@ -73,7 +73,18 @@ impl Server {
         Self::launch(command)
     }
 
-    fn launch(mut command: Command) -> Server {
+    fn launch(command: Command) -> Server {
+        Self::launch_until(command, Until::Ready)
+    }
+
+    /// Starts `forkpool --listen 127.0.0.1:0 ARGS...` and waits only until it accepts
+    /// connections, not until it is ready: for a server whose workers may never say hello.
+    pub fn start_unready(args: &[&str]) -> Server {
+        let args = [&["--listen", "127.0.0.1:0"], args].concat();
+        Self::launch_until(command(&args, &[]), Until::Accepting)
+    }
+
+    fn launch_until(mut command: Command, until: Until) -> Server {
         let wants_admin = command.get_args().any(|a| a == "--admin-listen");
         let mut child = command.spawn().expect("start forkpool");
         let log = Arc::new(Mutex::new(String::new()));
@@ -87,16 +98,13 @@ impl Server {
             }
         });
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read listening line");
-        let addr = listening_address(&line, "listening on http://");
-        let admin = wants_admin.then(|| {
-            line.clear();
-            stdout
-                .read_line(&mut line)
-                .expect("read admin listening line");
-            listening_address(&line, "admin listening on http://")
-        });
+        let (addr, admin) = match until {
+            Until::Ready => ready_addresses(&mut stdout, wants_admin),
+            Until::Accepting => {
+                let find = |listener| accepting_address(&log, listener);
+                (find("public"), wants_admin.then(|| find("admin")))
+            }
+        };
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         Server {
@@ -270,6 +278,53 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// What a test waits for when it starts a server.
+enum Until {
+    /// Ready: a worker said hello, and stdout says `listening on http://ADDR`.
+    Ready,
+    /// Accepting connections: the log says `accepting on http://ADDR`.
+    Accepting,
+}
+
+/// The addresses in the `listening on` lines a ready server prints.
+fn ready_addresses(
+    stdout: &mut impl BufRead,
+    wants_admin: bool,
+) -> (SocketAddr, Option<SocketAddr>) {
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read listening line");
+    let addr = listening_address(&line, "listening on http://");
+    let admin = wants_admin.then(|| {
+        line.clear();
+        stdout
+            .read_line(&mut line)
+            .expect("read admin listening line");
+        listening_address(&line, "admin listening on http://")
+    });
+    (addr, admin)
+}
+
+/// The address of `listener` (`public` or `admin`) in the log's `accepting on http://ADDR`
+/// line, in either log format; waits up to 20 s for it.
+fn accepting_address(log: &Mutex<String>, listener: &str) -> SocketAddr {
+    let found = wait_until(Duration::from_secs(20), || {
+        let log = log.lock().unwrap();
+        log.lines()
+            .filter(|l| {
+                l.contains(&format!("listener=\"{listener}\""))
+                    || l.contains(&format!("\"listener\":\"{listener}\""))
+            })
+            .find_map(|l| l.split("accepting on http://").nth(1))
+            .and_then(|rest| rest.split([' ', '"']).next()?.parse().ok())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "no `accepting on` line for {listener} in:\n{}",
+            log.lock().unwrap()
+        )
+    })
 }
 
 /// The address in a `listening on http://ADDR` line that starts with `prefix`.

@@ -141,7 +141,7 @@ impl Ls {
 
 /// The first executable regular file called `name` in an absolute directory of `search`.
 /// Relative entries are skipped: they would depend on the server's working directory.
-fn find_program(search: &OsStr, name: &OsStr) -> Option<PathBuf> {
+pub(crate) fn find_program(search: &OsStr, name: &OsStr) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     std::env::split_paths(search)
         .filter(|dir| dir.is_absolute())
