@@ -210,7 +210,9 @@ fn a_bad_listen_address_exits_2_naming_the_flag() {
 fn every_start_up_failure_exits_2_with_one_line_naming_its_cause_and_never_claims_to_listen() {
     let file = common::temp_file("forkpool-not-a-dir-", ".txt", "x");
     let file = file.to_str().unwrap();
-    let cases: [(&[&str], &[(&str, &str)], &str); 3] = [
+    /// Extra flags, environment, and the cause the error line must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
         (
             &["--worker-program", "/nonexistent/worker"],
             &[],
