@@ -99,6 +99,13 @@ pub struct Config {
     #[arg(long, env = "FORKPOOL_WORKER_PROGRAM")]
     pub worker_program: Option<PathBuf>,
 
+    /// After this many failed worker starts in a row with no worker alive (a deleted or broken
+    /// program, no memory left), `/readyz` answers 503 with the reason and jobs are refused at
+    /// once (503) instead of waiting for their deadline; starts go on with backoff, and the
+    /// first that succeeds clears it.
+    #[arg(long, env = "FORKPOOL_WORKER_START_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub worker_start_failures: u32,
+
     /// Directory that /ls is confined to [default: the working directory at start-up].
     #[arg(long, env = "FORKPOOL_LS_ROOT")]
     pub ls_root: Option<PathBuf>,
@@ -369,6 +376,7 @@ impl Config {
             worker_nice: self.worker_nice,
             worker_sched: self.worker_sched,
             worker_program: self.worker_program,
+            worker_start_failures: self.worker_start_failures,
             ls_root,
             ls_timeout: self.ls_timeout,
             ls_max_concurrent: self.ls_max_concurrent,

@@ -26,15 +26,19 @@
 //!   `openat2` beneath the root fd, auditable alone) and `child` (the `ls` process and its
 //!   supervisor, on a low-priority thread of their own).
 //! - [`pool`]: a library of its own (imports nothing from the crate): `WorkerPool<J: Job>`
-//!   (submit with an opaque tag, queue, deadlines, roll, shutdown, drop guard), `PoolConfig`,
-//!   `WorkerCommand` (how the embedding program starts a worker); `pool::driver` (the per-slot
-//!   state machine on the pool's own thread, and its supervisor: dispatch in batches of light
-//!   jobs, respawn with backoff, recycle, restart after a panic); `pool::dispatch` (that
-//!   thread); `pool::queue` (fair shares, requeueing);
-//!   `pool::lifecycle` (`Exit`, `WorkerExit`, `JobOutcome`: how workers and jobs end, with
-//!   their metric labels); `pool::metrics` (`<prefix>_*`); `pool::process` (one child process:
-//!   spawn, handshake, kill, reap); `pool::protocol` (JSON-lines messages, framing, the `Job`
-//!   trait and its `Weight` hint); `pool::status` (per-worker rows); `pool::worker` (the worker side: `run::<J>()`,
+//!   (submit with an opaque tag, queue, deadlines, roll, health, `wait_live`, shutdown, drop
+//!   guard), `PoolConfig`, `WorkerCommand` (how the embedding program starts a worker);
+//!   `pool::driver` (the per-slot state machine on the pool's own thread, and its supervisor:
+//!   dispatch in batches of light jobs, every start through the backoff, make-before-break
+//!   replacement for recycling and rolls, restart after a panic); `pool::dispatch` (that
+//!   thread); `pool::queue` (fair shares, requeueing, refusal while no worker can start);
+//!   `pool::health` (the pool as a whole, watched: roll generations and the `Roll` handle,
+//!   failed starts and the crash-loop breaker, `PoolHealth`, the one `Backoff`);
+//!   `pool::lifecycle` (`StartReason`, `Exit`, `WorkerExit`, `JobOutcome`: why workers start,
+//!   how workers and jobs end, with their metric labels); `pool::metrics` (`<prefix>_*`);
+//!   `pool::process` (one child process: spawn, handshake, kill, reap); `pool::protocol`
+//!   (JSON-lines messages, framing, `PROTOCOL_VERSION`, the `Job` trait and its `Weight`
+//!   hint); `pool::status` (per-worker rows); `pool::worker` (the worker side: `run::<J>()`,
 //!   and the allocator that turns a failed allocation in a worker into a recognisable exit).
 //! - [`jobs`]: the server's job types (`IsPrimeJob`) and how its workers log them; no HTTP, so
 //!   worker mode needs only this and the pool.

@@ -521,12 +521,26 @@ async fn drain_histograms(metrics: PrometheusHandle) {
     }
 }
 
-/// SIGHUP: rolling restart of the workers, for picking up a new binary.
+/// SIGHUP: rolling restart of the workers, for picking up a new binary. Never waits for a roll:
+/// each SIGHUP begins a new one at once (superseding one still under way, say when a broken
+/// program was fixed), and a task of its own logs how it ended.
 async fn roll_on_sighup(state: AppState, mut hangups: Signal) {
+    use crate::pool::RollOutcome;
     while hangups.recv().await.is_some() {
-        tracing::info!("SIGHUP: rolling restart of the workers");
-        state.pool.roll().await;
-        tracing::info!("rolling restart done");
+        let roll = state.pool.roll();
+        let generation = roll.generation();
+        tracing::info!(generation, "SIGHUP: rolling restart of the workers");
+        tokio::spawn(async move {
+            match roll.finished().await {
+                RollOutcome::Done => tracing::info!(generation, "rolling restart done"),
+                RollOutcome::Superseded { by } => {
+                    tracing::info!(generation, by, "rolling restart superseded by a newer one")
+                }
+                RollOutcome::Closed => {
+                    tracing::info!(generation, "rolling restart cut short by the shutdown")
+                }
+            }
+        });
     }
 }
 

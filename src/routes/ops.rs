@@ -14,7 +14,7 @@ use serde_json::json;
 use super::{isprime, ls};
 use crate::systemd;
 use crate::error::AppError;
-use crate::pool::WorkerState;
+use crate::pool::{PoolHealth, WorkerState};
 use crate::procfs::ProcessStats;
 use crate::routes::state::AppState;
 use crate::settings::Settings;
@@ -132,7 +132,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         audience: Audience::Both,
         usage: &[Usage {
             request: "GET  /readyz",
-            what: "200 when a worker is up and the server is not shutting down",
+            what: "200 when a worker is up and the server is not shutting down, else 503 and why",
             example: "curl {base}/readyz",
         }],
     },
@@ -252,20 +252,33 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
+/// 200 while a worker is live and the server is not shutting down; 503 otherwise, saying why:
+/// shutting down, no worker yet, or none can be started (with the last start error).
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
+    let unready = |message: String| AppError::new(StatusCode::SERVICE_UNAVAILABLE, message);
     if state.is_shutting_down() {
-        return Err(AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down",
-        ));
+        return Err(unready("shutting down".into()));
     }
-    match state.pool.live_workers() {
-        0 => Err(AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no worker is alive",
-        )),
-        live => Ok(Json(json!({ "status": "ready", "live_workers": live }))),
+    // One reading of the pool, so that the count agrees with the health.
+    let pool = state.pool.overview();
+    match pool.health {
+        PoolHealth::Live => {}
+        PoolHealth::Unavailable {
+            failed_starts,
+            last_error,
+        } => {
+            return Err(unready(format!(
+                "no worker is alive and none can be started: {failed_starts} starts failed in \
+                 a row, the last: {last_error}"
+            )))
+        }
+        PoolHealth::Starting | PoolHealth::Closed => {
+            return Err(unready("no worker is alive".into()))
+        }
     }
+    Ok(Json(
+        json!({ "status": "ready", "live_workers": pool.live_workers }),
+    ))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -353,6 +366,7 @@ pub async fn status(State(state): State<AppState>) -> impl IntoResponse {
         "shutting_down": state.is_shutting_down(),
         "queue_depth": state.pool.queue_depth(),
         "config": &state.config,
+        "pool": state.pool.overview(),
         "workers": state.pool.status(),
     }))
 }

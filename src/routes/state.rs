@@ -139,6 +139,7 @@ fn pool_config(config: &Settings) -> PoolConfig {
         max_jobs_per_worker: config.max_jobs_per_worker,
         max_batch: config.max_batch,
         metrics_prefix: "forkpool".into(),
+        broken_after_failed_starts: config.worker_start_failures,
     }
 }
 

@@ -97,12 +97,12 @@ impl Server {
                 log.push('\n');
             }
         });
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let (addr, admin) = match until {
-            Until::Ready => ready_addresses(&mut stdout, wants_admin),
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (addr, admin, mut stdout) = match until {
+            Until::Ready => ready_addresses(stdout, wants_admin, &log),
             Until::Accepting => {
                 let find = |listener| accepting_address(&log, listener);
-                (find("public"), wants_admin.then(|| find("admin")))
+                (find("public"), wants_admin.then(|| find("admin")), stdout)
             }
         };
         // Keep draining stdout so the server never blocks on it.
@@ -288,22 +288,33 @@ enum Until {
     Accepting,
 }
 
-/// The addresses in the `listening on` lines a ready server prints.
+/// The addresses in the `listening on` lines a ready server prints; panics (with the log) if
+/// they do not come within 30 s: a server that never becomes ready is started with
+/// [`Server::start_unready`].
 fn ready_addresses(
-    stdout: &mut impl BufRead,
+    stdout: BufReader<std::process::ChildStdout>,
     wants_admin: bool,
-) -> (SocketAddr, Option<SocketAddr>) {
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("read listening line");
-    let addr = listening_address(&line, "listening on http://");
-    let admin = wants_admin.then(|| {
-        line.clear();
-        stdout
-            .read_line(&mut line)
-            .expect("read admin listening line");
-        listening_address(&line, "admin listening on http://")
+    log: &Mutex<String>,
+) -> (
+    SocketAddr,
+    Option<SocketAddr>,
+    BufReader<std::process::ChildStdout>,
+) {
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stdout = stdout;
+        let mut read = || {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read listening line");
+            line
+        };
+        let addr = listening_address(&read(), "listening on http://");
+        let admin = wants_admin.then(|| listening_address(&read(), "admin listening on http://"));
+        let _ = sender.send((addr, admin, stdout));
     });
-    (addr, admin)
+    lines
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("not ready within 30 s:\n{}", log.lock().unwrap()))
 }
 
 /// The address of `listener` (`public` or `admin`) in the log's `accepting on http://ADDR`
