@@ -228,10 +228,14 @@ impl<J: Job> Driver<J> {
         }
     }
 
-    /// A worker that said hello takes the slot.
+    /// A worker that said hello takes the slot. Its row says idle before the pool counts it
+    /// live, so that whoever learns the pool is live (`wait_live`, readiness) finds the worker
+    /// in `/status` too.
     fn take_slot(&self, worker: WorkerProcess, generation: u64) -> Tenure {
+        let tenure = Tenure::new(worker, generation, self.pool.config.max_jobs_per_worker);
+        self.set_state(WorkerState::Idle, Some(&tenure));
         self.pool.worker_up(self.slot, generation);
-        Tenure::new(worker, generation, self.pool.config.max_jobs_per_worker)
+        tenure
     }
 
     /// Waits for one event and handles it.
