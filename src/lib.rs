@@ -10,21 +10,30 @@
 //! crash) without harm to the server or to other jobs.
 //!
 //! # Layout
+//! `app` sits on top and assembles the rest; imports between these modules form no cycle, and
+//! `pool` imports nothing from the crate at all:
 //! - [`cli`]: the command line, only for the binary and the worker command line: clap
 //!   `Config` (every flag also `FORKPOOL_*` and a TOML key), subcommands, `WorkerArgs` (the
 //!   `forkpool worker` flags the server spells and parses), `Config::resolve() -> Settings`.
-//! - [`settings`]: `Settings`, every setting as in force (what `/status` shows).
-//! - [`server`]: `routers() -> (public, admin)` with their layers,
-//!   `run(listeners, settings, shutdown)` (serve, tell readiness, SIGHUP rolls, SIGUSR2
-//!   upgrades, drain); `server::listener` (the accept loop and the
-//!   connection cap), `server::connection` (one connection: header, keep-alive and drain
-//!   handling over hyper), `server::fd_budget` (the cap sized from `RLIMIT_NOFILE`).
-//! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`; `routes::body` reads
-//!   request bodies under a size limit and a deadline; `routes::state` holds `AppState`, what
-//!   every handler shares (settings, pool, /ls, metrics), which the server builds. `routes::ls`
+//! - [`app`]: the one place the application is assembled: `build` turns the settings into the
+//!   running parts (the /ls runner, the pool, the metrics recorder) and an `AppState`;
+//!   `serve(listeners, settings, signals)` builds it, makes the routers and runs the server.
+//! - [`server`]: `run(listeners, state, routers, signals)` (serve, tell readiness, SIGHUP
+//!   rolls, SIGUSR2 upgrades, drain), `Signals` (installed before anything listens);
+//!   `server::listener` (the accept loop and the connection cap), `server::connection` (one
+//!   connection: header, keep-alive and drain handling over hyper), `server::fd_budget` (the
+//!   cap sized from `RLIMIT_NOFILE`).
+//! - [`routes`]: `routers(state) -> Routers` (public and admin), pure: nothing in `routes`
+//!   starts a process or binds a socket, so a test calls a router in its own process
+//!   (tests/handlers.rs). Endpoints, one file per family: `isprime`, `ls`, `ops`;
+//!   `routes::layers` (request ids, the log line and HTTP metrics, panics to 500, `Connection:
+//!   close` while draining, the 503 at the grace period's end); `routes::body` reads request
+//!   bodies under a size limit and a deadline; `routes::state` holds `AppState`, what every
+//!   handler shares (settings, pool, /ls, metrics), built by `app` or from parts. `routes::ls`
 //!   is three parts: the handler and its turns (`mod`), `confine` (the security policy:
 //!   `openat2` beneath the root fd, auditable alone) and `child` (the `ls` process and its
 //!   supervisor, on a low-priority thread of their own).
+//! - [`settings`]: `Settings`, every setting as in force (what `/status` shows).
 //! - [`pool`]: a library of its own (imports nothing from the crate): `WorkerPool<J: Job>`
 //!   (submit with an opaque tag, queue, deadlines, roll, health, `wait_live`, shutdown, drop
 //!   guard), `PoolConfig`, `WorkerCommand` (how the embedding program starts a worker);
@@ -48,6 +57,8 @@
 //! - [`error`]: `AppError`, the one JSON error shape, and `HttpError`, which every typed error
 //!   implements next to its definition to say its status.
 //! - [`logging`]: tracing to stderr, `LogFormat`.
+//! - [`telemetry`]: the server's metric names (constants, described once) and the
+//!   process-wide Prometheus recorder.
 //! - [`systemd`]: the service manager's protocols (sockets passed by `LISTEN_FDS`, `READY=1`
 //!   and the other notifications, the watchdog), and `command_with_listeners`, which passes
 //!   sockets the same way to a process we start.
@@ -72,6 +83,7 @@ macro_rules! linux_only {
 }
 
 linux_only! {
+    pub mod app;
     pub mod cli;
     pub mod error;
     pub mod jobs;
@@ -83,6 +95,7 @@ linux_only! {
     pub mod server;
     pub mod settings;
     pub mod systemd;
+    pub mod telemetry;
     pub mod units;
     pub mod upgrade;
 }

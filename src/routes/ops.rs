@@ -12,6 +12,7 @@ use axum::{Extension, Json};
 use serde_json::json;
 
 use super::{isprime, ls};
+use crate::telemetry;
 use crate::systemd;
 use crate::error::AppError;
 use crate::pool::{PoolHealth, WorkerState};
@@ -285,9 +286,9 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let workers = state.pool.status();
     for s in WorkerState::ALL {
         let count = workers.iter().filter(|w| w.state == s).count();
-        metrics::gauge!("forkpool_pool_workers", "state" => s.as_str()).set(count as f64);
+        metrics::gauge!(telemetry::POOL_WORKERS, "state" => s.as_str()).set(count as f64);
     }
-    metrics::gauge!("forkpool_queue_depth").set(state.pool.queue_depth() as f64);
+    metrics::gauge!(telemetry::QUEUE_DEPTH).set(state.pool.queue_depth() as f64);
     state.metrics.run_upkeep();
     let mut text = state.metrics.render();
     match ProcessStats::read() {

@@ -67,6 +67,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::{single_param_bytes, RequestId};
+use crate::telemetry;
 use crate::error::{AppError, HttpError, RETRY_WHEN_BUSY};
 use crate::routes::state::AppState;
 use confine::{Root, Target};
@@ -244,7 +245,7 @@ pub async fn list(
 }
 
 fn count(outcome: &'static str) {
-    metrics::counter!("forkpool_ls_total", "outcome" => outcome).increment(1);
+    metrics::counter!(telemetry::LS_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// Resolve, take a slot, spawn; the response head is built only if all of it worked.
