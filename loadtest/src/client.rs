@@ -41,8 +41,11 @@ pub enum FailureClass {
     Refused,
     /// The connection was reset (RST), at connect or during the exchange.
     Reset,
-    /// The server closed the connection before the whole response (nothing or part of it).
-    Closed,
+    /// A kept-alive connection was found closed by the server before the request was sent
+    /// (nothing of it left the client).
+    ClosedBeforeSend,
+    /// The server closed the connection after the request was sent, before the whole response.
+    ClosedBeforeResponse,
     /// No response within the limit.
     Timeout,
     /// Anything else (a protocol error, another socket error).
@@ -70,8 +73,11 @@ impl ClientError {
         match (kind, self) {
             (Some(std::io::ErrorKind::ConnectionRefused), _) => FailureClass::Refused,
             (Some(std::io::ErrorKind::ConnectionReset), _) => FailureClass::Reset,
-            (_, ClientError::Http(e)) if e.is_incomplete_message() || e.is_canceled() => {
-                FailureClass::Closed
+            (_, ClientError::Http(e)) if e.is_closed() || e.is_canceled() => {
+                FailureClass::ClosedBeforeSend
+            }
+            (_, ClientError::Http(e)) if e.is_incomplete_message() => {
+                FailureClass::ClosedBeforeResponse
             }
             _ => FailureClass::Other,
         }

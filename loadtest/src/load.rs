@@ -60,8 +60,8 @@ struct Step {
     expect: Option<&'static str>,
 }
 
-/// The cycle every client goes through, each from its own starting point: twelve requests,
-/// one of them heavy (a GET in one cycle, a POST in the next).
+/// The cycle every client goes through, each from its own starting point: 24 requests, two of
+/// them heavy (a GET, then a POST), each after eleven light ones.
 fn cycle(ls_dir: &str) -> Vec<Step> {
     let prime = Some("\"isPrime\":true");
     let step = |kind, call, expect| Step { kind, call, expect };
@@ -172,7 +172,8 @@ impl Tally {
                 match e.class() {
                     FailureClass::Refused => by.refused += 1,
                     FailureClass::Reset => by.resets += 1,
-                    FailureClass::Closed => by.closed += 1,
+                    FailureClass::ClosedBeforeSend => by.closed_before_send += 1,
+                    FailureClass::ClosedBeforeResponse => by.closed_before_response += 1,
                     FailureClass::Timeout => by.timeouts += 1,
                     FailureClass::Other => by.other += 1,
                 }
@@ -200,7 +201,8 @@ impl Tally {
         let (a, b) = (&mut self.by, other.by);
         a.refused += b.refused;
         a.resets += b.resets;
-        a.closed += b.closed;
+        a.closed_before_send += b.closed_before_send;
+        a.closed_before_response += b.closed_before_response;
         a.timeouts += b.timeouts;
         a.status_503 += b.status_503;
         a.other_status += b.other_status;

@@ -301,8 +301,11 @@ pub struct FailureCounts {
     pub refused: u64,
     /// Connection reset.
     pub resets: u64,
-    /// The server closed the connection before a whole response.
-    pub closed: u64,
+    /// A kept-alive connection was found closed before the request was sent (an HTTP client
+    /// may send such a request again on a new connection: nothing of it left).
+    pub closed_before_send: u64,
+    /// The server closed the connection after the request was sent, before a whole response.
+    pub closed_before_response: u64,
     /// No response within the request timeout.
     pub timeouts: u64,
     /// Answered 503 (the server's reason is in the failure's detail).
@@ -526,8 +529,8 @@ fn lifecycle_rows(out: &mut String, l: &Lifecycle) {
     let f = &load.failures_by;
     let _ = writeln!(
         out,
-        "  failed {}: refused {}, reset {}, closed early {}, timeout {}, 503 {}, other status {}, wrong body {}, other {}",
-        load.failed, f.refused, f.resets, f.closed, f.timeouts, f.status_503, f.other_status, f.wrong_body, f.other
+        "  failed {}: refused {}, reset {}, closed before sending {}, closed before the answer {}, timeout {}, 503 {}, other status {}, wrong body {}, other {}",
+        load.failed, f.refused, f.resets, f.closed_before_send, f.closed_before_response, f.timeouts, f.status_503, f.other_status, f.wrong_body, f.other
     );
     let k = &l.leaks;
     let _ = writeln!(
