@@ -55,8 +55,11 @@ impl Kind {
 
 /// One request of the cycle and what its 200 body must contain.
 struct Step {
+    /// What the request is, for the report.
     kind: Kind,
+    /// The request.
     call: Call,
+    /// Text a 200 body must contain, if any.
     expect: Option<&'static str>,
 }
 
@@ -131,9 +134,13 @@ impl Client {
 /// What one client saw.
 #[derive(Default)]
 struct Tally {
+    /// Requests by kind (their latency is filled in at the end, from `times`).
     kinds: BTreeMap<Kind, KindCount>,
+    /// Failures by what the client saw.
     by: FailureCounts,
-    times: Vec<Duration>,
+    /// Latency of the requests answered as expected, by kind.
+    times: BTreeMap<Kind, Vec<Duration>>,
+    /// The first [`FAILURES_KEPT`] failures, in detail.
     failures: Vec<Failure>,
 }
 
@@ -157,7 +164,7 @@ impl Tally {
                 }
                 _ => {
                     count.ok += 1;
-                    self.times.push(r.elapsed);
+                    self.times.entry(step.kind).or_default().push(r.elapsed);
                     return;
                 }
             },
@@ -208,7 +215,9 @@ impl Tally {
         a.other_status += b.other_status;
         a.wrong_body += b.wrong_body;
         a.other += b.other;
-        self.times.extend(other.times);
+        for (kind, times) in other.times {
+            self.times.entry(kind).or_default().extend(times);
+        }
         self.failures.extend(other.failures);
     }
 }
@@ -227,7 +236,9 @@ fn excerpt(body: &[u8]) -> String {
 pub struct Load {
     /// Set to make every client stop after its current request.
     stop: Arc<AtomicBool>,
+    /// The clients' tasks, each ending with what it saw.
     clients: JoinSet<Tally>,
+    /// When the load began.
     started: Instant,
     /// How many clients of each kind: kept-alive, new connection.
     counts: (usize, usize),
@@ -235,6 +246,7 @@ pub struct Load {
 
 /// Where the load goes and how it is paced.
 pub struct LoadPlan {
+    /// The server (the same socket throughout the scenario).
     pub target: Target,
     /// Clients in all; half keep their connection alive (the odd one out opens new ones).
     pub clients: usize,
@@ -299,6 +311,7 @@ impl Load {
             .iter()
             .map(|(kind, c)| KindCount {
                 kind: kind.label().to_owned(),
+                latency: Stats::of(all.times.get(kind).map_or(&[][..], Vec::as_slice), 0),
                 ..c.clone()
             })
             .collect();
@@ -314,7 +327,7 @@ impl Load {
             ok,
             failed,
             failures_by: all.by,
-            latency: Stats::of(&all.times, failed as usize),
+            latency: Stats::of(&all.times.into_values().flatten().collect::<Vec<_>>(), 0),
             failures: all.failures,
         }
     }

@@ -352,21 +352,26 @@ async fn measure(
             Err(e) => report.errors.push(format!("ls: {e}")),
         }
     }
-    if wants(Scenario::Upgrade) {
+    run_lifecycle(&mut run, &args.scenarios, &mut report).await;
+    report.duration_s = run.clock.elapsed().as_secs_f64();
+    report.samples = run.samples;
+    Ok(report)
+}
+
+/// The upgrade and restart scenarios, those asked for.
+async fn run_lifecycle(run: &mut Run, scenarios: &[Scenario], report: &mut Report) {
+    if scenarios.contains(&Scenario::Upgrade) {
         match run.upgrade().await {
             Ok(upgrade) => report.upgrade = Some(upgrade),
             Err(e) => report.errors.push(e),
         }
     }
-    if wants(Scenario::Restart) {
+    if scenarios.contains(&Scenario::Restart) {
         match run.restart().await {
             Ok(restart) => report.restart = Some(restart),
             Err(e) => report.errors.push(e),
         }
     }
-    report.duration_s = run.clock.elapsed().as_secs_f64();
-    report.samples = run.samples;
-    Ok(report)
 }
 
 /// The ls root of a server we did not start: `--ls-root` from /status, else its working

@@ -19,6 +19,7 @@ const POLL: Duration = Duration::from_millis(5);
 /// One line of the process table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proc {
+    /// Its process id.
     pub pid: u32,
     /// Its parent's pid.
     pub ppid: u32,

@@ -215,6 +215,7 @@ pub struct Lifecycle {
     pub old_gone: Spread,
     /// What the clients of the steady load saw.
     pub load: LoadReport,
+    /// What was left behind.
     pub leaks: Leaks,
     /// Why an event or a check could not be completed.
     pub errors: Vec<String>,
@@ -243,8 +244,11 @@ pub struct Event {
 /// Smallest, median and largest of a set of times, in ms.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Spread {
+    /// The smallest.
     pub min_ms: f64,
+    /// The middle one (the lower of the two middle ones for an even count).
     pub median_ms: f64,
+    /// The largest.
     pub max_ms: f64,
 }
 
@@ -270,11 +274,15 @@ pub struct LoadReport {
     pub kept_alive_clients: usize,
     /// Clients that open a new connection for every request.
     pub new_conn_clients: usize,
+    /// How long the load ran.
     pub duration_s: f64,
     /// Requests by kind, in the order of [`KindCount::kind`].
     pub kinds: Vec<KindCount>,
+    /// Requests sent, of every kind.
     pub sent: u64,
+    /// Answered as expected.
     pub ok: u64,
+    /// The others.
     pub failed: u64,
     /// The failures by what the client saw.
     pub failures_by: FailureCounts,
@@ -289,9 +297,14 @@ pub struct LoadReport {
 pub struct KindCount {
     /// E.g. `POST /isprime (heavy)`.
     pub kind: String,
+    /// Requests sent.
     pub sent: u64,
+    /// Answered as expected (a 200 with the right body).
     pub ok: u64,
+    /// The others: `sent - ok`.
     pub failed: u64,
+    /// Latency of those answered as expected.
+    pub latency: Stats,
 }
 
 /// Failed requests by what the client saw; they add up to [`LoadReport::failed`].
@@ -323,7 +336,9 @@ pub struct FailureCounts {
 pub struct Failure {
     /// When it was sent, in seconds since the run began.
     pub t_s: f64,
+    /// The request's kind, as in [`KindCount::kind`].
     pub kind: String,
+    /// Whether it was sent on a kept-alive connection or a new one.
     pub conn: ConnKind,
     /// What the client saw: the status and the body, or the error.
     pub what: String,
@@ -509,48 +524,8 @@ fn lifecycle_rows(out: &mut String, l: &Lifecycle) {
             s.min_ms, s.median_ms, s.max_ms
         );
     }
-    let _ = writeln!(
-        out,
-        "  requests                       sent        ok  failed"
-    );
-    for k in &load.kinds {
-        let _ = writeln!(
-            out,
-            "  {:<26} {:>8}  {:>8}  {:>6}",
-            k.kind, k.sent, k.ok, k.failed
-        );
-    }
-    let t = &load.latency;
-    let _ = writeln!(
-        out,
-        "  {:<26} {:>8}  {:>8}  {:>6}   p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        "all", load.sent, load.ok, load.failed, t.p50_ms, t.p99_ms, t.max_ms
-    );
-    let f = &load.failures_by;
-    let _ = writeln!(
-        out,
-        "  failed {}: refused {}, reset {}, closed before sending {}, closed before the answer {}, timeout {}, 503 {}, other status {}, wrong body {}, other {}",
-        load.failed, f.refused, f.resets, f.closed_before_send, f.closed_before_response, f.timeouts, f.status_503, f.other_status, f.wrong_body, f.other
-    );
-    let k = &l.leaks;
-    let _ = writeln!(
-        out,
-        "  left after the load: {} zombies, {} ls, {} other strays; server fds {} before the load, {} after{}; {} processes left after the last stop",
-        k.zombies.len(),
-        k.ls.len(),
-        k.strays.len(),
-        k.fds_baseline,
-        k.fds_final,
-        match k.fds_diff.is_empty() {
-            true => String::new(),
-            false => format!(" ({})", k.fds_diff.join(", ")),
-        },
-        k.left_after_stop.len()
-    );
-    let leftovers = k.zombies.iter().chain(&k.ls).chain(&k.strays);
-    for p in leftovers.chain(&k.left_after_stop) {
-        let _ = writeln!(out, "    {p}");
-    }
+    load_rows(out, load);
+    leak_rows(out, &l.leaks);
     for e in load.failures.iter().take(FAILURES_SHOWN) {
         let conn = match e.conn {
             ConnKind::New => "new",
@@ -564,6 +539,54 @@ fn lifecycle_rows(out: &mut String, l: &Lifecycle) {
     }
     for e in &l.errors {
         let _ = writeln!(out, "  error: {e}");
+    }
+}
+
+/// The requests of a lifecycle load by kind, and its failures by what the clients saw.
+fn load_rows(out: &mut String, load: &LoadReport) {
+    let _ = writeln!(
+        out,
+        "  requests                       sent        ok  failed  p50 ms  p99 ms  max ms"
+    );
+    let all = ("all", load.sent, load.ok, load.failed, &load.latency);
+    let kinds = load
+        .kinds
+        .iter()
+        .map(|k| (&*k.kind, k.sent, k.ok, k.failed, &k.latency));
+    for (kind, sent, ok, failed, t) in kinds.chain([all]) {
+        let _ = writeln!(
+            out,
+            "  {kind:<26} {sent:>8}  {ok:>8}  {failed:>6}  {:>6.2}  {:>6.2}  {:>6.2}",
+            t.p50_ms, t.p99_ms, t.max_ms
+        );
+    }
+    let f = &load.failures_by;
+    let _ = writeln!(
+        out,
+        "  failed {}: refused {}, reset {}, closed before sending {}, closed before the answer {}, timeout {}, 503 {}, other status {}, wrong body {}, other {}",
+        load.failed, f.refused, f.resets, f.closed_before_send, f.closed_before_response, f.timeouts, f.status_503, f.other_status, f.wrong_body, f.other
+    );
+}
+
+/// What a lifecycle scenario left behind: the counts, then each process.
+fn leak_rows(out: &mut String, k: &Leaks) {
+    let fds_diff = match k.fds_diff.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", k.fds_diff.join(", ")),
+    };
+    let _ = writeln!(
+        out,
+        "  left after the load: {} zombies, {} ls, {} other strays; server fds {} before the load, {} after{fds_diff}; {} processes left after the last stop",
+        k.zombies.len(),
+        k.ls.len(),
+        k.strays.len(),
+        k.fds_baseline,
+        k.fds_final,
+        k.left_after_stop.len()
+    );
+    let leftovers = k.zombies.iter().chain(&k.ls).chain(&k.strays);
+    for p in leftovers.chain(&k.left_after_stop) {
+        let _ = writeln!(out, "    {p}");
     }
 }
 
