@@ -8,7 +8,7 @@
 # The copy of the sources and its own target directory live in $TARGET/upgrade-build/ ($TARGET
 # is $CARGO_TARGET_DIR, else ./target). The first time, that target directory is seeded with
 # the release dependencies already built in $TARGET (`cargo build --release` first), so only
-# the forkpool crate itself is compiled (about a minute here, for its fat LTO). The last line
+# the forkpool crate itself is compiled (about 1.5 minutes here, for its fat LTO). The last line
 # printed is the binary's path.
 set -eu
 
@@ -39,6 +39,8 @@ for dir in x86_64-unknown-linux-gnu/release release; do
     fi
 done
 
+# Not `-p forkpool`: with the workspace's default members selected, the dependencies' features
+# are unified as in `cargo build --release`, so the seeded ones are used as they are.
 CARGO_TARGET_DIR=$out cargo build --release --manifest-path "$src/Cargo.toml" \
     --bin forkpool
 binary=$out/x86_64-unknown-linux-gnu/release/forkpool
