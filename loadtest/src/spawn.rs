@@ -33,26 +33,42 @@ pub struct ServerSetup {
 }
 
 impl ServerSetup {
-    /// The server's flags, with `ls_root` as its `--ls-root`.
+    /// The server's flags, with `ls_root` as its `--ls-root`. Each `--server-arg` may hold a
+    /// flag and its value in any spelling the server takes: `--queue=4`, or `--queue 4` as
+    /// one argument (split at whitespace), or the two as two `--server-arg`s.
     pub fn args(&self, ls_root: &Path) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec!["--ls-root".into(), ls_root.into()];
         if let Some(n) = self.workers {
             args.extend(["--workers".into(), n.to_string().into()]);
         }
-        args.extend(self.extra.iter().map(OsString::from));
+        args.extend(self.extra().map(OsString::from));
         args
+    }
+
+    /// The `--server-arg`s, split at whitespace.
+    fn extra(&self) -> impl Iterator<Item = &str> {
+        self.extra.iter().flat_map(|a| a.split_whitespace())
+    }
+
+    /// Whether a `--server-arg` sets `--listen` (either spelling): then the load test does not
+    /// add its own `--listen 127.0.0.1:0`, which would make the server refuse a flag given twice.
+    pub fn sets_listen(&self) -> bool {
+        self.extra()
+            .any(|a| a == "--listen" || a.starts_with("--listen="))
     }
 
     /// The server's stderr: `log` opened for appending, or nothing.
     pub fn stderr(&self) -> std::io::Result<Stdio> {
-        let Some(path) = &self.log else {
-            return Ok(Stdio::null());
-        };
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        Ok(file.into())
+        match &self.log {
+            Some(path) => Ok(append(path)?.into()),
+            None => Ok(Stdio::null()),
+        }
+    }
+
+    /// The server's stderr, kept where a failed start can be read back: `log`, or `fallback`.
+    fn stderr_kept(&self, fallback: &Path) -> std::io::Result<(Stdio, PathBuf)> {
+        let path = self.log.clone().unwrap_or_else(|| fallback.to_owned());
+        Ok((append(&path)?.into(), path))
     }
 
     /// A temporary directory for one server: `ls/` (its `--ls-root`) is created in it.
@@ -63,6 +79,14 @@ impl ServerSetup {
         std::fs::create_dir(dir.path().join("ls"))?;
         Ok(dir)
     }
+}
+
+/// `path` opened for appending, created if missing.
+fn append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 /// Where the server runs from.
@@ -110,21 +134,22 @@ impl SpawnedServer {
                 (copy, Some(dir.path().join("forkpool.pid")))
             }
         };
+        let (stderr, log) = setup
+            .stderr_kept(&dir.path().join("server.log"))
+            .map_err(|e| failed("cannot open the server's log", e))?;
         let mut command = Command::new(&program);
+        if !setup.sets_listen() {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         command
-            .args(["--listen", "127.0.0.1:0"])
             .args(setup.args(&dir.path().join("ls")))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(
-                setup
-                    .stderr()
-                    .map_err(|e| failed("cannot open --server-log", e))?,
-            );
+            .stderr(stderr);
         if let Some(path) = &pid_file {
             command.arg("--pid-file").arg(path);
         }
-        let (child, addr) = start_listening(command, &setup.extra)?;
+        let (child, addr) = start_listening(command, &log)?;
         Ok(SpawnedServer {
             child,
             addr,
@@ -182,30 +207,50 @@ impl Drop for SpawnedServer {
 
 /// Starts `command` (stdout piped) and reads its first line, `listening on http://ADDR`; then
 /// drains its stdout on a thread, so that the server (and its successors, which inherit the
-/// pipe) never block writing to it.
-fn start_listening(
-    mut command: Command,
-    extra: &[String],
-) -> Result<(Child, SocketAddr), LoadtestError> {
+/// pipe) never block writing to it. A server that exits (or says something else) instead is
+/// reported with its command line, how it ended and the end of its stderr (`log`).
+fn start_listening(mut command: Command, log: &Path) -> Result<(Child, SocketAddr), LoadtestError> {
     let mut child = command
         .spawn()
-        .map_err(|e| LoadtestError::Spawn(format!("cannot start the server: {e}")))?;
+        .map_err(|e| LoadtestError::Spawn(format!("cannot start {}: {e}", shown(&command))))?;
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
     let mut line = String::new();
-    let read = stdout.read_line(&mut line);
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .and_then(|a| a.parse().ok());
-    let Some(addr) = addr else {
+    let _ = stdout.read_line(&mut line);
+    let addr = line.trim().strip_prefix("listening on http://");
+    let Some(addr) = addr.and_then(|a| a.parse().ok()) else {
         let _ = child.kill();
-        let status = child.wait().ok();
+        let ended = match child.wait() {
+            Ok(status) => status.to_string(),
+            Err(e) => format!("status unknown: {e}"),
+        };
+        let said = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = said.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
         return Err(LoadtestError::Spawn(format!(
-            "the server did not start (first line {line:?}, {read:?}, {status:?}); run it by hand with the same flags to see why: {extra:?}"
+            "the server did not start ({ended}; its stdout said {line:?})\n  command: {}\n  its stderr ({}):\n    {}",
+            shown(&command),
+            log.display(),
+            tail.join("\n    ")
         )));
     };
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     Ok((child, addr))
+}
+
+/// `command` as one would type it (arguments quoted where needed).
+fn shown(command: &Command) -> String {
+    let quote = |arg: &std::ffi::OsStr| {
+        let arg = arg.to_string_lossy();
+        match arg.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') || arg.is_empty() {
+            true => format!("'{}'", arg.replace('\'', "'\\''")),
+            false => arg.into_owned(),
+        }
+    };
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(quote)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The `forkpool` server built next to this program (Cargo puts every binary of the workspace

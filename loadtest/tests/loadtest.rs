@@ -197,3 +197,47 @@ fn lifecycle_scenarios_run_end_to_end() {
         json["upgrade"]["versions"][1]
     );
 }
+
+#[test]
+fn a_server_that_cannot_start_is_shown_with_its_command_line_and_its_stderr() {
+    let output = Command::new(BIN)
+        .args(["--spawn", "--workers", "1", "--scenarios", "idle"])
+        .arg("--server-arg=--queue=0")
+        .output()
+        .expect("run forkpool-loadtest");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    // The command as typed, and the server's own words about the flag.
+    assert!(
+        stderr.contains("command: ") && stderr.contains(" --queue=0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("'--queue <QUEUE>'"), "{stderr}");
+}
+
+#[test]
+fn server_args_take_the_server_s_spellings_and_may_set_the_listen_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let output = Command::new(BIN)
+        .args([
+            "--spawn",
+            "--workers",
+            "1",
+            "--scenarios",
+            "idle",
+            "--idle-probes",
+            "5",
+        ])
+        .args(["--server-arg", "--queue 8"])
+        .arg(format!("--server-arg=--listen=127.0.0.1:{port}"))
+        .output()
+        .expect("run forkpool-loadtest");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("127.0.0.1:{port}")), "{stdout}");
+}
