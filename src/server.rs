@@ -26,7 +26,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::routes::state::AppState;
+use crate::routes::state::{AppState, Phase};
 use crate::routes::Routers;
 use crate::settings::Settings;
 use crate::systemd::{self, NotifyState};
@@ -246,12 +246,13 @@ async fn drain(state: &AppState, serving: &mut Serving, stop: Stop) {
     let began = Instant::now();
     tracing::info!(?grace, ?delay, ?stop, "shutting down");
     systemd::notify(&[NotifyState::Stopping]);
-    state.begin_shutdown();
+    state.advance(Phase::Draining);
     tokio::time::sleep(delay).await;
-    if !serving.drain(began + grace).await {
+    state.advance(Phase::Closing);
+    if !serving.all_closed(began + grace).await {
         tracing::warn!("grace period over with requests still in flight; answering them 503");
-        state.grace_over.send_replace(true);
-        serving.drain(Instant::now() + GRACE_END_FLUSH).await;
+        state.advance(Phase::GraceOver);
+        serving.all_closed(Instant::now() + GRACE_END_FLUSH).await;
     }
     let left = (began + grace).saturating_duration_since(Instant::now());
     state.pool.shutdown(left).await;
@@ -272,10 +273,9 @@ struct Serving {
     /// The connection cap of the public listener.
     cap: u32,
     timeouts: Timeouts,
-    /// Stops the accept loops (and so closes the listening sockets).
-    stop: watch::Sender<bool>,
-    /// Tells every connection to answer what it is serving and close.
-    draining: watch::Sender<bool>,
+    /// The server's phase: the accept loops stop (and close the listening sockets) at
+    /// [`Phase::Closing`], when every connection answers what it is serving and closes.
+    phase: watch::Receiver<Phase>,
     /// The listeners' accept loops, until they have stopped.
     accepting: Vec<JoinHandle<()>>,
     /// The connections of each listener.
@@ -294,8 +294,7 @@ impl Serving {
                 send: config.send_timeout,
             },
             cap: config.max_connections.unwrap_or(1),
-            stop: watch::Sender::new(false),
-            draining: watch::Sender::new(false),
+            phase: state.watch_phase(),
             accepting: Vec::new(),
             registries: Vec::new(),
         }
@@ -320,25 +319,24 @@ impl Serving {
             slots: Arc::new(Semaphore::new(cap as usize)),
             registry: registry.clone(),
             timeouts: self.timeouts,
-            draining: self.draining.subscribe(),
+            phase: self.phase.clone(),
             name,
         };
-        let mut stop = self.stop.subscribe();
+        let mut phase = self.phase.clone();
         let task = tokio::spawn(accept.run(async move {
-            let _ = stop.wait_for(|stop| *stop).await;
+            let _ = phase.wait_for(|phase| *phase >= Phase::Closing).await;
         }));
         self.accepting.push(task);
         self.registries.push(registry);
     }
 
-    /// Closes the listeners (once) and asks every connection to close after its request;
-    /// true if all of them closed by `deadline`.
-    async fn drain(&mut self, deadline: Instant) -> bool {
-        self.stop.send_replace(true);
+    /// Once the phase is [`Phase::Closing`]: waits for the accept loops to have stopped (so
+    /// that every connection they took is registered), then for every connection to close;
+    /// true if all did by `deadline`.
+    async fn all_closed(&mut self, deadline: Instant) -> bool {
         for task in self.accepting.drain(..) {
             let _ = task.await;
         }
-        self.draining.send_replace(true);
         let all_closed = async {
             for registry in &self.registries {
                 registry.closed().await;

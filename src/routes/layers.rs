@@ -15,7 +15,7 @@ use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
-use super::state::AppState;
+use super::state::{AppState, Phase};
 use super::RequestId;
 use crate::error::AppError;
 use crate::telemetry;
@@ -56,11 +56,11 @@ pub(super) async fn answer_before_grace_ends(
     request: Request,
     next: Next,
 ) -> Response {
-    let mut grace_over = state.grace_over.subscribe();
+    let mut phase = state.watch_phase();
     tokio::select! {
         biased;
         response = next.run(request) => response,
-        _ = grace_over.wait_for(|over| *over) => AppError::new(
+        _ = phase.wait_for(|phase| *phase >= Phase::GraceOver) => AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down and its grace period is over; retry",
         )

@@ -365,6 +365,7 @@ pub async fn status(State(state): State<AppState>) -> impl IntoResponse {
         "upgraded_from": systemd::upgraded_from(),
         "uptime_seconds": state.started.elapsed().as_secs_f64(),
         "shutting_down": state.is_shutting_down(),
+        "phase": state.phase(),
         "queue_depth": state.pool.queue_depth(),
         "config": &state.config,
         "pool": state.pool.overview(),

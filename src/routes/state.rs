@@ -4,7 +4,6 @@
 //! their own locking).
 
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,10 +33,25 @@ pub struct State {
     pub metrics: PrometheusHandle,
     /// Start of the server, for `/status`'s uptime.
     pub started: Instant,
-    /// Set once on SIGINT/SIGTERM: `/readyz` says 503 from then on.
-    shutting_down: AtomicBool,
-    /// Turns true when `--shutdown-grace` ends: requests still waiting are answered 503.
-    pub(crate) grace_over: watch::Sender<bool>,
+    /// Where the server is in its life, the one value that the handlers, the layers, the
+    /// accept loops and every connection watch. It only moves forward.
+    phase: watch::Sender<Phase>,
+}
+
+/// Where the server is in its life (see `server::run` for what moves it on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Taking connections and serving them.
+    Serving,
+    /// Stopping (SIGTERM/SIGINT, or a new server took over): `/readyz` says 503 and every
+    /// answer says `Connection: close`, but everything is still served and, during
+    /// `--shutdown-delay`, connections are still taken.
+    Draining,
+    /// The listeners are closed; each connection closes once it has answered its request.
+    Closing,
+    /// `--shutdown-grace` is over: requests still waiting are answered 503.
+    GraceOver,
 }
 
 impl Deref for AppState {
@@ -63,19 +77,35 @@ impl AppState {
             ls,
             metrics,
             started: Instant::now(),
-            shutting_down: AtomicBool::new(false),
-            grace_over: watch::Sender::new(false),
+            phase: watch::Sender::new(Phase::Serving),
         }))
     }
 
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Relaxed)
+    /// The phase now.
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
     }
 
-    /// Readiness off and `Connection: close` from now on. Jobs are still taken: whoever sends
-    /// here during `--shutdown-delay` (a balancer that has not noticed) or has a request in
-    /// flight when the listeners close is served; `WorkerPool::shutdown` closes the pool.
-    pub(crate) fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Relaxed);
+    /// From [`Phase::Draining`] on: readiness off, `Connection: close` on every answer.
+    pub fn is_shutting_down(&self) -> bool {
+        self.phase() >= Phase::Draining
+    }
+
+    /// A receiver that sees every later phase.
+    pub fn watch_phase(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    /// Moves on to `phase`; never back. Jobs are still taken in every phase: whoever sends
+    /// during `--shutdown-delay` (a balancer that has not noticed) or has a request in flight
+    /// when the listeners close is served; `WorkerPool::shutdown` closes the pool.
+    pub fn advance(&self, phase: Phase) {
+        self.phase.send_if_modified(|now| {
+            let later = phase > *now;
+            if later {
+                *now = phase;
+            }
+            later
+        });
     }
 }

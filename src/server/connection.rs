@@ -62,6 +62,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 use tower::Service;
 
+use crate::routes::state::Phase as ServerPhase;
+
 /// Largest request head (request line and headers) in bytes; a larger one is answered 431
 /// (nginx's default `large_client_header_buffers` allows 32 KiB). It is set twice: as hyper's
 /// read buffer cap, which bounds what a connection holds while a head is incomplete, and as
@@ -287,7 +289,7 @@ pub async fn serve(
     router: Router,
     timeouts: Timeouts,
     entry: Registered,
-    mut draining: watch::Receiver<bool>,
+    mut phase: watch::Receiver<ServerPhase>,
     slot: OwnedSemaphorePermit,
 ) {
     let _slot = slot;
@@ -310,7 +312,7 @@ pub async fn serve(
     let mut drain_started = false;
     loop {
         // See the module doc (Drain) for what closes a connection while the server drains.
-        drain_started = drain_started || *draining.borrow_and_update();
+        drain_started = drain_started || *phase.borrow_and_update() >= ServerPhase::Closing;
         if drain_started && tracker.idle_since().is_some_and(|t| t.elapsed() >= DRAIN_IDLE) {
             return;
         }
@@ -339,7 +341,7 @@ pub async fn serve(
                 tracing::debug!("idle connection closed to admit a new one");
                 return;
             }
-            _ = draining.changed(), if !drain_started => {}
+            _ = phase.changed(), if !drain_started => {}
         }
     }
 }
@@ -481,7 +483,7 @@ mod tests {
 
     /// Serves one connection of a router with `/stream` (a body that ends when the returned
     /// sender sends its last chunk and is dropped) and `/next`; the client, and the drain switch.
-    async fn one_connection() -> (TcpStream, mpsc::Sender<&'static str>, watch::Sender<bool>) {
+    async fn one_connection() -> (TcpStream, mpsc::Sender<&'static str>, watch::Sender<ServerPhase>) {
         let (chunks, receiver) = mpsc::channel(1);
         let receiver = Arc::new(Mutex::new(Some(receiver)));
         let stream = move || {
@@ -498,7 +500,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        let (draining, receiver) = watch::channel(false);
+        let (phase, receiver) = watch::channel(ServerPhase::Serving);
         let timeouts = Timeouts {
             header: Duration::from_secs(10),
             keepalive: Duration::from_secs(60),
@@ -508,7 +510,7 @@ mod tests {
         let slot = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
         let (stream, _) = accepted.unwrap();
         tokio::spawn(serve(stream, router, timeouts, registry.add(), receiver, slot));
-        (client.unwrap(), chunks, draining)
+        (client.unwrap(), chunks, phase)
     }
 
     /// A response whose head went out before the drain began says nothing of closing, so its
@@ -517,7 +519,7 @@ mod tests {
     /// load tester's upgrade and restart scenarios).
     #[tokio::test]
     async fn a_response_under_way_when_the_drain_begins_leaves_the_connection_to_the_next_request() {
-        let (mut client, chunks, draining) = one_connection().await;
+        let (mut client, chunks, phase) = one_connection().await;
         client
             .write_all(b"GET /stream HTTP/1.1\r\nhost: t\r\n\r\n")
             .await
@@ -526,7 +528,7 @@ mod tests {
         let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
         assert!(head.starts_with("http/1.1 200"), "{head}");
         assert!(!head.contains("connection: close"), "{head}");
-        draining.send_replace(true);
+        phase.send_replace(ServerPhase::Closing);
         // The connection sees the drain while its response is under way.
         tokio::time::sleep(Duration::from_millis(100)).await;
         chunks.send("last").await.unwrap();

@@ -26,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::connection::{self, Registry, Timeouts};
+use crate::routes::state::Phase;
 
 /// Pause after an accept error that says the process or the system is out of a resource.
 const RESOURCE_BACKOFF: Duration = Duration::from_millis(100);
@@ -43,8 +44,9 @@ pub struct Listener {
     /// The connections held, for evicting idle ones and for the drain.
     pub registry: Arc<Registry>,
     pub timeouts: Timeouts,
-    /// Turns true when the server drains: each connection answers what it is serving and closes.
-    pub draining: watch::Receiver<bool>,
+    /// The server's phase, for each connection: from [`Phase::Closing`] on, it answers what it
+    /// is serving and closes.
+    pub phase: watch::Receiver<Phase>,
     /// `public` or `admin`, for the log.
     pub name: &'static str,
 }
@@ -90,7 +92,7 @@ impl Listener {
             self.router.clone(),
             self.timeouts,
             self.registry.add(),
-            self.draining.clone(),
+            self.phase.clone(),
             slot,
         ));
     }
@@ -192,7 +194,7 @@ mod tests {
                     keepalive: Duration::from_secs(60),
                     send: Duration::from_secs(60),
                 },
-                draining: watch::channel(false).1,
+                phase: watch::channel(Phase::Serving).1,
                 name: "test",
             };
             // Lets the runtime learn that the listener is readable.
