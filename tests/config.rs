@@ -1,0 +1,110 @@
+//! Settings given the three ways (flag, `FORKPOOL_*` variable, `--config` file), run through
+//! the real binary as an operator would: a bad value stops the start-up with exit code 2 and a
+//! message that names where the value came from.
+
+mod common;
+
+use common::{run_to_exit, temp_file};
+
+/// Runs `forkpool ARGS` with `env`, expecting a start-up refusal; returns its stderr.
+fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let (code, stdout, stderr) = run_to_exit(args, env);
+    assert_eq!(code, Some(2), "{args:?} {env:?}: {stderr}");
+    assert!(!stdout.contains("listening"), "{stdout}");
+    stderr
+}
+
+#[test]
+fn a_bad_environment_variable_is_named_in_the_message() {
+    let stderr = refused(&[], &[("FORKPOOL_WORKERS", "x")]);
+    assert!(
+        stderr.contains(
+            "invalid value 'x' for '--workers <WORKERS>' (from the environment variable \
+             FORKPOOL_WORKERS): invalid digit found in string"
+        ),
+        "{stderr}"
+    );
+    // A value enum keeps clap's list of possible values.
+    let stderr = refused(&[], &[("FORKPOOL_WORKER_SCHED", "fast")]);
+    assert!(
+        stderr.contains("(from the environment variable FORKPOOL_WORKER_SCHED)")
+            && stderr.contains("[possible values:"),
+        "{stderr}"
+    );
+    // A unit parser's own explanation follows.
+    let stderr = refused(&[], &[("FORKPOOL_JOB_TIMEOUT", "soon")]);
+    assert!(
+        stderr.contains("(from the environment variable FORKPOOL_JOB_TIMEOUT): "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_flag_is_named_as_a_flag_even_when_its_variable_is_set() {
+    // The flag beats the variable, so the bad value is the flag's.
+    let stderr = refused(&["--workers", "y"], &[("FORKPOOL_WORKERS", "3")]);
+    assert!(
+        stderr.contains("invalid value 'y' for '--workers <WORKERS>': invalid digit"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("environment"), "{stderr}");
+    // A bad flag beside a bad variable of another flag: the flag is reported, as the flag's.
+    let stderr = refused(&["--queue", "0"], &[("FORKPOOL_WORKERS", "x")]);
+    assert!(stderr.contains("'--queue <QUEUE>'"), "{stderr}");
+}
+
+#[test]
+fn a_bad_value_in_the_config_file_names_the_file_and_the_key() {
+    let file = temp_file("forkpool-config", ".toml", "workers = \"many\"\n");
+    let path = file.to_str().unwrap();
+    let stderr = refused(&["--config", path], &[]);
+    assert!(
+        stderr.contains(&format!(
+            "invalid value 'many' for '--workers <WORKERS>' (from key `workers` of {path})"
+        )),
+        "{stderr}"
+    );
+    // Also when the file itself is named by its variable.
+    let stderr = refused(&[], &[("FORKPOOL_CONFIG", path)]);
+    assert!(
+        stderr.contains(&format!("key `workers` of {path}")),
+        "{stderr}"
+    );
+    let missing = format!("{path}.missing");
+    let stderr = refused(&[], &[("FORKPOOL_CONFIG", &missing)]);
+    assert!(
+        stderr.contains(&format!(
+            "cannot read --config {missing} (from the environment variable FORKPOOL_CONFIG)"
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_listing_root_that_does_not_exist_names_where_it_was_set() {
+    let stderr = refused(&["--ls-root", "/nonexistent/forkpool"], &[]);
+    assert!(
+        stderr.contains("--ls-root /nonexistent/forkpool: "),
+        "{stderr}"
+    );
+    let stderr = refused(&[], &[("FORKPOOL_LS_ROOT", "/nonexistent/forkpool")]);
+    assert!(
+        stderr.contains(
+            "--ls-root /nonexistent/forkpool (from the environment variable FORKPOOL_LS_ROOT): "
+        ),
+        "{stderr}"
+    );
+    let file = temp_file(
+        "forkpool-config",
+        ".toml",
+        "ls-root = \"/nonexistent/forkpool\"\n",
+    );
+    let path = file.to_str().unwrap();
+    let stderr = refused(&["--config", path], &[]);
+    assert!(
+        stderr.contains(&format!(
+            "--ls-root /nonexistent/forkpool (from key `ls-root` of {path}): "
+        )),
+        "{stderr}"
+    );
+}
