@@ -22,13 +22,22 @@ use crate::units::{parse_duration, parse_positive_duration, parse_size};
 
 /// The whole command line: serve flags at the top level, or a subcommand.
 #[derive(Debug, Parser)]
-#[command(name = "forkpool", version, about, long_about = None)]
+#[command(name = "forkpool", version, about, long_about = None, after_long_help = UNITS)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
     pub config: Config,
 }
+
+/// How durations and sizes are written: at the end of `--help`, and a section of the man page.
+const UNITS: &str = "\
+Durations: a number and a unit, ms, s, m or h (`500ms`, `10s`, `2m`), several of them from the
+largest unit down (`1m30s`, `1h 15m`), or a number alone for seconds.
+
+Sizes: a number of bytes (`4096`), or a number and a unit: KiB, MiB, GiB, TiB for powers of
+1024 (`512MiB`), kB, MB, GB, TB for powers of 1000 (`500MB`); K, M, G alone are refused as
+ambiguous.";
 
 /// The subcommands people run. (`forkpool worker ...`, which only the server runs, is not one
 /// of them: `main` hands it to [`WorkerArgs::parse`] before clap sees the command line.)
@@ -59,11 +68,13 @@ pub struct Config {
     #[arg(long, env = "FORKPOOL_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue: u32,
 
-    /// Deadline of one job, queue wait plus run time (e.g. `60s`, `500ms`).
-    #[arg(long, env = "FORKPOOL_JOB_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    /// Deadline of one job, queue wait plus run time (e.g. `60s`, `500ms`, `1m30s`); more than
+    /// zero.
+    #[arg(long, env = "FORKPOOL_JOB_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
     pub job_timeout: Duration,
 
-    /// Largest protocol line (job or reply) in bytes; a worker that sends more is replaced.
+    /// Largest protocol line (job or reply), e.g. `1MiB` (1,048,576 bytes) or `1MB`
+    /// (1,000,000); a worker that sends more is replaced.
     #[arg(long, env = "FORKPOOL_MAX_LINE", default_value = "1MiB", value_parser = parse_size)]
     pub max_line: u64,
 
@@ -79,7 +90,8 @@ pub struct Config {
     #[arg(long, env = "FORKPOOL_MAX_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_batch: u32,
 
-    /// Address-space limit of each worker (RLIMIT_AS), e.g. `1GiB`; 0 means no limit.
+    /// Address-space limit of each worker (RLIMIT_AS), e.g. `1GiB` (2^30 bytes) or `2GB`
+    /// (2*10^9); 0 means no limit.
     #[arg(long, env = "FORKPOOL_WORKER_MEMORY", default_value = "1GiB", value_parser = parse_size)]
     pub worker_memory: u64,
 
@@ -102,8 +114,8 @@ pub struct Config {
     #[arg(long, env = "FORKPOOL_LS_ROOT")]
     pub ls_root: Option<PathBuf>,
 
-    /// Time limit of one whole /ls listing.
-    #[arg(long, env = "FORKPOOL_LS_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    /// Time limit of one whole /ls listing; more than zero.
+    #[arg(long, env = "FORKPOOL_LS_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
     pub ls_timeout: Duration,
 
     /// Most `ls` processes running at once; beyond that a request gets 503 with Retry-After.
@@ -446,6 +458,85 @@ impl Cli {
         cli.config.sources = Sources(sources);
         cli
     }
+}
+
+/// `forkpool man`: the man page (roff), generated from the clap grammar by clap_mangen, with
+/// each option's environment variable, then two sections of ours before VERSION: UNITS (how
+/// durations and sizes are written) and ENVIRONMENT (every `FORKPOOL_*` variable with its flag,
+/// the precedence, and the other variables the server reads).
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    // Without the after-help text, which clap_mangen would render as a section named EXTRA.
+    let command = Cli::command().after_long_help(None::<&str>);
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    let mut sections = format!(".SH UNITS\n{}\n", roff_text(UNITS));
+    sections.push_str(".SH ENVIRONMENT\n");
+    sections.push_str(&roff_text(
+        "Every option can also be set by its environment variable and, but for --config \
+         itself, by its key in the --config file: an option beats its variable, a variable \
+         beats the file, and the file beats the default.",
+    ));
+    sections.push('\n');
+    for arg in command.get_arguments() {
+        let (Some(variable), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let variable = variable.to_string_lossy();
+        sections.push_str(&format!(
+            ".TP\n\\fB{}\\fR\n{}\n",
+            roff_text(&variable),
+            roff_text(&format!("Same as --{long}."))
+        ));
+    }
+    for (names, meaning) in [
+        (
+            &["RUST_LOG"][..],
+            "The log level and filters (default: info).",
+        ),
+        (
+            &["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"][..],
+            "Listening sockets passed by systemd (socket activation) or by the server that \
+             started this one on SIGUSR2; a passed socket replaces --listen (or, named admin, \
+             --admin-listen).",
+        ),
+        (
+            &["NOTIFY_SOCKET", "WATCHDOG_USEC"][..],
+            "systemd's readiness notification and watchdog.",
+        ),
+    ] {
+        let names: Vec<String> = names
+            .iter()
+            .map(|name| format!("\\fB{}\\fR", roff_text(name)))
+            .collect();
+        sections.push_str(&format!(
+            ".TP\n{}\n{}\n",
+            names.join(", "),
+            roff_text(meaning)
+        ));
+    }
+    let at = find(&page, b"\n.SH VERSION").map_or(page.len(), |i| i + 1);
+    page.splice(at..at, sections.into_bytes());
+    Ok(page)
+}
+
+/// Plain text as roff: `-` and `\\` escaped, no line starting with a control character, an
+/// empty line a new paragraph.
+fn roff_text(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    escaped
+        .lines()
+        .map(|line| match line {
+            "" => ".PP".to_owned(),
+            line if line.starts_with(['.', '\'']) => format!("\\&{line}"),
+            line => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// The grammar without its environment variables: what the command line alone says.

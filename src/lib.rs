@@ -12,7 +12,8 @@
 //! # Layout
 //! - [`cli`]: the command line, only for the binary and the worker command line: clap
 //!   `Config` (every flag also `FORKPOOL_*` and a TOML key), subcommands, `WorkerArgs` (the
-//!   `forkpool worker` flags the server spells and parses), `Config::resolve() -> Settings`.
+//!   `forkpool worker` flags the server spells and parses), `Config::resolve() -> Settings`,
+//!   `man_page()` (clap_mangen's, with UNITS and ENVIRONMENT sections).
 //! - [`settings`]: `Settings`, every setting as in force (what `/status` shows).
 //! - [`server`]: `routers() -> (public, admin)` with their layers,
 //!   `run(listeners, settings, shutdown)` (serve, tell readiness, SIGHUP rolls, SIGUSR2
@@ -49,7 +50,8 @@
 //!   sockets the same way to a process we start.
 //! - [`upgrade`]: SIGUSR2's in-place upgrade (`Upgrader`: start the new binary with the
 //!   sockets, wait for its `READY=1`, kill it on failure) and the `--pid-file`.
-//! - [`units`]: parsers of durations (`10s`) and byte sizes (`1GiB`), for flags and files.
+//! - [`units`]: parsers of durations (`10s`, `1m30s`) and byte sizes (`1GiB`, `500MB`: IEC and
+//!   SI units), for flags and files.
 //!
 //! The load tester behind the README's figures is a program of its own, `forkpool-loadtest`
 //! (the workspace member in `loadtest/`): none of it is linked into this server.

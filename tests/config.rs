@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{run_to_exit, temp_file};
+use common::{run_to_exit, status, temp_file, Server};
 
 /// Runs `forkpool ARGS` with `env`, expecting a start-up refusal; returns its stderr.
 fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
@@ -107,4 +107,76 @@ fn a_listing_root_that_does_not_exist_names_where_it_was_set() {
         )),
         "{stderr}"
     );
+}
+
+#[test]
+fn compound_durations_and_si_and_iec_sizes_mean_what_they_say() {
+    let file = temp_file(
+        "forkpool-config",
+        ".toml",
+        "ls-timeout = \"1h 15m\"\nmax-line = \"1.5MiB\"\n",
+    );
+    let server = Server::start_with_env(
+        &[
+            "--workers",
+            "1",
+            "--job-timeout",
+            "1m30s",
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        &[("FORKPOOL_WORKER_MEMORY", "1GB")],
+    );
+    let config = &status(&server)["config"];
+    assert_eq!(config["job_timeout"], 90.0, "{config}");
+    assert_eq!(config["ls_timeout"], 4500.0, "{config}");
+    assert_eq!(config["worker_memory"], 1_000_000_000, "{config}");
+    assert_eq!(config["max_line"], 1_572_864, "{config}");
+}
+
+#[test]
+fn unit_errors_say_which_forms_are_accepted() {
+    let stderr = refused(&["--job-timeout", "1m30"], &[]);
+    assert!(
+        stderr.contains("`1m30` has `30` without a unit") && stderr.contains("(`1m30s`"),
+        "{stderr}"
+    );
+    // `M` alone is read as MB by some and MiB by others: refused, with both spelled out.
+    let stderr = refused(&["--worker-memory", "512M"], &[]);
+    assert!(
+        stderr.contains("`512MiB`") && stderr.contains("`512MB`") && stderr.contains("ambiguous"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_zero_job_or_listing_timeout_is_refused() {
+    // Zero does not mean "no limit": it would answer every job (every listing) 504 at once.
+    for (flag, variable) in [
+        ("--job-timeout", "FORKPOOL_JOB_TIMEOUT"),
+        ("--ls-timeout", "FORKPOOL_LS_TIMEOUT"),
+    ] {
+        let stderr = refused(&[flag, "0"], &[]);
+        assert!(
+            stderr.contains(&format!("invalid value '0' for '{flag}"))
+                && stderr.contains("must be more than zero")
+                && stderr.contains("no value for \"no limit\""),
+            "{stderr}"
+        );
+        let stderr = refused(&[], &[(variable, "0s")]);
+        assert!(
+            stderr.contains(&format!("(from the environment variable {variable})")),
+            "{stderr}"
+        );
+    }
+    // Where zero has a meaning, it is still accepted: keep-alive off, no shutdown delay.
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--keepalive-timeout",
+        "0",
+        "--shutdown-delay",
+        "0",
+    ]);
+    assert_eq!(status(&server)["config"]["keepalive_timeout"], 0.0);
 }
