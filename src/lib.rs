@@ -23,9 +23,10 @@
 //! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`; `routes::body` reads
 //!   request bodies under a size limit and a deadline; `routes::state` holds `AppState`, what
 //!   every handler shares (settings, pool, /ls, metrics), which the server builds. `routes::ls`
-//!   is three parts: the handler and its turns (`mod`), `confine` (the security policy:
-//!   `openat2` beneath the root fd, auditable alone) and `child` (the `ls` process and its
-//!   supervisor, on a low-priority thread of their own).
+//!   is four parts: the handler and its turns (`mod`), `confine` (the security policy:
+//!   `openat2` beneath the root fd, auditable alone), `child` (the `ls` process and its
+//!   supervisor, on a low-priority thread of their own) and `symlinks` (symlink targets in the
+//!   rows, rewritten where they would show the root's path).
 //! - [`pool`]: a library of its own (imports nothing from the crate): `WorkerPool<J: Job>`
 //!   (submit with an opaque tag, queue, deadlines, roll, shutdown, drop guard), `PoolConfig`,
 //!   `WorkerCommand` (how the embedding program starts a worker); `pool::driver` (the per-slot
