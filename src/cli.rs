@@ -56,7 +56,8 @@ pub enum Command {
 /// The serve flags as given; [`Config::resolve`] turns them into the [`Settings`] in force.
 #[derive(Debug, Clone, PartialEq, Args)]
 pub struct Config {
-    /// Address to listen on; port 0 picks a free port (printed as `listening on http://...`).
+    /// Address to listen on; port 0 picks a free port (printed as `listening on http://...` once
+    /// a worker is up and the server ready).
     #[arg(long, env = "FORKPOOL_LISTEN", default_value = "127.0.0.1:3636")]
     pub listen: SocketAddr,
 
@@ -109,6 +110,13 @@ pub struct Config {
     /// Program started as a worker [default: this executable].
     #[arg(long, env = "FORKPOOL_WORKER_PROGRAM")]
     pub worker_program: Option<PathBuf>,
+
+    /// After this many failed worker starts in a row with no worker alive (a deleted or broken
+    /// program, no memory left), `/readyz` answers 503 with the reason and jobs are refused at
+    /// once (503) instead of waiting for their deadline; starts go on with backoff, and the
+    /// first that succeeds clears it.
+    #[arg(long, env = "FORKPOOL_WORKER_START_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub worker_start_failures: u32,
 
     /// Directory that /ls is confined to [default: the working directory at start-up].
     #[arg(long, env = "FORKPOOL_LS_ROOT")]
@@ -408,6 +416,7 @@ impl Config {
             worker_nice: self.worker_nice,
             worker_sched: self.worker_sched,
             worker_program: self.worker_program,
+            worker_start_failures: self.worker_start_failures,
             ls_root,
             ls_timeout: self.ls_timeout,
             ls_max_concurrent: self.ls_max_concurrent,

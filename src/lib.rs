@@ -10,33 +10,46 @@
 //! crash) without harm to the server or to other jobs.
 //!
 //! # Layout
+//! `app` sits on top and assembles the rest; imports between these modules form no cycle, and
+//! `pool` imports nothing from the crate at all:
 //! - [`cli`]: the command line, only for the binary and the worker command line: clap
 //!   `Config` (every flag also `FORKPOOL_*` and a TOML key), subcommands, `WorkerArgs` (the
 //!   `forkpool worker` flags the server spells and parses), `Config::resolve() -> Settings`,
 //!   `man_page()` (clap_mangen's, with UNITS and ENVIRONMENT sections).
-//! - [`settings`]: `Settings`, every setting as in force (what `/status` shows).
-//! - [`server`]: `routers() -> (public, admin)` with their layers,
-//!   `run(listeners, settings, shutdown)` (serve, tell readiness, SIGHUP rolls, SIGUSR2
-//!   upgrades, drain); `server::listener` (the accept loop and the
-//!   connection cap), `server::connection` (one connection: header, keep-alive and drain
-//!   handling over hyper), `server::fd_budget` (the cap sized from `RLIMIT_NOFILE`).
-//! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`; `routes::body` reads
-//!   request bodies under a size limit and a deadline; `routes::state` holds `AppState`, what
-//!   every handler shares (settings, pool, /ls, metrics), which the server builds. `routes::ls`
+//! - [`app`]: the one place the application is assembled: `build` turns the settings into the
+//!   running parts (the /ls runner, the pool, the metrics recorder) and an `AppState`;
+//!   `serve(listeners, settings, signals)` builds it, makes the routers and runs the server.
+//! - [`server`]: `run(listeners, state, routers, signals)` (serve, tell readiness, SIGHUP
+//!   rolls, SIGUSR2 upgrades, drain), `Signals` (installed before anything listens);
+//!   `server::listener` (the accept loop and the connection cap), `server::connection` (one
+//!   connection: header, keep-alive and drain handling over hyper), `server::fd_budget` (the
+//!   cap sized from `RLIMIT_NOFILE`).
+//! - [`routes`]: `routers(state) -> Routers` (public and admin), pure: nothing in `routes`
+//!   starts a process or binds a socket, so a test calls a router in its own process
+//!   (tests/handlers.rs). Endpoints, one file per family: `isprime`, `ls`, `ops`;
+//!   `routes::layers` (request ids, the log line and HTTP metrics, panics to 500, `Connection:
+//!   close` while draining, the 503 at the grace period's end); `routes::body` reads request
+//!   bodies under a size limit and a deadline; `routes::state` holds `AppState`, what every
+//!   handler shares (settings, pool, /ls, metrics), built by `app` or from parts. `routes::ls`
 //!   is four parts: the handler and its turns (`mod`), `confine` (the security policy:
 //!   `openat2` beneath the root fd, auditable alone), `child` (the `ls` process and its
 //!   supervisor, on a low-priority thread of their own) and `symlinks` (symlink targets in the
 //!   rows, rewritten where they would show the root's path).
+//! - [`settings`]: `Settings`, every setting as in force (what `/status` shows).
 //! - [`pool`]: a library of its own (imports nothing from the crate): `WorkerPool<J: Job>`
-//!   (submit with an opaque tag, queue, deadlines, roll, shutdown, drop guard), `PoolConfig`,
-//!   `WorkerCommand` (how the embedding program starts a worker); `pool::driver` (the per-slot
-//!   state machine on the pool's own thread, and its supervisor: dispatch in batches of light
-//!   jobs, respawn with backoff, recycle, restart after a panic); `pool::dispatch` (that
-//!   thread); `pool::queue` (fair shares, requeueing);
-//!   `pool::lifecycle` (`Exit`, `WorkerExit`, `JobOutcome`: how workers and jobs end, with
-//!   their metric labels); `pool::metrics` (`<prefix>_*`); `pool::process` (one child process:
-//!   spawn, handshake, kill, reap); `pool::protocol` (JSON-lines messages, framing, the `Job`
-//!   trait and its `Weight` hint); `pool::status` (per-worker rows); `pool::worker` (the worker side: `run::<J>()`,
+//!   (submit with an opaque tag, queue, deadlines, roll, health, `wait_live`, shutdown, drop
+//!   guard), `PoolConfig`, `WorkerCommand` (how the embedding program starts a worker);
+//!   `pool::driver` (the per-slot state machine on the pool's own thread, and its supervisor:
+//!   dispatch in batches of light jobs, every start through the backoff, make-before-break
+//!   replacement for recycling and rolls, restart after a panic); `pool::dispatch` (that
+//!   thread); `pool::queue` (fair shares, requeueing, refusal while no worker can start);
+//!   `pool::health` (the pool as a whole, watched: roll generations and the `Roll` handle,
+//!   failed starts and the crash-loop breaker, `PoolHealth`, the one `Backoff`);
+//!   `pool::lifecycle` (`StartReason`, `Exit`, `WorkerExit`, `JobOutcome`: why workers start,
+//!   how workers and jobs end, with their metric labels); `pool::metrics` (`<prefix>_*`);
+//!   `pool::process` (one child process: spawn, handshake, kill, reap); `pool::protocol`
+//!   (JSON-lines messages, framing, `PROTOCOL_VERSION`, the `Job` trait and its `Weight`
+//!   hint); `pool::status` (per-worker rows); `pool::worker` (the worker side: `run::<J>()`,
 //!   and the allocator that turns a failed allocation in a worker into a recognisable exit).
 //! - [`jobs`]: the server's job types (`IsPrimeJob`) and how its workers log them; no HTTP, so
 //!   worker mode needs only this and the pool.
@@ -46,6 +59,8 @@
 //! - [`error`]: `AppError`, the one JSON error shape, and `HttpError`, which every typed error
 //!   implements next to its definition to say its status.
 //! - [`logging`]: tracing to stderr, `LogFormat`.
+//! - [`telemetry`]: the server's metric names (constants, described once) and the
+//!   process-wide Prometheus recorder.
 //! - [`systemd`]: the service manager's protocols (sockets passed by `LISTEN_FDS`, `READY=1`
 //!   and the other notifications, the watchdog), and `command_with_listeners`, which passes
 //!   sockets the same way to a process we start.
@@ -71,6 +86,7 @@ macro_rules! linux_only {
 }
 
 linux_only! {
+    pub mod app;
     pub mod cli;
     pub mod error;
     pub mod jobs;
@@ -82,6 +98,7 @@ linux_only! {
     pub mod server;
     pub mod settings;
     pub mod systemd;
+    pub mod telemetry;
     pub mod units;
     pub mod upgrade;
 }

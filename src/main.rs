@@ -8,7 +8,6 @@
 //! job code, which keeps its resident memory low (see `WorkerArgs`).
 
 use std::ffi::OsString;
-use std::future::Future;
 use std::io::Write;
 
 use anyhow::{bail, Context};
@@ -17,9 +16,9 @@ use forkpool::cli::{Cli, Command, Config, WorkerArgs};
 use forkpool::jobs::{IsPrimeJob, RequestIdLog};
 use forkpool::pool::worker;
 use forkpool::pool::Job;
-use forkpool::server::{self, Listeners};
+use forkpool::server::{Listeners, Signals};
 use forkpool::settings::Settings;
-use forkpool::{logging, systemd};
+use forkpool::{app, logging, systemd};
 
 /// A worker that runs out of memory exits with a code the server can name in its 502.
 #[global_allocator]
@@ -72,11 +71,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
     logging::init(config.log_format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     runtime.block_on(async {
-        // Installed before anyone can know our address, so that a SIGTERM sent as soon as we
-        // listen is a graceful shutdown and never the default action (death by signal).
-        let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
+        // Installed before anyone can know our address (see `Signals`).
+        let signals = Signals::install().context("cannot install the signal handlers")?;
         let listeners = listeners(passed, &config).await;
-        if let Err(e) = server::run(listeners, config, shutdown).await {
+        if let Err(e) = app::serve(listeners, config, signals).await {
             start_error(e.to_string());
         }
         Ok(())
@@ -118,17 +116,4 @@ async fn bind(flag: &str, address: std::net::SocketAddr) -> tokio::net::TcpListe
 fn start_error(message: String) -> ! {
     eprintln!("error: {message}");
     std::process::exit(2)
-}
-
-/// Resolves on SIGINT or SIGTERM. The handlers are installed by this call, not on first poll.
-fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
 }

@@ -1,5 +1,5 @@
-//! The HTTP server: the routers with their layers, and `run`, which serves until a shutdown
-//! future resolves and then drains in order (readiness off and `Connection: close`, listeners
+//! The HTTP server: `run` serves the routers (`crate::routes`) on the listening sockets until a
+//! signal says stop, and then drains in order (readiness off and `Connection: close`, listeners
 //! closed, requests finished, workers retired), all within the configured grace period. A
 //! request still waiting when the grace period ends is answered 503 before its connection
 //! closes.
@@ -13,204 +13,64 @@ mod fd_budget;
 mod listener;
 
 use std::future::Future;
-use std::io::Write;
+use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
-use tower_http::catch_panic::CatchPanicLayer;
-use tracing::Instrument;
 
-use crate::error::AppError;
-use crate::routes::ops::Audience;
-use crate::routes::state::{AppState, StateError};
-use crate::routes::{ops, RequestId};
+use crate::routes::state::AppState;
+use crate::routes::Routers;
 use crate::settings::Settings;
 use crate::systemd::{self, NotifyState};
 use crate::upgrade::{PidFile, Upgrader};
 use connection::{Registry, Timeouts};
-use fd_budget::{BudgetError, ADMIN_MAX_CONNECTIONS};
+use fd_budget::ADMIN_MAX_CONNECTIONS;
 use listener::Listener;
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub use fd_budget::{connection_cap, BudgetError};
 
-/// Why the server could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error("the listening sockets: {0}")]
-    Listeners(std::io::Error),
-    #[error("--max-connections: {0}")]
-    Connections(#[from] BudgetError),
+/// The signals the server acts on, with their handlers installed: SIGTERM and SIGINT (drain
+/// and exit), SIGHUP (roll the workers), SIGUSR2 (in-place upgrade). Installed by
+/// [`Signals::install`] before anyone can know the server's address, so that a signal sent as
+/// soon as it listens never meets the default action (which, for all four, is to terminate).
+pub struct Signals {
+    /// SIGTERM: drain and exit.
+    terminate: Signal,
+    /// SIGINT: the same, from a terminal.
+    interrupt: Signal,
+    /// SIGHUP, when its handler could be installed.
+    hangups: Option<Signal>,
+    /// SIGUSR2, when its handler could be installed.
+    upgrades: Option<Signal>,
 }
 
-/// The routers: the public one, and the admin one when `--admin-listen` is set. Without it
-/// the public router serves everything; with it, `/metrics` and `/status` move to the admin
-/// router (the public one answers them 404) and `/healthz`, `/readyz` and `/openapi.json`
-/// answer on both. Both are built from [`ops::ENDPOINTS`], which says where each route goes.
-pub fn routers(state: AppState) -> (Router, Option<Router>) {
-    let split = state.config.admin_listen.is_some();
-    let serving = |on: &dyn Fn(Audience) -> bool| {
-        ops::ENDPOINTS
-            .iter()
-            .filter(|e| on(e.audience))
-            .fold(Router::new(), |router, e| {
-                router.route(e.path, (e.methods)())
-            })
-    };
-    let public = serving(&|audience| audience.on_public(split));
-    let admin = split.then(|| serving(&Audience::on_admin));
-    let finish = |router: Router<AppState>| {
-        let router = router
-            .fallback(not_found)
-            .method_not_allowed_fallback(method_not_allowed)
-            .layer(middleware::from_fn_with_state(
-                state.clone(),
-                answer_before_grace_ends,
-            ))
-            .layer(middleware::from_fn_with_state(
-                state.clone(),
-                close_when_draining,
-            ))
-            .with_state(state.clone());
-        with_layers(router)
-    };
-    (finish(public), admin.map(finish))
-}
-
-/// Layers shared by every route: panics become 500 JSON, and each request gets an id, a log
-/// line and metrics. Separate from [`routers`] so that tests can wrap a router of their own.
-pub fn with_layers(router: Router) -> Router {
-    router
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(middleware::from_fn(observe))
-}
-
-/// Once shutdown has begun, every response says `Connection: close`, so that a load balancer
-/// (nginx keeps connections to its upstreams alive, and open-source nginx never reads /readyz)
-/// retires each kept-alive connection after its next answer. By the time the listener closes,
-/// no idle connection is left for the server to close while the balancer sends a request on
-/// it: a POST lost that way is one nginx will not retry, since the job may have started.
-async fn close_when_draining(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let mut response = next.run(request).await;
-    if state.is_shutting_down() {
-        let close = HeaderValue::from_static("close");
-        response.headers_mut().insert(header::CONNECTION, close);
+impl Signals {
+    /// Installs the handlers; must run inside the Tokio runtime. Only SIGTERM's and SIGINT's
+    /// are required: without SIGHUP's or SIGUSR2's, rolls or upgrades are off (and logged).
+    pub fn install() -> io::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangups: unix_signal(SignalKind::hangup(), "rolling restarts of the workers"),
+            upgrades: unix_signal(SignalKind::user_defined2(), "in-place upgrades"),
+        })
     }
-    response
 }
 
-/// A request still waiting when `--shutdown-grace` ends is answered 503 instead of having its
-/// connection closed under it. The handler is polled first, so a request that completes at
-/// once never registers for the signal.
-async fn answer_before_grace_ends(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let mut grace_over = state.grace_over.subscribe();
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_requested(mut terminate: Signal, mut interrupt: Signal) {
     tokio::select! {
-        biased;
-        response = next.run(request) => response,
-        _ = grace_over.wait_for(|over| *over) => AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down and its grace period is over; retry",
-        )
-        .into_response(),
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
     }
-}
-
-async fn not_found() -> AppError {
-    AppError::new(StatusCode::NOT_FOUND, "no such endpoint; GET / lists them")
-}
-
-async fn method_not_allowed() -> AppError {
-    AppError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed for this endpoint; GET / lists them",
-    )
-}
-
-fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let detail = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown panic");
-    tracing::error!(panic = detail, "handler panicked");
-    AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
-}
-
-/// Request id (the client's `x-request-id` if sane, else a new one), one log line per request
-/// with method, path, status and latency, and the HTTP metrics.
-async fn observe(mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id = request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_sane_request_id(v))
-        .map_or_else(new_request_id, str::to_owned);
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("request", request_id = %id);
-    let mut response = next.run(request).instrument(span.clone()).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
-    }
-    let status = response.status().as_u16();
-    let latency = started.elapsed();
-    span.in_scope(|| {
-        tracing::info!(%method, path, status, latency_ms = latency.as_secs_f64() * 1e3, "request")
-    });
-    metrics::counter!("forkpool_http_requests_total", "route" => route.clone(), "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!("forkpool_http_request_duration_seconds", "route" => route)
-        .record(latency.as_secs_f64());
-    response
-}
-
-/// A client's id is kept if it is 1 to 128 of `[A-Za-z0-9._:-]`: it is echoed in a header and
-/// written unquoted in log lines, so quotes, `=`, `,` and spaces (which could forge `key=value`
-/// fields) are refused, and the request gets an id of our own.
-fn is_sane_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-/// A process-unique id: a random prefix per process, then a counter.
-fn new_request_id() -> String {
-    static PREFIX: OnceLock<u32> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(1);
-    let prefix = PREFIX.get_or_init(|| {
-        use std::hash::BuildHasher;
-        std::collections::hash_map::RandomState::new().hash_one(std::process::id()) as u32
-    });
-    format!("{prefix:08x}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The listening sockets the server serves: bound from `--listen` and `--admin-listen`, or
@@ -222,8 +82,8 @@ pub struct Listeners {
     pub admin: Option<TcpListener>,
 }
 
-/// Serves `listeners` until `shutdown` resolves or a SIGUSR2 upgrade hands over to a new
-/// server, then drains: readiness goes to 503 and every response says `Connection: close` at
+/// Serves `routers` (on `state`) on `listeners` until SIGTERM or SIGINT, or until a SIGUSR2
+/// upgrade hands over to a new server, then drains: readiness goes to 503 and every response says `Connection: close` at
 /// once (requests, jobs included, are still served); after `--shutdown-delay` (none after a
 /// handover: the sockets stay open in the new server) the listeners close and each connection
 /// closes once its request is answered; requests and jobs get what is left of
@@ -231,32 +91,30 @@ pub struct Listeners {
 /// retired or killed.
 ///
 /// Start-up can fail before anything is served (the /ls root, the worker program); once this
-/// prints `listening on`, it cannot. The server is *ready* once a worker has said hello: it
-/// tells the service manager (`READY=1`), writes `--pid-file`, and logs `ready`. A server
-/// started by a predecessor's upgrade accepts only from then on.
+/// logs `accepting on`, it cannot. The server is *ready* once a worker has said hello: it
+/// tells the service manager (`READY=1`), prints `listening on http://ADDR` on stdout, writes
+/// `--pid-file`, and logs `ready`. A server started by a predecessor's upgrade accepts only
+/// from then on.
 pub async fn run(
     listeners: Listeners,
-    config: Settings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
-    // Registered before anything else: SIGHUP's and SIGUSR2's default action is to terminate,
-    // so a signal sent as soon as we serve must not find the handler missing.
-    let hangups = unix_signal(SignalKind::hangup(), "rolling restarts of the workers");
-    let upgrades = unix_signal(SignalKind::user_defined2(), "in-place upgrades");
+    state: AppState,
+    routers: Routers,
+    signals: Signals,
+) -> io::Result<()> {
     let upgrader = Upgrader::new(
         listeners.public.as_fd(),
         listeners.admin.as_ref().map(AsFd::as_fd),
-        config.upgrade_timeout,
-    )
-    .map_err(StartError::Listeners)?;
-    let state = start_state(&listeners, config)?;
-    announce_listening(&listeners);
-    if let Some(hangups) = hangups {
+        state.config.upgrade_timeout,
+    )?;
+    log_accepting(&state.config);
+    if let Some(hangups) = signals.hangups {
         tokio::spawn(roll_on_sighup(state.clone(), hangups));
     }
     tokio::spawn(drain_histograms(state.metrics.clone()));
     tokio::spawn(systemd::keep_watchdog_fed());
-    let mut serving = Serving::new(&state);
+    let shutdown = shutdown_requested(signals.terminate, signals.interrupt);
+    let upgrades = signals.upgrades;
+    let mut serving = Serving::new(&state, routers);
     // A predecessor's successor accepts once ready; until then the predecessor serves.
     let mut listeners = Some(listeners);
     if systemd::upgraded_from().is_none() {
@@ -295,28 +153,27 @@ fn unix_signal(kind: SignalKind, what: &str) -> Option<Signal> {
         .ok()
 }
 
-/// The shared state, with the settings as in force: the connection cap sized from the
-/// descriptors (counted before the pool starts) and the addresses actually listened on.
-fn start_state(listeners: &Listeners, config: Settings) -> Result<AppState, StartError> {
-    let cap = fd_budget::connection_cap(&config)?;
-    let bound = |l: &TcpListener| l.local_addr().map_err(StartError::Listeners);
-    let admin_listen = listeners.admin.as_ref().map(bound).transpose()?;
-    Ok(AppState::new(Settings {
-        listen: bound(&listeners.public)?,
-        admin_listen,
-        max_connections: Some(cap),
-        ..config
-    })?)
+/// Logs the addresses served, once start-up can no longer fail. The server accepts from now
+/// on (a predecessor's successor, once ready); tests that need the address of a server that
+/// may never be ready read it here.
+fn log_accepting(config: &Settings) {
+    let when = match systemd::upgraded_from() {
+        Some(_) => "once ready",
+        None => "now",
+    };
+    tracing::info!(listener = "public", when, "accepting on http://{}", config.listen);
+    if let Some(admin) = config.admin_listen {
+        tracing::info!(listener = "admin", when, "accepting on http://{admin}");
+    }
 }
 
-/// `listening on http://ADDR` on stdout, once start-up can no longer fail (scripts and tests
-/// wait for this line to learn the port).
-fn announce_listening(listeners: &Listeners) {
+/// `listening on http://ADDR` (and `admin listening on ...`) on stdout: the line scripts and
+/// supervisors wait for, printed when the server is ready, as `READY=1` is sent.
+fn print_listening(config: &Settings) {
     let mut out = std::io::stdout().lock();
-    for (name, listener) in [("", Some(&listeners.public)), ("admin ", listeners.admin.as_ref())] {
-        if let Some(address) = listener.and_then(|l| l.local_addr().ok()) {
-            let _ = writeln!(out, "{name}listening on http://{address}");
-        }
+    let _ = writeln!(out, "listening on http://{}", config.listen);
+    if let Some(admin) = config.admin_listen {
+        let _ = writeln!(out, "admin listening on http://{admin}");
     }
     let _ = out.flush();
 }
@@ -329,10 +186,11 @@ async fn until_ready(state: &AppState, shutdown: Pin<&mut impl Future<Output = (
     }
 }
 
-/// The server is ready: tells the service manager (or the predecessor waiting for it) and
-/// writes the pid file, which it holds until it exits.
+/// The server is ready: tells the service manager (or the predecessor waiting for it), prints
+/// `listening on` and writes the pid file, which it holds until it exits.
 fn announce_ready(state: &AppState) -> Option<PidFile> {
     systemd::notify(&[NotifyState::Ready]);
+    print_listening(&state.config);
     let pid_file = state.config.pid_file.as_deref().and_then(|path| {
         PidFile::write(path)
             .inspect_err(|e| tracing::error!(error = %e, path = %path.display(), "cannot write the pid file"))
@@ -425,12 +283,11 @@ struct Serving {
 }
 
 impl Serving {
-    fn new(state: &AppState) -> Serving {
+    fn new(state: &AppState, routers: Routers) -> Serving {
         let config = &state.config;
-        let (public, admin) = routers(state.clone());
         Serving {
-            public,
-            admin,
+            public: routers.public,
+            admin: routers.admin,
             timeouts: Timeouts {
                 header: config.header_timeout,
                 keepalive: config.keepalive_timeout,
@@ -504,73 +361,25 @@ async fn drain_histograms(metrics: PrometheusHandle) {
     }
 }
 
-/// SIGHUP: rolling restart of the workers, for picking up a new binary.
+/// SIGHUP: rolling restart of the workers, for picking up a new binary. Never waits for a roll:
+/// each SIGHUP begins a new one at once (superseding one still under way, say when a broken
+/// program was fixed), and a task of its own logs how it ended.
 async fn roll_on_sighup(state: AppState, mut hangups: Signal) {
+    use crate::pool::RollOutcome;
     while hangups.recv().await.is_some() {
-        tracing::info!("SIGHUP: rolling restart of the workers");
-        state.pool.roll().await;
-        tracing::info!("rolling restart done");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::body::Body;
-    use axum::routing::get;
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-
-    async fn call(router: &Router, path: &str) -> (StatusCode, Option<String>, Vec<u8>) {
-        let request = Request::builder().uri(path).body(Body::empty()).unwrap();
-        let response = router.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned());
-        assert!(response.headers().contains_key(&X_REQUEST_ID));
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, content_type, body.to_vec())
-    }
-
-    async fn boom() -> &'static str {
-        panic!("boom")
-    }
-
-    #[tokio::test]
-    async fn a_panicking_handler_is_a_500_json_error_and_the_router_keeps_serving() {
-        let router = with_layers(
-            Router::new()
-                .route("/boom", get(boom))
-                .route("/ok", get(|| async { "fine" })),
-        );
-        for _ in 0..2 {
-            let (status, content_type, body) = call(&router, "/boom").await;
-            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-            assert_eq!(content_type.as_deref(), Some("application/json"));
-            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            assert_eq!(json["status"], 500, "{json}");
-            assert_eq!(json["error"], "internal error", "{json}");
-            assert_eq!(json.as_object().unwrap().len(), 2, "{json}");
-        }
-        let (status, _, body) = call(&router, "/ok").await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(body, b"fine");
-    }
-
-    #[test]
-    fn client_request_ids_are_kept_only_when_sane() {
-        assert!(is_sane_request_id("abc-123_x.y:z"));
-        assert!(is_sane_request_id(&"a".repeat(128)));
-        assert!(!is_sane_request_id(""));
-        assert!(!is_sane_request_id(&"a".repeat(129)));
-        assert!(!is_sane_request_id("two words"));
-        assert!(!is_sane_request_id("caf\u{e9}"));
-        assert!(!is_sane_request_id("abc\"def=1,status=500"));
-        assert!(!is_sane_request_id("a/b"));
-        let (a, b) = (new_request_id(), new_request_id());
-        assert_ne!(a, b);
-        assert!(is_sane_request_id(&a));
+        let roll = state.pool.roll();
+        let generation = roll.generation();
+        tracing::info!(generation, "SIGHUP: rolling restart of the workers");
+        tokio::spawn(async move {
+            match roll.finished().await {
+                RollOutcome::Done => tracing::info!(generation, "rolling restart done"),
+                RollOutcome::Superseded { by } => {
+                    tracing::info!(generation, by, "rolling restart superseded by a newer one")
+                }
+                RollOutcome::Closed => {
+                    tracing::info!(generation, "rolling restart cut short by the shutdown")
+                }
+            }
+        });
     }
 }

@@ -62,6 +62,9 @@ pub struct Settings {
     pub worker_sched: WorkerSched,
     /// Program started as a worker; `None` means this executable.
     pub worker_program: Option<PathBuf>,
+    /// Failed worker starts in a row, with no worker alive, after which jobs are refused (503)
+    /// and `/readyz` answers 503 until a start succeeds.
+    pub worker_start_failures: u32,
     /// Canonical directory that /ls is confined to.
     pub ls_root: PathBuf,
     /// Time limit of one whole /ls listing.

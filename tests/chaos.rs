@@ -1036,6 +1036,7 @@ fn assert_no_failures(soak: &Soak, seed: u64, server: &Server) {
 }
 
 #[test]
+#[ignore = "a 35 s soak, kept out of the inner loop; .ci/run runs the ignored tests"]
 fn a_thirty_second_chaos_soak_leaves_the_server_serving_without_leaks() {
     let seed = seed();
     println!("chaos seed {seed} (replay with CHAOS_SEED={seed})");

@@ -8,8 +8,9 @@
 //! operator installs. The replicas drain with the shipped `deploy/systemd/forkpool.env` values.
 //! The tests print their figures (`cargo test --test deploy -- --nocapture`).
 //!
-//! When nginx or systemd-analyze is missing, a test says so on stderr and returns, except under
-//! `CI=true`, where it fails: `.ci/run` installs both, so a skip there is a broken set-up.
+//! The tests that need nginx or systemd-analyze are `#[ignore]`d, so that `cargo test` on a
+//! machine without them says it did not run them; `.ci/run` installs both and runs them
+//! (`cargo test -- --ignored`), and run without the tool they fail, naming it.
 //! The nginx tests take one lock, so that their figures are not measured against each other.
 //! Traffic goes to 127.0.0.1 only, and every loop is bounded in time.
 
@@ -24,7 +25,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::load::{Kind, Load};
-use common::{send_to, signal, try_request, wait_until, Response, Server};
+use common::{require_tool, send_to, signal, try_request, wait_until, Response, Server};
 
 const SHIPPED_CONF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx/forkpool.conf");
 const UNIT: &str = concat!(
@@ -56,10 +57,9 @@ static HEAVY: Mutex<()> = Mutex::new(());
 // The shipped files, checked by their own tools
 
 #[test]
+#[ignore = "needs systemd-analyze (Debian's systemd); .ci/run installs it and runs the ignored tests"]
 fn the_systemd_units_pass_systemd_analyze_verify_without_a_warning() {
-    if !tool_runs("systemd-analyze", "--version") {
-        return;
-    }
+    require_tool("systemd-analyze", "--version");
     // verify insists that ExecStart exists and is executable: point it at the built binary.
     let dir = tempfile::tempdir().unwrap();
     let unit = std::fs::read_to_string(UNIT).unwrap();
@@ -141,10 +141,9 @@ fn the_unit_lets_forkpool_drain_its_workers_and_its_env_file_names_only_real_fla
 }
 
 #[test]
+#[ignore = "needs Debian's nginx; .ci/run installs it and runs the ignored tests"]
 fn the_shipped_nginx_conf_passes_nginx_t_as_it_is() {
-    if !tool_runs("nginx", "-v") {
-        return;
-    }
+    require_tool("nginx", "-v");
     let dir = tempfile::tempdir().unwrap();
     write_main_conf(dir.path(), Path::new(SHIPPED_CONF));
     let output = nginx_command(dir.path())
@@ -221,10 +220,9 @@ fn exchange(stream: &mut TcpStream, path: &str) -> Response {
 // Two replicas behind nginx
 
 #[test]
+#[ignore = "needs Debian's nginx; .ci/run installs it and runs the ignored tests"]
 fn requests_through_nginx_reach_both_replicas() {
-    let Some(cluster) = Cluster::start(&[]) else {
-        return;
-    };
+    let cluster = Cluster::start(&[]);
     let mut seen: HashMap<u64, usize> = HashMap::new();
     for _ in 0..40 {
         let status = cluster.get("/status");
@@ -250,6 +248,7 @@ fn requests_through_nginx_reach_both_replicas() {
 }
 
 #[test]
+#[ignore = "needs Debian's nginx; .ci/run installs it and runs the ignored tests"]
 fn a_large_listing_streams_through_nginx() {
     // tmpfs when there is one: 100,000 files take two seconds there, and up to 30 s on a busy disk.
     let root = match Path::new("/dev/shm").is_dir() {
@@ -265,9 +264,7 @@ fn a_large_listing_streams_through_nginx() {
     }
     println!("{files} files created in {:.1?}", made.elapsed());
     let root_arg = root.path().to_str().unwrap();
-    let Some(cluster) = Cluster::start(&["--ls-root", root_arg]) else {
-        return;
-    };
+    let cluster = Cluster::start(&["--ls-root", root_arg]);
     let direct = Listing::read(cluster.replicas[0].addr, &cluster.replicas, Duration::ZERO);
     let pause = Duration::from_millis(300);
     let proxied = Listing::read(cluster.nginx.addr, &cluster.replicas, pause);
@@ -349,10 +346,9 @@ impl std::fmt::Display for Listing {
 }
 
 #[test]
+#[ignore = "needs Debian's nginx; .ci/run installs it and runs the ignored tests"]
 fn a_rolling_restart_under_load_fails_no_request() {
-    let Some(mut cluster) = Cluster::start(&[]) else {
-        return;
-    };
+    let mut cluster = Cluster::start(&[]);
     let load = Load::start(cluster.nginx.addr);
     std::thread::sleep(Duration::from_secs(1));
     for replica in 0..2 {
@@ -373,10 +369,9 @@ fn a_rolling_restart_under_load_fails_no_request() {
 }
 
 #[test]
+#[ignore = "needs Debian's nginx; .ci/run installs it and runs the ignored tests"]
 fn a_replica_killed_under_load_fails_only_requests_nginx_must_not_retry() {
-    let Some(cluster) = Cluster::start(&[]) else {
-        return;
-    };
+    let cluster = Cluster::start(&[]);
     let load = Load::start(cluster.nginx.addr);
     std::thread::sleep(Duration::from_secs(1));
     let killed = cluster.replicas[0].addr;
@@ -424,12 +419,9 @@ struct Roll {
 }
 
 impl Cluster {
-    /// Two replicas with `extra` flags behind nginx; `None` (after saying so) when nginx cannot
-    /// run outside CI.
-    fn start(extra: &[&str]) -> Option<Cluster> {
-        if !tool_runs("nginx", "-v") {
-            return None;
-        }
+    /// Two replicas with `extra` flags behind nginx.
+    fn start(extra: &[&str]) -> Cluster {
+        require_tool("nginx", "-v");
         let lock = HEAVY
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -444,12 +436,12 @@ impl Cluster {
         args.extend(extra.iter().map(|a| a.to_string()));
         let replicas: Vec<Server> = (0..2).map(|_| start_replica(free_port(), &args)).collect();
         let nginx = Nginx::start([replicas[0].addr, replicas[1].addr]);
-        Some(Cluster {
+        Cluster {
             nginx,
             replicas,
             args,
             _lock: lock,
-        })
+        }
     }
 
     fn get(&self, path: &str) -> Response {
@@ -607,23 +599,6 @@ fn nginx_command(dir: &Path) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     command
-}
-
-/// Whether `program ARG` runs and exits 0. When not: a panic under `CI=true`, else a loud
-/// note on stderr, and the caller returns without checking anything.
-fn tool_runs(program: &str, arg: &str) -> bool {
-    let runs = Command::new(program)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !runs {
-        let message = format!("`{program} {arg}` does not run: install it (`.ci/run` does)");
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{message}");
-        eprintln!("SKIPPED, NOT PASSED: {message}");
-    }
-    runs
 }
 
 /// `KEY=value` lines of the shipped env file.

@@ -192,6 +192,14 @@ fn sigusr2_upgrades_to_the_binary_now_installed_under_load_without_a_failed_requ
         "{} fds, {idle_fds} at idle",
         open_fds(serving)
     );
+    // No `ls` left over from the listings, no zombie: only the workers of the last server.
+    let children = common::children_of(serving);
+    assert!(
+        children
+            .iter()
+            .all(|p| p.name == "forkpool" && p.state != 'Z'),
+        "{children:?}"
+    );
     let log = server.log();
     assert_eq!(log.matches("handing over and draining").count(), 3, "{log}");
     drop(last);

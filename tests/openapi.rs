@@ -470,10 +470,26 @@ fn pool_errors_502_503_504_validate_against_the_document() {
 fn readiness_and_shutdown_503s_validate_against_the_document() {
     let doc = document();
     let root = ls_root();
-    // No worker can start: /readyz is 503.
+    // No worker can start: /readyz is 503; once the starts have failed enough times, jobs are
+    // refused at once, and /status says why.
     let root_arg = root.path().to_str().unwrap();
-    let server = Server::start(&["--ls-root", root_arg, "--worker-program", "/bin/false"]);
+    let server = Server::start_unready(&[
+        "--ls-root",
+        root_arg,
+        "--worker-program",
+        "/bin/false",
+        "--worker-start-failures",
+        "2",
+    ]);
     check(&server, &doc, ("GET", "/readyz", ""), 503);
+    wait_until(Duration::from_secs(10), || {
+        (server.get("/status").json()["pool"]["health"]["state"] == "unavailable").then_some(())
+    })
+    .expect("the pool never became unavailable");
+    check(&server, &doc, ("GET", "/readyz", ""), 503);
+    let refused = check(&server, &doc, ("GET", "/isprime?number=7", ""), 503);
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    check(&server, &doc, ("GET", "/status", ""), 200);
     drop(server);
 
     // Shutting down: readiness is off while the listener still serves, jobs included (a load

@@ -293,7 +293,7 @@ fn readyz_is_200_with_live_workers_and_healthz_always_200() {
 
 #[test]
 fn readyz_is_503_when_no_worker_can_start() {
-    let server = Server::start(&["--workers", "2", "--worker-program", "/bin/false"]);
+    let server = Server::start_unready(&["--workers", "2", "--worker-program", "/bin/false"]);
     // Give the pool a few failed starts; it must never report ready.
     std::thread::sleep(Duration::from_millis(500));
     let message = server.get("/readyz").assert_error(503);
@@ -541,29 +541,13 @@ fn every_metric_family_has_help_and_type_with_build_info_and_process_metrics() {
     );
 }
 
-/// `promtool`, or `None` with a loud notice when it is not installed outside CI. Under
-/// `CI=true` a missing promtool fails the test: `.ci/run` installs it (Debian `prometheus`).
-fn promtool() -> Option<&'static str> {
-    match std::process::Command::new("promtool")
-        .arg("--version")
-        .output()
-    {
-        Ok(output) if output.status.success() => Some("promtool"),
-        result => {
-            let why = format!("promtool cannot run ({result:?}); `apt-get install prometheus`");
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-            eprintln!("\n*** SKIPPED: {why} ***\n");
-            None
-        }
-    }
-}
-
 #[test]
+#[ignore = "needs promtool (Debian's prometheus); .ci/run installs it and runs the ignored tests"]
 fn promtool_check_metrics_passes_on_a_live_server_after_traffic() {
-    let Some(promtool) = promtool() else { return };
+    common::require_tool("promtool", "--version");
     let server = Server::start(&["--workers", "1"]);
     let text = scrape_after_traffic(&server);
-    let mut child = std::process::Command::new(promtool)
+    let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

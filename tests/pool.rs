@@ -7,14 +7,16 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{
     alive, busy_jobs, mersenne, signal, slow_prime, status, temp_file, wait_until, Server,
 };
 use forkpool::error::AppError;
 use forkpool::jobs::IsPrimeJob;
-use forkpool::pool::{Job, PoolConfig, PoolError, WorkerPool};
+use forkpool::pool::{
+    Job, PoolConfig, PoolError, PoolHealth, RollOutcome, WorkerPool, PROTOCOL_VERSION,
+};
 use serde_json::Value;
 
 /// Starts a slow job on its own connection and waits until a worker is busy with it.
@@ -481,10 +483,6 @@ fn recycling_and_a_roll_together_keep_at_most_one_spare_worker() {
     server.assert_no_zombies();
 }
 
-fn hello(version: &str) -> String {
-    format!(r#"{{\"hello\":{{\"version\":\"{version}\",\"pid\":$$,\"kind\":\"isprime\"}}}}"#)
-}
-
 #[test]
 fn a_worker_that_breaks_the_protocol_is_replaced() {
     let overlong = "head -c 5000 /dev/zero | tr '\\0' x; echo";
@@ -510,33 +508,384 @@ fn a_worker_that_breaks_the_protocol_is_replaced() {
     server.assert_no_zombies();
 }
 
+/// The hello of a fake worker: `protocol` as given (none when `None`), the package version as
+/// given, its own pid.
+fn hello_speaking(protocol: Option<u32>, version: &str) -> String {
+    let protocol = protocol.map_or(String::new(), |p| format!(r#"\"protocol\":{p},"#));
+    format!(
+        r#"{{\"hello\":{{{protocol}\"version\":\"{version}\",\"pid\":$$,\"kind\":\"isprime\"}}}}"#
+    )
+}
+
+fn hello(version: &str) -> String {
+    hello_speaking(Some(PROTOCOL_VERSION), version)
+}
+
+/// Lines of the log that report a failed worker start, whatever started it.
+fn failed_starts_logged(server: &Server) -> usize {
+    server.log().matches("worker failed to start").count()
+}
+
+/// The most failed starts that `slots` slots can make within `elapsed` when each waits out the
+/// backoff (100 ms doubling, less 20% jitter) after each failure: far fewer than a busy loop.
+fn most_failed_starts(slots: usize, elapsed: Duration) -> usize {
+    let (mut per_slot, mut waited, mut delay) = (1, Duration::ZERO, Duration::from_millis(80));
+    while waited + delay <= elapsed {
+        waited += delay;
+        delay *= 2;
+        per_slot += 1;
+    }
+    slots * per_slot
+}
+
+/// Waits until at least `n` failed starts are logged; returns how long that took from `since`,
+/// and asserts it is no quicker than the backoff allows.
+fn wait_failed_starts(server: &Server, n: usize, slots: usize, since: Instant) -> Duration {
+    let seen = wait_until(Duration::from_secs(20), || {
+        (failed_starts_logged(server) >= n).then(|| since.elapsed())
+    });
+    let elapsed = seen.unwrap_or_else(|| {
+        panic!(
+            "only {} failed starts logged in 20 s: the failed start is never retried\n{}",
+            failed_starts_logged(server),
+            server.log()
+        )
+    });
+    let logged = failed_starts_logged(server);
+    assert!(
+        logged <= most_failed_starts(slots, since.elapsed()),
+        "{logged} failed starts in {:?}: not spaced by the backoff",
+        since.elapsed()
+    );
+    elapsed
+}
+
+/// The pids /status shows, sorted. (Not `Server::worker_pids`: a failing start may be running
+/// for a moment, and it counts there.)
+fn status_pids(server: &Server) -> Vec<u32> {
+    let rows = status(server)["workers"].as_array().unwrap().clone();
+    let mut pids: Vec<u32> = rows
+        .iter()
+        .filter_map(|w| Some(w["pid"].as_u64()? as u32))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// The sum of a metric over all its label sets (0 when absent).
+fn metric_sum(server: &Server, name: &str) -> f64 {
+    let text = server.get("/metrics").text();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A worker program that is the real binary while its switch file exists, and fails at once
+/// (exit 1, before any hello) while it does not: a broken deployment, then its fix.
+struct SwitchedWorker {
+    /// The script, named `forkpool-*` so that `Server::worker_pids` counts it.
+    path: tempfile::TempPath,
+    /// The switch file's directory; the script runs the real worker while `on` exists in it.
+    dir: tempfile::TempDir,
+}
+
+impl SwitchedWorker {
+    fn new(working: bool) -> SwitchedWorker {
+        let dir = tempfile::tempdir().unwrap();
+        let on = dir.path().join("on");
+        let script = format!(
+            "#!/bin/sh\n[ -e '{}' ] && exec '{}' \"$@\"\necho 'worker program switched off' >&2\nexit 1\n",
+            on.display(),
+            common::BIN
+        );
+        let path = temp_file("forkpool-switch-", ".sh", &script);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let worker = SwitchedWorker { path, dir };
+        worker.set(working);
+        worker
+    }
+
+    fn set(&self, working: bool) {
+        let on = self.dir.path().join("on");
+        match working {
+            true => drop(std::fs::File::create(on).unwrap()),
+            false => drop(std::fs::remove_file(on)),
+        }
+    }
+
+    fn program(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+}
+
 #[test]
-fn a_worker_with_the_wrong_version_never_becomes_ready_and_backs_off() {
-    let fake = FakeWorker::new("version", &hello("0.0.0-other"), "true");
-    let program = fake.path.to_str().unwrap();
+fn a_worker_speaking_another_protocol_or_none_is_refused_and_backs_off() {
+    let cases = [
+        (
+            hello_speaking(Some(999), env!("CARGO_PKG_VERSION")),
+            "speaks protocol 999",
+        ),
+        (
+            hello_speaking(None, env!("CARGO_PKG_VERSION")),
+            "no protocol version",
+        ),
+    ];
+    for (hello, refusal) in cases {
+        let fake = FakeWorker::new("protocol", &hello, "true");
+        let started = Instant::now();
+        let server = Server::start_unready(&[
+            "--workers",
+            "1",
+            "--worker-program",
+            fake.path.to_str().unwrap(),
+            "--worker-start-failures",
+            "100",
+        ]);
+        server.wait_for_log(refusal, |log| log.contains(refusal));
+        // Spaced by the backoff: 100 + 200 ms at least (less jitter) before the third.
+        let elapsed = wait_failed_starts(&server, 3, 1, started);
+        assert!(elapsed >= Duration::from_millis(240), "{elapsed:?}");
+        let message = server.get("/readyz").assert_error(503);
+        assert!(message.contains("no worker"), "{message}");
+        assert!(["down", "starting"]
+            .contains(&status(&server)["workers"][0]["state"].as_str().unwrap()));
+        server.assert_no_zombies();
+    }
+}
+
+/// A wrapper around the real worker that rewrites the package version in its hello and keeps
+/// everything else, the pid included: it execs the real worker with its stdout into a pipe,
+/// and a child it forked first copies the pipe to the real stdout, changing the first line.
+fn worker_reporting_version(version: &str) -> tempfile::TempPath {
+    let script = format!(
+        r#"#!/usr/bin/env python3
+import os, re, sys
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(w)
+    os.close(0)
+    data, first = b"", True
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            os._exit(0)
+        if first:
+            data += chunk
+            if b"\n" not in data:
+                continue
+            line, rest = data.split(b"\n", 1)
+            line = re.sub(rb'"version":"[^"]*"', b'"version":"{version}"', line)
+            chunk, first = line + b"\n" + rest, False
+        while chunk:
+            chunk = chunk[os.write(1, chunk):]
+os.close(r)
+os.dup2(w, 1)
+os.close(w)
+os.execv("{bin}", ["{bin}"] + sys.argv[1:])
+"#,
+        bin = common::BIN
+    );
+    let path = temp_file("forkpool-version-", ".py", &script);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn a_worker_of_another_package_version_is_accepted_and_status_shows_its_version() {
+    let wrapper = worker_reporting_version("9.9.9-next");
+    let server = Server::start(&[
+        "--workers",
+        "2",
+        "--worker-program",
+        wrapper.to_str().unwrap(),
+    ]);
+    server.wait_for_workers(2);
+    assert_serves(&server);
+    for row in status(&server)["workers"].as_array().unwrap() {
+        assert_eq!(row["version"], "9.9.9-next", "{row}");
+    }
+    server.assert_no_zombies();
+}
+
+#[test]
+fn sighup_with_a_broken_worker_program_keeps_the_old_workers_and_a_later_sighup_completes() {
+    let switch = SwitchedWorker::new(true);
+    let server = Server::start(&["--workers", "2", "--worker-program", switch.program()]);
+    let old = server.wait_for_workers(2);
+    switch.set(false);
+    let hup = Instant::now();
+    signal(server.pid(), "HUP");
+    // Retried, and spaced by the backoff: 4 failures a slot take 80 + 160 + 320 ms at least.
+    let elapsed = wait_failed_starts(&server, 8, 2, hup);
+    assert!(
+        elapsed >= Duration::from_millis(500),
+        "8 failed starts in {elapsed:?}"
+    );
+    // The old workers keep serving meanwhile.
+    for _ in 0..3 {
+        assert_serves(&server);
+    }
+    assert_eq!(status_pids(&server), old);
+    assert!(old.iter().all(|&p| alive(p)));
+    let pool = status(&server)["pool"].clone();
+    assert_eq!(pool["health"]["state"], "live", "{pool}");
+    let roll = &pool["roll"];
+    assert_eq!(
+        (roll["generation"].as_u64(), roll["pending_slots"].as_u64()),
+        (Some(1), Some(2)),
+        "{pool}"
+    );
+    assert!(roll["failed_starts"].as_u64() >= Some(8), "{pool}");
+    assert!(
+        roll["last_error"].as_str().unwrap().contains("exited"),
+        "{pool}"
+    );
+    assert!(metric_sum(&server, "forkpool_worker_start_failures_total") >= 8.0);
+    assert_eq!(metric_sum(&server, "forkpool_roll_pending_slots"), 2.0);
+    // Fixed, and rolled again: the new roll supersedes the stuck one and completes.
+    switch.set(true);
+    let fixed = Instant::now();
+    signal(server.pid(), "HUP");
+    let rolled = wait_until(Duration::from_secs(20), || {
+        let pool = status(&server)["pool"].clone();
+        let pids = server.worker_pids();
+        let new = pids.len() == 2 && pids.iter().all(|p| !old.contains(p));
+        (new && pool["roll"]["generation"] == 2 && pool["roll"]["pending_slots"] == 0).then_some(())
+    });
+    assert!(
+        rolled.is_some(),
+        "the second roll did not complete: {}",
+        status(&server)["pool"]
+    );
+    println!("fixed roll done in {:?}", fixed.elapsed());
+    server.wait_for_log("the first roll superseded", |log| {
+        log.contains("rolling restart superseded")
+    });
+    server.wait_for_log("the second roll done", |log| {
+        log.contains("rolling restart done")
+    });
+    assert!(
+        old.iter().all(|&p| !alive(p)),
+        "old workers {old:?} still run"
+    );
+    assert_serves(&server);
+    server.assert_no_zombies();
+}
+
+#[test]
+fn a_worker_due_for_recycling_keeps_serving_while_its_replacement_cannot_start() {
+    let switch = SwitchedWorker::new(true);
     let server = Server::start(&[
         "--workers",
         "1",
+        "--max-jobs-per-worker",
+        "3",
         "--worker-program",
-        program,
-        "--job-timeout",
-        "500ms",
+        switch.program(),
     ]);
-    std::thread::sleep(Duration::from_millis(1500));
-    let message = server.get("/readyz").assert_error(503);
-    assert!(message.contains("no worker"), "{message}");
-    assert_eq!(status(&server)["workers"][0]["state"], "down");
-    // 100 + 200 + 400 + 800 ms of backoff: at most 5 attempts in 1.5 s, not a busy loop.
-    let attempts = server.log().matches("worker failed to start").count();
+    let old = server.wait_for_workers(1);
+    switch.set(false);
+    let broken = Instant::now();
+    let mut served = 0;
+    while broken.elapsed() < Duration::from_millis(1500) {
+        assert_serves(&server);
+        served += 1;
+    }
+    let window = broken.elapsed();
+    wait_failed_starts(&server, 1, 1, broken);
+    let failed = failed_starts_logged(&server);
+    println!("{served} jobs served, {failed} failed starts in {window:?}");
     assert!(
-        (2..=5).contains(&attempts),
-        "{attempts} start attempts in 1.5 s"
+        failed <= most_failed_starts(1, window),
+        "{failed} failed starts in {window:?}"
     );
-    server.wait_for_log("version mismatch", |log| {
-        log.contains("does not match version")
+    assert_eq!(
+        status_pids(&server),
+        old,
+        "the worker due for recycling was lost"
+    );
+    assert!(alive(old[0]));
+    assert!(metric_sum(&server, "forkpool_worker_start_failures_total") >= 1.0);
+    // Fixed: the replacement starts at its next retry, with no job needed to prompt it.
+    switch.set(true);
+    let replaced = wait_until(Duration::from_secs(20), || {
+        let now = server.worker_pids();
+        (now.len() == 1 && now != old).then_some(())
     });
-    let message = server.get("/isprime?number=7").assert_error(504);
-    assert!(message.contains("deadline"), "{message}");
+    assert!(
+        replaced.is_some(),
+        "never recycled once fixed: {}",
+        status(&server)
+    );
+    server.wait_for_workers(1);
+    assert_serves(&server);
+    server.assert_no_zombies();
+}
+
+#[test]
+fn with_no_worker_startable_jobs_are_refused_at_once_and_the_pool_recovers_by_itself() {
+    let switch = SwitchedWorker::new(false);
+    let server = Server::start_unready(&[
+        "--workers",
+        "2",
+        "--worker-start-failures",
+        "3",
+        "--job-timeout",
+        "30s",
+        "--worker-program",
+        switch.program(),
+    ]);
+    // Queued before the breaker trips (or refused, if it already has): never left to its deadline.
+    let queued = server.send_job("7");
+    let unavailable = |server: &Server| {
+        wait_until(Duration::from_secs(10), || {
+            let readyz = server.get("/readyz");
+            (readyz.status == 503 && readyz.text().contains("failed")).then_some(readyz)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "/readyz never gave the reason: {}",
+                server.get("/readyz").text()
+            )
+        })
+    };
+    let message = unavailable(&server).assert_error(503);
+    assert!(message.contains("exited with code 1"), "{message}");
+    let answer = read_response(queued);
+    let message = answer.assert_error(503);
+    assert!(message.contains("exited with code 1"), "{message}");
+    let refused = server.get("/isprime?number=7");
+    refused.assert_error(503);
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(status(&server)["pool"]["health"]["state"], "unavailable");
+    assert_eq!(metric_sum(&server, "forkpool_pool_unavailable"), 1.0);
+    // Fixed: the next retry succeeds and everything clears without anyone's help.
+    switch.set(true);
+    let back = wait_until(Duration::from_secs(20), || {
+        (server.get("/readyz").status == 200).then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "never ready again: {}",
+        status(&server)["pool"]
+    );
+    assert_serves(&server);
+    assert_eq!(status(&server)["pool"]["health"]["state"], "live");
+    assert_eq!(metric_sum(&server, "forkpool_pool_unavailable"), 0.0);
+    // Broken again with every worker killed: unavailable again, and back again once fixed.
+    let workers = server.wait_for_workers(2);
+    switch.set(false);
+    workers.iter().for_each(|&pid| signal(pid, "KILL"));
+    let message = unavailable(&server).assert_error(503);
+    assert!(message.contains("exited with code 1"), "{message}");
+    server.get("/isprime?number=7").assert_error(503);
+    switch.set(true);
+    server.wait_for_workers(2);
+    assert_serves(&server);
     server.assert_no_zombies();
 }
 
@@ -830,4 +1179,154 @@ fn a_panicking_driver_fails_its_job_with_a_500_kills_its_worker_and_the_slot_ser
     assert!(panicked.contains("ERROR"), "{panicked}");
     assert!(panicked.contains("composite verdict"), "{panicked}");
     assert!(panicked.contains(&first.to_string()), "{panicked}");
+}
+
+/// `isprime_worker`, or a program that does not exist while `broken` is set.
+fn breakable_worker(
+    broken: std::sync::Arc<AtomicBool>,
+) -> impl Fn() -> std::process::Command + Send + Sync + 'static {
+    let working = isprime_worker();
+    move || match broken.load(Ordering::Relaxed) {
+        true => std::process::Command::new("/nonexistent/forkpool-worker"),
+        false => working(),
+    }
+}
+
+#[test]
+fn a_roll_returns_at_once_and_reports_done_or_superseded_and_wait_live_needs_no_polling() {
+    let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let broken = std::sync::Arc::new(AtomicBool::new(false));
+    let pool =
+        WorkerPool::<IsPrimeJob>::start(pool_config(2, "rolls"), breakable_worker(broken.clone()));
+    let limit = Duration::from_secs(10);
+    runtime
+        .block_on(async { tokio::time::timeout(limit, pool.wait_live()).await })
+        .expect("wait_live never resolved");
+    assert!(pool.live_workers() >= 1);
+    let old = wait_live(&pool, 2);
+    broken.store(true, Ordering::Relaxed);
+    let stuck = pool.roll();
+    let failing = wait_until(Duration::from_secs(10), || {
+        (pool.overview().roll.failed_starts >= 4).then_some(())
+    });
+    assert!(failing.is_some(), "{:?}", pool.overview());
+    assert_eq!(pool.health(), PoolHealth::Live);
+    let answer = runtime.block_on(pool.submit(IsPrimeJob { n: "7".into() }, "during-a-stuck-roll"));
+    assert!(answer.unwrap().output.is_prime);
+    broken.store(false, Ordering::Relaxed);
+    let fixed = pool.roll();
+    assert_eq!(fixed.generation(), stuck.generation() + 1);
+    let outcomes = runtime.block_on(async {
+        tokio::time::timeout(limit, async {
+            (stuck.finished().await, fixed.finished().await)
+        })
+        .await
+    });
+    let (first, second) = outcomes.expect("the rolls never ended");
+    assert_eq!(first, RollOutcome::Superseded { by: 2 });
+    assert_eq!(second, RollOutcome::Done);
+    let new: Vec<u32> = pool.status().iter().filter_map(|w| w.pid).collect();
+    assert!(new.iter().all(|p| !old.contains(p)), "{old:?} -> {new:?}");
+    assert!(
+        old.iter().all(|&p| reaped(p)),
+        "old workers {old:?} outlived the roll"
+    );
+    assert_eq!(pool.overview().roll.pending_slots, 0);
+}
+
+#[test]
+fn a_pool_that_cannot_start_a_worker_refuses_jobs_at_once_and_recovers_by_itself() {
+    let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let broken = std::sync::Arc::new(AtomicBool::new(true));
+    let config = PoolConfig {
+        broken_after_failed_starts: 3,
+        job_timeout: Duration::from_secs(60),
+        ..pool_config(1, "breaker")
+    };
+    let pool = WorkerPool::<IsPrimeJob>::start(config, breakable_worker(broken.clone()));
+    let tripped = wait_until(Duration::from_secs(10), || match pool.health() {
+        PoolHealth::Unavailable {
+            failed_starts,
+            last_error,
+        } => Some((failed_starts, last_error)),
+        _ => None,
+    });
+    let (failed_starts, last_error) = tripped.expect("the breaker never tripped");
+    assert!(failed_starts >= 3);
+    assert!(
+        last_error.contains("/nonexistent/forkpool-worker"),
+        "{last_error}"
+    );
+    let refused = runtime.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            pool.submit(IsPrimeJob { n: "7".into() }, "refused"),
+        )
+        .await
+    });
+    let refused = refused.expect("a job waited although no worker can start");
+    assert!(
+        matches!(refused, Err(PoolError::Unavailable { .. })),
+        "{refused:?}"
+    );
+    broken.store(false, Ordering::Relaxed);
+    let limit = Duration::from_secs(20);
+    runtime
+        .block_on(async { tokio::time::timeout(limit, pool.wait_live()).await })
+        .expect("no worker came up once the program was fixed");
+    assert_eq!(pool.health(), PoolHealth::Live);
+    let answer = runtime.block_on(pool.submit(IsPrimeJob { n: "7".into() }, "served"));
+    assert!(answer.unwrap().output.is_prime);
+}
+
+#[test]
+fn a_newer_roll_kills_and_reaps_a_replacement_still_starting_for_the_older_one() {
+    let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // While `hang` is set, a worker never says hello: `sleep` stands in for a stuck binary.
+    let hang = std::sync::Arc::new(AtomicBool::new(false));
+    let working = isprime_worker();
+    let command = {
+        let hang = hang.clone();
+        move || match hang.load(Ordering::Relaxed) {
+            true => {
+                let mut sleep = std::process::Command::new("sleep");
+                sleep.arg("30");
+                sleep
+            }
+            false => working(),
+        }
+    };
+    let pool = WorkerPool::<IsPrimeJob>::start(pool_config(1, "superseded"), command);
+    let [old] = wait_live(&pool, 1)[..] else {
+        unreachable!()
+    };
+    hang.store(true, Ordering::Relaxed);
+    let stuck = pool.roll();
+    let starting = wait_until(Duration::from_secs(10), || {
+        let children = common::children_of(std::process::id());
+        let sleeping = children
+            .iter()
+            .find(|p| p.name == "sleep" && p.state != 'Z');
+        sleeping.map(|p| p.pid)
+    })
+    .expect("the stuck replacement never started");
+    hang.store(false, Ordering::Relaxed);
+    let fixed = pool.roll();
+    // Well within the 10 s the stuck one would get to say hello: the newer roll starts at once.
+    let limit = Duration::from_secs(5);
+    let outcomes = runtime.block_on(async {
+        let both = async { (stuck.finished().await, fixed.finished().await) };
+        tokio::time::timeout(limit, both).await
+    });
+    let (first, second) = outcomes.expect("the newer roll waited for the stuck start");
+    assert_eq!(
+        (first, second),
+        (RollOutcome::Superseded { by: 2 }, RollOutcome::Done)
+    );
+    assert!(reaped(starting), "the superseded start {starting} lives on");
+    assert!(reaped(old), "the old worker {old} outlived the roll");
+    assert_eq!(pool.overview().roll.pending_slots, 0);
 }

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
-use common::{alive, run_to_exit, slow_prime, wait_until, Server};
+use common::{alive, run_to_exit, slow_prime, status, wait_until, Server};
 
 #[test]
 fn testrequest_answers_plain_text() {
@@ -207,6 +207,59 @@ fn a_bad_listen_address_exits_2_naming_the_flag() {
 }
 
 #[test]
+fn every_start_up_failure_exits_2_with_one_line_naming_its_cause_and_never_claims_to_listen() {
+    let file = common::temp_file("forkpool-not-a-dir-", ".txt", "x");
+    let file = file.to_str().unwrap();
+    /// Extra flags, environment, and the cause the error line must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
+        (
+            &["--worker-program", "/nonexistent/worker"],
+            &[],
+            "--worker-program /nonexistent/worker: cannot run it",
+        ),
+        (
+            &["--worker-program", file],
+            &[],
+            "cannot run it: Permission denied",
+        ),
+        (&[], &[("PATH", "/nonexistent")], "`ls`"),
+    ];
+    for (args, env, cause) in cases {
+        let args = [&["--listen", "127.0.0.1:0", "--workers", "1"], args].concat();
+        let (code, stdout, stderr) = run_to_exit(&args, env);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert!(
+            lines.len() == 1 && lines[0].contains(cause),
+            "{args:?}: {stderr}"
+        );
+        assert!(stdout.is_empty(), "{args:?} claimed to listen: {stdout}");
+    }
+}
+
+#[test]
+fn listening_is_printed_once_a_worker_has_said_hello() {
+    // A worker that takes half a second to start: the line must wait for it.
+    let script = format!("#!/bin/sh\nsleep 0.5\nexec {} \"$@\"\n", common::BIN);
+    let slow = common::temp_file("forkpool-slow-worker-", ".sh", &script);
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let server = Server::start(&["--workers", "1", "--worker-program", slow.to_str().unwrap()]);
+    let ready = server.get("/readyz");
+    assert_eq!(
+        ready.status,
+        200,
+        "listening before ready: {}",
+        ready.text()
+    );
+    assert!(
+        server.log().contains("accepting on http://"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
 fn help_mentions_every_serve_flag() {
     let (code, help, _) = run_to_exit(&["--help"], &[]);
     assert_eq!(code, Some(0));
@@ -272,4 +325,40 @@ fn the_index_lists_the_endpoints() {
     ] {
         assert!(index.contains(endpoint), "index lacks {endpoint}:\n{index}");
     }
+    // Its examples call the port actually bound (the server was asked for port 0).
+    let here = format!("http://{}/", server.addr);
+    assert!(
+        index.contains(&format!("curl {here}testrequest")),
+        "{index}"
+    );
+    assert!(!index.contains(":3636"), "{index}");
+}
+
+#[test]
+fn with_an_admin_listener_each_index_lists_what_its_own_port_serves() {
+    let server = Server::start(&["--workers", "1", "--admin-listen", "127.0.0.1:0"]);
+    let admin = server.admin.unwrap();
+    let public = server.get("/").text();
+    let (served, elsewhere) = public
+        .split_once("On the admin address")
+        .unwrap_or_else(|| panic!("the public index does not say where /metrics is:\n{public}"));
+    let isprime = format!("http://{}/isprime", server.addr);
+    assert!(served.contains(&isprime), "{public}");
+    assert!(!served.contains("/metrics"), "{public}");
+    assert!(
+        elsewhere.contains(&format!("curl http://{admin}/metrics")),
+        "{public}"
+    );
+    let response = server.get_admin("/");
+    assert_eq!(response.status, 200, "{}", response.text());
+    let admin_index = response.text();
+    for on_admin in ["/metrics", "/status", "/readyz", "/openapi.json"] {
+        let example = format!("curl http://{admin}{on_admin}");
+        assert!(
+            admin_index.contains(&example),
+            "no {example}:\n{admin_index}"
+        );
+    }
+    assert!(!admin_index.contains("/isprime"), "{admin_index}");
+    assert_eq!(status(&server)["config"]["listen"], server.addr.to_string());
 }

@@ -1,6 +1,9 @@
 //! A minimal HTTP/1.1 client over hyper's connection API, so that the load test controls
 //! exactly when a connection is opened: [`Target::fresh`] connects, sends one request and hangs
-//! up; a [`Conn`] is one kept-alive connection reused for many requests.
+//! up; a [`Conn`] is one kept-alive connection reused for many requests, and a [`KeptAlive`]
+//! client reopens it when the server closed it (`Connection: close`) or it broke, as any HTTP
+//! client does. [`ClientError::class`] names what went wrong in the terms of the lifecycle
+//! report (refused, reset, closed before the response).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{CONTENT_TYPE, HOST};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HOST};
 use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -17,15 +20,68 @@ use tokio::net::TcpStream;
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// Connecting failed (with `source`, e.g. the connection was refused).
     #[error("connect to {addr}: {source}")]
     Connect {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The exchange failed after the connection was open.
     #[error("HTTP: {0}")]
     Http(#[from] hyper::Error),
+    /// No whole response within the limit.
     #[error("no response within {0:?}")]
     Timeout(Duration),
+}
+
+/// What kind of failure a [`ClientError`] is, as a client of the server sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The connection was refused: nothing listened.
+    Refused,
+    /// The connection was reset (RST), at connect or during the exchange.
+    Reset,
+    /// A kept-alive connection was found closed by the server before the request was sent
+    /// (nothing of it left the client).
+    ClosedBeforeSend,
+    /// The server closed the connection after the request was sent, before the whole response.
+    ClosedBeforeResponse,
+    /// No response within the limit.
+    Timeout,
+    /// Anything else (a protocol error, another socket error).
+    Other,
+}
+
+impl ClientError {
+    /// Classifies the failure by the socket error under it, if any.
+    pub fn class(&self) -> FailureClass {
+        let io_kind = |e: &(dyn std::error::Error + 'static)| {
+            let mut source = Some(e);
+            while let Some(e) = source {
+                if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                    return Some(io.kind());
+                }
+                source = e.source();
+            }
+            None
+        };
+        let kind = match self {
+            ClientError::Connect { source, .. } => Some(source.kind()),
+            ClientError::Http(e) => io_kind(e),
+            ClientError::Timeout(_) => return FailureClass::Timeout,
+        };
+        match (kind, self) {
+            (Some(std::io::ErrorKind::ConnectionRefused), _) => FailureClass::Refused,
+            (Some(std::io::ErrorKind::ConnectionReset), _) => FailureClass::Reset,
+            (_, ClientError::Http(e)) if e.is_closed() || e.is_canceled() => {
+                FailureClass::ClosedBeforeSend
+            }
+            (_, ClientError::Http(e)) if e.is_incomplete_message() => {
+                FailureClass::ClosedBeforeResponse
+            }
+            _ => FailureClass::Other,
+        }
+    }
 }
 
 /// A finished exchange: status, body and the time from before connect (or send, on a kept-alive
@@ -35,6 +91,8 @@ pub struct Response {
     pub status: StatusCode,
     pub body: Bytes,
     pub elapsed: Duration,
+    /// The server said `Connection: close`: it closes the connection after this response.
+    pub close: bool,
 }
 
 /// One request to send: method, path with query, optional JSON body.
@@ -117,16 +175,15 @@ impl Target {
 /// Runs one exchange under `limit` and times it as a whole.
 async fn timed(
     limit: Duration,
-    exchange: impl Future<Output = Result<(StatusCode, Bytes), ClientError>>,
+    exchange: impl Future<Output = Result<Response, ClientError>>,
 ) -> Result<Response, ClientError> {
     let started = Instant::now();
-    let (status, body) = tokio::time::timeout(limit, exchange)
+    let response = tokio::time::timeout(limit, exchange)
         .await
         .map_err(|_| ClientError::Timeout(limit))??;
     Ok(Response {
-        status,
-        body,
         elapsed: started.elapsed(),
+        ..response
     })
 }
 
@@ -159,7 +216,8 @@ impl Conn {
         timed(limit, self.send_untimed(call)).await
     }
 
-    async fn send_untimed(&mut self, call: &Call) -> Result<(StatusCode, Bytes), ClientError> {
+    /// The exchange; `elapsed` is left zero for [`timed`] to fill in.
+    async fn send_untimed(&mut self, call: &Call) -> Result<Response, ClientError> {
         let mut request = hyper::Request::builder()
             .method(call.method.clone())
             .uri(call.path.as_str())
@@ -174,8 +232,46 @@ impl Conn {
         self.sender.ready().await?;
         let response = self.sender.send_request(request).await?;
         let status = response.status();
+        let close = response
+            .headers()
+            .get(CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let body = response.into_body().collect().await?.to_bytes();
-        Ok((status, body))
+        Ok(Response {
+            status,
+            body,
+            elapsed: Duration::ZERO,
+            close,
+        })
+    }
+}
+
+/// A client on one kept-alive connection, opened when first needed and opened again after the
+/// server closed it (`Connection: close`) or the exchange failed.
+pub struct KeptAlive {
+    /// Where to connect.
+    target: Target,
+    /// The open connection, if any.
+    conn: Option<Conn>,
+}
+
+impl KeptAlive {
+    pub fn new(target: Target) -> KeptAlive {
+        KeptAlive { target, conn: None }
+    }
+
+    /// Sends `call` on the kept-alive connection (opening one if needed); timed from send to
+    /// the last byte, the connect not included.
+    pub async fn send(&mut self, call: &Call, limit: Duration) -> Result<Response, ClientError> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => self.conn.insert(Conn::open(self.target).await?),
+        };
+        let result = conn.send(call, limit).await;
+        if result.as_ref().map_or(true, |r| r.close) {
+            self.conn = None;
+        }
+        result
     }
 }
 

@@ -14,16 +14,25 @@
 //!   their latency shows whether any waits behind it.
 //! - `ls`: a full /ls of a directory of `--ls-files` files against `ls -lash` run directly, and
 //!   the server's RSS growth meanwhile.
+//! - `upgrade` and `restart` (not run unless asked for; `--spawn` only): `--upgrades` SIGUSR2
+//!   in-place upgrades between this build and `--upgrade-to`, or `--restarts` restarts on a
+//!   socket this program holds as systemd would, under a steady mixed load; what the clients
+//!   saw (failures by kind, resets, refusals, 503s), the time of each handover, and what was
+//!   left behind (zombies, stray workers or `ls`, descriptors). See `lifecycle`.
 //!
 //! Every probe is made twice, on a new connection and on a kept-alive one. The RSS of the server
 //! and its workers is read from /proc while idle.
 //!
-//! Layout: `client` (hyper connections), `scenarios`, `report` (data, JSON and table),
-//! `plot` (SVG), `spawn` (`--spawn`).
+//! Layout: `client` (hyper connections), `scenarios`, `lifecycle` (with `load`, the steady
+//! mixed load, and `procs`, processes in /proc), `report` (data, JSON and table), `plot` (SVG),
+//! `spawn` (`--spawn`).
 
 mod client;
+mod lifecycle;
+mod load;
 mod plot;
 mod probe;
+mod procs;
 mod report;
 mod scenarios;
 mod spawn;
@@ -39,8 +48,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use client::Target;
 use forkpool::units::parse_duration;
 use report::Report;
-use scenarios::{Plan, Run};
-use spawn::SpawnedServer;
+use scenarios::{LifecyclePlan, Plan, Run};
+use spawn::{Install, ServerSetup, SpawnedServer};
 
 /// Measures a running (or self-spawned) forkpool: latency under load, throughput, /ls.
 #[derive(Debug, Clone, Parser)]
@@ -106,6 +115,34 @@ pub struct LoadtestArgs {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub ls_runs: u16,
 
+    /// Upgrade scenario: SIGUSR2 in-place upgrades, each to the other build.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub upgrades: u32,
+
+    /// Upgrade scenario: the second build, which reports another version; upgrades alternate
+    /// between the `forkpool` next to this program and this one (README: "Upgrades and restarts
+    /// under load" says how to build it).
+    #[arg(long, value_name = "PATH", requires = "spawn")]
+    pub upgrade_to: Option<PathBuf>,
+
+    /// Restart scenario: restarts (SIGTERM, exit, a new server on the same socket, READY=1).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub restarts: u32,
+
+    /// Upgrade and restart scenarios: clients of the steady load; half keep a connection
+    /// alive, half open a new one per request. Each pauses `--probe-pause` between requests.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(2..=256))]
+    pub load_clients: u16,
+
+    /// Upgrade and restart scenarios: load alone before the first event, between two, and
+    /// after the last.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub lifecycle_pause: Duration,
+
+    /// With --spawn: append the servers' logs (stderr) to this file instead of discarding them.
+    #[arg(long, value_name = "FILE", requires = "spawn")]
+    pub server_log: Option<PathBuf>,
+
     /// Also write the report, every probe included, as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -122,6 +159,8 @@ pub enum Scenario {
     Dispatch,
     Mixed,
     Ls,
+    Upgrade,
+    Restart,
 }
 
 /// Why the load test could not measure at all (a scenario that fails is only reported).
@@ -160,9 +199,14 @@ fn main() -> ExitCode {
 /// server, bad flags, an output file that cannot be written); a scenario that fails is
 /// reported in the table and the JSON.
 pub fn run(args: LoadtestArgs) -> Result<(), LoadtestError> {
-    let mut spawned = match args.spawn {
-        true => Some(SpawnedServer::start(args.workers, &args.server_args)?),
-        false => None,
+    let setup = args.spawn.then(|| ServerSetup {
+        workers: args.workers,
+        extra: args.server_args.clone(),
+        log: args.server_log.clone(),
+    });
+    let mut spawned = match &setup {
+        Some(setup) => Some(SpawnedServer::start(setup, Install::InPlace)?),
+        None => None,
     };
     let url = match &spawned {
         Some(server) => format!("http://{}", server.addr),
@@ -175,10 +219,10 @@ pub fn run(args: LoadtestArgs) -> Result<(), LoadtestError> {
         .enable_all()
         .build()
         .map_err(LoadtestError::Runtime)?;
-    let ls_root = spawned.as_ref().map(|s| s.root().to_owned());
+    let ls_root = spawned.as_ref().map(SpawnedServer::root);
     let measured = runtime.block_on(async {
         tokio::select! {
-            report = measure(&args, target, &url, ls_root.as_deref(), bar.clone()) => report,
+            report = measure(&args, setup, target, &url, ls_root.as_deref(), bar.clone()) => report,
             _ = tokio::signal::ctrl_c() => Err(LoadtestError::Interrupted),
         }
     });
@@ -214,6 +258,7 @@ pub fn run(args: LoadtestArgs) -> Result<(), LoadtestError> {
 
 async fn measure(
     args: &LoadtestArgs,
+    server: Option<ServerSetup>,
     target: Target,
     url: &str,
     ls_root: Option<&Path>,
@@ -238,6 +283,14 @@ async fn measure(
             duration: args.duration,
             ls_files: args.ls_files,
             ls_runs: args.ls_runs.into(),
+            lifecycle: LifecyclePlan {
+                upgrades: args.upgrades as usize,
+                restarts: args.restarts as usize,
+                upgrade_to: args.upgrade_to.clone(),
+                clients: args.load_clients.into(),
+                pause: args.lifecycle_pause,
+                server,
+            },
         },
         clock: Instant::now(),
         bar,
@@ -299,9 +352,26 @@ async fn measure(
             Err(e) => report.errors.push(format!("ls: {e}")),
         }
     }
+    run_lifecycle(&mut run, &args.scenarios, &mut report).await;
     report.duration_s = run.clock.elapsed().as_secs_f64();
     report.samples = run.samples;
     Ok(report)
+}
+
+/// The upgrade and restart scenarios, those asked for.
+async fn run_lifecycle(run: &mut Run, scenarios: &[Scenario], report: &mut Report) {
+    if scenarios.contains(&Scenario::Upgrade) {
+        match run.upgrade().await {
+            Ok(upgrade) => report.upgrade = Some(upgrade),
+            Err(e) => report.errors.push(e),
+        }
+    }
+    if scenarios.contains(&Scenario::Restart) {
+        match run.restart().await {
+            Ok(restart) => report.restart = Some(restart),
+            Err(e) => report.errors.push(e),
+        }
+    }
 }
 
 /// The ls root of a server we did not start: `--ls-root` from /status, else its working

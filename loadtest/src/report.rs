@@ -27,6 +27,10 @@ pub struct Report {
     pub dispatch: Option<Dispatch>,
     pub mixed: Option<Mixed>,
     pub ls: Option<Ls>,
+    /// The upgrade scenario: SIGUSR2 in-place upgrades under load.
+    pub upgrade: Option<Lifecycle>,
+    /// The restart scenario: restarts on a launcher-held socket under load.
+    pub restart: Option<Lifecycle>,
     pub errors: Vec<String>,
     /// Every /testrequest probe, in order, for the plot.
     pub samples: Vec<Sample>,
@@ -191,6 +195,174 @@ pub struct Ls {
     pub rss_growth_kib: u64,
 }
 
+/// A lifecycle scenario (`upgrade` or `restart`): servers replaced one after another under a
+/// steady mixed load, what the clients saw, and what was left behind.
+#[derive(Debug, Serialize)]
+pub struct Lifecycle {
+    /// `upgrade` or `restart`.
+    pub scenario: &'static str,
+    /// Upgrades or restarts asked for.
+    pub asked: usize,
+    /// Those seen through to the end (new server ready, old one gone).
+    pub done: usize,
+    /// The versions the builds report: the first server's, then the one upgraded to.
+    pub versions: Vec<String>,
+    /// Each upgrade or restart, in order.
+    pub events: Vec<Event>,
+    /// Signal to the new server ready, over the events (ms).
+    pub ready: Spread,
+    /// Signal to the old server gone, over the events (ms).
+    pub old_gone: Spread,
+    /// What the clients of the steady load saw.
+    pub load: LoadReport,
+    /// What was left behind.
+    pub leaks: Leaks,
+    /// Why an event or a check could not be completed.
+    pub errors: Vec<String>,
+}
+
+/// One upgrade (SIGUSR2) or restart (SIGTERM, then a new server).
+#[derive(Debug, Serialize)]
+pub struct Event {
+    /// 1, 2, ...
+    pub index: usize,
+    /// When the signal was sent, in seconds since the run began (as failures are timed).
+    pub t_s: f64,
+    /// The server that was signalled.
+    pub from_pid: u32,
+    /// The server that took over.
+    pub to_pid: u32,
+    /// The version the new server reported in /status (upgrade), or `None` (restart).
+    pub version: Option<String>,
+    /// From the signal until the new server was ready: it wrote the pid file (upgrade) or
+    /// said `READY=1` (restart).
+    pub ready_ms: f64,
+    /// From the signal until the old server had exited and been reaped.
+    pub old_gone_ms: f64,
+}
+
+/// Smallest, median and largest of a set of times, in ms.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Spread {
+    /// The smallest.
+    pub min_ms: f64,
+    /// The middle one (the lower of the two middle ones for an even count).
+    pub median_ms: f64,
+    /// The largest.
+    pub max_ms: f64,
+}
+
+impl Spread {
+    pub fn of(ms: impl IntoIterator<Item = f64>) -> Spread {
+        let mut ms: Vec<f64> = ms.into_iter().collect();
+        ms.sort_by(f64::total_cmp);
+        match (ms.first(), ms.last()) {
+            (Some(&min_ms), Some(&max_ms)) => Spread {
+                min_ms,
+                median_ms: ms[(ms.len() - 1) / 2],
+                max_ms,
+            },
+            _ => Spread::default(),
+        }
+    }
+}
+
+/// The steady mixed load of a lifecycle scenario.
+#[derive(Debug, Default, Serialize)]
+pub struct LoadReport {
+    /// Clients that keep one connection alive (and open a new one when it is closed).
+    pub kept_alive_clients: usize,
+    /// Clients that open a new connection for every request.
+    pub new_conn_clients: usize,
+    /// How long the load ran.
+    pub duration_s: f64,
+    /// Requests by kind, in the order of [`KindCount::kind`].
+    pub kinds: Vec<KindCount>,
+    /// Requests sent, of every kind.
+    pub sent: u64,
+    /// Answered as expected.
+    pub ok: u64,
+    /// The others.
+    pub failed: u64,
+    /// The failures by what the client saw.
+    pub failures_by: FailureCounts,
+    /// Latency of the requests answered as expected.
+    pub latency: Stats,
+    /// The first failures, in detail.
+    pub failures: Vec<Failure>,
+}
+
+/// Requests of one kind.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct KindCount {
+    /// E.g. `POST /isprime (heavy)`.
+    pub kind: String,
+    /// Requests sent.
+    pub sent: u64,
+    /// Answered as expected (a 200 with the right body).
+    pub ok: u64,
+    /// The others: `sent - ok`.
+    pub failed: u64,
+    /// Latency of those answered as expected.
+    pub latency: Stats,
+}
+
+/// Failed requests by what the client saw; they add up to [`LoadReport::failed`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FailureCounts {
+    /// Connection refused.
+    pub refused: u64,
+    /// Connection reset.
+    pub resets: u64,
+    /// A kept-alive connection was found closed before the request was sent (an HTTP client
+    /// may send such a request again on a new connection: nothing of it left).
+    pub closed_before_send: u64,
+    /// The server closed the connection after the request was sent, before a whole response.
+    pub closed_before_response: u64,
+    /// No response within the request timeout.
+    pub timeouts: u64,
+    /// Answered 503 (the server's reason is in the failure's detail).
+    pub status_503: u64,
+    /// Answered with another status than 200.
+    pub other_status: u64,
+    /// A 200 whose body was not the expected answer.
+    pub wrong_body: u64,
+    /// Any other client error.
+    pub other: u64,
+}
+
+/// One failed request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// When it was sent, in seconds since the run began.
+    pub t_s: f64,
+    /// The request's kind, as in [`KindCount::kind`].
+    pub kind: String,
+    /// Whether it was sent on a kept-alive connection or a new one.
+    pub conn: ConnKind,
+    /// What the client saw: the status and the body, or the error.
+    pub what: String,
+}
+
+/// What a lifecycle scenario left behind, from every generation of servers.
+#[derive(Debug, Default, Serialize)]
+pub struct Leaks {
+    /// Descriptors of the first server, idle before the load.
+    pub fds_baseline: usize,
+    /// Descriptors of the last server, idle after the load.
+    pub fds_final: usize,
+    /// The kinds of descriptor whose count differs, e.g. `socket 4 -> 5`.
+    pub fds_diff: Vec<String>,
+    /// Zombies anywhere under this program (servers, workers, `ls`), after the load.
+    pub zombies: Vec<String>,
+    /// `ls` processes still running after the load.
+    pub ls: Vec<String>,
+    /// Any other process besides the last server and its current workers, after the load.
+    pub strays: Vec<String>,
+    /// Processes left once the last server was stopped.
+    pub left_after_stop: Vec<String>,
+}
+
 impl Report {
     /// The table printed at the end of a run.
     pub fn table(&self) -> String {
@@ -299,6 +471,9 @@ impl Report {
                 ls.rss_growth_kib
             );
         }
+        for lifecycle in [&self.upgrade, &self.restart].into_iter().flatten() {
+            lifecycle_rows(&mut out, lifecycle);
+        }
         if !self.errors.is_empty() {
             let _ = writeln!(out, "\nerrors");
             for e in &self.errors {
@@ -316,6 +491,102 @@ fn probe_rows(out: &mut String, label: &str, pair: &ProbePair) {
             "  {label:<24} {kind:<10} {:>5} {:>6.2} {:>6.2} {:>6.2}  {:>6}",
             s.count, s.p50_ms, s.p99_ms, s.max_ms, s.errors
         );
+    }
+}
+
+/// How many failures the table details (the JSON has all that were kept).
+const FAILURES_SHOWN: usize = 10;
+
+fn lifecycle_rows(out: &mut String, l: &Lifecycle) {
+    let (what, signal) = match l.scenario {
+        "upgrade" => ("in-place upgrades", "SIGUSR2"),
+        _ => ("restarts on the launcher's socket", "SIGTERM"),
+    };
+    let load = &l.load;
+    let _ = writeln!(
+        out,
+        "\n{}: {}/{} {what}, versions {}; load {:.1} s, {} kept-alive + {} new-connection clients",
+        l.scenario,
+        l.done,
+        l.asked,
+        l.versions.join(" <-> "),
+        load.duration_s,
+        load.kept_alive_clients,
+        load.new_conn_clients
+    );
+    for (label, s) in [
+        ("new server ready", l.ready),
+        ("old server gone", l.old_gone),
+    ] {
+        let _ = writeln!(
+            out,
+            "  {signal} to {label:<17} min {:>7.1}  median {:>7.1}  max {:>7.1} ms",
+            s.min_ms, s.median_ms, s.max_ms
+        );
+    }
+    load_rows(out, load);
+    leak_rows(out, &l.leaks);
+    for e in load.failures.iter().take(FAILURES_SHOWN) {
+        let conn = match e.conn {
+            ConnKind::New => "new",
+            ConnKind::KeptAlive => "kept-alive",
+        };
+        let _ = writeln!(
+            out,
+            "    {:>8.3} s  {:<24} {conn:<10} {}",
+            e.t_s, e.kind, e.what
+        );
+    }
+    for e in &l.errors {
+        let _ = writeln!(out, "  error: {e}");
+    }
+}
+
+/// The requests of a lifecycle load by kind, and its failures by what the clients saw.
+fn load_rows(out: &mut String, load: &LoadReport) {
+    let _ = writeln!(
+        out,
+        "  requests                       sent        ok  failed  p50 ms  p99 ms  max ms"
+    );
+    let all = ("all", load.sent, load.ok, load.failed, &load.latency);
+    let kinds = load
+        .kinds
+        .iter()
+        .map(|k| (&*k.kind, k.sent, k.ok, k.failed, &k.latency));
+    for (kind, sent, ok, failed, t) in kinds.chain([all]) {
+        let _ = writeln!(
+            out,
+            "  {kind:<26} {sent:>8}  {ok:>8}  {failed:>6}  {:>6.2}  {:>6.2}  {:>6.2}",
+            t.p50_ms, t.p99_ms, t.max_ms
+        );
+    }
+    let f = &load.failures_by;
+    let _ = writeln!(
+        out,
+        "  failed {}: refused {}, reset {}, closed before sending {}, closed before the answer {}, timeout {}, 503 {}, other status {}, wrong body {}, other {}",
+        load.failed, f.refused, f.resets, f.closed_before_send, f.closed_before_response, f.timeouts, f.status_503, f.other_status, f.wrong_body, f.other
+    );
+}
+
+/// What a lifecycle scenario left behind: the counts, then each process.
+fn leak_rows(out: &mut String, k: &Leaks) {
+    let fds_diff = match k.fds_diff.is_empty() {
+        true => String::new(),
+        false => format!(" ({})", k.fds_diff.join(", ")),
+    };
+    let _ = writeln!(
+        out,
+        "  left after the load: {} zombies, {} ls, {} other strays; server fds {} before the load, {} after{fds_diff}; {} processes left after the last stop",
+        k.zombies.len(),
+        k.ls.len(),
+        k.strays.len(),
+        k.fds_baseline,
+        k.fds_final,
+        k.left_after_stop.len()
+    );
+    let leftovers = k.zombies.iter().chain(&k.ls).chain(&k.strays);
+    for p in leftovers.chain(&k.left_after_stop) {
+        let _ = writeln!(out, "    {p}");
     }
 }
 
@@ -337,5 +608,12 @@ mod tests {
         assert_eq!(s.max_ms, 100.0);
         assert_eq!(Stats::of(&[], 0).p99_ms, 0.0);
         assert_eq!(Stats::of(&[Duration::from_millis(3)], 0).p50_ms, 3.0);
+    }
+
+    #[test]
+    fn spreads() {
+        let s = Spread::of([30.0, 10.0, 20.0, 40.0]);
+        assert_eq!((s.min_ms, s.median_ms, s.max_ms), (10.0, 20.0, 40.0));
+        assert_eq!(Spread::of([]).max_ms, 0.0);
     }
 }

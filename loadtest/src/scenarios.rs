@@ -1,5 +1,6 @@
-//! The five scenarios. Each is bounded in time and request count and only talks to the target,
-//! which [`Target::parse`](super::client::Target::parse) restricts to loopback.
+//! The five measuring scenarios (the two lifecycle ones are in `lifecycle`). Each is bounded in
+//! time and request count and only talks to the target, which
+//! [`Target::parse`](super::client::Target::parse) restricts to loopback.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,12 +13,13 @@ use hyper::StatusCode;
 use indicatif::ProgressBar;
 use tokio::task::JoinSet;
 
-use super::client::{Call, Conn, Target};
+use super::client::{Call, ClientError, KeptAlive, Target};
 use super::probe::{probe_new, ProbeConn};
 use super::report::{
     ConnKind, Dispatch, Heavy, Ls, Memory, Mixed, ProbePair, Sample, Saturated, SaturatedPhase,
     Stats, Throughput,
 };
+use super::spawn::ServerSetup;
 use forkpool::prime::mersenne;
 
 /// Longest wait for one probe.
@@ -40,6 +42,25 @@ pub struct Plan {
     pub duration: Duration,
     pub ls_files: usize,
     pub ls_runs: usize,
+    /// The lifecycle scenarios' settings.
+    pub lifecycle: LifecyclePlan,
+}
+
+/// Settings of the `upgrade` and `restart` scenarios.
+#[derive(Debug, Clone)]
+pub struct LifecyclePlan {
+    /// In-place upgrades to perform.
+    pub upgrades: usize,
+    /// Restarts to perform.
+    pub restarts: usize,
+    /// The second build that upgrades alternate with (`--upgrade-to`).
+    pub upgrade_to: Option<PathBuf>,
+    /// Clients of the steady load.
+    pub clients: usize,
+    /// Load alone before the first event, between two and after the last.
+    pub pause: Duration,
+    /// How servers are started (with `--spawn` only: the lifecycle scenarios need it).
+    pub server: Option<ServerSetup>,
 }
 
 /// One run against one server: the clock that samples are timed against, and the samples.
@@ -139,30 +160,35 @@ fn sample(t: Duration, elapsed: Duration, conn: ConnKind, phase: &str, ok: bool)
     }
 }
 
-impl Run {
-    /// Waits until /status lists `want` workers, all idle (a fresh server is still starting
-    /// them). Returns the worker pids and the server pid.
-    pub async fn wait_idle(&self, limit: Duration) -> Result<(u32, Vec<u32>), String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let status = self.target.get_json("/status").await;
-            if let Ok(status) = &status {
-                let workers = status["workers"].as_array().cloned().unwrap_or_default();
-                let all_idle = !workers.is_empty() && workers.iter().all(|w| w["state"] == "idle");
-                if all_idle {
-                    let pid = status["pid"].as_u64().ok_or("/status has no pid")? as u32;
-                    let pids = workers
-                        .iter()
-                        .filter_map(|w| w["pid"].as_u64())
-                        .map(|p| p as u32);
-                    return Ok((pid, pids.collect()));
-                }
+/// Waits until the server's /status lists its workers, all idle (a fresh server is still
+/// starting them). Returns the server pid and the worker pids.
+pub async fn wait_idle(target: Target, limit: Duration) -> Result<(u32, Vec<u32>), String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = target.get_json("/status").await;
+        if let Ok(status) = &status {
+            let workers = status["workers"].as_array().cloned().unwrap_or_default();
+            let all_idle = !workers.is_empty() && workers.iter().all(|w| w["state"] == "idle");
+            if all_idle {
+                let pid = status["pid"].as_u64().ok_or("/status has no pid")? as u32;
+                let pids = workers
+                    .iter()
+                    .filter_map(|w| w["pid"].as_u64())
+                    .map(|p| p as u32);
+                return Ok((pid, pids.collect()));
             }
-            if Instant::now() > deadline {
-                return Err(format!("workers not all idle after {limit:?}: {status:?}"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if Instant::now() > deadline {
+            return Err(format!("workers not all idle after {limit:?}: {status:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Run {
+    /// [`wait_idle`] on this run's server.
+    pub async fn wait_idle(&self, limit: Duration) -> Result<(u32, Vec<u32>), String> {
+        wait_idle(self.target, limit).await
     }
 
     /// RSS of the server and each worker, from /proc.
@@ -454,24 +480,16 @@ async fn closed_loop(
         let call = Call::get(path);
         tasks.spawn(async move {
             let (mut times, mut errors) = (Vec::new(), 0u64);
-            let mut conn = None;
+            let mut client = KeptAlive::new(target);
             while Instant::now() < deadline {
-                if conn.is_none() {
-                    conn = Conn::open(target).await.ok();
-                    if conn.is_none() {
-                        errors += 1;
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                }
-                let c = conn.as_mut().expect("opened above");
-                match c.send(&call, PROBE_TIMEOUT).await {
+                match client.send(&call, PROBE_TIMEOUT).await {
                     Ok(r) if r.status == StatusCode::OK => times.push(r.elapsed),
                     Ok(_) => errors += 1,
-                    Err(_) => {
+                    Err(ClientError::Connect { .. }) => {
                         errors += 1;
-                        conn = None;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
+                    Err(_) => errors += 1,
                 }
             }
             (times, errors)
@@ -493,7 +511,7 @@ async fn closed_loop(
 }
 
 /// A temporary directory of `n` empty files inside `root`; removed when dropped.
-fn make_files(root: &Path, n: usize) -> std::io::Result<tempfile::TempDir> {
+pub fn make_files(root: &Path, n: usize) -> std::io::Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new().prefix("ls-").tempdir_in(root)?;
     for i in 0..n {
         std::fs::File::create(dir.path().join(format!("file-{i:07}")))?;

@@ -139,3 +139,61 @@ fn loadtest_spawn_runs_end_to_end() {
     pids.push(server);
     assert!(pids.iter().all(|&p| !alive(p)), "left behind: {pids:?}");
 }
+
+/// The lifecycle scenarios end to end with tiny bounds: two in-place upgrades (to the same
+/// build: the mechanics, not the version change, which needs a second build) and two restarts
+/// on the load tester's socket, under the steady load. The clients must see no failure, and
+/// nothing may be left behind; how long each handover takes is the load tester's figure.
+#[test]
+fn lifecycle_scenarios_run_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("lt.json");
+    let server = std::path::Path::new(BIN).with_file_name("forkpool");
+    let output = Command::new(BIN)
+        .args([
+            "--spawn",
+            "--workers",
+            "2",
+            "--scenarios",
+            "upgrade,restart",
+        ])
+        .args(["--upgrades", "2", "--restarts", "2", "--upgrade-to"])
+        .arg(&server)
+        .args(["--load-clients", "4", "--lifecycle-pause", "200ms"])
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .expect("run forkpool-loadtest");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}\n{stdout}", output.status);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(json["errors"].as_array().unwrap().len(), 0, "{stdout}");
+    for scenario in ["upgrade", "restart"] {
+        let report = &json[scenario];
+        assert!(stdout.contains(&format!("{scenario}: 2/2")), "{stdout}");
+        assert_eq!(report["done"], 2, "{stdout}");
+        assert_eq!(report["errors"].as_array().unwrap().len(), 0, "{stdout}");
+        let pids: Vec<&serde_json::Value> = report["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|e| [&e["from_pid"], &e["to_pid"]])
+            .collect();
+        assert_ne!(pids[0], pids[1], "{stdout}");
+        assert!(pids.iter().all(|p| !alive(p.as_u64().unwrap() as u32)));
+        let load = &report["load"];
+        assert_eq!(load["kinds"].as_array().unwrap().len(), 6, "{stdout}");
+        assert!(load["ok"].as_u64().unwrap() > 0, "{stdout}");
+        assert_eq!(load["failed"], 0, "{stdout}");
+        let leaks = &report["leaks"];
+        for list in ["zombies", "ls", "strays", "fds_diff", "left_after_stop"] {
+            assert_eq!(leaks[list].as_array().unwrap().len(), 0, "{list}: {stdout}");
+        }
+        assert!(leaks["fds_baseline"].as_u64().unwrap() > 0, "{stdout}");
+    }
+    assert_eq!(
+        json["upgrade"]["events"][0]["version"],
+        json["upgrade"]["versions"][1]
+    );
+}

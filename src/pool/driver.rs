@@ -12,12 +12,21 @@
 //! driver. It writes and reads at once (see `WorkerProcess::write_and_read`), so a batch larger
 //! than a pipe's buffer cannot stall both sides.
 //!
-//! Failure modes: a worker lost mid-job fails that job and is replaced at once, or after a backoff
-//! when it dies again and again right after start; the jobs sent ahead to it go back to the front
-//! of the queue (see `on_died_mid_batch` for a worker that dies holding several). A panic in the
-//! driver (a bug, or a `Job::Output` whose decoding panics) unwinds to [`supervise`], which has the
-//! worker killed (by dropping it), fails the running job with `PoolError::DriverPanic`, requeues
-//! the jobs sent ahead, counts and logs it, and starts the driver again.
+//! Starts: every start, whatever it is for (an empty slot, recycling, a roll), goes through the
+//! slot's one [`Backoff`]: none while starts succeed, exponential with jitter after failures,
+//! reset once a new worker has answered a job. A failed start is logged, counted and fed to the
+//! pool's breaker (see `health`). A worker due for replacement (its job quota served, or older
+//! than the pool's roll generation) keeps serving while its [`Replacement`] is on its way or
+//! waits out the backoff after a failure; a newer roll drops a replacement started for an older
+//! generation (killing and reaping its process) and starts afresh at once.
+//!
+//! Failure modes: a worker lost mid-job fails that job and is replaced at once, or after the
+//! backoff when it dies by itself right after start; the jobs sent ahead to it go back to the
+//! front of the queue (see `on_died_mid_batch` for a worker that dies holding several). A panic
+//! in the driver (a bug, or a `Job::Output` whose decoding panics) unwinds to [`supervise`],
+//! which has the worker killed (by dropping it), fails the running job with
+//! `PoolError::DriverPanic`, requeues the jobs sent ahead, counts and logs it, and starts the
+//! driver again after the backoff.
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -31,36 +40,37 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::sleep;
 
-use super::lifecycle::{JobOutcome, WorkerExit};
+use super::health::{Backoff, Life};
+use super::lifecycle::{JobOutcome, StartReason, WorkerExit};
 use super::process::{SpawnError, WorkerProcess};
 use super::protocol::{decode, encode_into, Outcome, ProtocolError, Reply, Request, Weight};
 use super::queue::Pending;
-use super::status::WorkerState;
-use super::{Answer, Done, Inner, Job, PoolError, RollRequest};
+use super::status::{SlotWorker, WorkerState};
+use super::{Answer, Done, Inner, Job, PoolError};
+
+/// A worker that fails by itself within this time of its start, before answering any job,
+/// failed to start as far as the backoff is concerned (a broken binary, a bad limit).
+const EARLY_FAILURE: Duration = Duration::from_secs(1);
 
 /// Starts the supervisor of `slot` on the pool's thread: it runs the slot's driver and, when
 /// the driver panics, recovers and runs it again. Ends when the driver retires.
-pub(super) fn supervise<J: Job>(
-    pool: Arc<Inner<J>>,
-    slot: usize,
-    rolls: mpsc::UnboundedReceiver<RollRequest>,
-) -> JoinHandle<()> {
+pub(super) fn supervise<J: Job>(pool: Arc<Inner<J>>, slot: usize) -> JoinHandle<()> {
     let runtime = pool.dispatcher.runtime.clone();
     runtime.spawn(async move {
-        let mut driver = Driver::new(pool, slot, rolls);
+        let mut driver = Driver::new(pool, slot);
         loop {
             // `run` borrows the driver, so what `recover` needs survives the unwinding. The
             // panicked run itself (its stack, the worker included) is dropped by the time
-            // `catch_unwind` returns: the worker is killed and reaped then.
+            // `catch_unwind` returns: the worker is killed and reaped then. `recover` counts a
+            // failure in the backoff, which the next start waits out: a driver that panics
+            // again and again never restarts in a busy loop.
             let run = AssertUnwindSafe(driver.run()).catch_unwind().await;
             let Err(panic) = run else { return };
             driver.recover(panic.as_ref());
-            // A driver that panicked without a job would otherwise restart in a busy loop.
-            sleep(driver.backoff.next()).await;
         }
     })
 }
@@ -71,9 +81,9 @@ struct Driver<J: Job> {
     pool: Arc<Inner<J>>,
     /// Index of the slot in `pool.slots`.
     slot: usize,
-    /// Roll requests for this slot, from `WorkerPool::roll`.
-    rolls: mpsc::UnboundedReceiver<RollRequest>,
-    /// Delay before the next start after failures; reset by a served job.
+    /// The pool's life, watched for rolls (a newer generation).
+    life: watch::Receiver<Life>,
+    /// The wait before the slot's next start, after failures.
     backoff: Backoff,
     /// The jobs handed to the worker and not answered yet, the running one first. Kept here
     /// rather than on the run's stack so that `recover` can still answer them after a panic.
@@ -82,30 +92,54 @@ struct Driver<J: Job> {
 
 /// The worker in the slot, and what the driver tracks about it.
 struct Tenure {
+    /// The worker process.
     worker: WorkerProcess,
+    /// The pool's roll generation when the worker's start began.
+    generation: u64,
     /// Jobs it has served.
     served: u64,
     /// Jobs after which it is recycled; 0 means never.
     retire_after: u64,
-    /// Its replacement on the way (recycling, a roll).
-    spawning: Option<Spawning>,
-    /// A roll request to answer once the replacement has taken over.
-    roll_done: Option<RollRequest>,
+    /// Its replacement on the way (recycling, a roll), once one is due.
+    replacement: Option<Replacement>,
 }
 
 impl Tenure {
-    fn new(worker: WorkerProcess, max_jobs: u64) -> Tenure {
+    fn new(worker: WorkerProcess, generation: u64, max_jobs: u64) -> Tenure {
         Tenure {
             worker,
+            generation,
             served: 0,
             retire_after: jitter(max_jobs),
-            spawning: None,
-            roll_done: None,
+            replacement: None,
+        }
+    }
+
+    /// What the worker is due to be replaced for with the pool at roll generation `current`,
+    /// if anything.
+    fn due(&self, current: u64) -> Option<StartReason> {
+        if self.generation < current {
+            Some(StartReason::Roll)
+        } else if self.retire_after > 0 && self.served >= self.retire_after {
+            Some(StartReason::Recycle)
+        } else {
+            None
         }
     }
 }
 
-/// A replacement on its way, with the pool's spare permit once it has it.
+/// A worker on its way to replace one that keeps serving meanwhile.
+struct Replacement {
+    /// The roll generation it is started at.
+    generation: u64,
+    /// What it is for.
+    reason: StartReason,
+    /// The start itself: the backoff, the spare permit, then spawn and hello.
+    start: Spawning,
+}
+
+/// A replacement's start, with the pool's spare permit once it has it. Dropping it kills and
+/// reaps a process already started (see `process::GroupChild`).
 type Spawning =
     Pin<Box<dyn Future<Output = Result<(WorkerProcess, OwnedSemaphorePermit), SpawnError>> + Send>>;
 
@@ -119,7 +153,9 @@ enum Event<J: Job> {
     Closed,
     /// Output (or EOF) from a worker that has no job: it died or misbehaves.
     IdleOutput(Result<Option<Vec<u8>>, ProtocolError>),
-    Roll(RollRequest),
+    /// The pool's life changed: perhaps a roll began.
+    LifeChanged,
+    /// The replacement on its way is ready, or failed to start.
     Replacement(Result<(WorkerProcess, OwnedSemaphorePermit), SpawnError>),
 }
 
@@ -129,8 +165,9 @@ enum Event<J: Job> {
 enum Step {
     /// Keep serving with the same worker.
     Continue,
-    /// A replacement is ready: it takes the slot, and the old worker retires.
-    Replace(WorkerProcess, OwnedSemaphorePermit),
+    /// A replacement, started at this roll generation, is ready: it takes the slot, and the
+    /// old worker retires.
+    Replace(WorkerProcess, OwnedSemaphorePermit, u64),
     /// The worker is gone (already killed or reaped): count it and start another.
     Lost(WorkerExit),
     /// The pool is closed and its queue empty: retire the worker and stop.
@@ -159,11 +196,11 @@ struct Settled<J: Job> {
 }
 
 impl<J: Job> Driver<J> {
-    fn new(pool: Arc<Inner<J>>, slot: usize, rolls: mpsc::UnboundedReceiver<RollRequest>) -> Self {
+    fn new(pool: Arc<Inner<J>>, slot: usize) -> Self {
         Driver {
+            life: pool.life.subscribe(),
             pool,
             slot,
-            rolls,
             backoff: Backoff::default(),
             running: VecDeque::new(),
         }
@@ -173,52 +210,102 @@ impl<J: Job> Driver<J> {
     /// until the pool closes.
     async fn run(&mut self) {
         loop {
-            let Some(worker) = self.start_worker().await else {
+            let Some((worker, generation)) = self.start_worker().await else {
                 return self.set_state(WorkerState::Stopped, None);
             };
-            let mut tenure = Tenure::new(worker, self.pool.config.max_jobs_per_worker);
+            let mut tenure = self.take_slot(worker, generation);
             let exit = loop {
                 match self.step(&mut tenure).await {
                     Step::Continue => {}
-                    Step::Replace(new, spare) => tenure = self.on_replacement(tenure, new, spare),
+                    Step::Replace(new, spare, generation) => {
+                        tenure = self.on_replacement(tenure, new, spare, generation)
+                    }
                     Step::Lost(exit) => break exit,
                     Step::Retire => return self.retire(tenure).await,
                 }
             };
-            self.on_lost(tenure, exit).await;
+            self.on_lost(tenure, exit);
         }
+    }
+
+    /// A worker that said hello takes the slot. Its row says idle before the pool counts it
+    /// live, so that whoever learns the pool is live (`wait_live`, readiness) finds the worker
+    /// in `/status` too.
+    fn take_slot(&self, worker: WorkerProcess, generation: u64) -> Tenure {
+        let tenure = Tenure::new(worker, generation, self.pool.config.max_jobs_per_worker);
+        self.set_state(WorkerState::Idle, Some(&tenure));
+        self.pool.worker_up(self.slot, generation);
+        tenure
     }
 
     /// Waits for one event and handles it.
     async fn step(&mut self, t: &mut Tenure) -> Step {
-        self.set_state(WorkerState::Idle, Some(&t.worker));
+        self.set_state(WorkerState::Idle, Some(t));
+        self.ensure_replacement(t);
         match self.next_event(t).await {
             Event::Jobs(batch) => self.on_batch(t, batch).await,
             Event::Closed => Step::Retire,
             Event::IdleOutput(line) => on_idle_output(&mut t.worker, line).await,
-            Event::Roll(done) => self.on_roll(t, done),
-            Event::Replacement(Ok((new, spare))) => Step::Replace(new, spare),
-            Event::Replacement(Err(error)) => {
-                tracing::warn!(%error, "replacement worker failed to start; keeping the old one");
-                t.spawning = None;
-                Step::Continue
-            }
+            Event::LifeChanged => Step::Continue,
+            Event::Replacement(started) => self.on_replacement_started(t, started),
         }
     }
 
     async fn next_event(&mut self, t: &mut Tenure) -> Event<J> {
-        let (worker, spawning) = (&mut t.worker, &mut t.spawning);
+        let (worker, replacement) = (&mut t.worker, &mut t.replacement);
         let replacement = async {
-            match spawning {
-                Some(spawning) => spawning.await,
+            match replacement {
+                Some(replacement) => (&mut replacement.start).await,
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
             jobs = self.pool.next_batch() => jobs.map_or(Event::Closed, Event::Jobs),
             line = worker.next_line() => Event::IdleOutput(line),
-            Some(done) = self.rolls.recv() => Event::Roll(done),
-            new = replacement => Event::Replacement(new),
+            Ok(()) = self.life.changed() => Event::LifeChanged,
+            started = replacement => Event::Replacement(started),
+        }
+    }
+
+    /// Starts the replacement the worker is due for, after the slot's backoff, unless one for
+    /// the current roll generation is on its way already. One for an older generation is
+    /// superseded: dropped (its process killed and reaped) for a fresh start at once.
+    fn ensure_replacement(&mut self, t: &mut Tenure) {
+        let current = self.life.borrow_and_update().generation;
+        let Some(reason) = t.due(current) else { return };
+        match &t.replacement {
+            Some(on_its_way) if on_its_way.generation >= current => return,
+            Some(on_its_way) => {
+                tracing::info!(slot = self.slot, older = on_its_way.generation, generation = current,
+                    "a newer roll supersedes the replacement on its way; starting afresh");
+                t.replacement = None;
+                self.backoff.reset();
+            }
+            None => {}
+        }
+        t.replacement = Some(Replacement {
+            generation: current,
+            reason,
+            start: self.pool.spawn_spare(self.backoff.delay()),
+        });
+    }
+
+    /// The replacement on its way is ready to take over, or failed: then the old worker keeps
+    /// serving, and the next step starts another after the backoff.
+    fn on_replacement_started(
+        &mut self,
+        t: &mut Tenure,
+        started: Result<(WorkerProcess, OwnedSemaphorePermit), SpawnError>,
+    ) -> Step {
+        let replacement = t.replacement.take().expect("only a replacement on its way ends");
+        match started {
+            Ok((new, spare)) => Step::Replace(new, spare, replacement.generation),
+            Err(error) => {
+                let retry_in = self.backoff.fail();
+                let reason = replacement.reason;
+                self.pool.start_failed(self.slot, reason, &error, retry_in);
+                Step::Continue
+            }
         }
     }
 
@@ -301,10 +388,14 @@ impl<J: Job> Driver<J> {
     /// Sends queued light jobs after the light ones the worker has, up to `max_batch` in all,
     /// once at most half of them are left unanswered: writes of several jobs each, which
     /// `write_and_read` sends before the driver works through the answers it already holds.
-    /// None while a replacement or a roll waits for the worker to be free, or it never would be.
+    /// None while the worker is due for replacement, or it would never be free to hand over.
     fn top_up(&mut self, t: &Tenure, outbox: &mut BytesMut) {
         let max = self.pool.config.max_batch;
-        if self.running.len() > max / 2 || t.spawning.is_some() || !self.rolls.is_empty() {
+        // A change of the pool's life may be a roll: the next step looks (without a lock here,
+        // which runs once per light job).
+        let rolling = self.life.has_changed().unwrap_or(false);
+        let due = rolling || t.replacement.is_some() || t.due(t.generation).is_some();
+        if self.running.len() > max / 2 || due {
             return;
         }
         let room = max.saturating_sub(self.running.len());
@@ -328,61 +419,64 @@ impl<J: Job> Driver<J> {
         }));
     }
 
-    /// The worker answered and stays: count it, and start its replacement once it is due.
+    /// The worker answered and stays: count it. (Its replacement, once due, is started by the
+    /// next step.)
     fn on_served(&mut self, t: &mut Tenure) {
         t.served += 1;
-        self.backoff.reset();
+        if t.served == 1 {
+            // A new worker that answers a job works: the slot's next start need not wait. Only
+            // its first job resets, so that a worker serving on while its replacement keeps
+            // failing does not cut the replacement's backoff short at every job.
+            self.backoff.reset();
+        }
         self.pool.slots[self.slot].lock().unwrap().jobs_served += 1;
-        if t.retire_after > 0 && t.served >= t.retire_after && t.spawning.is_none() {
-            t.spawning = Some(self.pool.spawn_spare());
-        }
-    }
-
-    fn on_roll(&self, t: &mut Tenure, done: RollRequest) -> Step {
-        t.roll_done = Some(done);
-        if t.spawning.is_none() {
-            t.spawning = Some(self.pool.spawn_spare());
-        }
-        Step::Continue
     }
 
     /// The replacement takes the slot; the old worker retires in the background (finishing
-    /// nothing: it is idle) and then frees the spare permit and answers the roll.
+    /// nothing: it is idle) and then frees the spare permit. A roll is done only once it has
+    /// exited (see `health::Life::retiring`).
     fn on_replacement(
         &self,
         old: Tenure,
         new: WorkerProcess,
         spare: OwnedSemaphorePermit,
+        generation: u64,
     ) -> Tenure {
-        let Tenure {
-            worker, roll_done, ..
-        } = old;
         self.pool.metrics.worker_exit(WorkerExit::Recycled);
+        let (worker, pool) = (old.worker, self.pool.clone());
+        pool.change_life(|life| life.retiring += 1);
         tokio::spawn(async move {
             worker.retire().await;
             drop(spare);
-            if let Some(done) = roll_done {
-                let _ = done.send(());
-            }
+            pool.change_life(|life| life.retiring -= 1);
         });
-        Tenure::new(new, self.pool.config.max_jobs_per_worker)
+        self.take_slot(new, generation)
     }
 
-    /// The worker is gone: count it, and back off if it failed by itself straight after start
-    /// (a broken binary, a bad limit), so that the slot never respawns in a busy loop.
-    async fn on_lost(&mut self, t: Tenure, exit: WorkerExit) {
+    /// The worker is gone: count it. One that failed by itself straight after start (a broken
+    /// binary, a bad limit) counts as a failure in the backoff, so that the next start waits
+    /// and the slot never respawns in a busy loop; one that lived proved the program works,
+    /// and the next start is at once.
+    fn on_lost(&mut self, t: Tenure, exit: WorkerExit) {
         // Nothing is alive in this slot until the next worker says hello.
         self.set_state(WorkerState::Down, None);
+        self.pool.worker_gone(self.slot);
         self.pool.metrics.worker_exit(exit);
-        let early = t.worker.started.elapsed() < Duration::from_secs(1) && t.served == 0;
+        let early = t.worker.started.elapsed() < EARLY_FAILURE && t.served == 0;
+        // A replacement on its way goes too; the empty slot starts its own.
         drop(t);
-        if exit.is_failure() && early {
-            sleep(self.backoff.next()).await;
+        if !early {
+            self.backoff.reset();
+        } else if exit.is_failure() {
+            self.backoff.fail();
         }
     }
 
     async fn retire(&mut self, t: Tenure) {
         self.set_state(WorkerState::Stopped, None);
+        self.pool.worker_gone(self.slot);
+        // A replacement on its way is not needed any more.
+        drop(t.replacement);
         t.worker.retire().await;
     }
 
@@ -398,6 +492,7 @@ impl<J: Job> Driver<J> {
         // Down before the job is answered: whoever gets the answer must not see the dead
         // worker as live.
         self.set_state(WorkerState::Down, None);
+        self.pool.worker_gone(self.slot);
         let metrics = &self.pool.metrics;
         let had_job = match self.running.pop_front() {
             Some(job) => {
@@ -413,34 +508,80 @@ impl<J: Job> Driver<J> {
         tracing::error!(slot = self.slot, ?pid, had_job, panic = %message,
             "slot driver panicked; its worker was killed and its job failed; restarting the slot");
         self.requeue_sent_ahead(false);
+        self.backoff.fail();
     }
 
-    /// Spawns workers until one says hello, backing off exponentially between failures.
-    /// `None` when the pool closed meanwhile.
-    async fn start_worker(&mut self) -> Option<WorkerProcess> {
+    /// Starts a worker for the empty slot, waiting out the backoff before each try, until one
+    /// says hello; returns it with the roll generation its start began at. A newer roll cuts a
+    /// wait short, and drops a start still on its way for an older generation. `None` when
+    /// the pool closed meanwhile.
+    async fn start_worker(&mut self) -> Option<(WorkerProcess, u64)> {
         loop {
             // Closed but not empty: jobs sent ahead to a lost worker came back, and may have
             // no other slot left to run them.
             if self.pool.queue.lock().unwrap().is_closed_and_empty() {
                 return None;
             }
+            let generation = self.life.borrow_and_update().generation;
+            if self.wait_backoff(generation).await {
+                self.backoff.reset();
+                continue;
+            }
             self.set_state(WorkerState::Starting, None);
-            match self.pool.spawn_replacement().await {
-                Ok(worker) => return Some(worker),
-                Err(error) => {
-                    let delay = self.backoff.next();
-                    tracing::error!(slot = self.slot, %error, ?delay, "worker failed to start");
+            let spawn = self.pool.spawn_worker();
+            let started = tokio::select! {
+                started = spawn => Some(started),
+                () = newer_roll(&mut self.life, generation, false) => None,
+            };
+            match started {
+                Some(Ok(worker)) => return Some((worker, generation)),
+                Some(Err(error)) => {
+                    let retry_in = self.backoff.fail();
                     self.set_state(WorkerState::Down, None);
-                    sleep(delay).await;
+                    let reason = StartReason::EmptySlot;
+                    self.pool.start_failed(self.slot, reason, &error, retry_in);
+                }
+                None => {
+                    tracing::info!(slot = self.slot, older = generation,
+                        "a newer roll supersedes the worker starting; starting afresh");
+                    self.backoff.reset();
                 }
             }
         }
     }
 
-    fn set_state(&self, state: WorkerState, worker: Option<&WorkerProcess>) {
-        let mut slot = self.pool.slots[self.slot].lock().unwrap();
-        slot.set(state, worker.map(|w| w.pid));
+    /// Waits out the backoff before the slot's next start; true when a newer roll than
+    /// `generation`, or the pool closing, cut it short.
+    async fn wait_backoff(&mut self, generation: u64) -> bool {
+        let delay = self.backoff.delay();
+        if delay.is_zero() {
+            return false;
+        }
+        self.set_state(WorkerState::Down, None);
+        // Once closed, only a roll cuts it short (or it would never be waited out).
+        let or_close = !self.life.borrow().closed;
+        tokio::select! {
+            () = sleep(delay) => false,
+            () = newer_roll(&mut self.life, generation, or_close) => true,
+        }
     }
+
+    fn set_state(&self, state: WorkerState, tenure: Option<&Tenure>) {
+        let worker = tenure.map(|t| SlotWorker {
+            pid: t.worker.pid,
+            version: &t.worker.version,
+            generation: t.generation,
+        });
+        self.pool.slots[self.slot].lock().unwrap().set(state, worker);
+    }
+}
+
+/// Resolves once a roll newer than `generation` begins, or (with `or_close`) the pool closes.
+async fn newer_roll(life: &mut watch::Receiver<Life>, generation: u64, or_close: bool) {
+    // An error only means the pool is gone, which the driver's own handle on it prevents.
+    let _ = life
+        .wait_for(|life| life.generation > generation || (or_close && life.closed))
+        .await;
 }
 
 /// Writes what is left of `outbox` and reads the reply of `head`, the job running now, unless
@@ -563,12 +704,14 @@ async fn on_idle_output(
 
 impl<J: Job> Inner<J> {
     /// A replacement for a worker that stays alive until the new one is ready (recycling, a
-    /// roll). It first waits for the pool's one spare permit, which travels with it and is
-    /// released once the old worker has exited. Meanwhile the old worker keeps serving.
-    fn spawn_spare(&self) -> Spawning {
+    /// roll): after `delay` (the slot's backoff), it waits for the pool's one spare permit,
+    /// which travels with it and is released once the old worker has exited. Meanwhile the old
+    /// worker keeps serving.
+    fn spawn_spare(&self, delay: Duration) -> Spawning {
         let spare = self.spare.clone();
-        let spawn = self.spawn_replacement();
+        let spawn = self.spawn_worker();
         Box::pin(async move {
+            sleep(delay).await;
             let permit = spare
                 .acquire_owned()
                 .await
@@ -577,14 +720,15 @@ impl<J: Job> Inner<J> {
         })
     }
 
-    fn spawn_replacement(&self) -> impl Future<Output = Result<WorkerProcess, SpawnError>> {
+    /// Spawns a worker and waits for its hello; counted once it said hello.
+    fn spawn_worker(&self) -> impl Future<Output = Result<WorkerProcess, SpawnError>> + 'static {
         let spec = self.spec.clone();
         let spawns = self.metrics.spawns.clone();
         async move {
             let worker = WorkerProcess::spawn(&spec).await;
             if let Ok(w) = &worker {
                 spawns.increment(1);
-                tracing::debug!(pid = w.pid, "worker started");
+                tracing::debug!(pid = w.pid, version = %w.version, "worker started");
             }
             worker
         }
@@ -606,36 +750,9 @@ fn jitter(n: u64) -> u64 {
     (n as i64 + offset).max(1) as u64
 }
 
-/// Exponential backoff for worker starts: 100 ms doubling up to 10 s.
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let delay = Duration::from_millis(100) * 2u32.saturating_pow(self.failures.min(7));
-        self.failures += 1;
-        delay.min(Duration::from_secs(10))
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let mut b = Backoff::default();
-        let delays: Vec<_> = (0..9).map(|_| b.next().as_millis()).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000]);
-        b.reset();
-        assert_eq!(b.next().as_millis(), 100);
-    }
 
     #[test]
     fn jitter_stays_within_ten_percent() {

@@ -1,5 +1,6 @@
-//! The lifecycle of jobs and workers as types: how a worker process ended ([`Exit`]), why a
-//! worker left its slot ([`WorkerExit`]) and how a job ended ([`JobOutcome`]). Each knows its
+//! The lifecycle of jobs and workers as types: why a worker was started ([`StartReason`]), how
+//! a worker process ended ([`Exit`]), why a worker left its slot ([`WorkerExit`]) and how a job
+//! ended ([`JobOutcome`]). Each knows its
 //! metric labels and answers the questions the driver asks of it; nothing is decided by
 //! reading a label back.
 
@@ -8,6 +9,29 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
 use super::protocol::EXIT_OUT_OF_MEMORY;
+
+/// Why a worker is being started: the `reason` label of
+/// `<prefix>_worker_start_failures_total`, and a field of the log line of a failed start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartReason {
+    /// The slot has no worker: at pool start, or after its worker was lost.
+    EmptySlot,
+    /// The slot's worker served its quota of jobs; it keeps serving until this one said hello.
+    Recycle,
+    /// A roll asked for a worker of a newer generation; the old one keeps serving meanwhile.
+    Roll,
+}
+
+impl StartReason {
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            StartReason::EmptySlot => "empty_slot",
+            StartReason::Recycle => "recycle",
+            StartReason::Roll => "roll",
+        }
+    }
+}
 
 /// How a worker process ended, as the error message, the log and the exit metric tell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +149,8 @@ pub enum JobOutcome {
     Crashed,
     /// The queue was full.
     RejectedFull,
+    /// Refused, or dropped from the queue, because no worker can be started (the breaker).
+    Unavailable,
     /// The driver running it panicked.
     DriverPanic,
 }
@@ -139,6 +165,7 @@ impl JobOutcome {
             JobOutcome::Cancelled => "cancelled",
             JobOutcome::Crashed => "crashed",
             JobOutcome::RejectedFull => "rejected_full",
+            JobOutcome::Unavailable => "unavailable",
             JobOutcome::DriverPanic => "driver_panic",
         }
     }

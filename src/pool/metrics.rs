@@ -9,7 +9,16 @@
 //! | `<prefix>_jobs_total` | counter | `outcome` ([`JobOutcome::label`]) |
 //! | `<prefix>_worker_exits_total` | counter | `reason`, and `signal` or `code` ([`WorkerExit::labels`]) |
 //! | `<prefix>_worker_spawns_total` | counter | |
+//! | `<prefix>_worker_start_failures_total` | counter | `reason` ([`StartReason::label`]) |
+//! | `<prefix>_worker_starts_failed_in_a_row` | gauge | |
+//! | `<prefix>_pool_unavailable` | gauge | |
+//! | `<prefix>_roll_generation` | gauge | |
+//! | `<prefix>_roll_pending_slots` | gauge | |
 //! | `<prefix>_driver_panics_total` | counter | |
+//!
+//! The gauges follow the pool's life (see `health`): failed starts since the last hello, all
+//! slots together; 1 while the breaker refuses jobs, else 0; the current roll generation; and
+//! the slots not yet on a worker of that generation (0 once a roll is done).
 //!
 //! A job's run time is counted from the previous answer of its worker (or from its hand-over)
 //! to its own answer. Light jobs handed over together are answered in one write, so the
@@ -17,9 +26,10 @@
 //!
 //! [`PoolConfig::metrics_prefix`]: super::PoolConfig::metrics_prefix
 
-use metrics::{Counter, Histogram, SharedString};
+use metrics::{Counter, Gauge, Histogram, SharedString};
 
-use super::lifecycle::{JobOutcome, WorkerExit};
+use super::health::{Life, PoolHealth};
+use super::lifecycle::{JobOutcome, StartReason, WorkerExit};
 
 /// Names and handles, built once per pool. Built after the embedding program installs its
 /// recorder, or the handles are no-ops.
@@ -28,6 +38,16 @@ pub(super) struct Metrics {
     jobs_total: SharedString,
     /// `<prefix>_worker_exits_total`.
     worker_exits_total: SharedString,
+    /// `<prefix>_worker_start_failures_total`.
+    start_failures_total: SharedString,
+    /// Failed starts since the last hello, all slots together.
+    failed_in_a_row: Gauge,
+    /// 1 while no worker can be started and jobs are refused.
+    unavailable: Gauge,
+    /// The current roll generation.
+    roll_generation: Gauge,
+    /// Slots not yet on a worker of the current generation.
+    roll_pending: Gauge,
     /// Time from submit to a driver taking the job.
     pub(super) queue_wait: Histogram,
     /// Time a job spent with its worker.
@@ -51,6 +71,11 @@ impl Metrics {
         let worker_exits_total = name("worker_exits_total");
         let spawns = name("worker_spawns_total");
         let driver_panics = name("driver_panics_total");
+        let start_failures_total = name("worker_start_failures_total");
+        let failed_in_a_row = name("worker_starts_failed_in_a_row");
+        let unavailable = name("pool_unavailable");
+        let roll_generation = name("roll_generation");
+        let roll_pending = name("roll_pending_slots");
         metrics::describe_histogram!(queue_wait.clone(), "Time a job waited in the queue");
         metrics::describe_histogram!(run_time.clone(), "Time a job ran on a worker");
         metrics::describe_counter!(jobs_total.clone(), "Jobs by outcome");
@@ -60,15 +85,54 @@ impl Metrics {
             driver_panics.clone(),
             "Slot drivers that panicked and were restarted (a bug)"
         );
+        metrics::describe_counter!(
+            start_failures_total.clone(),
+            "Worker starts that failed (no hello), by what the worker was started for"
+        );
+        metrics::describe_gauge!(
+            failed_in_a_row.clone(),
+            "Worker starts failed since the last successful one, all slots together"
+        );
+        metrics::describe_gauge!(
+            unavailable.clone(),
+            "1 while no worker is alive and none can be started, so jobs are refused"
+        );
+        metrics::describe_gauge!(
+            roll_generation.clone(),
+            "Rolling restarts asked for since the pool started"
+        );
+        metrics::describe_gauge!(
+            roll_pending.clone(),
+            "Worker slots not yet running a worker of the latest rolling restart"
+        );
         Metrics {
             queue_wait: metrics::histogram!(queue_wait),
             run_time: metrics::histogram!(run_time),
             jobs_ok: metrics::counter!(jobs_total.clone(), "outcome" => JobOutcome::Ok.label()),
             spawns: metrics::counter!(spawns),
             driver_panics: metrics::counter!(driver_panics),
+            failed_in_a_row: metrics::gauge!(failed_in_a_row),
+            unavailable: metrics::gauge!(unavailable),
+            roll_generation: metrics::gauge!(roll_generation),
+            roll_pending: metrics::gauge!(roll_pending),
             jobs_total,
             worker_exits_total,
+            start_failures_total,
         }
+    }
+
+    /// Sets the gauges that follow the pool's life.
+    pub(super) fn publish(&self, life: &Life) {
+        self.failed_in_a_row.set(life.failed_in_a_row as f64);
+        let unavailable = matches!(life.health(), PoolHealth::Unavailable { .. });
+        self.unavailable.set(if unavailable { 1.0 } else { 0.0 });
+        self.roll_generation.set(life.generation as f64);
+        self.roll_pending.set(life.pending() as f64);
+    }
+
+    pub(super) fn start_failed(&self, reason: StartReason) {
+        metrics::counter!(self.start_failures_total.clone(), "reason" => reason.label())
+            .increment(1);
     }
 
     pub(super) fn job(&self, outcome: JobOutcome) {

@@ -24,9 +24,32 @@
 //! - **At most `workers + 1` alive.** A recycled or rolled worker's replacement is started and
 //!   has said hello before the old one retires, so capacity never dips, and one spare permit
 //!   for the whole pool caps the overlap at one process.
+//! - **Rolls never wedge.** [`WorkerPool::roll`] bumps the pool's roll generation and returns
+//!   at once (with a [`Roll`] to await if the caller wants its end). Each slot whose worker is
+//!   older starts a replacement, make-before-break: the old worker serves until the new one
+//!   said hello. A replacement that fails to start is retried after the backoff, logged,
+//!   counted and shown in [`WorkerPool::overview`]; a later roll supersedes a stuck one, drops
+//!   (kills and reaps) whatever is on its way for the older generation and starts afresh at
+//!   once. A worker due for recycling likewise keeps serving while its replacement cannot
+//!   start.
+//! - **One backoff for every start.** Whatever a worker is started for (an empty slot after a
+//!   crash, a deadline kill or a driver panic; recycling; a roll), its slot waits nothing while
+//!   starts succeed and, after failures, 100 ms doubling to 10 s with ±20% jitter: a broken
+//!   worker program costs a handful of fork/execs a minute, never a busy loop. A worker that
+//!   says hello and then dies by itself within a second, before any job, counts as a failure
+//!   too.
+//! - **Fails fast when no worker can start.** After
+//!   [`PoolConfig::broken_after_failed_starts`] failed starts in a row (all slots together,
+//!   reset by any hello) with no worker live, the pool is [`PoolHealth::Unavailable`]: `submit`
+//!   fails at once with [`PoolError::Unavailable`] and queued jobs are answered the same way,
+//!   instead of waiting for their deadline. The slots keep trying; the first hello clears it.
+//!   [`WorkerPool::wait_live`] waits for the first hello without polling.
+//! - **Workers of another release are accepted.** The hello is checked for the
+//!   [`PROTOCOL_VERSION`] (changed only when the lines change), the job kind and the pid, never
+//!   for the package version, which is shown per slot ([`WorkerStatus::version`]) so that a
+//!   roll onto a new binary can be followed.
 //! - **Bounded everything.** A full queue answers [`PoolError::QueueFull`] at once; protocol
-//!   lines are capped at [`PoolConfig::max_line`] both ways; a worker that dies right after
-//!   start is restarted with exponential backoff, never in a busy loop.
+//!   lines are capped at [`PoolConfig::max_line`] both ways.
 //! - **Supervised drivers.** A driver that panics (a bug, or a [`Job::Output`] whose decoding
 //!   panics) is restarted: its worker is killed, its job fails with [`PoolError::DriverPanic`],
 //!   the panic is logged at `error` and counted.
@@ -119,12 +142,15 @@
 //! The drivers run on a thread of their own (see `dispatch`), so load on the embedding
 //! program's runtime never delays the next job, and the workers' parent thread lives exactly as
 //! long as the pool. Files: `driver` (the per-slot state machine and its supervisor), `queue`
-//! (the queue and its cancellation), `lifecycle` (how jobs and workers end, as types),
-//! `process` (one child: spawn, handshake, kill), `protocol` (messages, framing, [`Job`]),
-//! `metrics`, `status` (the per-slot rows), `worker` (the worker side).
+//! (the queue and its cancellation), `health` (the pool as a whole: roll generations, failed
+//! starts and the breaker, the backoff, [`Roll`]), `lifecycle` (why workers start, how jobs
+//! and workers end, as types), `process` (one child: spawn, handshake, kill), `protocol`
+//! (messages, framing, [`Job`]), `metrics`, `status` (the per-slot rows), `worker` (the worker
+//! side).
 
 mod dispatch;
 mod driver;
+mod health;
 mod lifecycle;
 mod metrics;
 mod process;
@@ -137,14 +163,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use dispatch::Dispatcher;
-pub use lifecycle::{Exit, JobOutcome, WorkerExit};
+use health::Life;
+pub use health::{PoolHealth, PoolOverview, Roll, RollOutcome, RollStatus};
+pub use lifecycle::{Exit, JobOutcome, StartReason, WorkerExit};
 pub use process::SpawnError;
 use process::SpawnSpec;
-pub use protocol::{Job, ProtocolError, Weight};
+pub use protocol::{Job, ProtocolError, Weight, PROTOCOL_VERSION};
 use queue::{Pending, Queue, Unqueue};
 use status::Slot;
 pub use status::{rss_bytes, WorkerState, WorkerStatus};
@@ -170,11 +198,15 @@ pub struct PoolConfig {
     pub max_batch: usize,
     /// Metric names start with this and `_` (see the `metrics` module's table).
     pub metrics_prefix: String,
+    /// Failed worker starts in a row (all slots together, reset by any hello) after which a
+    /// pool with no live worker is unavailable: jobs are refused at once with
+    /// [`PoolError::Unavailable`] instead of waiting for their deadline, until a start succeeds.
+    pub broken_after_failed_starts: u32,
 }
 
 impl PoolConfig {
     /// `workers` slots, a queue of 256, a 60 s deadline, 1 MiB lines, no recycling, batches of
-    /// up to 32 light jobs, metrics named `forkpool_*`.
+    /// up to 32 light jobs, metrics named `forkpool_*`, unavailable after 5 failed starts.
     pub fn new(workers: usize) -> PoolConfig {
         PoolConfig {
             workers,
@@ -184,6 +216,7 @@ impl PoolConfig {
             max_jobs_per_worker: 0,
             max_batch: 32,
             metrics_prefix: "forkpool".into(),
+            broken_after_failed_starts: 5,
         }
     }
 }
@@ -232,6 +265,13 @@ pub enum PoolError<E> {
     JobFailed(E),
     #[error("internal error: the pool's driver running this job panicked (logged); the job was abandoned and its worker replaced")]
     DriverPanic,
+    #[error("no worker is alive and none can be started ({failed_starts} starts failed in a row, the last: {last_error}); retry later")]
+    Unavailable {
+        /// Failed starts in a row when the job was refused.
+        failed_starts: u32,
+        /// The error of the latest one.
+        last_error: String,
+    },
 }
 
 /// A finished job.
@@ -245,8 +285,6 @@ pub struct Done<O> {
 
 /// What a submitter waits on: the answer to its job.
 type Answer<J> = Result<Done<<J as Job>::Output>, PoolError<<J as Job>::Error>>;
-/// A roll request for one slot, answered once that slot's new worker replaced the old.
-type RollRequest = oneshot::Sender<()>;
 
 /// Everything the drivers and the handles share.
 struct Inner<J: Job> {
@@ -257,8 +295,9 @@ struct Inner<J: Job> {
     job_ready: Notify,
     /// What each slot shows (`/status`), updated by its driver.
     slots: Vec<Mutex<Slot>>,
-    /// One per slot, to its driver (which keeps the receiver across a panic).
-    rolls: Vec<mpsc::UnboundedSender<RollRequest>>,
+    /// The pool as a whole (roll generation, live slots, failed starts; see `health`), which
+    /// drivers and waiters watch.
+    life: watch::Sender<Life>,
     /// One permit: a worker started while the one it replaces still lives (recycling, a roll)
     /// holds it until the old one has exited, so that at most `workers + 1` are ever alive,
     /// however recycling and a roll overlap.
@@ -305,17 +344,15 @@ impl<J: Job> Clone for WorkerPool<J> {
 
 impl<J: Job> WorkerPool<J> {
     /// Starts the pool's thread and one driver per slot; each spawns its worker in the
-    /// background, so this returns at once ([`live_workers`](Self::live_workers) says when
-    /// workers are up). Needs no runtime of the caller's.
+    /// background, so this returns at once ([`wait_live`](Self::wait_live) waits for the first
+    /// one). Needs no runtime of the caller's.
     pub fn start(config: PoolConfig, command: impl WorkerCommand) -> Self {
         let spec = SpawnSpec {
             command: Arc::new(command),
             kind: J::KIND,
             max_line: config.max_line,
         };
-        let (rolls, receivers): (Vec<_>, Vec<_>) = (0..config.workers)
-            .map(|_| mpsc::unbounded_channel())
-            .unzip();
+        let life = Life::new(config.workers, config.broken_after_failed_starts);
         let inner = Arc::new(Inner {
             slots: (0..config.workers)
                 .map(|_| Mutex::new(Slot::new()))
@@ -325,16 +362,15 @@ impl<J: Job> WorkerPool<J> {
             config,
             spec,
             job_ready: Notify::new(),
-            rolls,
+            life: watch::Sender::new(life),
             spare: Arc::new(Semaphore::new(1)),
             supervisors: Mutex::new(Vec::new()),
             dispatcher: Dispatcher::start(),
             next_id: AtomicU64::new(1),
         });
-        let supervisors = receivers
-            .into_iter()
-            .enumerate()
-            .map(|(slot, rolls)| driver::supervise(inner.clone(), slot, rolls))
+        inner.metrics.publish(&inner.life.borrow());
+        let supervisors = (0..inner.config.workers)
+            .map(|slot| driver::supervise(inner.clone(), slot))
             .collect();
         *inner.supervisors.lock().unwrap() = supervisors;
         WorkerPool {
@@ -349,7 +385,8 @@ impl<J: Job> WorkerPool<J> {
     /// Queues `job` and waits for its answer, its deadline, or a failure. `tag` is opaque to
     /// the pool: it travels with the job and shows in the logs on both sides (the server passes
     /// the HTTP request id). Dropping the returned future cancels the job: it leaves the queue,
-    /// or its worker is killed.
+    /// or its worker is killed. While no worker can be started ([`PoolHealth::Unavailable`]) it
+    /// fails at once with [`PoolError::Unavailable`].
     pub async fn submit(&self, job: J, tag: &str) -> Answer<J> {
         let inner = self.inner();
         let now = Instant::now();
@@ -387,18 +424,28 @@ impl<J: Job> WorkerPool<J> {
 
     /// Workers that are up and able to take a job (idle or busy).
     pub fn live_workers(&self) -> usize {
-        let live = |s: &Mutex<Slot>| {
-            let state = s.lock().unwrap().state;
-            matches!(state, WorkerState::Idle | WorkerState::Busy)
-        };
-        self.inner().slots.iter().filter(|s| live(s)).count()
+        self.inner().life.borrow().live()
     }
 
-    /// Resolves once at least one worker is up (has said hello).
+    /// Whether the pool can run jobs: a worker is live, workers are starting, or none can be
+    /// started (the breaker: jobs are refused), or the pool is closed.
+    pub fn health(&self) -> PoolHealth {
+        self.inner().life.borrow().health()
+    }
+
+    /// The pool as a whole: its health, failed starts, and the latest roll.
+    pub fn overview(&self) -> PoolOverview {
+        self.inner().life.borrow().overview()
+    }
+
+    /// Resolves once at least one worker has said hello (at once if one is live now), woken by
+    /// the hello itself rather than by polling: the moment a server is ready to serve. It
+    /// keeps waiting while no worker ever starts, so that a caller races it against its own
+    /// shutdown.
     pub async fn wait_live(&self) {
-        while self.live_workers() == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let mut life = self.inner().life.subscribe();
+        // An error only means the pool is gone, which a handle prevents.
+        let _ = life.wait_for(|life| life.live() > 0).await;
     }
 
     /// Jobs waiting for a worker.
@@ -406,16 +453,16 @@ impl<J: Job> WorkerPool<J> {
         self.inner().queue.lock().unwrap().len()
     }
 
-    /// Rolling restart: one slot at a time, start a new worker, then retire the old one once its
-    /// running job is done. At most one extra worker is alive at any moment (see `spare`).
-    pub async fn roll(&self) {
-        for roll in &self.inner().rolls {
-            let (done, replaced) = oneshot::channel();
-            if roll.send(done).is_ok() {
-                // An error only means the slot lost its worker meanwhile; it respawns anyway.
-                let _ = replaced.await;
-            }
-        }
+    /// Rolling restart, to pick up a new worker program: bumps the pool's roll generation and
+    /// returns at once. Every slot whose worker is older starts a replacement (through the one
+    /// spare permit, so at most `workers + 1` processes are alive), and the old worker keeps
+    /// serving until the replacement said hello, then retires once its running job is done. A
+    /// replacement that fails to start is retried after the slot's backoff; a later roll
+    /// supersedes this one, replacing what is still on its way at once. Await
+    /// [`Roll::finished`] on the result to learn when every slot runs a worker of this
+    /// generation (or that a newer roll superseded it); dropping it leaves the roll running.
+    pub fn roll(&self) -> Roll {
+        self.inner().roll()
     }
 
     /// Stops admitting jobs; queued and running jobs may still finish.
@@ -447,5 +494,6 @@ impl<J: Job> Inner<J> {
     fn close(&self) {
         self.queue.lock().unwrap().close();
         self.job_ready.notify_waiters();
+        self.change_life(|life| life.closed = true);
     }
 }

@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::lifecycle::Exit;
-use super::protocol::{decode, HelloLine, LineReader, ProtocolError};
+use super::protocol::{decode, Hello, HelloLine, LineReader, ProtocolError, PROTOCOL_VERSION};
 use super::WorkerCommand;
 
 /// How long a new worker may take to say hello before it counts as a failed start.
@@ -53,6 +53,28 @@ pub enum SpawnError {
     DiedEarly(String),
     #[error("bad hello: {0}")]
     BadHello(#[from] ProtocolError),
+    #[error("{}", incompatible(.protocol, .version))]
+    Incompatible {
+        /// The protocol version the worker speaks; `None` when its hello names none.
+        protocol: Option<u32>,
+        /// The package version the worker reported.
+        version: String,
+    },
+}
+
+/// Why a worker that speaks `protocol` is refused, in words an operator can act on.
+fn incompatible(protocol: &Option<u32>, version: &str) -> String {
+    match protocol {
+        Some(theirs) => format!(
+            "the worker (version {version}) speaks protocol {theirs}; this pool speaks protocol \
+             {PROTOCOL_VERSION}: run a worker program built for it"
+        ),
+        None => format!(
+            "the worker (version {version}) names no protocol version in its hello: it predates \
+             protocol versions and cannot talk to this pool (protocol {PROTOCOL_VERSION}); run a \
+             worker program built for it"
+        ),
+    }
 }
 
 /// A child process that is killed (its whole group) and reaped when dropped unreaped.
@@ -88,10 +110,13 @@ pub(super) struct WorkerProcess {
     stdout: LineReader<ChildStdout>,
     /// When it was spawned.
     pub(super) started: Instant,
+    /// The package version it reported in its hello (shown per slot in `/status`).
+    pub(super) version: String,
 }
 
 impl WorkerProcess {
-    /// Starts a worker and waits for a hello that matches our version, job kind and its pid.
+    /// Starts a worker and waits for a hello that matches our protocol version, job kind and
+    /// its pid.
     pub(super) async fn spawn(spec: &SpawnSpec) -> Result<WorkerProcess, SpawnError> {
         let mut command = Command::from(spec.command.command());
         let mut child = command
@@ -118,6 +143,7 @@ impl WorkerProcess {
             stdin,
             stdout: LineReader::new(stdout, spec.max_line),
             started: Instant::now(),
+            version: String::new(),
         };
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, worker.handshake(spec)).await {
             Ok(Ok(())) => Ok(worker),
@@ -143,14 +169,8 @@ impl WorkerProcess {
             .await?
             .ok_or_else(|| SpawnError::DiedEarly(String::new()))?;
         let hello = decode::<HelloLine>(&line)?.hello;
-        let expected = (env!("CARGO_PKG_VERSION"), spec.kind, self.pid);
-        if (hello.version.as_str(), hello.kind.as_str(), hello.pid) != expected {
-            return Err(ProtocolError::Unexpected(format!(
-                "hello {hello:?} does not match version {}, kind {}, pid {}",
-                expected.0, expected.1, expected.2
-            ))
-            .into());
-        }
+        check_hello(&hello, spec.kind, self.pid)?;
+        self.version = hello.version;
         Ok(())
     }
 
@@ -218,10 +238,55 @@ impl WorkerProcess {
     }
 }
 
+/// Whether `hello` comes from the worker started as `pid`, for job `kind`, speaking our
+/// protocol. Its package version is not checked: any release that speaks the protocol will do.
+fn check_hello(hello: &Hello, kind: &str, pid: u32) -> Result<(), SpawnError> {
+    if hello.protocol != Some(PROTOCOL_VERSION) {
+        return Err(SpawnError::Incompatible {
+            protocol: hello.protocol,
+            version: hello.version.clone(),
+        });
+    }
+    if (hello.kind.as_str(), hello.pid) != (kind, pid) {
+        return Err(ProtocolError::Unexpected(format!(
+            "hello {hello:?} does not match kind {kind}, pid {pid}"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// SIGKILL to the process group led by `pid`. ESRCH only means it is already gone: the caller
 /// reaps it either way.
 fn kill_group(pid: u32) {
     if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
         let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(protocol: Option<u32>, version: &str) -> Hello {
+        let line = match protocol {
+            Some(p) => format!(r#"{{"hello":{{"protocol":{p},"version":"{version}","pid":7,"kind":"k"}}}}"#),
+            None => format!(r#"{{"hello":{{"version":"{version}","pid":7,"kind":"k"}}}}"#),
+        };
+        decode::<HelloLine>(line.as_bytes()).unwrap().hello
+    }
+
+    #[test]
+    fn the_hello_is_checked_for_the_protocol_never_for_the_package_version() {
+        let current = Some(PROTOCOL_VERSION);
+        assert!(check_hello(&hello(current, "99.0.0-other"), "k", 7).is_ok());
+        let error = check_hello(&hello(current, "1.0.0"), "k", 8).unwrap_err();
+        assert!(error.to_string().contains("pid 8"), "{error}");
+        let error = check_hello(&hello(Some(PROTOCOL_VERSION + 1), "2.0.0"), "k", 7).unwrap_err();
+        let expected = format!("speaks protocol {}", PROTOCOL_VERSION + 1);
+        assert!(error.to_string().contains(&expected), "{error}");
+        let error = check_hello(&hello(None, "0.0.9"), "k", 7).unwrap_err();
+        assert!(error.to_string().contains("no protocol version"), "{error}");
+        assert!(error.to_string().contains("0.0.9"), "{error}");
     }
 }

@@ -1,7 +1,8 @@
 //! The JSON-lines protocol between the pool and a worker, over the worker's stdin/stdout.
 //!
 //! ```text
-//! worker -> pool  {"hello":{"version":"0.1.0","pid":4242,"kind":"isprime"}}   once, at start
+//! worker -> pool  {"hello":{"protocol":1,"version":"0.1.0","pid":4242,"kind":"isprime"}}  once
+//!                 (at start)
 //! pool -> worker  {"id":7,"tag":"<the submitter's tag>","job":{...}}
 //! worker -> pool  {"id":7,"ms":0.41,"ok":{...}}   or   {"id":7,"ms":0.02,"err":...}
 //! ```
@@ -19,6 +20,16 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The version of this protocol, which the hello carries and the pool checks: a worker that
+/// speaks another (or none, as workers did before it existed) is refused before it gets a job.
+///
+/// Change it only when the lines themselves change in a way the other side cannot read (a
+/// field renamed, removed or made required, a new message a worker must answer), never for a
+/// release: the package version is reported in the hello ([`Hello::version`], for `/status`)
+/// but never checked, so that a worker of another release that speaks the same lines is
+/// accepted, and a rolling restart onto a new binary goes through.
+pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Exit code of a worker whose memory allocation failed (see `worker::ExitOnOutOfMemory`). Rust
 /// itself would abort with SIGABRT, which the pool could not tell from any other crash. An
@@ -64,11 +75,15 @@ pub enum Weight {
     Heavy,
 }
 
-/// First line a worker writes: proves that it is a worker of the same pool version, for the
-/// expected job type, and the very process that was started.
+/// First line a worker writes: proves that it speaks this protocol, serves the expected job
+/// type, and is the very process that was started; and says which build it is.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Hello {
-    /// The pool crate's version the worker was built with.
+    /// The [`PROTOCOL_VERSION`] it speaks; `None` from a worker built before the hello carried
+    /// one (it is refused, with a message that says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u32>,
+    /// The package version the worker was built with: reported (in `/status`), never checked.
     pub version: String,
     /// The worker's own pid, which the pool compares with the child it started.
     pub pid: u32,

@@ -51,6 +51,9 @@ pub(super) struct Queue<J: Job> {
     capacity: usize,
     /// Set at shutdown: no new jobs; drivers finish what is queued, then retire.
     closed: bool,
+    /// Set while no worker can be started (the breaker, see `health`): failed starts in a row
+    /// and the latest error. Jobs are refused with [`PoolError::Unavailable`] meanwhile.
+    unavailable: Option<(u32, String)>,
 }
 
 impl<J: Job> Queue<J> {
@@ -59,6 +62,7 @@ impl<J: Job> Queue<J> {
             jobs: VecDeque::with_capacity(capacity),
             capacity,
             closed: false,
+            unavailable: None,
         }
     }
 
@@ -70,6 +74,23 @@ impl<J: Job> Queue<J> {
         self.closed = true;
     }
 
+    /// Why jobs are refused, while no worker can be started.
+    pub(super) fn unavailable(&self) -> Option<&(u32, String)> {
+        self.unavailable.as_ref()
+    }
+
+    /// Refuses jobs from now on for `why` (failed starts in a row, the latest error), or admits
+    /// them again with `None`. Returns the jobs that were waiting when refusal starts: their
+    /// submitters are answered with the refusal rather than left to their deadline.
+    pub(super) fn set_unavailable(&mut self, why: Option<(u32, String)>) -> Vec<Pending<J>> {
+        let refusing = why.is_some();
+        self.unavailable = why;
+        match refusing {
+            true => self.jobs.drain(..).collect(),
+            false => Vec::new(),
+        }
+    }
+
     /// Closed, and nothing left for a driver to run.
     pub(super) fn is_closed_and_empty(&self) -> bool {
         self.closed && self.jobs.is_empty()
@@ -77,12 +98,20 @@ impl<J: Job> Queue<J> {
 }
 
 impl<J: Job> Inner<J> {
-    /// Queues a job, or says why not (closed, full), and wakes one idle driver.
+    /// Queues a job, or says why not (closed, no worker can start, full), and wakes one idle
+    /// driver.
     pub(super) fn enqueue(&self, job: Pending<J>) -> Result<(), PoolError<J::Error>> {
         {
             let mut queue = self.queue.lock().unwrap();
             if queue.closed {
                 return Err(PoolError::ShuttingDown);
+            }
+            if let Some((failed_starts, last_error)) = &queue.unavailable {
+                self.metrics.job(JobOutcome::Unavailable);
+                return Err(PoolError::Unavailable {
+                    failed_starts: *failed_starts,
+                    last_error: last_error.clone(),
+                });
             }
             if queue.jobs.len() >= queue.capacity {
                 self.metrics.job(JobOutcome::RejectedFull);

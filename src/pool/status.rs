@@ -24,6 +24,13 @@ pub struct WorkerStatus {
     pub rss_bytes: Option<u64>,
     /// Unix time in seconds.
     pub started_at: Option<f64>,
+    /// The package version the worker reported in its hello: which binary it runs, so that
+    /// a roll onto a new release can be followed slot by slot.
+    pub version: Option<String>,
+    /// The roll generation the worker was started at (see [`RollStatus`]).
+    ///
+    /// [`RollStatus`]: super::RollStatus
+    pub generation: Option<u64>,
 }
 
 /// Where a slot's worker is in its life.
@@ -73,6 +80,17 @@ pub(super) struct Slot {
     pub(super) jobs_served: u64,
     /// When the current worker said hello.
     pub(super) started_at: Option<SystemTime>,
+    /// The current worker's package version, from its hello.
+    pub(super) version: Option<String>,
+    /// The roll generation the current worker was started at.
+    pub(super) generation: Option<u64>,
+}
+
+/// What a slot's row shows of the worker in it.
+pub(super) struct SlotWorker<'a> {
+    pub(super) pid: u32,
+    pub(super) version: &'a str,
+    pub(super) generation: u64,
 }
 
 impl Slot {
@@ -83,6 +101,8 @@ impl Slot {
             job: None,
             jobs_served: 0,
             started_at: None,
+            version: None,
+            generation: None,
         }
     }
 
@@ -91,15 +111,18 @@ impl Slot {
         self.job = Some((job, Instant::now()));
     }
 
-    /// Any state but busy; `pid` is the worker now in the slot, if any. A new worker starts
+    /// Any state but busy; `worker` is the worker now in the slot, if any. A new worker starts
     /// its own row: start time now, no job served yet.
-    pub(super) fn set(&mut self, state: WorkerState, pid: Option<u32>) {
+    pub(super) fn set(&mut self, state: WorkerState, worker: Option<SlotWorker>) {
         self.state = state;
         self.job = None;
+        let pid = worker.as_ref().map(|w| w.pid);
         if self.pid != pid {
             self.pid = pid;
             self.started_at = pid.map(|_| SystemTime::now());
             self.jobs_served = 0;
+            self.version = worker.as_ref().map(|w| w.version.to_owned());
+            self.generation = worker.map(|w| w.generation);
         }
     }
 }
@@ -123,6 +146,8 @@ pub(super) fn rows(slots: &[Mutex<Slot>]) -> Vec<WorkerStatus> {
                 started_at: s
                     .started_at
                     .and_then(|t| t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs_f64())),
+                version: s.version.clone(),
+                generation: s.generation,
             }
         })
         .collect()

@@ -31,6 +31,7 @@ use rustix::process::{Pid, Resource, Rlimit, Signal};
 
 use super::protocol::{
     decode, encode, encode_into, Hello, HelloLine, Job, Outcome, Reply, Request, EXIT_OUT_OF_MEMORY,
+    PROTOCOL_VERSION,
 };
 
 /// The scheduling class a worker runs in.
@@ -244,6 +245,7 @@ fn say_hello<J: Job>(output: &mut impl Write) -> Result<(), WorkerError> {
     let pid = std::process::id();
     let hello = HelloLine {
         hello: Hello {
+            protocol: Some(PROTOCOL_VERSION),
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid,
             kind: J::KIND.to_string(),

@@ -14,6 +14,10 @@ use serde_json::value::RawValue;
 use super::body::BoundedBody;
 use super::{single_param, RequestId};
 use crate::error::{AppError, HttpError, RETRY_WHEN_BUSY};
+
+/// `Retry-After` of a job refused because no worker can be started: the pool retries its
+/// starts with a backoff of up to about 10 s, and a fix takes at least that long to show.
+const RETRY_WHEN_NO_WORKER: Duration = Duration::from_secs(5);
 use crate::jobs::IsPrimeJob;
 use crate::pool::PoolError;
 use crate::prime::Method;
@@ -71,16 +75,23 @@ impl HttpError for NumberError {
 impl<E: std::fmt::Display> HttpError for PoolError<E> {
     fn status(&self) -> StatusCode {
         match self {
-            PoolError::QueueFull(_) | PoolError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            PoolError::QueueFull(_) | PoolError::ShuttingDown | PoolError::Unavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             PoolError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             PoolError::WorkerDied { .. } | PoolError::Protocol { .. } => StatusCode::BAD_GATEWAY,
             PoolError::JobFailed(_) | PoolError::DriverPanic => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
-    /// A full queue is worth retrying shortly; a server shutting down is not.
+    /// A full queue is worth retrying shortly, a pool with no worker a little later; a server
+    /// shutting down is not.
     fn retry_after(&self) -> Option<Duration> {
-        matches!(self, PoolError::QueueFull(_)).then_some(RETRY_WHEN_BUSY)
+        match self {
+            PoolError::QueueFull(_) => Some(RETRY_WHEN_BUSY),
+            PoolError::Unavailable { .. } => Some(RETRY_WHEN_NO_WORKER),
+            _ => None,
+        }
     }
 }
 

@@ -1,9 +1,13 @@
 //! HTTP endpoints, one file per family: `isprime` (jobs for the worker pool), `ls` (streamed
-//! directory listings) and `ops` (index, health, readiness, metrics, status, /testrequest).
-//! `state` holds [`AppState`](state::AppState), what every handler shares; the server builds it.
+//! directory listings) and `ops` (index, health, readiness, metrics, status, /testrequest);
+//! [`routers`] puts them together with the `layers` every route shares. `state` holds
+//! [`AppState`], what every handler shares (built by `crate::app`, or from
+//! parts by a test). Nothing here starts a process or binds a socket: a router can be called
+//! in the test process with `tower::ServiceExt::oneshot`.
 
 pub mod body;
 pub mod isprime;
+pub mod layers;
 pub mod ls;
 pub mod ops;
 pub mod state;
@@ -11,9 +15,60 @@ pub mod state;
 use std::borrow::Cow;
 
 use axum::http::Uri;
+use axum::{middleware, Extension, Router};
 use percent_encoding::percent_decode;
 
 use crate::error::AppError;
+use layers::{answer_before_grace_ends, close_when_draining, method_not_allowed, not_found};
+use ops::{Audience, Port};
+use state::AppState;
+
+/// What the server serves: the public router, and the admin one when there is an admin
+/// listener.
+pub struct Routers {
+    /// For `--listen`.
+    pub public: Router,
+    /// For `--admin-listen`, when set.
+    pub admin: Option<Router>,
+}
+
+/// The routers: the public one, and the admin one when `--admin-listen` is set. Without it
+/// the public router serves everything; with it, `/metrics` and `/status` move to the admin
+/// router (the public one answers them 404) and `/healthz`, `/readyz` and `/openapi.json`
+/// answer on both. Both are built from [`ops::ENDPOINTS`], which says where each route goes.
+pub fn routers(state: AppState) -> Routers {
+    let split = state.config.admin_listen.is_some();
+    let serving = |on: &dyn Fn(Audience) -> bool| {
+        ops::ENDPOINTS
+            .iter()
+            .filter(|e| on(e.audience))
+            .fold(Router::new(), |router, e| {
+                router.route(e.path, (e.methods)())
+            })
+    };
+    let public = serving(&|audience| audience.on_public(split));
+    let admin = split.then(|| serving(&Audience::on_admin));
+    let finish = |router: Router<AppState>, port: Port| {
+        let router = router
+            .layer(Extension(port))
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                answer_before_grace_ends,
+            ))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                close_when_draining,
+            ))
+            .with_state(state.clone());
+        layers::with_layers(router)
+    };
+    Routers {
+        admin: admin.map(|admin| finish(admin, Port::Admin)),
+        public: finish(public, Port::Public),
+    }
+}
 
 /// The id of the current request, put into request extensions by the server's middleware.
 #[derive(Debug, Clone)]

@@ -2,21 +2,23 @@
 //! worker is busy: `/`, `/testrequest`, `/healthz`, `/readyz`, `/metrics`, `/status`,
 //! `/openapi.json`; and [`ENDPOINTS`], the table of every route that the router serves.
 
-use std::sync::OnceLock;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, MethodRouter};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::json;
 
 use super::{isprime, ls};
+use crate::telemetry;
 use crate::systemd;
 use crate::error::AppError;
-use crate::pool::WorkerState;
+use crate::pool::{PoolHealth, WorkerState};
 use crate::procfs::ProcessStats;
 use crate::routes::state::AppState;
+use crate::settings::Settings;
 
 /// One endpoint: the routers serve it from this table and `GET /` lists it from the same
 /// table, so neither can name a path the other lacks. `docs/openapi.json` is held to it by
@@ -61,7 +63,7 @@ pub struct Usage {
     pub request: &'static str,
     /// What it answers, in a few words.
     pub what: &'static str,
-    /// A command that calls it.
+    /// A command that calls it; `{base}` stands for the listener's URL (`http://ADDR`).
     pub example: &'static str,
 }
 
@@ -70,11 +72,11 @@ pub const ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         path: "/",
         methods: || get(index),
-        audience: Audience::Public,
+        audience: Audience::Both,
         usage: &[Usage {
             request: "GET  /",
             what: "this index",
-            example: "curl http://127.0.0.1:3636/",
+            example: "curl {base}/",
         }],
     },
     Endpoint {
@@ -84,7 +86,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         usage: &[Usage {
             request: "GET  /testrequest",
             what: "answers at once, however busy the workers are",
-            example: "curl http://127.0.0.1:3636/testrequest",
+            example: "curl {base}/testrequest",
         }],
     },
     Endpoint {
@@ -95,13 +97,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
             Usage {
                 request: "GET  /isprime?number=N",
                 what: "primality of N, computed in a worker",
-                example: "curl 'http://127.0.0.1:3636/isprime?number=1000000007'",
+                example: "curl '{base}/isprime?number=1000000007'",
             },
             Usage {
                 request: "POST /isprime {\"number\": \"N\"}",
                 what: "the same, for long numbers",
                 example: "curl -d '{\"number\": \"170141183460469231731687303715884105727\"}' \
-                          http://127.0.0.1:3636/isprime",
+                          {base}/isprime",
             },
         ],
     },
@@ -112,7 +114,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         usage: &[Usage {
             request: "GET  /ls?directory=D",
             what: "streams `ls -lash` of D inside the configured root",
-            example: "curl 'http://127.0.0.1:3636/ls?directory=/'",
+            example: "curl '{base}/ls?directory=/'",
         }],
     },
     Endpoint {
@@ -122,7 +124,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         usage: &[Usage {
             request: "GET  /healthz",
             what: "200 while the process lives",
-            example: "curl http://127.0.0.1:3636/healthz",
+            example: "curl {base}/healthz",
         }],
     },
     Endpoint {
@@ -131,8 +133,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         audience: Audience::Both,
         usage: &[Usage {
             request: "GET  /readyz",
-            what: "200 when a worker is up and the server is not shutting down",
-            example: "curl http://127.0.0.1:3636/readyz",
+            what: "200 when a worker is up and the server is not shutting down, else 503 and why",
+            example: "curl {base}/readyz",
         }],
     },
     Endpoint {
@@ -141,8 +143,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         audience: Audience::Operators,
         usage: &[Usage {
             request: "GET  /metrics",
-            what: "Prometheus metrics (on --admin-listen if set)",
-            example: "curl http://127.0.0.1:3636/metrics",
+            what: "Prometheus metrics (on the admin address if there is one)",
+            example: "curl {base}/metrics",
         }],
     },
     Endpoint {
@@ -151,8 +153,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
         audience: Audience::Operators,
         usage: &[Usage {
             request: "GET  /status",
-            what: "config and workers, as JSON (on --admin-listen if set)",
-            example: "curl http://127.0.0.1:3636/status",
+            what: "config and workers, as JSON (on the admin address if there is one)",
+            example: "curl {base}/status",
         }],
     },
     Endpoint {
@@ -162,7 +164,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         usage: &[Usage {
             request: "GET  /openapi.json",
             what: "OpenAPI 3.1 description of every endpoint",
-            example: "curl http://127.0.0.1:3636/openapi.json",
+            example: "curl {base}/openapi.json",
         }],
     },
 ];
@@ -171,26 +173,71 @@ pub const ENDPOINTS: &[Endpoint] = &[
 /// description for why) and checked against the router and real responses by tests.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
-/// `GET /`: a plain-text index.
-pub async fn index() -> &'static str {
-    index_text()
+/// Which listener a request came in on; each router carries its own as an extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// `--listen` (or the passed public socket).
+    Public,
+    /// `--admin-listen` (or the passed `admin` socket).
+    Admin,
 }
 
-/// The index, rendered once from [`ENDPOINTS`]. Outside the handler because [`ENDPOINTS`]
-/// names the handler: an `async fn` that read it would need its own future's type to type-check.
-fn index_text() -> &'static str {
-    static INDEX: OnceLock<String> = OnceLock::new();
-    INDEX.get_or_init(|| {
-        let mut text =
-            "forkpool: CPU work in a pool of worker processes, behind HTTP.\n\n".to_owned();
-        for usage in ENDPOINTS.iter().flat_map(|e| e.usage) {
-            text.push_str(&format!(
-                "{:<36}{}\n     {}\n",
-                usage.request, usage.what, usage.example
-            ));
-        }
-        text
-    })
+/// `GET /`: a plain-text index of what the listener the request came in on serves, with
+/// examples on the address it is bound to; on the public listener with an admin one beside it,
+/// also where the operators' endpoints are.
+pub async fn index(
+    State(state): State<AppState>,
+    Extension(port): Extension<Port>,
+) -> String {
+    index_text(&state.config, port)
+}
+
+/// The index of `port` under `config` (whose addresses are the ones bound). Outside the
+/// handler because [`ENDPOINTS`] names the handler: an `async fn` that read it would need its
+/// own future's type to type-check.
+fn index_text(config: &Settings, port: Port) -> String {
+    let split = config.admin_listen.is_some();
+    let base = |address: SocketAddr| format!("http://{}", reachable(address));
+    let (here, served): (_, &dyn Fn(Audience) -> bool) = match (port, config.admin_listen) {
+        (Port::Admin, Some(admin)) => (base(admin), &Audience::on_admin),
+        _ => (base(config.listen), &|a: Audience| a.on_public(split)),
+    };
+    let mut text = "forkpool: CPU work in a pool of worker processes, behind HTTP.\n\n".to_owned();
+    list(&mut text, entries(served), &here);
+    if let (Port::Public, Some(admin)) = (port, config.admin_listen) {
+        let admin = base(admin);
+        text.push_str(&format!("\nOn the admin address, {admin}:\n"));
+        let only_there = |a: Audience| a == Audience::Operators;
+        list(&mut text, entries(&only_there), &admin);
+    }
+    text
+}
+
+/// Appends `usages` to `text`, their examples on `base`.
+fn list<'a>(text: &mut String, usages: impl Iterator<Item = &'a Usage>, base: &str) {
+    for usage in usages {
+        let example = usage.example.replace("{base}", base);
+        text.push_str(&format!("{:<36}{}\n     {example}\n", usage.request, usage.what));
+    }
+}
+
+/// The index entries of the endpoints for which `on` holds.
+fn entries(on: &dyn Fn(Audience) -> bool) -> impl Iterator<Item = &'static Usage> + '_ {
+    ENDPOINTS
+        .iter()
+        .filter(move |e| on(e.audience))
+        .flat_map(|e| e.usage)
+}
+
+/// An address a client on this machine can connect to: an unspecified IP (`0.0.0.0`, `::`)
+/// listens on every interface, loopback included.
+fn reachable(address: SocketAddr) -> SocketAddr {
+    let ip: IpAddr = match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    SocketAddr::new(ip, address.port())
 }
 
 /// `GET /openapi.json`: the document as kept, byte for byte.
@@ -206,29 +253,42 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
+/// 200 while a worker is live and the server is not shutting down; 503 otherwise, saying why:
+/// shutting down, no worker yet, or none can be started (with the last start error).
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
+    let unready = |message: String| AppError::new(StatusCode::SERVICE_UNAVAILABLE, message);
     if state.is_shutting_down() {
-        return Err(AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down",
-        ));
+        return Err(unready("shutting down".into()));
     }
-    match state.pool.live_workers() {
-        0 => Err(AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no worker is alive",
-        )),
-        live => Ok(Json(json!({ "status": "ready", "live_workers": live }))),
+    // One reading of the pool, so that the count agrees with the health.
+    let pool = state.pool.overview();
+    match pool.health {
+        PoolHealth::Live => {}
+        PoolHealth::Unavailable {
+            failed_starts,
+            last_error,
+        } => {
+            return Err(unready(format!(
+                "no worker is alive and none can be started: {failed_starts} starts failed in \
+                 a row, the last: {last_error}"
+            )))
+        }
+        PoolHealth::Starting | PoolHealth::Closed => {
+            return Err(unready("no worker is alive".into()))
+        }
     }
+    Ok(Json(
+        json!({ "status": "ready", "live_workers": pool.live_workers }),
+    ))
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let workers = state.pool.status();
     for s in WorkerState::ALL {
         let count = workers.iter().filter(|w| w.state == s).count();
-        metrics::gauge!("forkpool_pool_workers", "state" => s.as_str()).set(count as f64);
+        metrics::gauge!(telemetry::POOL_WORKERS, "state" => s.as_str()).set(count as f64);
     }
-    metrics::gauge!("forkpool_queue_depth").set(state.pool.queue_depth() as f64);
+    metrics::gauge!(telemetry::QUEUE_DEPTH).set(state.pool.queue_depth() as f64);
     state.metrics.run_upkeep();
     let mut text = state.metrics.render();
     match ProcessStats::read() {
@@ -307,6 +367,7 @@ pub async fn status(State(state): State<AppState>) -> impl IntoResponse {
         "shutting_down": state.is_shutting_down(),
         "queue_depth": state.pool.queue_depth(),
         "config": &state.config,
+        "pool": state.pool.overview(),
         "workers": state.pool.status(),
     }))
 }

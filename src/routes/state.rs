@@ -1,19 +1,19 @@
 //! The state every handler shares: the settings in force, the worker pool, what /ls runs on,
-//! the metrics recorder and the shutdown flags. Built once by the server at start-up; routes
-//! only read it (the pool, semaphore and channels inside it do their own locking).
+//! the metrics recorder and the shutdown flags. Built once at start-up by `crate::app` (or
+//! from parts by a test); routes only read it (the pool, semaphore and channels inside it do
+//! their own locking).
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{watch, Semaphore};
 
 use super::ls;
-use crate::cli::WorkerArgs;
 use crate::jobs::IsPrimeJob;
-use crate::pool::{Job, PoolConfig, WorkerPool};
+use crate::pool::WorkerPool;
 use crate::settings::Settings;
 
 /// Shared by every handler. Cheap to clone.
@@ -47,35 +47,16 @@ impl Deref for AppState {
     }
 }
 
-/// Why the shared state could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error(transparent)]
-    Ls(#[from] ls::SetupError),
-    #[error("cannot find this executable to start workers from (set --worker-program): {0}")]
-    WorkerProgram(std::io::Error),
-}
-
 impl AppState {
-    /// Opens the /ls root, finds the worker program and starts the worker pool. Must run
-    /// inside the Tokio runtime.
-    pub fn new(config: Settings) -> Result<AppState, StateError> {
-        let ls = ls::Ls::open(&config.ls_root)?;
-        let program = match &config.worker_program {
-            Some(program) => program.clone(),
-            None => std::env::current_exe().map_err(StateError::WorkerProgram)?,
-        };
-        // Before the pool: it registers metric handles, which need the recorder in place.
-        let metrics = metrics_handle();
-        let pool = WorkerPool::start(pool_config(&config), {
-            let args = WorkerArgs::for_server(&config, IsPrimeJob::KIND).to_args();
-            move || {
-                let mut command = std::process::Command::new(&program);
-                command.args(&args);
-                command
-            }
-        });
-        Ok(AppState(Arc::new(State {
+    /// The state of a server made of these parts: what `crate::app` builds at start-up, or
+    /// what a test puts together to call a router in its own process.
+    pub fn from_parts(
+        config: Settings,
+        pool: WorkerPool<IsPrimeJob>,
+        ls: ls::Ls,
+        metrics: PrometheusHandle,
+    ) -> AppState {
+        AppState(Arc::new(State {
             ls_slots: Arc::new(Semaphore::new(config.ls_max_concurrent as usize)),
             config,
             pool,
@@ -84,7 +65,7 @@ impl AppState {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
             grace_over: watch::Sender::new(false),
-        })))
+        }))
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -97,62 +78,4 @@ impl AppState {
     pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
     }
-}
-
-/// The pool's settings under `config`; its metrics are the server's `forkpool_*`.
-fn pool_config(config: &Settings) -> PoolConfig {
-    PoolConfig {
-        workers: config.workers,
-        queue: config.queue as usize,
-        job_timeout: config.job_timeout,
-        max_line: config.max_line as usize,
-        max_jobs_per_worker: config.max_jobs_per_worker,
-        max_batch: config.max_batch,
-        metrics_prefix: "forkpool".into(),
-    }
-}
-
-/// The process-wide Prometheus recorder, installed on first use.
-fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    const BUCKETS: [f64; 14] = [
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
-    ];
-    HANDLE
-        .get_or_init(|| {
-            PrometheusBuilder::new()
-                .set_buckets(&BUCKETS)
-                .expect("bucket list is not empty")
-                .install_recorder()
-                .inspect(|_| {
-                    describe_metrics();
-                    metrics::gauge!("forkpool_build_info", "version" => env!("CARGO_PKG_VERSION"))
-                        .set(1.0);
-                })
-                .expect("forkpool installs the only metrics recorder")
-        })
-        .clone()
-}
-
-/// `# HELP` lines for every metric that the server and `/ls` record (the pool describes its
-/// own): a family without one fails `promtool check metrics`. The `process_*` families are not
-/// recorded but rendered at scrape time (`routes::ops`), with their own HELP.
-fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_gauge!(
-        "forkpool_build_info",
-        "Always 1; the label `version` is the running build's version"
-    );
-    describe_counter!(
-        "forkpool_http_requests_total",
-        "HTTP requests by route and status"
-    );
-    describe_histogram!(
-        "forkpool_http_request_duration_seconds",
-        "HTTP request duration by route"
-    );
-    describe_gauge!("forkpool_pool_workers", "Worker slots by state");
-    describe_gauge!("forkpool_queue_depth", "Jobs waiting for a worker");
-    describe_gauge!("forkpool_ls_running", "`ls` processes running for /ls");
-    describe_counter!("forkpool_ls_total", "/ls requests by outcome");
 }

@@ -37,7 +37,7 @@ pub enum BudgetError {
 }
 
 /// Raises the soft descriptor limit to the hard one and returns the connection cap for
-/// `--listen`: `--max-connections` (or [`DEFAULT_MAX_CONNECTIONS`]), lowered to what the limit
+/// `--listen`: `--max-connections` (or `DEFAULT_MAX_CONNECTIONS`), lowered to what the limit
 /// leaves after the reserve.
 pub fn connection_cap(config: &Settings) -> Result<u32, BudgetError> {
     let (before, limit) = raise_nofile_limit();

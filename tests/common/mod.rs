@@ -73,7 +73,18 @@ impl Server {
         Self::launch(command)
     }
 
-    fn launch(mut command: Command) -> Server {
+    fn launch(command: Command) -> Server {
+        Self::launch_until(command, Until::Ready)
+    }
+
+    /// Starts `forkpool --listen 127.0.0.1:0 ARGS...` and waits only until it accepts
+    /// connections, not until it is ready: for a server whose workers may never say hello.
+    pub fn start_unready(args: &[&str]) -> Server {
+        let args = [&["--listen", "127.0.0.1:0"], args].concat();
+        Self::launch_until(command(&args, &[]), Until::Accepting)
+    }
+
+    fn launch_until(mut command: Command, until: Until) -> Server {
         let wants_admin = command.get_args().any(|a| a == "--admin-listen");
         let mut child = command.spawn().expect("start forkpool");
         let log = Arc::new(Mutex::new(String::new()));
@@ -86,17 +97,14 @@ impl Server {
                 log.push('\n');
             }
         });
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("read listening line");
-        let addr = listening_address(&line, "listening on http://");
-        let admin = wants_admin.then(|| {
-            line.clear();
-            stdout
-                .read_line(&mut line)
-                .expect("read admin listening line");
-            listening_address(&line, "admin listening on http://")
-        });
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (addr, admin, mut stdout) = match until {
+            Until::Ready => ready_addresses(stdout, wants_admin, &log),
+            Until::Accepting => {
+                let find = |listener| accepting_address(&log, listener);
+                (find("public"), wants_admin.then(|| find("admin")), stdout)
+            }
+        };
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         Server {
@@ -272,6 +280,64 @@ impl Drop for Server {
     }
 }
 
+/// What a test waits for when it starts a server.
+enum Until {
+    /// Ready: a worker said hello, and stdout says `listening on http://ADDR`.
+    Ready,
+    /// Accepting connections: the log says `accepting on http://ADDR`.
+    Accepting,
+}
+
+/// The addresses in the `listening on` lines a ready server prints; panics (with the log) if
+/// they do not come within 30 s: a server that never becomes ready is started with
+/// [`Server::start_unready`].
+fn ready_addresses(
+    stdout: BufReader<std::process::ChildStdout>,
+    wants_admin: bool,
+    log: &Mutex<String>,
+) -> (
+    SocketAddr,
+    Option<SocketAddr>,
+    BufReader<std::process::ChildStdout>,
+) {
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stdout = stdout;
+        let mut read = || {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("read listening line");
+            line
+        };
+        let addr = listening_address(&read(), "listening on http://");
+        let admin = wants_admin.then(|| listening_address(&read(), "admin listening on http://"));
+        let _ = sender.send((addr, admin, stdout));
+    });
+    lines
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("not ready within 30 s:\n{}", log.lock().unwrap()))
+}
+
+/// The address of `listener` (`public` or `admin`) in the log's `accepting on http://ADDR`
+/// line, in either log format; waits up to 20 s for it.
+fn accepting_address(log: &Mutex<String>, listener: &str) -> SocketAddr {
+    let found = wait_until(Duration::from_secs(20), || {
+        let log = log.lock().unwrap();
+        log.lines()
+            .filter(|l| {
+                l.contains(&format!("listener=\"{listener}\""))
+                    || l.contains(&format!("\"listener\":\"{listener}\""))
+            })
+            .find_map(|l| l.split("accepting on http://").nth(1))
+            .and_then(|rest| rest.split([' ', '"']).next()?.parse().ok())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "no `accepting on` line for {listener} in:\n{}",
+            log.lock().unwrap()
+        )
+    })
+}
+
 /// The address in a `listening on http://ADDR` line that starts with `prefix`.
 fn listening_address(line: &str, prefix: &str) -> SocketAddr {
     line.trim()
@@ -374,6 +440,22 @@ pub fn request_bytes(
     let mut bytes = head.into_bytes();
     bytes.extend_from_slice(body);
     bytes
+}
+
+/// Panics, naming the tool and how to get it, unless `program ARG` runs and exits 0. The tests
+/// that call this are `#[ignore]`d (a machine without the tool says so instead of passing);
+/// `.ci/run` installs every such tool and runs them.
+pub fn require_tool(program: &str, arg: &str) {
+    let runs = Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        runs,
+        "`{program} {arg}` does not run: install it (`.ci/run` does)"
+    );
 }
 
 /// Sends a signal by name with `kill(1)`, e.g. `signal(pid, "KILL")`.

@@ -63,6 +63,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::symlinks::Rows;
+use crate::telemetry;
 use super::{count, LsError};
 
 /// Size of the read buffer for `ls`'s stdout; one read becomes one body chunk.
@@ -280,7 +281,7 @@ fn spawn(launch: Launch) -> Result<mpsc::Receiver<Piece>, LsError> {
         .spawn()
         .map_err(LsError::Spawn)?;
     let started = Instant::now();
-    metrics::gauge!("forkpool_ls_running").increment(1.0);
+    metrics::gauge!(telemetry::LS_RUNNING).increment(1.0);
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         unreachable!("both are piped above");
     };
@@ -453,7 +454,7 @@ impl Run {
             ..
         } = self;
         admission.release();
-        metrics::gauge!("forkpool_ls_running").decrement(1.0);
+        metrics::gauge!(telemetry::LS_RUNNING).decrement(1.0);
         count(outcome.label());
         // The child is gone, so its stderr is at EOF; the bound only guards against a
         // grandchild that kept the pipe open.

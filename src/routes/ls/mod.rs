@@ -71,6 +71,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::{single_param_bytes, RequestId};
+use crate::telemetry;
 use crate::error::{AppError, HttpError, RETRY_WHEN_BUSY};
 use crate::routes::state::AppState;
 use confine::{Root, Target};
@@ -165,7 +166,7 @@ impl Ls {
 
 /// The first executable regular file called `name` in an absolute directory of `search`.
 /// Relative entries are skipped: they would depend on the server's working directory.
-fn find_program(search: &OsStr, name: &OsStr) -> Option<PathBuf> {
+pub(crate) fn find_program(search: &OsStr, name: &OsStr) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     std::env::split_paths(search)
         .filter(|dir| dir.is_absolute())
@@ -268,7 +269,7 @@ pub async fn list(
 }
 
 fn count(outcome: &'static str) {
-    metrics::counter!("forkpool_ls_total", "outcome" => outcome).increment(1);
+    metrics::counter!(telemetry::LS_TOTAL, "outcome" => outcome).increment(1);
 }
 
 /// Resolve, take a slot, spawn; the response head is built only if all of it worked.

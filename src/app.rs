@@ -1,0 +1,127 @@
+//! The one place the application is assembled: turns the settings into the running parts (the
+//! /ls runner, the worker pool, the metrics recorder), the shared [`AppState`] and the
+//! routers, then hands them to the server. `main` calls [`serve`]; a test that wants a
+//! handler without a process builds an `AppState` from parts (`AppState::from_parts`) and calls
+//! `routes::routers` itself.
+//!
+//! # Failure modes
+//! Everything that can stop a start-up fails here, before the server accepts a connection or
+//! prints anything: the /ls root or `ls` missing, a worker program that cannot be run, a
+//! descriptor limit too low for the connection cap. Each is a [`StartError`] naming its flag.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::cli::WorkerArgs;
+use crate::jobs::IsPrimeJob;
+use crate::pool::{Job, PoolConfig, WorkerPool};
+use crate::routes::ls::{self, Ls};
+use crate::routes::routers;
+use crate::routes::state::AppState;
+use crate::server::{self, BudgetError, Listeners, Signals};
+use crate::settings::Settings;
+use crate::telemetry;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Ls(#[from] ls::SetupError),
+    #[error("cannot find this executable to start workers from (set --worker-program): {0}")]
+    WorkerProgram(io::Error),
+    #[error("--worker-program {path}: cannot run it: {source}")]
+    WorkerNotExecutable {
+        /// The program given.
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("--max-connections: {0}")]
+    Connections(#[from] BudgetError),
+    #[error("the listening sockets: {0}")]
+    Listeners(io::Error),
+}
+
+/// Builds the application on `listeners` and serves it until `signals` say stop (see
+/// `server::run`).
+/// Must run inside the Tokio runtime.
+pub async fn serve(
+    listeners: Listeners,
+    config: Settings,
+    signals: Signals,
+) -> Result<(), StartError> {
+    let state = build(&listeners, config)?;
+    let routers = routers(state.clone());
+    server::run(listeners, state, routers, signals)
+        .await
+        .map_err(StartError::Listeners)
+}
+
+/// The shared state under `config` as in force: the connection cap sized from the descriptors
+/// (counted before the pool opens its pipes) and the addresses actually listened on.
+pub fn build(listeners: &Listeners, config: Settings) -> Result<AppState, StartError> {
+    let cap = server::connection_cap(&config)?;
+    let bound = |l: &tokio::net::TcpListener| l.local_addr().map_err(StartError::Listeners);
+    let config = Settings {
+        listen: bound(&listeners.public)?,
+        admin_listen: listeners.admin.as_ref().map(bound).transpose()?,
+        max_connections: Some(cap),
+        ..config
+    };
+    let ls = Ls::open(&config.ls_root)?;
+    let program = match &config.worker_program {
+        Some(program) => executable(program)?,
+        None => std::env::current_exe().map_err(StartError::WorkerProgram)?,
+    };
+    // Before the pool: it registers metric handles, which need the recorder in place.
+    let metrics = telemetry::recorder();
+    let pool = start_pool(&config, program);
+    Ok(AppState::from_parts(config, pool, ls, metrics))
+}
+
+/// The `/isprime` pool under `config`, whose workers are `program` in worker mode (the server's
+/// own binary, or another build of it). Install the recorder first (`telemetry::recorder`),
+/// or the pool's metrics go nowhere.
+pub fn start_pool(config: &Settings, program: PathBuf) -> WorkerPool<IsPrimeJob> {
+    let args = WorkerArgs::for_server(config, IsPrimeJob::KIND).to_args();
+    WorkerPool::start(pool_config(config), move || {
+        let mut command = std::process::Command::new(&program);
+        command.args(&args);
+        command
+    })
+}
+
+/// `program` if it is a file this process may execute (a bare name is looked up on `PATH`, as
+/// the pool's `Command` will): a missing or unrunnable worker program is a start-up error, not
+/// a server that is never ready. (One that runs but never says hello is found out by the pool,
+/// which backs off and, after a few tries, answers 503 at once.)
+fn executable(program: &Path) -> Result<PathBuf, StartError> {
+    let error = |source| StartError::WorkerNotExecutable {
+        path: program.to_owned(),
+        source,
+    };
+    if program.components().count() == 1 && !program.has_root() {
+        let search = std::env::var_os("PATH").unwrap_or_default();
+        return ls::find_program(&search, program.as_os_str())
+            .ok_or_else(|| error(io::Error::other("not found on PATH")));
+    }
+    let metadata = std::fs::metadata(program).map_err(error)?;
+    if !metadata.is_file() {
+        return Err(error(io::Error::other("not a regular file")));
+    }
+    rustix::fs::access(program, rustix::fs::Access::EXEC_OK).map_err(|e| error(e.into()))?;
+    Ok(program.to_owned())
+}
+
+/// The pool's settings under `config`; its metrics are the server's `forkpool_*`.
+fn pool_config(config: &Settings) -> PoolConfig {
+    PoolConfig {
+        workers: config.workers,
+        queue: config.queue as usize,
+        job_timeout: config.job_timeout,
+        max_line: config.max_line as usize,
+        max_jobs_per_worker: config.max_jobs_per_worker,
+        max_batch: config.max_batch,
+        metrics_prefix: "forkpool".into(),
+        broken_after_failed_starts: config.worker_start_failures,
+    }
+}

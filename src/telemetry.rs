@@ -1,0 +1,67 @@
+//! The server's own metric families: their names, in one place, each described once, and the
+//! process-wide Prometheus recorder that renders `/metrics`. (The pool names and describes its
+//! own `forkpool_*` families: see `pool::metrics`.)
+//!
+//! Every family recorded anywhere in the server is named by a constant here and described in
+//! `describe`: a family without `# HELP` fails `promtool check metrics` (tests/ops.rs). The
+//! `process_*` families are not recorded but rendered at scrape time (`routes::ops`).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Always 1; the label `version` is the running build's version.
+pub const BUILD_INFO: &str = "forkpool_build_info";
+/// HTTP requests by `route` and `status`.
+pub const HTTP_REQUESTS: &str = "forkpool_http_requests_total";
+/// HTTP request duration by `route`.
+pub const HTTP_REQUEST_DURATION: &str = "forkpool_http_request_duration_seconds";
+/// Worker slots by `state`, set at each scrape.
+pub const POOL_WORKERS: &str = "forkpool_pool_workers";
+/// Jobs waiting for a worker, set at each scrape.
+pub const QUEUE_DEPTH: &str = "forkpool_queue_depth";
+/// `ls` processes running for /ls.
+pub const LS_RUNNING: &str = "forkpool_ls_running";
+/// /ls requests by `outcome`.
+pub const LS_TOTAL: &str = "forkpool_ls_total";
+
+/// The buckets of every histogram, in seconds: from half a millisecond (a light job) to the
+/// default job deadline.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+
+/// The process-wide Prometheus recorder, installed (and every family described) on first
+/// use. Call it before anything registers a metric handle (the pool does at start): handles
+/// taken before the recorder exists go nowhere.
+pub fn recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&BUCKETS)
+                .expect("bucket list is not empty")
+                .install_recorder()
+                .inspect(|_| {
+                    describe();
+                    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+                })
+                .expect("forkpool installs the only metrics recorder")
+        })
+        .clone()
+}
+
+/// `# HELP` of every family named above.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the label `version` is the running build's version"
+    );
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
+    describe_histogram!(HTTP_REQUEST_DURATION, "HTTP request duration by route");
+    describe_gauge!(POOL_WORKERS, "Worker slots by state");
+    describe_gauge!(QUEUE_DEPTH, "Jobs waiting for a worker");
+    describe_gauge!(LS_RUNNING, "`ls` processes running for /ls");
+    describe_counter!(LS_TOTAL, "/ls requests by outcome");
+}
