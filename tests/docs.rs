@@ -643,13 +643,38 @@ fn check_command(
     problems
 }
 
-/// A script of ours, named relative to the repository, must exist.
+/// A script of ours, named relative to the repository (or by its file name alone, as prose
+/// does once the path has been given), must exist.
 fn check_script(script: &str) -> Option<String> {
     let relative = script.strip_prefix("./").unwrap_or(script);
     if script.starts_with('/') || script.contains('$') {
         return None;
     }
-    (!Path::new(ROOT).join(relative).is_file()).then(|| format!("no script `{script}` here"))
+    let exists = match relative.contains('/') {
+        true => Path::new(ROOT).join(relative).is_file(),
+        false => repository_files()
+            .iter()
+            .any(|path| path.ends_with(relative)),
+    };
+    (!exists).then(|| format!("no script `{script}` here"))
+}
+
+/// Every file of the repository but the build's and git's.
+fn repository_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![PathBuf::from(ROOT)];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            let skipped = ["target", ".git"].iter().any(|name| path.ends_with(name));
+            match entry.file_type().unwrap().is_dir() {
+                true if !skipped => dirs.push(path),
+                true => {}
+                false => files.push(path),
+            }
+        }
+    }
+    files
 }
 
 /// `cargo run|test|bench|build ...`: the targets and packages it names must exist, and what
