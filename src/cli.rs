@@ -22,13 +22,22 @@ use crate::units::{parse_duration, parse_positive_duration, parse_size};
 
 /// The whole command line: serve flags at the top level, or a subcommand.
 #[derive(Debug, Parser)]
-#[command(name = "forkpool", version, about, long_about = None)]
+#[command(name = "forkpool", version, about, long_about = None, after_long_help = UNITS)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
     pub config: Config,
 }
+
+/// How durations and sizes are written: at the end of `--help`, and a section of the man page.
+const UNITS: &str = "\
+Durations: a number and a unit, ms, s, m or h (`500ms`, `10s`, `2m`), several of them from the
+largest unit down (`1m30s`, `1h 15m`), or a number alone for seconds.
+
+Sizes: a number of bytes (`4096`), or a number and a unit: KiB, MiB, GiB, TiB for powers of
+1024 (`512MiB`), kB, MB, GB, TB for powers of 1000 (`500MB`); K, M, G alone are refused as
+ambiguous.";
 
 /// The subcommands people run. (`forkpool worker ...`, which only the server runs, is not one
 /// of them: `main` hands it to [`WorkerArgs::parse`] before clap sees the command line.)
@@ -60,11 +69,13 @@ pub struct Config {
     #[arg(long, env = "FORKPOOL_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue: u32,
 
-    /// Deadline of one job, queue wait plus run time (e.g. `60s`, `500ms`).
-    #[arg(long, env = "FORKPOOL_JOB_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    /// Deadline of one job, queue wait plus run time (e.g. `60s`, `500ms`, `1m30s`); more than
+    /// zero.
+    #[arg(long, env = "FORKPOOL_JOB_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
     pub job_timeout: Duration,
 
-    /// Largest protocol line (job or reply) in bytes; a worker that sends more is replaced.
+    /// Largest protocol line (job or reply), e.g. `1MiB` (1,048,576 bytes) or `1MB`
+    /// (1,000,000); a worker that sends more is replaced.
     #[arg(long, env = "FORKPOOL_MAX_LINE", default_value = "1MiB", value_parser = parse_size)]
     pub max_line: u64,
 
@@ -80,7 +91,8 @@ pub struct Config {
     #[arg(long, env = "FORKPOOL_MAX_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_batch: u32,
 
-    /// Address-space limit of each worker (RLIMIT_AS), e.g. `1GiB`; 0 means no limit.
+    /// Address-space limit of each worker (RLIMIT_AS), e.g. `1GiB` (2^30 bytes) or `2GB`
+    /// (2*10^9); 0 means no limit.
     #[arg(long, env = "FORKPOOL_WORKER_MEMORY", default_value = "1GiB", value_parser = parse_size)]
     pub worker_memory: u64,
 
@@ -110,8 +122,8 @@ pub struct Config {
     #[arg(long, env = "FORKPOOL_LS_ROOT")]
     pub ls_root: Option<PathBuf>,
 
-    /// Time limit of one whole /ls listing.
-    #[arg(long, env = "FORKPOOL_LS_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    /// Time limit of one whole /ls listing; more than zero.
+    #[arg(long, env = "FORKPOOL_LS_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
     pub ls_timeout: Duration,
 
     /// Most `ls` processes running at once; beyond that a request gets 503 with Retry-After.
@@ -175,14 +187,38 @@ pub struct Config {
     /// TOML file with any of these flags as keys (e.g. `workers = 4`, `job-timeout = "30s"`).
     #[arg(long, env = "FORKPOOL_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// Where the values that did not come from a flag came from (an environment variable, a
+    /// key of the `--config` file), so that a message about a value names its source. Not a
+    /// flag; filled by [`Cli::load_from`].
+    #[arg(skip)]
+    pub sources: Sources,
 }
 
-/// A setting that cannot be resolved; the message names the flag.
+/// Where a setting's value came from, when not from its flag; keyed by the flag's long name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources(std::collections::BTreeMap<String, String>);
+
+impl Sources {
+    /// ` (from the environment variable FORKPOOL_LS_ROOT)` or ` (from key `ls-root` of FILE)`
+    /// for `ls-root` (a flag's long name), to follow the flag and its value in a message; empty
+    /// when the value came from the flag itself or is the default.
+    pub fn from(&self, flag: &str) -> String {
+        match self.0.get(flag) {
+            Some(source) => format!(" (from {source})"),
+            None => String::new(),
+        }
+    }
+}
+
+/// A setting that cannot be resolved; the message names the flag, and the environment variable
+/// or config file key the value came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("--ls-root {path}: {source}")]
+    #[error("--ls-root {path}{from}: {source}", path = path.display(), from = sources.from("ls-root"))]
     LsRoot {
         path: PathBuf,
+        sources: Sources,
         source: std::io::Error,
     },
 }
@@ -353,16 +389,20 @@ impl Config {
         let workers = self.workers.map(usize::from).unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
+        let sources = &self.sources;
         let root = match self.ls_root {
             Some(root) => root,
             None => std::env::current_dir().map_err(|source| ResolveError::LsRoot {
                 path: ".".into(),
+                sources: sources.clone(),
                 source,
             })?,
         };
-        let ls_root = root
-            .canonicalize()
-            .map_err(|source| ResolveError::LsRoot { path: root, source })?;
+        let ls_root = root.canonicalize().map_err(|source| ResolveError::LsRoot {
+            path: root,
+            sources: sources.clone(),
+            source,
+        })?;
         Ok(Settings {
             listen: self.listen,
             workers,
@@ -399,35 +439,195 @@ impl Config {
 impl Cli {
     /// Parses `args` (the process arguments, program name first), merging `--config FILE`
     /// under flags and env vars. Errors (a bad flag, an unknown key in the file) print and exit
-    /// with code 2, as clap does.
+    /// with code 2, as clap does; a bad value names where it came from (the flag, the
+    /// environment variable, or the file and its key).
     pub fn load_from(args: Vec<OsString>) -> Cli {
-        let matches = Cli::command().get_matches_from(&args);
-        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let matches = matches_or_exit(&args);
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let mut sources = environment_sources(&matches);
         let Some(path) = cli.config.config.clone().filter(|_| cli.command.is_none()) else {
+            cli.config.sources = Sources(sources);
             return cli;
         };
         let mut args = args;
-        match file_args(&path, &matches) {
-            Ok(extra) => args.extend(extra),
+        let label = format!("--config {}{}", path.display(), Sources(sources.clone()).from("config"));
+        match file_args(&path, &label, &matches) {
+            Ok(extra) => {
+                for (key, arg) in extra {
+                    sources.insert(key.clone(), format!("key `{key}` of {}", path.display()));
+                    args.push(arg);
+                }
+            }
             Err(message) => Cli::command()
                 .error(clap::error::ErrorKind::InvalidValue, message)
                 .exit(),
         }
-        let matches = Cli::command().get_matches_from(&args);
-        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+        let matches = matches_or_exit(&args);
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        cli.config.sources = Sources(sources);
+        cli
     }
 }
 
-/// Turns each key of the TOML file into `--key=value`, for flags not set by flag or env.
+/// `forkpool man`: the man page (roff), generated from the clap grammar by clap_mangen, with
+/// each option's environment variable, then two sections of ours before VERSION: UNITS (how
+/// durations and sizes are written) and ENVIRONMENT (every `FORKPOOL_*` variable with its flag,
+/// the precedence, and the other variables the server reads).
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    // Without the after-help text, which clap_mangen would render as a section named EXTRA.
+    let command = Cli::command().after_long_help(None::<&str>);
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone()).render(&mut page)?;
+    let mut sections = format!(".SH UNITS\n{}\n", roff_text(UNITS));
+    sections.push_str(".SH ENVIRONMENT\n");
+    sections.push_str(&roff_text(
+        "Every option can also be set by its environment variable and, but for --config \
+         itself, by its key in the --config file: an option beats its variable, a variable \
+         beats the file, and the file beats the default.",
+    ));
+    sections.push('\n');
+    for arg in command.get_arguments() {
+        let (Some(variable), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let variable = variable.to_string_lossy();
+        sections.push_str(&format!(
+            ".TP\n\\fB{}\\fR\n{}\n",
+            roff_text(&variable),
+            roff_text(&format!("Same as --{long}."))
+        ));
+    }
+    for (names, meaning) in [
+        (
+            &["RUST_LOG"][..],
+            "The log level and filters (default: info).",
+        ),
+        (
+            &["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"][..],
+            "Listening sockets passed by systemd (socket activation) or by the server that \
+             started this one on SIGUSR2; a passed socket replaces --listen (or, named admin, \
+             --admin-listen).",
+        ),
+        (
+            &["NOTIFY_SOCKET", "WATCHDOG_USEC"][..],
+            "systemd's readiness notification and watchdog.",
+        ),
+    ] {
+        let names: Vec<String> = names
+            .iter()
+            .map(|name| format!("\\fB{}\\fR", roff_text(name)))
+            .collect();
+        sections.push_str(&format!(
+            ".TP\n{}\n{}\n",
+            names.join(", "),
+            roff_text(meaning)
+        ));
+    }
+    let at = find(&page, b"\n.SH VERSION").map_or(page.len(), |i| i + 1);
+    page.splice(at..at, sections.into_bytes());
+    Ok(page)
+}
+
+/// Plain text as roff: `-` and `\\` escaped, no line starting with a control character, an
+/// empty line a new paragraph.
+fn roff_text(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    escaped
+        .lines()
+        .map(|line| match line {
+            "" => ".PP".to_owned(),
+            line if line.starts_with(['.', '\'']) => format!("\\&{line}"),
+            line => line.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Where `needle` first occurs in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The grammar without its environment variables: what the command line alone says.
+fn command_without_env() -> clap::Command {
+    Cli::command().mut_args(|arg| arg.env(None::<&'static str>))
+}
+
+/// Parses `args`, or exits as clap does (code 2). A bad value that came from an environment
+/// variable (the flag itself is not on the command line) is reported with the variable named:
+/// clap's own message names only the flag.
+fn matches_or_exit(args: &[OsString]) -> ArgMatches {
+    let error = match Cli::command().try_get_matches_from(args) {
+        Ok(matches) => return matches,
+        Err(error) => error,
+    };
+    let from_env = || {
+        let flag = invalid_flag(&error)?;
+        let command = Cli::command();
+        let arg = command.get_arguments().find(|a| a.get_long() == Some(flag))?;
+        let variable = arg.get_env()?.to_string_lossy().into_owned();
+        // Without the environment the command line parses: the bad value is the variable's.
+        command_without_env().try_get_matches_from(args).ok()?;
+        Some(attributed(
+            &error,
+            &format!("the environment variable {variable}"),
+        ))
+    };
+    match from_env() {
+        Some(message) => Cli::command().error(error.kind(), message).exit(),
+        None => error.exit(),
+    }
+}
+
+/// The long name of the flag whose value a clap error is about (`workers` for
+/// `invalid value 'x' for '--workers <WORKERS>'`).
+fn invalid_flag(error: &clap::Error) -> Option<&str> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        error.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation | ErrorKind::InvalidUtf8
+    ) {
+        return None;
+    }
+    let ContextValue::String(arg) = error.get(ContextKind::InvalidArg)? else {
+        return None;
+    };
+    arg.split_whitespace().next()?.strip_prefix("--")
+}
+
+/// The variables that set a value (their flags not given): flag's long name -> description.
+fn environment_sources(matches: &ArgMatches) -> std::collections::BTreeMap<String, String> {
+    let command = Cli::command();
+    command
+        .get_arguments()
+        .filter(|arg| matches.value_source(arg.get_id().as_str()) == Some(ValueSource::EnvVariable))
+        .filter_map(|arg| {
+            let variable = arg.get_env()?.to_string_lossy();
+            Some((
+                arg.get_long()?.to_owned(),
+                format!("the environment variable {variable}"),
+            ))
+        })
+        .collect()
+}
+
+/// Turns each key of the TOML file into `--key=value`, for flags not set by flag or env;
+/// returns each with its key.
 ///
 /// Keys are the long flag names (`job-timeout`, not `job_timeout`). Every value is checked by
 /// its flag's own parser, also when a flag or env var overrides it: a file with a bad value is
 /// wrong whatever else is set, and the message names the file, the key and the flag.
-fn file_args(path: &std::path::Path, matches: &ArgMatches) -> Result<Vec<OsString>, String> {
+///
+/// `label` names the file in messages about the whole file: `--config FILE`, and where that
+/// came from when not from the flag.
+fn file_args(
+    path: &std::path::Path,
+    label: &str,
+    matches: &ArgMatches,
+) -> Result<Vec<(String, OsString)>, String> {
     let file = path.display();
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read --config {file}: {e}"))?;
-    let table: toml::Table = text.parse().map_err(|e| format!("--config {file}: {e}"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {label}: {e}"))?;
+    let table: toml::Table = text.parse().map_err(|e| format!("{label}: {e}"))?;
     let command = Cli::command();
     let mut args = Vec::new();
     for (key, value) in table {
@@ -438,7 +638,7 @@ fn file_args(path: &std::path::Path, matches: &ArgMatches) -> Result<Vec<OsStrin
                 true => format!(" (did you mean `{kebab}`?)"),
                 false => String::new(),
             };
-            return Err(format!("--config {file}: unknown key `{key}`{hint}"));
+            return Err(format!("{label}: unknown key `{key}`{hint}"));
         };
         let value = match value {
             toml::Value::String(s) => s,
@@ -447,25 +647,22 @@ fn file_args(path: &std::path::Path, matches: &ArgMatches) -> Result<Vec<OsStrin
             toml::Value::Boolean(b) => b.to_string(),
             other => {
                 return Err(format!(
-                    "--config {file}: key `{key}` must be a string or a number, not {}",
+                    "{label}: key `{key}` must be a string or a number, not {}",
                     other.type_str()
                 ))
             }
         };
         // `--key=value` in one word, so that a value starting with `-` is not taken for a flag.
         let flag = format!("--{key}={value}");
-        if let Err(e) = Cli::command().try_get_matches_from(["forkpool", flag.as_str()]) {
-            return Err(format!(
-                "--config {file}: key `{key}`: {}",
-                clap_message(&e)
-            ));
+        if let Err(e) = command_without_env().try_get_matches_from(["forkpool", flag.as_str()]) {
+            return Err(attributed(&e, &format!("key `{key}` of {file}")));
         }
         let id = arg.get_id().as_str();
         if matches!(
             matches.value_source(id),
             None | Some(ValueSource::DefaultValue)
         ) {
-            args.push(flag.into());
+            args.push((key, flag.into()));
         }
     }
     Ok(args)
@@ -478,11 +675,30 @@ fn file_flags(command: &clap::Command) -> impl Iterator<Item = &clap::Arg> {
         .filter(|a| a.get_long().is_some() && a.get_id() != "config")
 }
 
-/// The first line of a clap error without its `error: ` prefix.
-fn clap_message(e: &clap::Error) -> String {
-    let text = e.render().to_string();
-    let line = text.lines().next().unwrap_or_default();
-    line.strip_prefix("error: ").unwrap_or(line).to_owned()
+/// A clap error about a value, as clap words it but without its `error: ` prefix and its
+/// closing `For more information` line, with ` (from SOURCE)` after the flag it names:
+/// `invalid value 'x' for '--workers <WORKERS>' (from the environment variable
+/// FORKPOOL_WORKERS): invalid digit found in string`. The lines after the first (the possible
+/// values of an enum, a tip) are kept.
+fn attributed(error: &clap::Error, source: &str) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let text = error.render().to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    let text = match text.rfind("\n\nFor more information") {
+        Some(end) => &text[..end],
+        None => text.trim_end(),
+    };
+    let from = format!(" (from {source})");
+    match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) if text.contains(&format!("'{arg}'")) => {
+            let quoted = format!("'{arg}'");
+            text.replacen(&quoted, &format!("{quoted}{from}"), 1)
+        }
+        _ => match text.split_once('\n') {
+            Some((first, rest)) => format!("{first}{from}\n{rest}"),
+            None => format!("{text}{from}"),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -499,7 +715,7 @@ mod tests {
     fn file_error(name: &str, text: &str) -> String {
         let path = temp_file(name, text);
         let matches = Cli::command().get_matches_from(["forkpool"]);
-        let result = file_args(&path, &matches);
+        let result = file_args(&path, "--config FILE", &matches);
         std::fs::remove_file(&path).unwrap();
         result.expect_err("the file should be refused")
     }
@@ -517,9 +733,12 @@ mod tests {
         assert!(e.contains("unknown key `config`"), "{e}");
         let e = file_error("many", "workers = \"many\"\n");
         assert!(
-            e.contains("key `workers`") && e.contains("--workers"),
+            e.contains("key `workers` of ") && e.contains("'--workers <WORKERS>' (from key"),
             "{e}"
         );
+        // An enum's possible values are kept.
+        let e = file_error("sched", "worker-sched = \"fast\"\n");
+        assert!(e.contains("[possible values: other, idle]"), "{e}");
         let e = file_error("negative", "workers = -1\n");
         assert!(
             e.contains("key `workers`") && e.contains("--workers"),
@@ -607,10 +826,16 @@ mod tests {
     fn the_example_config_loads_to_exactly_the_defaults() {
         // Checked first so that a bad key fails with its message, not with clap's exit(2).
         let matches = Cli::command().get_matches_from(["forkpool"]);
-        file_args(std::path::Path::new(EXAMPLE), &matches).expect("the example should parse");
+        file_args(std::path::Path::new(EXAMPLE), EXAMPLE, &matches)
+            .expect("the example should parse");
         let mut example = load(&["forkpool", "--config", EXAMPLE]).config;
         assert_eq!(example.config, Some(PathBuf::from(EXAMPLE)));
+        assert_eq!(
+            example.sources.from("queue"),
+            format!(" (from key `queue` of {EXAMPLE})")
+        );
         example.config = None;
+        example.sources = Sources::default();
         assert_eq!(example, load(&["forkpool"]).config);
     }
 
@@ -635,7 +860,8 @@ mod tests {
         assert_eq!(keys, flags, "the example's keys against the flags");
         // With every key active, the file still parses: the example values are valid too.
         let path = temp_file("example-all", &settings.join("\n"));
-        let result = file_args(&path, &Cli::command().get_matches_from(["forkpool"]));
+        let matches = Cli::command().get_matches_from(["forkpool"]);
+        let result = file_args(&path, "--config FILE", &matches);
         std::fs::remove_file(&path).unwrap();
         assert_eq!(result.map(|args| args.len()), Ok(settings.len()));
     }

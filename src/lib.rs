@@ -14,7 +14,8 @@
 //! `pool` imports nothing from the crate at all:
 //! - [`cli`]: the command line, only for the binary and the worker command line: clap
 //!   `Config` (every flag also `FORKPOOL_*` and a TOML key), subcommands, `WorkerArgs` (the
-//!   `forkpool worker` flags the server spells and parses), `Config::resolve() -> Settings`.
+//!   `forkpool worker` flags the server spells and parses), `Config::resolve() -> Settings`,
+//!   `man_page()` (clap_mangen's, with UNITS and ENVIRONMENT sections).
 //! - [`app`]: the one place the application is assembled: `build` turns the settings into the
 //!   running parts (the /ls runner, the pool, the metrics recorder) and an `AppState`;
 //!   `serve(listeners, settings, signals)` builds it, makes the routers and runs the server.
@@ -30,9 +31,10 @@
 //!   close` while draining, the 503 at the grace period's end); `routes::body` reads request
 //!   bodies under a size limit and a deadline; `routes::state` holds `AppState`, what every
 //!   handler shares (settings, pool, /ls, metrics), built by `app` or from parts. `routes::ls`
-//!   is three parts: the handler and its turns (`mod`), `confine` (the security policy:
-//!   `openat2` beneath the root fd, auditable alone) and `child` (the `ls` process and its
-//!   supervisor, on a low-priority thread of their own).
+//!   is four parts: the handler and its turns (`mod`), `confine` (the security policy:
+//!   `openat2` beneath the root fd, auditable alone), `child` (the `ls` process and its
+//!   supervisor, on a low-priority thread of their own) and `symlinks` (symlink targets in the
+//!   rows, rewritten where they would show the root's path).
 //! - [`settings`]: `Settings`, every setting as in force (what `/status` shows).
 //! - [`pool`]: a library of its own (imports nothing from the crate): `WorkerPool<J: Job>`
 //!   (submit with an opaque tag, queue, deadlines, roll, health, `wait_live`, shutdown, drop
@@ -64,7 +66,8 @@
 //!   sockets the same way to a process we start.
 //! - [`upgrade`]: SIGUSR2's in-place upgrade (`Upgrader`: start the new binary with the
 //!   sockets, wait for its `READY=1`, kill it on failure) and the `--pid-file`.
-//! - [`units`]: parsers of durations (`10s`) and byte sizes (`1GiB`), for flags and files.
+//! - [`units`]: parsers of durations (`10s`, `1m30s`) and byte sizes (`1GiB`, `500MB`: IEC and
+//!   SI units), for flags and files.
 //!
 //! The load tester behind the README's figures is a program of its own, `forkpool-loadtest`
 //! (the workspace member in `loadtest/`): none of it is linked into this server.

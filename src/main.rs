@@ -37,11 +37,7 @@ fn main() -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "forkpool", &mut script);
             print_out(&script)
         }
-        Some(Command::Man) => {
-            let mut page = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-            print_out(&page)
-        }
+        Some(Command::Man) => print_out(&forkpool::cli::man_page()?),
     }
 }
 

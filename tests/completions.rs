@@ -106,3 +106,37 @@ fn the_man_page_documents_every_flag_with_its_help_text() {
         "the man page misses the completions subcommand"
     );
 }
+
+#[test]
+fn the_man_page_names_every_environment_variable() {
+    let page = forkpool(&["man"]);
+    let text = page.replace("\\-", "-");
+    let environment = text
+        .split(".SH ENVIRONMENT")
+        .nth(1)
+        .expect("the man page has an ENVIRONMENT section");
+    let mut variables = 0;
+    for arg in Cli::command().get_arguments() {
+        let (Some(variable), Some(long)) = (arg.get_env(), arg.get_long()) else {
+            continue;
+        };
+        let variable = variable.to_str().unwrap();
+        variables += 1;
+        // With its option, as --help shows it, and in the ENVIRONMENT section.
+        assert!(
+            text.contains(&format!("with the \\fB{variable}\\fR environment variable")),
+            "the options miss {variable}"
+        );
+        assert!(
+            environment.contains(&format!("\\fB{variable}\\fR\nSame as --{long}.")),
+            "ENVIRONMENT misses {variable}: {environment}"
+        );
+    }
+    assert!(variables >= 15, "the grammar lost its variables");
+    assert!(environment.contains("RUST_LOG"), "{environment}");
+    // How durations and sizes are written has a section of its own.
+    assert!(
+        text.contains(".SH UNITS") && text.contains("1m30s"),
+        "{text}"
+    );
+}

@@ -786,6 +786,70 @@ fn no_listing_or_error_shows_the_absolute_path_of_the_root() {
     assert_no_ls_left(&server);
 }
 
+/// The target shown for `name` in a listing: what follows ` name -> ` on its row.
+fn target_of<'a>(listing: &'a str, name: &str) -> &'a str {
+    let arrow = format!(" {name} -> ");
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&arrow))
+        .unwrap_or_else(|| panic!("no row for {name} in\n{listing}"));
+    &line[line.find(&arrow).unwrap() + arrow.len()..]
+}
+
+#[test]
+fn symlink_targets_never_show_the_absolute_path_of_the_root() {
+    let root = TempDir::new("abslinks");
+    let outside = TempDir::new("abslinks-outside");
+    std::fs::create_dir_all(root.path().join("sub/deeper")).unwrap();
+    root.file("sub/file");
+    let link = |target: &Path, name: &str| {
+        std::os::unix::fs::symlink(target, root.path().join(name)).unwrap();
+    };
+    let root_name = root.path().file_name().unwrap().to_str().unwrap();
+    // Absolute targets inside the root (as `ln -s "$PWD/x"` makes them), in the root and in a
+    // subdirectory; the root itself; spelled with `..` through another directory.
+    link(&root.path().join("sub/file"), "abs-file");
+    link(root.path(), "abs-root");
+    link(&root.path().join("sub/file"), "sub/deeper/abs-up");
+    let detour = root.path().join("..").join(root_name).join("sub");
+    link(&detour, "abs-detour");
+    // Outside: elsewhere, and through the root then out of it.
+    link(&outside.path().join("x"), "abs-out");
+    link(&root.path().join("../elsewhere"), "abs-through");
+    // Relative: inside, and out of the root and back in by its own name.
+    link(Path::new("sub/file"), "rel-in");
+    link(Path::new(&format!("../{root_name}/sub")), "rel-back");
+
+    let server = start(&root, &[]);
+    let listing = ls(&server, "/").text();
+    let deeper = ls(&server, "sub/deeper").text();
+    for text in [&listing, &deeper] {
+        assert!(!text.contains(root.str()), "{text}");
+        // Neither as a path, nor by its name after a climb out.
+        assert!(!text.contains(&format!("/{root_name}")), "{text}");
+    }
+    assert_eq!(target_of(&listing, "abs-file"), "sub/file");
+    assert_eq!(target_of(&listing, "abs-root"), ".");
+    assert_eq!(target_of(&listing, "abs-detour"), "sub");
+    assert_eq!(target_of(&deeper, "abs-up"), "../file");
+    assert_eq!(
+        target_of(&listing, "abs-out"),
+        outside.path().join("x").to_str().unwrap()
+    );
+    let parent = root.path().parent().unwrap();
+    assert_eq!(
+        target_of(&listing, "abs-through"),
+        parent.join("elsewhere").to_str().unwrap()
+    );
+    assert_eq!(target_of(&listing, "rel-in"), "sub/file");
+    assert_eq!(target_of(&listing, "rel-back"), "sub");
+    // Following an absolute link is still refused, wherever it points (so a link is listed
+    // alone, as its own row, only when its whole way stays inside: relative, shown as written).
+    ls(&server, "abs-root").assert_error(403);
+    ls(&server, "abs-file").assert_error(403);
+    assert_no_ls_left(&server);
+}
+
 #[test]
 fn a_symlink_out_of_the_root_is_403_whether_or_not_its_target_exists() {
     let root = TempDir::new("oracle");

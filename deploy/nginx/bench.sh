@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# nginx's cost, measured: `forkpool loadtest --scenarios dispatch` (closed loop, 64 kept-alive
+# nginx's cost, measured: `forkpool-loadtest --scenarios dispatch` (closed loop, 64 kept-alive
 # connections, /isprime?number=7 then /testrequest) against one replica directly, then through
 # nginx (deploy/nginx/forkpool.conf, ports filled in) to that one replica, then to two.
 #
@@ -12,9 +12,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-1}
-# The build target is fixed in .cargo/config.toml (static link, see there).
+# The build target is fixed in .cargo/config.toml (static link, see there); a release build at
+# the workspace root (`cargo build --release`) builds both the server and the load tester.
 bin=target/x86_64-unknown-linux-gnu/release/forkpool
-[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+loadtest=target/x86_64-unknown-linux-gnu/release/forkpool-loadtest
+for program in "$bin" "$loadtest"; do
+    [ -x "$program" ] || { echo "no $program: build first with cargo build --release" >&2; exit 1; }
+done
 command -v nginx >/dev/null || { echo "nginx is not installed" >&2; exit 1; }
 
 dir=$(mktemp -d)
@@ -82,7 +86,7 @@ EOF
 
 dispatch() {
     echo "== $1"
-    "$bin" loadtest --url "$2" --scenarios dispatch | sed -n '/^dispatch/,/ratio/p'
+    "$loadtest" --url "$2" --scenarios dispatch | sed -n '/^dispatch/,/ratio/p'
 }
 
 a=$(free_port)

@@ -11,7 +11,8 @@
 //! deadline does not depend on the client: when it passes, the supervisor kills and reaps `ls`
 //! and releases the admission at once, even if the client has stopped reading and hyper is
 //! not polling the body. Reads are ~64 KiB chunks (after a small read, once more [`COALESCE`]
-//! later, so that `ls`'s 4 KiB writes travel as fewer, larger chunks). Backpressure is end to
+//! later, so that `ls`'s 4 KiB writes travel as fewer, larger chunks), passed through [`Rows`]
+//! (complete lines only, symlink targets rewritten: see `symlinks`). Backpressure is end to
 //! end: a slow client leaves the channel full, the supervisor stops reading, the pipe fills and
 //! `ls` blocks in `write`.
 //!
@@ -61,6 +62,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::symlinks::Rows;
 use crate::telemetry;
 use super::{count, LsError};
 
@@ -171,6 +173,8 @@ pub struct Launch {
     pub command: Command,
     /// The directory `ls` runs in.
     pub cwd: OwnedFd,
+    /// What rewrites the rows' symlink targets on their way to the body.
+    pub rows: Rows,
     /// Held until `ls` is reaped.
     pub admission: Admission,
     /// When `ls` is killed, whatever the client does.
@@ -251,6 +255,7 @@ fn spawn(launch: Launch) -> Result<mpsc::Receiver<Piece>, LsError> {
     let Launch {
         mut command,
         cwd,
+        rows,
         admission,
         deadline,
         timeout,
@@ -294,7 +299,7 @@ fn spawn(launch: Launch) -> Result<mpsc::Receiver<Piece>, LsError> {
         bytes: 0,
     };
     let (sender, receiver) = mpsc::channel(CHANNEL);
-    tokio::spawn(supervise(run, stdout, sender, deadline, timeout));
+    tokio::spawn(supervise(run, stdout, rows, sender, deadline, timeout));
     Ok(receiver)
 }
 
@@ -335,6 +340,7 @@ fn body(
 async fn supervise(
     mut run: Run,
     mut stdout: ChildStdout,
+    mut rows: Rows,
     sender: mpsc::Sender<Piece>,
     deadline: Instant,
     timeout: Duration,
@@ -343,7 +349,7 @@ async fn supervise(
         biased;
         () = tokio::time::sleep_until(deadline) => Ending::Timeout,
         () = sender.closed() => Ending::HungUp,
-        ending = pump(&mut run, &mut stdout, &sender) => ending,
+        ending = pump(&mut run, &mut stdout, &mut rows, &sender) => ending,
     };
     let (outcome, status, last) = match ending {
         Ending::Exited(Ok(status)) if status.success() => (Outcome::Ok, Ok(status), Piece::End),
@@ -377,21 +383,30 @@ async fn supervise(
     let _ = sender.send(last).await;
 }
 
-/// Moves stdout into the channel, one reserved slot per chunk, until EOF (then reaps the
-/// child) or a failure.
-async fn pump(run: &mut Run, stdout: &mut ChildStdout, sender: &mpsc::Sender<Piece>) -> Ending {
+/// Moves stdout into the channel through `rows` (complete rows, their symlink targets
+/// rewritten), one reserved slot per chunk, until EOF (then reaps the child) or a failure.
+async fn pump(
+    run: &mut Run,
+    stdout: &mut ChildStdout,
+    rows: &mut Rows,
+    sender: &mpsc::Sender<Piece>,
+) -> Ending {
     let mut buffer = BytesMut::new();
     loop {
         let Ok(slot) = sender.reserve().await else {
             return Ending::HungUp;
         };
-        match read_chunk(stdout, &mut buffer).await {
-            Ok(Some(chunk)) => {
-                run.bytes += chunk.len() as u64;
-                slot.send(Piece::Chunk(chunk));
-            }
-            Ok(None) => return Ending::Exited(run.child.wait().await),
+        let (chunk, ending) = match read_chunk(stdout, &mut buffer).await {
+            Ok(Some(chunk)) => (rows.feed(chunk), None),
+            Ok(None) => (rows.finish(), Some(Ending::Exited(run.child.wait().await))),
             Err(e) => return Ending::ReadFailed(e),
+        };
+        if let Some(chunk) = chunk {
+            run.bytes += chunk.len() as u64;
+            slot.send(Piece::Chunk(chunk));
+        }
+        if let Some(ending) = ending {
+            return ending;
         }
     }
 }
@@ -517,6 +532,7 @@ mod tests {
         let launch = Launch {
             command,
             cwd,
+            rows: Rows::new(None),
             admission,
             deadline: Instant::now() + timeout,
             timeout,

@@ -126,6 +126,38 @@ impl Root {
     }
 }
 
+impl Root {
+    /// Where `dir` (a directory resolved from the root) is now, relative to the root: the
+    /// kernel's names for both (`/proc/self/fd`), the root's stripped from the directory's;
+    /// empty for the root itself. Only to show symlink targets relative to their directory
+    /// (see `symlinks`): nothing is resolved by this path.
+    pub fn position(&self, dir: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+        let root = fd_path(self.fd.as_fd())?;
+        let dir = fd_path(dir)?;
+        if dir == root {
+            return Ok(Vec::new());
+        }
+        let mut prefix = root;
+        if !prefix.ends_with(b"/") {
+            prefix.push(b'/');
+        }
+        match dir.strip_prefix(prefix.as_slice()) {
+            Some(position) => Ok(position.to_vec()),
+            None => Err(io::Error::other(
+                "the directory is no longer beneath the listing root",
+            )),
+        }
+    }
+}
+
+/// The path the kernel has for what `fd` names.
+fn fd_path(fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStringExt;
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    Ok(link.into_os_string().into_vec())
+}
+
 /// `openat2` of `path` under `dir` with `O_PATH` and the confinement flags; empty means `dir`.
 fn open_beneath(dir: BorrowedFd<'_>, path: &[u8], extra: OFlags) -> Result<OwnedFd, Errno> {
     let path = match path.is_empty() {
@@ -213,6 +245,21 @@ mod tests {
         assert_eq!(outcome(&root, "a\0b"), "NulByte");
         let long = "a".repeat(MAX_DIRECTORY_LEN + 1);
         assert_eq!(outcome(&root, &long), "TooLong");
+    }
+
+    #[test]
+    fn a_directory_knows_its_position_under_the_root() {
+        let (dir, root) = root();
+        std::fs::create_dir(dir.path().join("sub/deeper")).unwrap();
+        let position = |d: &str| match root.resolve(d.as_ref()).unwrap() {
+            Target::Directory { fd, .. } => root.position(fd.as_fd()).unwrap(),
+            Target::Entry { parent, .. } => root.position(parent.as_fd()).unwrap(),
+        };
+        assert_eq!(position(""), b"");
+        assert_eq!(position("sub"), b"sub");
+        assert_eq!(position("sub/deeper/.."), b"sub");
+        assert_eq!(position("sub/deeper"), b"sub/deeper");
+        assert_eq!(position("sub/f"), b"sub");
     }
 
     #[test]

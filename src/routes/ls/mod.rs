@@ -1,9 +1,10 @@
 //! `/ls?directory=D`: streams an `ls -lash` listing of what `D` names inside `--ls-root`.
 //!
-//! Three parts: this file (the handler, the `ls` command line, the response headers and the
+//! Four parts: this file (the handler, the `ls` command line, the response headers and the
 //! metrics), [`confine`] (the security policy: what `D` may name, resolved by fd; read it on
-//! its own to audit confinement) and [`child`] (supervision of the `ls` process: streaming,
-//! deadline, hang-up, reaping).
+//! its own to audit confinement), [`child`] (supervision of the `ls` process: streaming,
+//! deadline, hang-up, reaping) and [`symlinks`] (how a row's symlink target is shown, so that
+//! no listing names the root's absolute path).
 //!
 //! # What a request does
 //!
@@ -20,8 +21,9 @@
 //! - anything else: `ls -lashd --quoting-style=c-maybe -- NAME` from its parent directory, one
 //!   row naming only `NAME`.
 //!
-//! The listing therefore never contains the root's absolute path, and nothing after `--` can
-//! be an option. `--quoting-style=c-maybe` writes a name that needs escaping (a newline or
+//! The rows `ls` writes therefore never contain the root's absolute path, but for symlink
+//! targets, which [`symlinks`] rewrites on their way to the client where they would show it
+//! (an absolute symlink into the root, for one). Nothing after `--` can be an option. `--quoting-style=c-maybe` writes a name that needs escaping (a newline or
 //! other control character, a byte that is not UTF-8, a `"`) as a C string in double quotes
 //! (`"new\nline"`) and every other name as it is, so no file name can forge a row. The
 //! locale is `C.UTF-8` (so UTF-8 names are printable and dates have one format whatever the
@@ -48,10 +50,12 @@
 
 mod child;
 mod confine;
+mod symlinks;
 
 use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::unix::ffi::OsStringExt;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -109,6 +113,8 @@ pub enum SetupError {
 pub struct Ls {
     /// The listing root, as an fd.
     root: Root,
+    /// The root's canonical path, which symlink targets must not show (see [`symlinks`]).
+    root_path: PathBuf,
     /// Absolute path of `ls`, looked up on `PATH` once at start, never per request.
     program: PathBuf,
     /// The thread that runs every `ls`.
@@ -122,8 +128,11 @@ impl Ls {
     /// Opens the (canonical) root and finds `ls`. Fails when either is impossible, so that a
     /// server that starts can serve `/ls`.
     pub fn open(root: &Path) -> Result<Ls, SetupError> {
-        let path = root.to_owned();
-        let root = Root::open(root).map_err(|source| SetupError::Root { path, source })?;
+        let root_path = root.to_owned();
+        let root = Root::open(root).map_err(|source| SetupError::Root {
+            path: root_path.clone(),
+            source,
+        })?;
         let search = std::env::var_os("PATH").unwrap_or_default();
         let program = find_program(&search, OsStr::new("ls"))
             .ok_or_else(|| SetupError::NoLs(search.to_string_lossy().into_owned()))?;
@@ -133,10 +142,25 @@ impl Ls {
         let supervisors = child::Supervisors::start().map_err(SetupError::Supervisors)?;
         Ok(Ls {
             root,
+            root_path,
             program,
             supervisors,
             turns,
         })
+    }
+}
+
+impl Ls {
+    /// How the rows of a listing of `target` are rewritten: relative to the directory whose
+    /// entries they are (see [`symlinks`]). Blocking: it asks `/proc`.
+    fn rows(&self, target: &Target) -> io::Result<symlinks::Rows> {
+        let dir = match target {
+            Target::Directory { fd, .. } => fd,
+            Target::Entry { parent, .. } => parent,
+        };
+        let position = self.root.position(dir.as_fd())?;
+        let root = self.root_path.as_os_str().as_bytes();
+        Ok(symlinks::Rows::new(symlinks::Place::new(root, &position)))
     }
 }
 
@@ -256,12 +280,20 @@ async fn start(
 ) -> Result<Response, LsError> {
     let shown = directory.to_string_lossy().into_owned();
     let resolver = state.clone();
-    let target = tokio::task::spawn_blocking(move || resolver.ls.root.resolve(&directory))
-        .await
-        .map_err(|e| LsError::Io {
-            shown: shown.clone(),
-            source: io::Error::other(e),
-        })??;
+    let shown_there = shown.clone();
+    let (target, rows) = tokio::task::spawn_blocking(move || {
+        let target = resolver.ls.root.resolve(&directory)?;
+        let rows = resolver.ls.rows(&target).map_err(|source| LsError::Io {
+            shown: shown_there,
+            source,
+        })?;
+        Ok::<_, LsError>((target, rows))
+    })
+    .await
+    .map_err(|e| LsError::Io {
+        shown: shown.clone(),
+        source: io::Error::other(e),
+    })??;
     let slot = state
         .ls_slots
         .clone()
@@ -277,6 +309,7 @@ async fn start(
     let launch = child::Launch {
         command,
         cwd,
+        rows,
         admission: child::Admission::new(slot, turn),
         deadline,
         timeout,
