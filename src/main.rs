@@ -9,10 +9,11 @@
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
 use clap::CommandFactory;
-use forkpool::cli::{Cli, Command, Config, WorkerArgs};
+use forkpool::cli::{Cli, Command, Config, Sources, WorkerArgs};
 use forkpool::jobs::{IsPrimeJob, RequestIdLog};
 use forkpool::pool::worker;
 use forkpool::pool::Job;
@@ -65,6 +66,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     // SAFETY: no other thread exists yet (the runtime starts below).
     let passed =
         unsafe { systemd::take_listeners() }.unwrap_or_else(|e| start_error(e.to_string()));
+    let sources = config.sources.clone();
     let config = config
         .resolve()
         .unwrap_or_else(|e| start_error(e.to_string()));
@@ -73,7 +75,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         // Installed before anyone can know our address (see `Signals`).
         let signals = Signals::install().context("cannot install the signal handlers")?;
-        let listeners = listeners(passed, &config).await;
+        let listeners = listeners(passed, &config, &sources).await;
         if let Err(e) = app::serve(listeners, config, signals).await {
             start_error(e.to_string());
         }
@@ -84,7 +86,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
 /// The sockets systemd (or a predecessor) passed, else those bound from `--listen` and
 /// `--admin-listen`. A passed socket replaces its flag; an admin socket not passed is bound from
 /// `--admin-listen` all the same, so that /metrics and /status never move to the public port.
-async fn listeners(passed: Option<systemd::PassedListeners>, config: &Settings) -> Listeners {
+async fn listeners(
+    passed: Option<systemd::PassedListeners>,
+    config: &Settings,
+    sources: &Sources,
+) -> Listeners {
     let adopt = |listener| {
         tokio::net::TcpListener::from_std(listener)
             .unwrap_or_else(|e| start_error(format!("LISTEN_FDS: {e}")))
@@ -93,21 +99,25 @@ async fn listeners(passed: Option<systemd::PassedListeners>, config: &Settings) 
     Listeners {
         public: match public {
             Some(public) => adopt(public),
-            None => bind("--listen", config.listen).await,
+            None => bind("listen", config.listen, sources).await,
         },
         admin: match (admin, config.admin_listen) {
             (Some(admin), _) => Some(adopt(admin)),
-            (None, Some(address)) => Some(bind("--admin-listen", address).await),
+            (None, Some(address)) => Some(bind("admin-listen", address, sources).await),
             (None, None) => None,
         },
     }
 }
 
-/// Listens on `address`, or exits with a start-up error naming `flag`.
-async fn bind(flag: &str, address: std::net::SocketAddr) -> tokio::net::TcpListener {
+/// Listens on `address`, or exits with a start-up error naming the flag (its long name `flag`)
+/// and where its value came from (the flag, an environment variable or the config file).
+async fn bind(flag: &str, address: SocketAddr, sources: &Sources) -> tokio::net::TcpListener {
     match tokio::net::TcpListener::bind(address).await {
         Ok(listener) => listener,
-        Err(e) => start_error(format!("{flag} {address}: cannot listen: {e}")),
+        Err(e) => start_error(format!(
+            "--{flag} {address}{}: cannot listen: {e}",
+            sources.from(flag)
+        )),
     }
 }
 

@@ -180,3 +180,12 @@ fn a_zero_job_or_listing_timeout_is_refused() {
     ]);
     assert_eq!(status(&server)["config"]["keepalive_timeout"], 0.0);
 }
+
+#[test]
+fn an_address_that_cannot_be_listened_on_names_the_variable_it_came_from() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let stderr = refused(&["--workers", "1"], &[("FORKPOOL_LISTEN", &address)]);
+    let expected = format!("--listen {address} (from the environment variable FORKPOOL_LISTEN)");
+    assert!(stderr.contains(&expected), "{stderr}");
+}
