@@ -46,44 +46,44 @@ pub enum StartError {
 /// Must run inside the Tokio runtime.
 pub async fn serve(
     listeners: Listeners,
-    config: Settings,
+    settings: Settings,
     signals: Signals,
 ) -> Result<(), StartError> {
-    let state = build(&listeners, config)?;
+    let state = build(&listeners, settings)?;
     let routers = routers(state.clone());
     server::run(listeners, state, routers, signals)
         .await
         .map_err(StartError::Listeners)
 }
 
-/// The shared state under `config` as in force: the connection cap sized from the descriptors
+/// The shared state under `settings` as in force: the connection cap sized from the descriptors
 /// (counted before the pool opens its pipes) and the addresses actually listened on.
-pub fn build(listeners: &Listeners, config: Settings) -> Result<AppState, StartError> {
-    let cap = server::connection_cap(&config)?;
+pub fn build(listeners: &Listeners, settings: Settings) -> Result<AppState, StartError> {
+    let cap = server::connection_cap(&settings)?;
     let bound = |l: &tokio::net::TcpListener| l.local_addr().map_err(StartError::Listeners);
-    let config = Settings {
+    let settings = Settings {
         listen: bound(&listeners.public)?,
         admin_listen: listeners.admin.as_ref().map(bound).transpose()?,
         max_connections: Some(cap),
-        ..config
+        ..settings
     };
-    let ls = Ls::open(&config.ls_root)?;
-    let program = match &config.worker_program {
+    let ls = Ls::open(&settings.ls_root)?;
+    let program = match &settings.worker_program {
         Some(program) => executable(program)?,
         None => std::env::current_exe().map_err(StartError::WorkerProgram)?,
     };
     // Before the pool: it registers metric handles, which need the recorder in place.
     let metrics = telemetry::recorder();
-    let pool = start_pool(&config, program);
-    Ok(AppState::from_parts(config, pool, ls, metrics))
+    let pool = start_pool(&settings, program);
+    Ok(AppState::from_parts(settings, pool, ls, metrics))
 }
 
-/// The `/isprime` pool under `config`, whose workers are `program` in worker mode (the server's
+/// The `/isprime` pool under `settings`, whose workers are `program` in worker mode (the server's
 /// own binary, or another build of it). Install the recorder first (`telemetry::recorder`),
 /// or the pool's metrics go nowhere.
-pub fn start_pool(config: &Settings, program: PathBuf) -> WorkerPool<IsPrimeJob> {
-    let args = WorkerArgs::for_server(config, IsPrimeJob::KIND).to_args();
-    WorkerPool::start(pool_config(config), move || {
+pub fn start_pool(settings: &Settings, program: PathBuf) -> WorkerPool<IsPrimeJob> {
+    let args = WorkerArgs::for_server(settings, IsPrimeJob::KIND).to_args();
+    WorkerPool::start(pool_config(settings), move || {
         let mut command = std::process::Command::new(&program);
         command.args(&args);
         command
@@ -112,16 +112,16 @@ fn executable(program: &Path) -> Result<PathBuf, StartError> {
     Ok(program.to_owned())
 }
 
-/// The pool's settings under `config`; its metrics are the server's `forkpool_*`.
-fn pool_config(config: &Settings) -> PoolConfig {
+/// The pool's `PoolConfig` under `settings`; its metrics are the server's `forkpool_*`.
+fn pool_config(settings: &Settings) -> PoolConfig {
     PoolConfig {
-        workers: config.workers,
-        queue: config.queue as usize,
-        job_timeout: config.job_timeout,
-        max_line: config.max_line as usize,
-        max_jobs_per_worker: config.max_jobs_per_worker,
-        max_batch: config.max_batch,
+        workers: settings.workers,
+        queue: settings.queue as usize,
+        job_timeout: settings.job_timeout,
+        max_line: settings.max_line as usize,
+        max_jobs_per_worker: settings.max_jobs_per_worker,
+        max_batch: settings.max_batch,
         metrics_prefix: "forkpool".into(),
-        broken_after_failed_starts: config.worker_start_failures,
+        broken_after_failed_starts: settings.worker_start_failures,
     }
 }

@@ -27,7 +27,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
-    pub config: Config,
+    pub flags: Flags,
 }
 
 /// How durations and sizes are written: at the end of `--help`, and a section of the man page.
@@ -53,9 +53,9 @@ pub enum Command {
     Man,
 }
 
-/// The serve flags as given; [`Config::resolve`] turns them into the [`Settings`] in force.
+/// The serve flags as given; [`Flags::resolve`] turns them into the [`Settings`] in force.
 #[derive(Debug, Clone, PartialEq, Args)]
-pub struct Config {
+pub struct Flags {
     /// Address to listen on; port 0 picks a free port (printed as `listening on http://...` once
     /// a worker is up and the server ready).
     #[arg(long, env = "FORKPOOL_LISTEN", default_value = "127.0.0.1:3636")]
@@ -273,15 +273,15 @@ pub enum WorkerArgsError {
 
 impl WorkerArgs {
     /// The flags of a worker for job type `kind`, started by this process under `config`.
-    pub fn for_server(config: &Settings, kind: &str) -> WorkerArgs {
+    pub fn for_server(settings: &Settings, kind: &str) -> WorkerArgs {
         WorkerArgs {
             kind: kind.to_owned(),
             parent_pid: std::process::id() as i32,
-            memory: config.worker_memory,
-            nice: config.worker_nice,
-            sched: config.worker_sched,
-            max_line: config.max_line,
-            log_format: config.log_format,
+            memory: settings.worker_memory,
+            nice: settings.worker_nice,
+            sched: settings.worker_sched,
+            max_line: settings.max_line,
+            log_format: settings.log_format,
         }
     }
 
@@ -382,7 +382,7 @@ fn choice<T: ValueEnum>(value: &str) -> Result<T, String> {
     T::from_str(value, false)
 }
 
-impl Config {
+impl Flags {
     /// The settings in force: the worker count from the cores when not given, `--ls-root`
     /// (default: the working directory) made canonical, so that it must exist.
     pub fn resolve(self) -> Result<Settings, ResolveError> {
@@ -445,8 +445,8 @@ impl Cli {
         let matches = matches_or_exit(&args);
         let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         let mut sources = environment_sources(&matches);
-        let Some(path) = cli.config.config.clone().filter(|_| cli.command.is_none()) else {
-            cli.config.sources = Sources(sources);
+        let Some(path) = cli.flags.config.clone().filter(|_| cli.command.is_none()) else {
+            cli.flags.sources = Sources(sources);
             return cli;
         };
         let mut args = args;
@@ -464,7 +464,7 @@ impl Cli {
         }
         let matches = matches_or_exit(&args);
         let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        cli.config.sources = Sources(sources);
+        cli.flags.sources = Sources(sources);
         cli
     }
 }
@@ -755,7 +755,7 @@ mod tests {
         let cli =
             Cli::try_parse_from(["forkpool", "--worker-sched", "other", "--worker-nice", "3"])
                 .unwrap();
-        let args = WorkerArgs::for_server(&cli.config.resolve().unwrap(), "isprime");
+        let args = WorkerArgs::for_server(&cli.flags.resolve().unwrap(), "isprime");
         let line = args.to_args();
         assert_eq!(line[0], "worker");
         let parsed = WorkerArgs::parse(line[1..].iter().map(OsString::from)).unwrap();
@@ -809,10 +809,10 @@ mod tests {
                 .collect(),
         );
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(cli.config.workers, Some(1));
-        assert_eq!(cli.config.job_timeout, Duration::from_secs(5));
-        assert_eq!(cli.config.queue, 9);
-        assert_eq!(cli.config.max_digits, 10_000);
+        assert_eq!(cli.flags.workers, Some(1));
+        assert_eq!(cli.flags.job_timeout, Duration::from_secs(5));
+        assert_eq!(cli.flags.queue, 9);
+        assert_eq!(cli.flags.max_digits, 10_000);
     }
 
     /// The example file, read through `--config` exactly as an operator would use it.
@@ -828,7 +828,7 @@ mod tests {
         let matches = Cli::command().get_matches_from(["forkpool"]);
         file_args(std::path::Path::new(EXAMPLE), EXAMPLE, &matches)
             .expect("the example should parse");
-        let mut example = load(&["forkpool", "--config", EXAMPLE]).config;
+        let mut example = load(&["forkpool", "--config", EXAMPLE]).flags;
         assert_eq!(example.config, Some(PathBuf::from(EXAMPLE)));
         assert_eq!(
             example.sources.from("queue"),
@@ -836,7 +836,7 @@ mod tests {
         );
         example.config = None;
         example.sources = Sources::default();
-        assert_eq!(example, load(&["forkpool"]).config);
+        assert_eq!(example, load(&["forkpool"]).flags);
     }
 
     #[test]

@@ -13,8 +13,8 @@
 //! `app` sits on top and assembles the rest; imports between these modules form no cycle, and
 //! `pool` imports nothing from the crate at all:
 //! - [`cli`]: the command line, only for the binary and the worker command line: clap
-//!   `Config` (every flag also `FORKPOOL_*` and a TOML key), subcommands, `WorkerArgs` (the
-//!   `forkpool worker` flags the server spells and parses), `Config::resolve() -> Settings`,
+//!   `Flags` (the flags as given; every flag also `FORKPOOL_*` and a TOML key), subcommands, `WorkerArgs` (the
+//!   `forkpool worker` flags the server spells and parses), `Flags::resolve() -> Settings`,
 //!   `man_page()` (clap_mangen's, with UNITS and ENVIRONMENT sections).
 //! - [`app`]: the one place the application is assembled: `build` turns the settings into the
 //!   running parts (the /ls runner, the pool, the metrics recorder) and an `AppState`;
@@ -35,7 +35,9 @@
 //!   `openat2` beneath the root fd, auditable alone), `child` (the `ls` process and its
 //!   supervisor, on a low-priority thread of their own) and `symlinks` (symlink targets in the
 //!   rows, rewritten where they would show the root's path).
-//! - [`settings`]: `Settings`, every setting as in force (what `/status` shows).
+//! - [`settings`]: `Settings`, every setting as in force (what `/status` shows as `config`).
+//!   One word per thing: *flags* as given, the *config file* (`--config`), the *settings* in
+//!   force, and the pool's own `PoolConfig`.
 //! - [`pool`]: a library of its own (imports nothing from the crate): `WorkerPool<J: Job>`
 //!   (submit with an opaque tag, queue, deadlines, roll, health, `wait_live`, shutdown, drop
 //!   guard), `PoolConfig`, `WorkerCommand` (how the embedding program starts a worker);

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
 use clap::CommandFactory;
-use forkpool::cli::{Cli, Command, Config, Sources, WorkerArgs};
+use forkpool::cli::{Cli, Command, Flags, Sources, WorkerArgs};
 use forkpool::jobs::{IsPrimeJob, RequestIdLog};
 use forkpool::pool::worker;
 use forkpool::pool::Job;
@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
     }
     let cli = Cli::load_from(args);
     match cli.command {
-        None => serve(cli.config),
+        None => serve(cli.flags),
         Some(Command::Completions { shell }) => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "forkpool", &mut script);
@@ -62,21 +62,21 @@ fn print_out(text: &[u8]) -> anyhow::Result<()> {
         .context("cannot write to stdout")
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(flags: Flags) -> anyhow::Result<()> {
     // SAFETY: no other thread exists yet (the runtime starts below).
     let passed =
         unsafe { systemd::take_listeners() }.unwrap_or_else(|e| start_error(e.to_string()));
-    let sources = config.sources.clone();
-    let config = config
+    let sources = flags.sources.clone();
+    let settings = flags
         .resolve()
         .unwrap_or_else(|e| start_error(e.to_string()));
-    logging::init(config.log_format);
+    logging::init(settings.log_format);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     runtime.block_on(async {
         // Installed before anyone can know our address (see `Signals`).
         let signals = Signals::install().context("cannot install the signal handlers")?;
-        let listeners = listeners(passed, &config, &sources).await;
-        if let Err(e) = app::serve(listeners, config, signals).await {
+        let listeners = listeners(passed, &settings, &sources).await;
+        if let Err(e) = app::serve(listeners, settings, signals).await {
             start_error(e.to_string());
         }
         Ok(())
@@ -88,7 +88,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
 /// `--admin-listen` all the same, so that /metrics and /status never move to the public port.
 async fn listeners(
     passed: Option<systemd::PassedListeners>,
-    config: &Settings,
+    settings: &Settings,
     sources: &Sources,
 ) -> Listeners {
     let adopt = |listener| {
@@ -99,9 +99,9 @@ async fn listeners(
     Listeners {
         public: match public {
             Some(public) => adopt(public),
-            None => bind("listen", config.listen, sources).await,
+            None => bind("listen", settings.listen, sources).await,
         },
-        admin: match (admin, config.admin_listen) {
+        admin: match (admin, settings.admin_listen) {
             (Some(admin), _) => Some(adopt(admin)),
             (None, Some(address)) => Some(bind("admin-listen", address, sources).await),
             (None, None) => None,

@@ -24,7 +24,7 @@ use tower::ServiceExt;
 /// The default settings with `flags`, as the binary would resolve them.
 fn settings(flags: &[&str]) -> Settings {
     let args = [&["forkpool"], flags].concat();
-    Cli::try_parse_from(args).unwrap().config.resolve().unwrap()
+    Cli::try_parse_from(args).unwrap().flags.resolve().unwrap()
 }
 
 /// A state whose pool runs `worker` (the forkpool binary unless given), /ls on `root`.

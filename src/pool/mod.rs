@@ -141,12 +141,8 @@
 //!
 //! The drivers run on a thread of their own (see `dispatch`), so load on the embedding
 //! program's runtime never delays the next job, and the workers' parent thread lives exactly as
-//! long as the pool. Files: `driver` (the per-slot state machine and its supervisor), `queue`
-//! (the queue and its cancellation), `health` (the pool as a whole: roll generations, failed
-//! starts and the breaker, the backoff, [`Roll`]), `lifecycle` (why workers start, how jobs
-//! and workers end, as types), `process` (one child: spawn, handshake, kill), `protocol`
-//! (messages, framing, [`Job`]), `metrics`, `status` (the per-slot rows), `worker` (the worker
-//! side).
+//! long as the pool. Its files are listed, with the crate's, in one place: the Layout section
+//! of the crate documentation (`src/lib.rs`).
 
 mod dispatch;
 mod driver;

@@ -56,7 +56,7 @@ impl FromRequest<AppState> for BoundedBody {
     type Rejection = BodyError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, BodyError> {
-        let limit = state.config.max_body_bytes();
+        let limit = state.settings.max_body_bytes();
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -65,7 +65,7 @@ impl FromRequest<AppState> for BoundedBody {
         if declared.is_some_and(|length| length > limit as u64) {
             return Err(BodyError::TooLarge { limit });
         }
-        let timeout = state.config.body_timeout;
+        let timeout = state.settings.body_timeout;
         read(request.into_body(), limit, timeout).await.map(Self)
     }
 }

@@ -180,7 +180,7 @@ async fn check(
     raw: &str,
 ) -> Result<Json<IsPrimeResponse>, AppError> {
     let started = Instant::now();
-    let number = canonical_number(raw, state.config.max_digits as usize)?;
+    let number = canonical_number(raw, state.settings.max_digits as usize)?;
     let job = IsPrimeJob { n: number.clone() };
     let done = state.pool.submit(job, &request_id.0).await?;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;

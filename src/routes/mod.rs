@@ -37,7 +37,7 @@ pub struct Routers {
 /// router (the public one answers them 404) and `/healthz`, `/readyz` and `/openapi.json`
 /// answer on both. Both are built from [`ops::ENDPOINTS`], which says where each route goes.
 pub fn routers(state: AppState) -> Routers {
-    let split = state.config.admin_listen.is_some();
+    let split = state.settings.admin_listen.is_some();
     let serving = |on: &dyn Fn(Audience) -> bool| {
         ops::ENDPOINTS
             .iter()

@@ -189,22 +189,22 @@ pub async fn index(
     State(state): State<AppState>,
     Extension(port): Extension<Port>,
 ) -> String {
-    index_text(&state.config, port)
+    index_text(&state.settings, port)
 }
 
 /// The index of `port` under `config` (whose addresses are the ones bound). Outside the
 /// handler because [`ENDPOINTS`] names the handler: an `async fn` that read it would need its
 /// own future's type to type-check.
-fn index_text(config: &Settings, port: Port) -> String {
-    let split = config.admin_listen.is_some();
+fn index_text(settings: &Settings, port: Port) -> String {
+    let split = settings.admin_listen.is_some();
     let base = |address: SocketAddr| format!("http://{}", reachable(address));
-    let (here, served): (_, &dyn Fn(Audience) -> bool) = match (port, config.admin_listen) {
+    let (here, served): (_, &dyn Fn(Audience) -> bool) = match (port, settings.admin_listen) {
         (Port::Admin, Some(admin)) => (base(admin), &Audience::on_admin),
-        _ => (base(config.listen), &|a: Audience| a.on_public(split)),
+        _ => (base(settings.listen), &|a: Audience| a.on_public(split)),
     };
     let mut text = "forkpool: CPU work in a pool of worker processes, behind HTTP.\n\n".to_owned();
     list(&mut text, entries(served), &here);
-    if let (Port::Public, Some(admin)) = (port, config.admin_listen) {
+    if let (Port::Public, Some(admin)) = (port, settings.admin_listen) {
         let admin = base(admin);
         text.push_str(&format!("\nOn the admin address, {admin}:\n"));
         let only_there = |a: Audience| a == Audience::Operators;
@@ -367,7 +367,7 @@ pub async fn status(State(state): State<AppState>) -> impl IntoResponse {
         "shutting_down": state.is_shutting_down(),
         "phase": state.phase(),
         "queue_depth": state.pool.queue_depth(),
-        "config": &state.config,
+        "config": &state.settings,
         "pool": state.pool.overview(),
         "workers": state.pool.status(),
     }))

@@ -22,7 +22,7 @@ pub struct AppState(Arc<State>);
 /// What an [`AppState`] points to.
 pub struct State {
     /// The settings in force, as `/status` shows them.
-    pub config: Settings,
+    pub settings: Settings,
     /// The workers that run `/isprime` jobs.
     pub pool: WorkerPool<IsPrimeJob>,
     /// What /ls runs on: the root held open as an fd, and `ls` found once.
@@ -65,14 +65,14 @@ impl AppState {
     /// The state of a server made of these parts: what `crate::app` builds at start-up, or
     /// what a test puts together to call a router in its own process.
     pub fn from_parts(
-        config: Settings,
+        settings: Settings,
         pool: WorkerPool<IsPrimeJob>,
         ls: ls::Ls,
         metrics: PrometheusHandle,
     ) -> AppState {
         AppState(Arc::new(State {
-            ls_slots: Arc::new(Semaphore::new(config.ls_max_concurrent as usize)),
-            config,
+            ls_slots: Arc::new(Semaphore::new(settings.ls_max_concurrent as usize)),
+            settings,
             pool,
             ls,
             metrics,

@@ -39,23 +39,23 @@ pub enum BudgetError {
 /// Raises the soft descriptor limit to the hard one and returns the connection cap for
 /// `--listen`: `--max-connections` (or `DEFAULT_MAX_CONNECTIONS`), lowered to what the limit
 /// leaves after the reserve.
-pub fn connection_cap(config: &Settings) -> Result<u32, BudgetError> {
+pub fn connection_cap(settings: &Settings) -> Result<u32, BudgetError> {
     let (before, limit) = raise_nofile_limit();
     // Unreadable /proc: count none open, and let the margin absorb what is.
     let open = procfs::open_fds().unwrap_or(0);
-    let workers_fds = FDS_PER_WORKER * (config.workers as u64 + 1);
+    let workers_fds = FDS_PER_WORKER * (settings.workers as u64 + 1);
     let reserved = open
         + workers_fds
-        + FDS_PER_LS * u64::from(config.ls_max_concurrent)
+        + FDS_PER_LS * u64::from(settings.ls_max_concurrent)
         + u64::from(ADMIN_MAX_CONNECTIONS)
         + MARGIN;
     let room = limit.saturating_sub(reserved);
     if room == 0 {
         return Err(BudgetError::NoRoom { limit, reserved });
     }
-    let asked = config.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    let asked = settings.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
     let cap = asked.min(u32::try_from(room).unwrap_or(u32::MAX));
-    if cap < asked && config.max_connections.is_some() {
+    if cap < asked && settings.max_connections.is_some() {
         tracing::warn!(
             asked,
             cap,

@@ -298,8 +298,8 @@ async fn start(
         .ls_slots
         .clone()
         .try_acquire_owned()
-        .map_err(|_| LsError::Busy(state.config.ls_max_concurrent))?;
-    let timeout = state.config.ls_timeout;
+        .map_err(|_| LsError::Busy(state.settings.ls_max_concurrent))?;
+    let timeout = state.settings.ls_timeout;
     let deadline = Instant::now() + timeout;
     let turn = tokio::time::timeout_at(deadline, state.ls.turns.clone().acquire_owned())
         .await

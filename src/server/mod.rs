@@ -104,9 +104,9 @@ pub async fn run(
     let upgrader = Upgrader::new(
         listeners.public.as_fd(),
         listeners.admin.as_ref().map(AsFd::as_fd),
-        state.config.upgrade_timeout,
+        state.settings.upgrade_timeout,
     )?;
-    log_accepting(&state.config);
+    log_accepting(&state.settings);
     if let Some(hangups) = signals.hangups {
         tokio::spawn(roll_on_sighup(state.clone(), hangups));
     }
@@ -156,23 +156,23 @@ fn unix_signal(kind: SignalKind, what: &str) -> Option<Signal> {
 /// Logs the addresses served, once start-up can no longer fail. The server accepts from now
 /// on (a predecessor's successor, once ready); tests that need the address of a server that
 /// may never be ready read it here.
-fn log_accepting(config: &Settings) {
+fn log_accepting(settings: &Settings) {
     let when = match systemd::upgraded_from() {
         Some(_) => "once ready",
         None => "now",
     };
-    tracing::info!(listener = "public", when, "accepting on http://{}", config.listen);
-    if let Some(admin) = config.admin_listen {
+    tracing::info!(listener = "public", when, "accepting on http://{}", settings.listen);
+    if let Some(admin) = settings.admin_listen {
         tracing::info!(listener = "admin", when, "accepting on http://{admin}");
     }
 }
 
 /// `listening on http://ADDR` (and `admin listening on ...`) on stdout: the line scripts and
 /// supervisors wait for, printed when the server is ready, as `READY=1` is sent.
-fn print_listening(config: &Settings) {
+fn print_listening(settings: &Settings) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "listening on http://{}", config.listen);
-    if let Some(admin) = config.admin_listen {
+    let _ = writeln!(out, "listening on http://{}", settings.listen);
+    if let Some(admin) = settings.admin_listen {
         let _ = writeln!(out, "admin listening on http://{admin}");
     }
     let _ = out.flush();
@@ -190,8 +190,8 @@ async fn until_ready(state: &AppState, shutdown: Pin<&mut impl Future<Output = (
 /// `listening on` and writes the pid file, which it holds until it exits.
 fn announce_ready(state: &AppState) -> Option<PidFile> {
     systemd::notify(&[NotifyState::Ready]);
-    print_listening(&state.config);
-    let pid_file = state.config.pid_file.as_deref().and_then(|path| {
+    print_listening(&state.settings);
+    let pid_file = state.settings.pid_file.as_deref().and_then(|path| {
         PidFile::write(path)
             .inspect_err(|e| tracing::error!(error = %e, path = %path.display(), "cannot write the pid file"))
             .ok()
@@ -237,10 +237,10 @@ async fn until_stopped(
 
 /// Drains, as `run` describes, and retires the workers.
 async fn drain(state: &AppState, serving: &mut Serving, stop: Stop) {
-    let grace = state.config.shutdown_grace;
+    let grace = state.settings.shutdown_grace;
     // After a handover the sockets stay open in the new server: nothing to wait for.
     let delay = match stop {
-        Stop::Signal => state.config.shutdown_delay,
+        Stop::Signal => state.settings.shutdown_delay,
         Stop::HandedOver => Duration::ZERO,
     };
     let began = Instant::now();
@@ -284,7 +284,7 @@ struct Serving {
 
 impl Serving {
     fn new(state: &AppState, routers: Routers) -> Serving {
-        let config = &state.config;
+        let config = &state.settings;
         Serving {
             public: routers.public,
             admin: routers.admin,
