@@ -13,9 +13,10 @@
 //! `app` sits on top and assembles the rest; imports between these modules form no cycle, and
 //! `pool` imports nothing from the crate at all:
 //! - [`cli`]: the command line, only for the binary and the worker command line: clap
-//!   `Flags` (the flags as given; every flag also `FORKPOOL_*` and a TOML key), subcommands, `WorkerArgs` (the
-//!   `forkpool worker` flags the server spells and parses), `Flags::resolve() -> Settings`,
-//!   `man_page()` (clap_mangen's, with UNITS and ENVIRONMENT sections).
+//!   `Flags` (the flags as given; every flag also `FORKPOOL_*` and a TOML key), subcommands,
+//!   `WorkerArgs` (the `forkpool worker` flags the server spells and parses),
+//!   `Flags::resolve() -> Settings`, `man_page()` (clap_mangen's, with UNITS and ENVIRONMENT
+//!   sections).
 //! - [`app`]: the one place the application is assembled: `build` turns the settings into the
 //!   running parts (the /ls runner, the pool, the metrics recorder) and an `AppState`;
 //!   `serve(listeners, settings, signals)` builds it, makes the routers and runs the server.
