@@ -116,17 +116,16 @@ fn compound_durations_and_si_and_iec_sizes_mean_what_they_say() {
         ".toml",
         "ls-timeout = \"1h 15m\"\nmax-line = \"1.5MiB\"\n",
     );
-    let server = Server::start_with_env(
-        &[
-            "--workers",
-            "1",
-            "--job-timeout",
-            "1m30s",
-            "--config",
-            file.to_str().unwrap(),
-        ],
-        &[("FORKPOOL_WORKER_MEMORY", "1GB")],
-    );
+    let server = Server::with(&[
+        "--workers",
+        "1",
+        "--job-timeout",
+        "1m30s",
+        "--config",
+        file.to_str().unwrap(),
+    ])
+    .env(&[("FORKPOOL_WORKER_MEMORY", "1GB")])
+    .start();
     let config = &status(&server)["config"];
     assert_eq!(config["job_timeout"], 90.0, "{config}");
     assert_eq!(config["ls_timeout"], 4500.0, "{config}");

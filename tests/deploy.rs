@@ -478,7 +478,7 @@ impl Cluster {
 
 fn start_replica(addr: SocketAddr, args: &[String]) -> Server {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start_on(addr, &args);
+    let server = Server::with(&args).on(addr).start();
     server.wait_for_workers(1);
     server
 }

@@ -226,7 +226,7 @@ fn a_connection_flood_under_a_low_descriptor_limit_recovers_by_itself() {
         "--header-timeout",
         "2s",
     ];
-    let server = Server::start_with_nofile_limit(&args, 128);
+    let server = Server::with(&args).nofile_limit(128).start();
     let workers = server.wait_for_workers(2);
     let log = server.wait_for_log("the connection cap", |log| log.contains("connection cap"));
     assert!(log.contains("nofile=128"), "{log}");

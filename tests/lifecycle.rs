@@ -124,7 +124,9 @@ impl Installed {
             "--ls-root",
             root.to_str().unwrap(),
         ];
-        let server = Server::start_program(&self.program(), &[&base, args].concat());
+        let server = Server::with(&[&base, args].concat())
+            .program(&self.program())
+            .start();
         let pid = server.pid();
         wait_until(Duration::from_secs(20), || {
             (self.serving() == Some(pid)).then_some(())

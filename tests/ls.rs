@@ -196,10 +196,9 @@ fn lists_a_directory_with_awkward_names() {
     }
     std::fs::create_dir(root.path().join("sub")).unwrap();
     // The server's environment does not change the format: `ls` would quote every name.
-    let server = Server::start_with_env(
-        &["--ls-root", root.str(), "--workers", "1"],
-        &[("QUOTING_STYLE", "c"), ("TIME_STYLE", "+%s")],
-    );
+    let server = Server::with(&["--ls-root", root.str(), "--workers", "1"])
+        .env(&[("QUOTING_STYLE", "c"), ("TIME_STYLE", "+%s")])
+        .start();
 
     for path in [
         "/ls",
@@ -433,7 +432,9 @@ fn unreadable_directory_is_403() {
     std::fs::write(locked.join("f"), b"x").unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
     // As root, a mode-000 directory is readable unless the capabilities that allow it are gone.
-    let server = Server::start_bound_by_permissions(&["--ls-root", root.str(), "--workers", "1"]);
+    let server = Server::with(&["--ls-root", root.str(), "--workers", "1"])
+        .bound_by_permissions()
+        .start();
     ls(&server, "locked").assert_error(403);
     ls(&server, "locked/f").assert_error(403);
     // Readable but not searchable: names could be read, their details not.
@@ -575,7 +576,7 @@ fn start_with_fake_ls(root: &TempDir, script: &str, extra: &[&str]) -> (Server, 
     );
     let mut args = vec!["--ls-root", root.str(), "--workers", "1"];
     args.extend_from_slice(extra);
-    let server = Server::start_with_env(&args, &[("PATH", &path)]);
+    let server = Server::with(&args).env(&[("PATH", &path)]).start();
     (server, bin)
 }
 

@@ -473,14 +473,16 @@ fn readiness_and_shutdown_503s_validate_against_the_document() {
     // No worker can start: /readyz is 503; once the starts have failed enough times, jobs are
     // refused at once, and /status says why.
     let root_arg = root.path().to_str().unwrap();
-    let server = Server::start_unready(&[
+    let server = Server::with(&[
         "--ls-root",
         root_arg,
         "--worker-program",
         "/bin/false",
         "--worker-start-failures",
         "2",
-    ]);
+    ])
+    .unready()
+    .start();
     check(&server, &doc, ("GET", "/readyz", ""), 503);
     wait_until(Duration::from_secs(10), || {
         (server.get("/status").json()["pool"]["health"]["state"] == "unavailable").then_some(())
@@ -526,17 +528,16 @@ fn a_busy_ls_503_validates_against_the_document() {
         std::env::var("PATH").unwrap_or_default()
     );
     let root_arg = root.path().to_str().unwrap();
-    let server = Server::start_with_env(
-        &[
-            "--ls-root",
-            root_arg,
-            "--workers",
-            "1",
-            "--ls-max-concurrent",
-            "1",
-        ],
-        &[("PATH", &path)],
-    );
+    let server = Server::with(&[
+        "--ls-root",
+        root_arg,
+        "--workers",
+        "1",
+        "--ls-max-concurrent",
+        "1",
+    ])
+    .env(&[("PATH", &path)])
+    .start();
     let held: TcpStream = server.send("GET", "/ls", &[], b"");
     wait_until(Duration::from_secs(10), || {
         let metrics = server.get("/metrics").text();

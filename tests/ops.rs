@@ -293,7 +293,9 @@ fn readyz_is_200_with_live_workers_and_healthz_always_200() {
 
 #[test]
 fn readyz_is_503_when_no_worker_can_start() {
-    let server = Server::start_unready(&["--workers", "2", "--worker-program", "/bin/false"]);
+    let server = Server::with(&["--workers", "2", "--worker-program", "/bin/false"])
+        .unready()
+        .start();
     // Give the pool a few failed starts; it must never report ready.
     std::thread::sleep(Duration::from_millis(500));
     let message = server.get("/readyz").assert_error(503);
@@ -689,7 +691,9 @@ fn status_lists_exactly_the_workers_with_live_pids() {
 #[test]
 fn the_client_request_id_reaches_the_worker_log_line_of_its_job() {
     // A worker logs each finished job at debug (the server's request line is the info one).
-    let server = Server::start_with_env(&["--workers", "1"], &[("RUST_LOG", "debug")]);
+    let server = Server::with(&["--workers", "1"])
+        .env(&[("RUST_LOG", "debug")])
+        .start();
     let [worker] = server.wait_for_workers(1)[..] else {
         unreachable!()
     };
@@ -723,10 +727,9 @@ fn the_client_request_id_reaches_the_worker_log_line_of_its_job() {
 
 #[test]
 fn log_format_json_writes_one_json_object_per_line() {
-    let server = Server::start_with_env(
-        &["--workers", "1", "--log-format", "json"],
-        &[("RUST_LOG", "debug")],
-    );
+    let server = Server::with(&["--workers", "1", "--log-format", "json"])
+        .env(&[("RUST_LOG", "debug")])
+        .start();
     server.wait_for_workers(1);
     let id = "json-rid-1";
     let response = server.request("GET", "/isprime?number=101", &[("x-request-id", id)], b"");
@@ -778,10 +781,9 @@ fn config_file_values_are_in_force() {
 #[test]
 fn env_beats_the_config_file() {
     let file = temp_file("forkpool-ops-", ".toml", "workers = 1\n");
-    let server = Server::start_with_env(
-        &["--config", file.to_str().unwrap()],
-        &[("FORKPOOL_WORKERS", "2")],
-    );
+    let server = Server::with(&["--config", file.to_str().unwrap()])
+        .env(&[("FORKPOOL_WORKERS", "2")])
+        .start();
     server.wait_for_workers(2);
     assert_eq!(status(&server)["workers"].as_array().unwrap().len(), 2);
 }
@@ -789,10 +791,9 @@ fn env_beats_the_config_file() {
 #[test]
 fn flags_beat_env_and_the_config_file() {
     let file = temp_file("forkpool-ops-", ".toml", "workers = 1\nqueue = 5\n");
-    let server = Server::start_with_env(
-        &["--config", file.to_str().unwrap(), "--workers", "3"],
-        &[("FORKPOOL_WORKERS", "2")],
-    );
+    let server = Server::with(&["--config", file.to_str().unwrap(), "--workers", "3"])
+        .env(&[("FORKPOOL_WORKERS", "2")])
+        .start();
     server.wait_for_workers(3);
     let status = status(&server);
     assert_eq!(status["workers"].as_array().unwrap().len(), 3);
@@ -806,7 +807,9 @@ fn config_file_from_the_environment() {
         ".toml",
         "workers = 1\njob-timeout = \"9s\"\n",
     );
-    let server = Server::start_with_env(&[], &[("FORKPOOL_CONFIG", file.to_str().unwrap())]);
+    let server = Server::with(&[])
+        .env(&[("FORKPOOL_CONFIG", file.to_str().unwrap())])
+        .start();
     server.wait_for_workers(1);
     assert_eq!(status(&server)["config"]["job_timeout"], 9.0);
 }

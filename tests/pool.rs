@@ -637,14 +637,16 @@ fn a_worker_speaking_another_protocol_or_none_is_refused_and_backs_off() {
     for (hello, refusal) in cases {
         let fake = FakeWorker::new("protocol", &hello, "true");
         let started = Instant::now();
-        let server = Server::start_unready(&[
+        let server = Server::with(&[
             "--workers",
             "1",
             "--worker-program",
             fake.path.to_str().unwrap(),
             "--worker-start-failures",
             "100",
-        ]);
+        ])
+        .unready()
+        .start();
         server.wait_for_log(refusal, |log| log.contains(refusal));
         // Spaced by the backoff: 100 + 200 ms at least (less jitter) before the third.
         let elapsed = wait_failed_starts(&server, 3, 1, started);
@@ -829,7 +831,7 @@ fn a_worker_due_for_recycling_keeps_serving_while_its_replacement_cannot_start()
 #[test]
 fn with_no_worker_startable_jobs_are_refused_at_once_and_the_pool_recovers_by_itself() {
     let switch = SwitchedWorker::new(false);
-    let server = Server::start_unready(&[
+    let server = Server::with(&[
         "--workers",
         "2",
         "--worker-start-failures",
@@ -838,7 +840,9 @@ fn with_no_worker_startable_jobs_are_refused_at_once_and_the_pool_recovers_by_it
         "30s",
         "--worker-program",
         switch.program(),
-    ]);
+    ])
+    .unready()
+    .start();
     // Queued before the breaker trips (or refused, if it already has): never left to its deadline.
     let queued = server.send_job("7");
     let unavailable = |server: &Server| {

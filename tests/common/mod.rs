@@ -27,61 +27,23 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `forkpool --listen 127.0.0.1:0 ARGS...` and waits until it listens.
+    /// Starts `forkpool --listen 127.0.0.1:0 ARGS...` and waits until it is ready (a worker
+    /// said hello). Anything else: [`Server::with`].
     pub fn start(args: &[&str]) -> Server {
-        Self::start_with_env(args, &[])
+        Server::with(args).start()
     }
 
-    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
-        Self::launch(command(&[&["--listen", "127.0.0.1:0"], args].concat(), env))
-    }
-
-    /// Starts `PROGRAM --listen 127.0.0.1:0 ARGS...`: a copy of the binary installed elsewhere.
-    pub fn start_program(program: &std::path::Path, args: &[&str]) -> Server {
-        let args = [&["--listen", "127.0.0.1:0"], args].concat();
-        Self::launch(command_of(program.as_ref(), &args, &[]))
-    }
-
-    /// Starts `forkpool --listen ADDR ARGS...` on a given address, e.g. a replica restarted on
-    /// the port its load balancer knows.
-    pub fn start_on(addr: SocketAddr, args: &[&str]) -> Server {
-        let listen = addr.to_string();
-        Self::launch(command(
-            &[&["--listen", listen.as_str()], args].concat(),
-            &[],
-        ))
-    }
-
-    /// Starts the server so that file permissions bind it even when the tests run as root:
-    /// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (which let root read any directory) leave the
-    /// bounding set before exec, so the server, its workers and `ls` never get them.
-    pub fn start_bound_by_permissions(args: &[&str]) -> Server {
-        use rustix::thread::{remove_capability_from_bounding_set, CapabilitySet};
-        use std::os::unix::process::CommandExt;
-        let mut command = command(&[&["--listen", "127.0.0.1:0"], args].concat(), &[]);
-        // SAFETY: between fork and exec this only makes prctl system calls, which neither
-        // allocate nor take locks.
-        unsafe {
-            command.pre_exec(|| {
-                if rustix::process::geteuid().is_root() {
-                    remove_capability_from_bounding_set(CapabilitySet::DAC_OVERRIDE)?;
-                    remove_capability_from_bounding_set(CapabilitySet::DAC_READ_SEARCH)?;
-                }
-                Ok(())
-            });
+    /// A server to start with `args` and the options of [`Launch`].
+    pub fn with<'a>(args: &[&'a str]) -> Launch<'a> {
+        Launch {
+            program: BIN.as_ref(),
+            args: args.to_vec(),
+            env: Vec::new(),
+            listen: "127.0.0.1:0".to_owned(),
+            until: Until::Ready,
+            nofile: None,
+            bound_by_permissions: false,
         }
-        Self::launch(command)
-    }
-
-    fn launch(command: Command) -> Server {
-        Self::launch_until(command, Until::Ready)
-    }
-
-    /// Starts `forkpool --listen 127.0.0.1:0 ARGS...` and waits only until it accepts
-    /// connections, not until it is ready: for a server whose workers may never say hello.
-    pub fn start_unready(args: &[&str]) -> Server {
-        let args = [&["--listen", "127.0.0.1:0"], args].concat();
-        Self::launch_until(command(&args, &[]), Until::Accepting)
     }
 
     fn launch_until(mut command: Command, until: Until) -> Server {
@@ -113,27 +75,6 @@ impl Server {
             admin,
             log,
         }
-    }
-
-    /// Starts the server with its descriptor limit (soft and hard `RLIMIT_NOFILE`) set to
-    /// `limit`, as `prlimit --nofile` would.
-    pub fn start_with_nofile_limit(args: &[&str], limit: u64) -> Server {
-        use rustix::process::{setrlimit, Resource, Rlimit};
-        use std::os::unix::process::CommandExt;
-        let mut command = command(&[&["--listen", "127.0.0.1:0"], args].concat(), &[]);
-        // SAFETY: between fork and exec this only makes one setrlimit system call, which neither
-        // allocates nor takes locks.
-        unsafe {
-            command.pre_exec(move || {
-                let rlimit = Rlimit {
-                    current: Some(limit),
-                    maximum: Some(limit),
-                };
-                setrlimit(Resource::Nofile, rlimit)?;
-                Ok(())
-            });
-        }
-        Self::launch(command)
     }
 
     pub fn pid(&self) -> u32 {
@@ -278,6 +219,98 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How a test starts a server: [`Server::with`], the options below, then [`Launch::start`].
+pub struct Launch<'a> {
+    /// The binary: `forkpool` as built, unless [`Launch::program`] names a copy.
+    program: &'a std::ffi::OsStr,
+    /// Flags after `--listen`.
+    args: Vec<&'a str>,
+    /// Environment added (`RUST_LOG` is removed unless given).
+    env: Vec<(&'a str, &'a str)>,
+    /// `--listen`: a free port unless [`Launch::on`].
+    listen: String,
+    /// What `start` waits for.
+    until: Until,
+    /// `RLIMIT_NOFILE` (soft and hard) of the server, if set.
+    nofile: Option<u64>,
+    /// Whether root's permission-bypassing capabilities are dropped.
+    bound_by_permissions: bool,
+}
+
+impl<'a> Launch<'a> {
+    /// Adds `env` to the server's environment.
+    pub fn env(mut self, env: &[(&'a str, &'a str)]) -> Self {
+        self.env.extend_from_slice(env);
+        self
+    }
+
+    /// Runs `program`, a copy of the binary installed elsewhere, instead of the build.
+    pub fn program(mut self, program: &'a std::path::Path) -> Self {
+        self.program = program.as_os_str();
+        self
+    }
+
+    /// Listens on `addr`, e.g. a replica restarted on the port its load balancer knows.
+    pub fn on(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr.to_string();
+        self
+    }
+
+    /// Waits only until the server accepts connections, not until it is ready: for a server
+    /// whose workers may never say hello.
+    pub fn unready(mut self) -> Self {
+        self.until = Until::Accepting;
+        self
+    }
+
+    /// Sets the server's descriptor limit (soft and hard `RLIMIT_NOFILE`), as `prlimit --nofile`
+    /// would.
+    pub fn nofile_limit(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
+    /// Makes file permissions bind the server even when the tests run as root:
+    /// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (which let root read any directory) leave the
+    /// bounding set before exec, so the server, its workers and `ls` never get them.
+    pub fn bound_by_permissions(mut self) -> Self {
+        self.bound_by_permissions = true;
+        self
+    }
+
+    /// Starts the server and waits for what [`Launch::unready`] says.
+    pub fn start(self) -> Server {
+        use std::os::unix::process::CommandExt;
+        let args = [&["--listen", self.listen.as_str()], &self.args[..]].concat();
+        let mut command = command_of(self.program, &args, &self.env);
+        let (nofile, bound) = (self.nofile, self.bound_by_permissions);
+        if nofile.is_some() || bound {
+            // SAFETY: between fork and exec this only makes setrlimit and prctl system calls,
+            // which neither allocate nor take locks.
+            unsafe { command.pre_exec(move || limit_child(nofile, bound)) };
+        }
+        Server::launch_until(command, self.until)
+    }
+}
+
+/// In the child, before exec: the descriptor limit, and root's capabilities dropped.
+fn limit_child(nofile: Option<u64>, bound_by_permissions: bool) -> std::io::Result<()> {
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    use rustix::thread::{remove_capability_from_bounding_set, CapabilitySet};
+    if let Some(limit) = nofile {
+        let rlimit = Rlimit {
+            current: Some(limit),
+            maximum: Some(limit),
+        };
+        setrlimit(Resource::Nofile, rlimit)?;
+    }
+    if bound_by_permissions && rustix::process::geteuid().is_root() {
+        remove_capability_from_bounding_set(CapabilitySet::DAC_OVERRIDE)?;
+        remove_capability_from_bounding_set(CapabilitySet::DAC_READ_SEARCH)?;
+    }
+    Ok(())
 }
 
 /// What a test waits for when it starts a server.
