@@ -36,7 +36,7 @@ use tracing::Instrument;
 use crate::error::AppError;
 use crate::routes::ops::{Audience, Port};
 use crate::routes::state::{AppState, StateError};
-use crate::routes::{ops, RequestId};
+use crate::routes::{ops, RequestId, MAX_REQUEST_ID_LEN};
 use crate::settings::Settings;
 use crate::systemd::{self, NotifyState};
 use crate::upgrade::{PidFile, Upgrader};
@@ -194,11 +194,12 @@ async fn observe(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// A client's id is kept if it is 1 to 128 of `[A-Za-z0-9._:-]`: it is echoed in a header and
+/// A client's id is kept if it is 1 to [`MAX_REQUEST_ID_LEN`] (128) of `[A-Za-z0-9._:-]`: it is
+/// echoed in a header and
 /// written unquoted in log lines, so quotes, `=`, `,` and spaces (which could forge `key=value`
 /// fields) are refused, and the request gets an id of our own.
 fn is_sane_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
+    (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))

@@ -19,6 +19,10 @@ use crate::error::AppError;
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// The longest request id kept from a client's `x-request-id` (ours are shorter); it travels
+/// to the worker as the job's tag, so `--max-line` must leave room for it.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
 /// The value of query parameter `name` as UTF-8 text; `None` if absent. See
 /// [`single_param_bytes`].
 pub fn single_param(uri: &Uri, name: &str) -> Result<Option<String>, AppError> {
