@@ -379,7 +379,7 @@ fn choice<T: ValueEnum>(value: &str) -> Result<T, String> {
 impl Config {
     /// The settings in force: the worker count from the cores when not given, `--ls-root`
     /// (default: the working directory) made canonical, so that it must exist. Flags that
-    /// contradict each other are refused ([`Config::check_pairs`]).
+    /// contradict each other are refused (see `Config::check_pairs`).
     pub fn resolve(self) -> Result<Settings, ResolveError> {
         self.check_pairs()?;
         let workers = self.workers.map(usize::from).unwrap_or_else(|| {

@@ -18,7 +18,9 @@
 //!   `run(listeners, settings, shutdown)` (serve, tell readiness, SIGHUP rolls, SIGUSR2
 //!   upgrades, drain); `server::listener` (the accept loop and the
 //!   connection cap), `server::connection` (one connection: header, keep-alive and drain
-//!   handling over hyper), `server::fd_budget` (the cap sized from `RLIMIT_NOFILE`).
+//!   handling over hyper), `server::refusal` (hyper's own answers to heads it cannot parse,
+//!   given the JSON error body on their way out), `server::fd_budget` (the cap sized from
+//!   `RLIMIT_NOFILE`).
 //! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`; `routes::body` reads
 //!   request bodies under a size limit and a deadline; `routes::state` holds `AppState`, what
 //!   every handler shares (settings, pool, /ls, metrics), which the server builds. `routes::ls`
@@ -45,8 +47,9 @@
 //! - [`prime`]: primality, pure functions (and `mersenne`, the heavy job of tests and load);
 //!   `prime::montgomery` and `prime::plain`, the two arithmetics BPSW runs on.
 //! - [`procfs`]: this process's CPU, memory, fd and start-time figures from `/proc/self`.
-//! - [`error`]: `AppError`, the one JSON error shape, and `HttpError`, which every typed error
-//!   implements next to its definition to say its status.
+//! - [`error`]: `AppError`, the one JSON error shape (`error`, `code`, `status`), `ErrorCode`,
+//!   every stable code with its status, and `HttpError`, which every typed error implements
+//!   next to its definition to say its code.
 //! - [`logging`]: tracing to stderr, `LogFormat`.
 //! - [`systemd`]: the service manager's protocols (sockets passed by `LISTEN_FDS`, `READY=1`
 //!   and the other notifications, the watchdog), and `command_with_listeners`, which passes

@@ -11,6 +11,7 @@
 mod connection;
 mod fd_budget;
 mod listener;
+mod refusal;
 
 use std::future::Future;
 use std::io::Write;
@@ -21,7 +22,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Router};
@@ -33,7 +34,7 @@ use tokio::task::JoinHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode, HttpError};
 use crate::routes::ops::{Audience, Port};
 use crate::routes::state::{AppState, StateError};
 use crate::routes::{ops, RequestId, MAX_REQUEST_ID_LEN};
@@ -131,23 +132,41 @@ async fn answer_before_grace_ends(
     tokio::select! {
         biased;
         response = next.run(request) => response,
-        _ = grace_over.wait_for(|over| *over) => AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down and its grace period is over; retry",
-        )
-        .into_response(),
+        _ = grace_over.wait_for(|over| *over) => AppError::from(Refusal::GraceOver).into_response(),
+    }
+}
+
+/// What the server answers itself, outside every route's own errors.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("no such endpoint; GET / lists them")]
+    NotFound,
+    #[error("method not allowed for this endpoint; GET / lists them")]
+    MethodNotAllowed,
+    /// A handler panicked (the panic is logged, not shown).
+    #[error("internal error")]
+    Panic,
+    #[error("the server is shutting down and its grace period is over; retry")]
+    GraceOver,
+}
+
+impl HttpError for Refusal {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::NotFound => ErrorCode::NotFound,
+            Refusal::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            Refusal::Panic => ErrorCode::InternalError,
+            Refusal::GraceOver => ErrorCode::ShuttingDown,
+        }
     }
 }
 
 async fn not_found() -> AppError {
-    AppError::new(StatusCode::NOT_FOUND, "no such endpoint; GET / lists them")
+    Refusal::NotFound.into()
 }
 
 async fn method_not_allowed() -> AppError {
-    AppError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed for this endpoint; GET / lists them",
-    )
+    Refusal::MethodNotAllowed.into()
 }
 
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -157,7 +176,7 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
     tracing::error!(panic = detail, "handler panicked");
-    AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+    AppError::from(Refusal::Panic).into_response()
 }
 
 /// Request id (the client's `x-request-id` if sane, else a new one), one log line per request
@@ -549,6 +568,7 @@ async fn roll_on_sighup(state: AppState, mut hangups: Signal) {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::http::StatusCode;
     use axum::routing::get;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
@@ -584,7 +604,8 @@ mod tests {
             let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(json["status"], 500, "{json}");
             assert_eq!(json["error"], "internal error", "{json}");
-            assert_eq!(json.as_object().unwrap().len(), 2, "{json}");
+            assert_eq!(json["code"], "internal_error", "{json}");
+            assert_eq!(json.as_object().unwrap().len(), 3, "{json}");
         }
         let (status, _, body) = call(&router, "/ok").await;
         assert_eq!(status, StatusCode::OK);

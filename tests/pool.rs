@@ -1142,7 +1142,7 @@ fn a_panicking_driver_fails_its_job_with_a_500_kills_its_worker_and_the_slot_ser
         let error = job("8").await.expect_err("the driver panicked");
         assert!(matches!(error, PoolError::DriverPanic), "{error:?}");
         let response = AppError::from(error);
-        assert_eq!(response.status, 500, "{}", response.message);
+        assert_eq!(response.status(), 500, "{}", response.message);
         assert!(
             response.message.contains("panicked"),
             "{}",

@@ -6,14 +6,14 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
-use axum::http::{StatusCode, Uri};
+use axum::http::Uri;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::body::BoundedBody;
 use super::{single_param, RequestId};
-use crate::error::{AppError, HttpError, RETRY_WHEN_BUSY};
+use crate::error::{AppError, ErrorCode, HttpError, RETRY_WHEN_BUSY};
 
 /// `Retry-After` of a job refused because no worker can be started: the pool retries its
 /// starts with a backoff of up to about 10 s, and a fix takes at least that long to show.
@@ -61,26 +61,34 @@ pub enum NumberError {
 }
 
 impl HttpError for NumberError {
-    /// 413 for a number over the digit cap, 400 for everything else.
-    fn status(&self) -> StatusCode {
+    fn code(&self) -> ErrorCode {
         match self {
-            NumberError::TooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
+            NumberError::Missing => ErrorCode::NumberMissing,
+            NumberError::Empty => ErrorCode::NumberEmpty,
+            NumberError::Negative => ErrorCode::NumberNegative,
+            NumberError::Fractional => ErrorCode::NumberFractional,
+            NumberError::Exponent => ErrorCode::NumberExponent,
+            NumberError::Hex => ErrorCode::NumberHex,
+            NumberError::InvalidCharacter { .. } => ErrorCode::NumberInvalidCharacter,
+            NumberError::TooLong { .. } => ErrorCode::NumberTooLong,
+            NumberError::BadBody(_) => ErrorCode::BodyInvalid,
         }
     }
 }
 
-/// The pool knows nothing of HTTP: the statuses of its errors are chosen here, by the route
-/// that submits the jobs.
+/// The pool knows nothing of HTTP: the codes (and so statuses) of its errors are chosen here,
+/// by the route that submits the jobs.
 impl<E: std::fmt::Display> HttpError for PoolError<E> {
-    fn status(&self) -> StatusCode {
+    fn code(&self) -> ErrorCode {
         match self {
-            PoolError::QueueFull(_) | PoolError::ShuttingDown | PoolError::Unavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            PoolError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            PoolError::WorkerDied { .. } | PoolError::Protocol { .. } => StatusCode::BAD_GATEWAY,
-            PoolError::JobFailed(_) | PoolError::DriverPanic => StatusCode::INTERNAL_SERVER_ERROR,
+            PoolError::QueueFull(_) => ErrorCode::QueueFull,
+            PoolError::ShuttingDown => ErrorCode::ShuttingDown,
+            PoolError::Unavailable { .. } => ErrorCode::WorkersUnavailable,
+            PoolError::Timeout(_) => ErrorCode::JobTimeout,
+            PoolError::WorkerDied { .. } => ErrorCode::WorkerDied,
+            PoolError::Protocol { .. } => ErrorCode::WorkerProtocolError,
+            PoolError::JobFailed(_) => ErrorCode::JobFailed,
+            PoolError::DriverPanic => ErrorCode::InternalError,
         }
     }
 

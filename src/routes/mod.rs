@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use axum::http::Uri;
 use percent_encoding::percent_decode;
 
-use crate::error::AppError;
+use crate::error::{ErrorCode, HttpError};
 
 /// The id of the current request, put into request extensions by the server's middleware.
 #[derive(Debug, Clone)]
@@ -23,15 +23,29 @@ pub struct RequestId(pub String);
 /// to the worker as the job's tag, so `--max-line` must leave room for it.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// What is wrong with a query parameter, whatever the endpoint.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("query parameter `{0}` is given more than once")]
+    Repeated(String),
+    #[error("query parameter `{0}` is not valid UTF-8")]
+    NotUtf8(String),
+}
+
+impl HttpError for ParamError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ParamError::Repeated(_) => ErrorCode::ParamRepeated,
+            ParamError::NotUtf8(_) => ErrorCode::ParamNotUtf8,
+        }
+    }
+}
+
 /// The value of query parameter `name` as UTF-8 text; `None` if absent. See
 /// [`single_param_bytes`].
-pub fn single_param(uri: &Uri, name: &str) -> Result<Option<String>, AppError> {
+pub fn single_param(uri: &Uri, name: &str) -> Result<Option<String>, ParamError> {
     single_param_bytes(uri, name)?
-        .map(|value| {
-            String::from_utf8(value).map_err(|_| {
-                AppError::bad_request(format!("query parameter `{name}` is not valid UTF-8"))
-            })
-        })
+        .map(|value| String::from_utf8(value).map_err(|_| ParamError::NotUtf8(name.to_owned())))
         .transpose()
 }
 
@@ -39,7 +53,7 @@ pub fn single_param(uri: &Uri, name: &str) -> Result<Option<String>, AppError> {
 /// space) to bytes, not text: a file name need not be UTF-8, and a lossy decoding would turn
 /// it into a name that does not exist. `None` if absent. A parameter given twice is a 400:
 /// which one to believe would be a guess.
-pub fn single_param_bytes(uri: &Uri, name: &str) -> Result<Option<Vec<u8>>, AppError> {
+pub fn single_param_bytes(uri: &Uri, name: &str) -> Result<Option<Vec<u8>>, ParamError> {
     let query = uri.query().unwrap_or_default();
     let mut values = query.split('&').filter_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -47,9 +61,7 @@ pub fn single_param_bytes(uri: &Uri, name: &str) -> Result<Option<Vec<u8>>, AppE
     });
     let first = values.next();
     if values.next().is_some() {
-        return Err(AppError::bad_request(format!(
-            "query parameter `{name}` is given more than once"
-        )));
+        return Err(ParamError::Repeated(name.to_owned()));
     }
     Ok(first)
 }
@@ -66,7 +78,7 @@ fn form_decode(text: &str) -> Cow<'_, [u8]> {
 mod tests {
     use super::*;
 
-    fn param(query: &str) -> Result<Option<Vec<u8>>, AppError> {
+    fn param(query: &str) -> Result<Option<Vec<u8>>, ParamError> {
         single_param_bytes(&format!("/x?{query}").parse().unwrap(), "d")
     }
 

@@ -67,7 +67,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::{single_param_bytes, RequestId};
-use crate::error::{AppError, HttpError, RETRY_WHEN_BUSY};
+use crate::error::{AppError, ErrorCode, HttpError, RETRY_WHEN_BUSY};
 use crate::routes::state::AppState;
 use confine::{Root, Target};
 
@@ -187,20 +187,21 @@ pub enum LsError {
 }
 
 impl HttpError for LsError {
-    fn status(&self) -> StatusCode {
+    fn code(&self) -> ErrorCode {
         match self {
-            LsError::TooLong { .. } | LsError::NulByte | LsError::Unresolvable { .. } => {
-                StatusCode::BAD_REQUEST
-            }
-            LsError::OutsideRoot(_) | LsError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            LsError::NotFound(_) => StatusCode::NOT_FOUND,
-            LsError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            LsError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            LsError::TooLong { .. } => ErrorCode::DirectoryTooLong,
+            LsError::NulByte => ErrorCode::DirectoryNulByte,
+            LsError::Unresolvable { .. } => ErrorCode::DirectoryUnresolvable,
+            LsError::OutsideRoot(_) => ErrorCode::OutsideRoot,
+            LsError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            LsError::NotFound(_) => ErrorCode::DirectoryNotFound,
+            LsError::Busy(_) => ErrorCode::LsBusy,
+            LsError::Timeout(_) => ErrorCode::LsTimeout,
             LsError::Io { .. }
             | LsError::Spawn(_)
             | LsError::Failed(_)
             | LsError::Read(_)
-            | LsError::Lost => StatusCode::INTERNAL_SERVER_ERROR,
+            | LsError::Lost => ErrorCode::LsFailed,
         }
     }
 
@@ -212,7 +213,7 @@ impl HttpError for LsError {
 impl LsError {
     /// The `outcome` label of `forkpool_ls_total`: the status, named (one grouping for both).
     fn outcome(&self) -> &'static str {
-        match self.status() {
+        match self.code().status() {
             StatusCode::BAD_REQUEST => "bad_request",
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::NOT_FOUND => "not_found",
