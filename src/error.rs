@@ -75,16 +75,23 @@ error_codes! {
     NumberMissing = ("number_missing", BAD_REQUEST),
     /// `number` is empty or only whitespace.
     NumberEmpty = ("number_empty", BAD_REQUEST),
+    /// `number` is a sign without digits.
+    NumberNoDigits = ("number_no_digits", BAD_REQUEST),
     /// `number` is negative.
     NumberNegative = ("number_negative", BAD_REQUEST),
+    /// `number` is zero with a minus sign.
+    NumberMinusZero = ("number_minus_zero", BAD_REQUEST),
     /// `number` has a fractional part.
     NumberFractional = ("number_fractional", BAD_REQUEST),
     /// `number` is in exponent form.
     NumberExponent = ("number_exponent", BAD_REQUEST),
     /// `number` is hexadecimal.
     NumberHex = ("number_hex", BAD_REQUEST),
-    /// `number` has a character that is not a decimal digit.
+    /// `number` has a character that is not a decimal digit (a space included, which is what
+    /// a `+` in a query string stands for).
     NumberInvalidCharacter = ("number_invalid_character", BAD_REQUEST),
+    /// `number`, a JSON string, has an escape that is no character (a lone surrogate).
+    NumberInvalidEscape = ("number_invalid_escape", BAD_REQUEST),
     /// `number` has more significant digits than `--max-digits`.
     NumberTooLong = ("number_too_long", PAYLOAD_TOO_LARGE),
     /// Every worker is busy and the queue is full (with `Retry-After`).

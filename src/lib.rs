@@ -22,7 +22,8 @@
 //!   given the JSON error body on their way out), `server::fd_budget` (the cap sized from
 //!   `RLIMIT_NOFILE`).
 //! - [`routes`]: endpoints, one file per family: `isprime`, `ls`, `ops`; `routes::body` reads
-//!   request bodies under a size limit and a deadline; `routes::state` holds `AppState`, what
+//!   request bodies under a size limit and a deadline; `routes::number` is what `/isprime`
+//!   accepts as a number (from a query or a JSON body) and what it says of the rest; `routes::state` holds `AppState`, what
 //!   every handler shares (settings, pool, /ls, metrics), which the server builds. `routes::ls`
 //!   is three parts: the handler and its turns (`mod`), `confine` (the security policy:
 //!   `openat2` beneath the root fd, auditable alone) and `child` (the `ls` process and its
