@@ -49,8 +49,9 @@ const RSS_SLACK: f64 = 0.30;
 /// Statuses designed for a primality job that reaches the pool: a worker killed under it (502),
 /// no worker free in time or the queue full (503, 504).
 const JOB: &[u16] = &[200, 502, 503, 504];
-/// Statuses designed for a listing: 503 when every `ls` slot is taken.
-const LISTING: &[u16] = &[200, 503];
+/// Statuses designed for a listing: 503 when every `ls` slot is taken, 504 when `ls` wrote
+/// nothing before `--ls-timeout` (the 200 head waits for its first bytes).
+const LISTING: &[u16] = &[200, 503, 504];
 
 /// How one exchange ended, as the tally counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
