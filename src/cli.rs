@@ -187,6 +187,7 @@ pub enum ResolveError {
     LsRoot {
         /// The root as given.
         path: PathBuf,
+        /// Why it cannot be made canonical.
         source: std::io::Error,
     },
     #[error(
