@@ -495,6 +495,9 @@ fn a_worker_that_breaks_the_protocol_is_replaced() {
         program,
         "--max-line",
         "4KiB",
+        // A line that short holds numbers of up to 3916 digits: fewer than the default cap.
+        "--max-digits",
+        "1000",
     ]);
     let before = server.wait_for_workers(1);
     let message = server.get("/isprime?number=7").assert_error(502);
