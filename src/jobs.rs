@@ -12,6 +12,7 @@ use malachite_nz::natural::Natural;
 use serde::{Deserialize, Serialize};
 
 use crate::pool::worker::JobLog;
+use crate::pool::protocol::{self, Request};
 use crate::pool::{Job, Weight};
 use crate::prime::{self, Method};
 
@@ -36,6 +37,21 @@ pub struct IsPrimeOutput {
 pub enum IsPrimeError {
     #[error("not a number: {0:?}")]
     NotANumber(String),
+}
+
+impl IsPrimeJob {
+    /// The longest protocol line, newline included, that a job of at most `digits` digits
+    /// tagged with at most `tag_len` bytes makes: what `--max-line` must allow. Digits and
+    /// request ids need no JSON escaping, so the line grows byte for byte with both. The other
+    /// lines (the hello, a verdict) are shorter than that of a job with a server's request id.
+    pub fn max_line_bytes(digits: u32, tag_len: usize) -> u64 {
+        let empty = Request {
+            id: u64::MAX,
+            tag: "",
+            job: IsPrimeJob { n: String::new() },
+        };
+        protocol::encode(&empty).len() as u64 + u64::from(digits) + tag_len as u64
+    }
 }
 
 impl Job for IsPrimeJob {
@@ -77,5 +93,49 @@ impl JobLog for RequestIdLog {
         // here would cost a quarter of the dispatch throughput for no new information.
         let pid = std::process::id();
         tracing::debug!(request_id = %tag, job, pid, compute_ms, "job done");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::protocol::{Hello, HelloLine, Outcome, Reply};
+    use crate::routes::MAX_REQUEST_ID_LEN;
+
+    #[test]
+    fn the_longest_job_line_is_as_computed_and_longer_than_any_other_line() {
+        let tag = "a".repeat(MAX_REQUEST_ID_LEN);
+        for digits in [1, 19, 250, 10_000] {
+            let job = IsPrimeJob {
+                n: "9".repeat(digits as usize),
+            };
+            let request = Request {
+                id: u64::MAX,
+                tag: tag.as_str(),
+                job,
+            };
+            let line = protocol::encode(&request);
+            let computed = IsPrimeJob::max_line_bytes(digits, MAX_REQUEST_ID_LEN);
+            assert_eq!(line.len() as u64, computed, "{digits} digits");
+        }
+        let shortest = IsPrimeJob::max_line_bytes(0, MAX_REQUEST_ID_LEN) as usize;
+        let hello = HelloLine {
+            hello: Hello {
+                protocol: Some(u32::MAX),
+                version: env!("CARGO_PKG_VERSION").into(),
+                pid: u32::MAX,
+                kind: IsPrimeJob::KIND.into(),
+            },
+        };
+        let verdict: Reply<IsPrimeOutput, IsPrimeError> = Reply {
+            id: u64::MAX,
+            ms: f64::MAX,
+            result: Outcome::Ok(IsPrimeOutput {
+                is_prime: false,
+                method: Method::Deterministic,
+            }),
+        };
+        assert!(protocol::encode(&hello).len() < shortest);
+        assert!(protocol::encode(&verdict).len() < shortest);
     }
 }

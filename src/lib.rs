@@ -23,14 +23,16 @@
 //! - [`server`]: `run(listeners, state, routers, signals)` (serve, tell readiness, SIGHUP
 //!   rolls, SIGUSR2 upgrades, drain), `Signals` (installed before anything listens);
 //!   `server::listener` (the accept loop and the connection cap), `server::connection` (one
-//!   connection: header, keep-alive and drain handling over hyper), `server::fd_budget` (the
-//!   cap sized from `RLIMIT_NOFILE`).
+//!   connection: header, keep-alive and drain handling over hyper), `server::refusal` (hyper's
+//!   own answers to heads it cannot parse, given the JSON error body on their way out),
+//!   `server::fd_budget` (the cap sized from `RLIMIT_NOFILE`).
 //! - [`routes`]: `routers(state) -> Routers` (public and admin), pure: nothing in `routes`
 //!   starts a process or binds a socket, so a test calls a router in its own process
 //!   (tests/handlers.rs). Endpoints, one file per family: `isprime`, `ls`, `ops`;
 //!   `routes::layers` (request ids, the log line and HTTP metrics, panics to 500, `Connection:
 //!   close` while draining, the 503 at the grace period's end); `routes::body` reads request
-//!   bodies under a size limit and a deadline; `routes::state` holds `AppState`, what every
+//!   bodies under a size limit and a deadline; `routes::number` is what `/isprime` accepts as
+//!   a number (from a query or a JSON body) and what it says of the rest; `routes::state` holds `AppState`, what every
 //!   handler shares (settings, pool, /ls, metrics), built by `app` or from parts. `routes::ls`
 //!   is four parts: the handler and its turns (`mod`), `confine` (the security policy:
 //!   `openat2` beneath the root fd, auditable alone), `child` (the `ls` process and its
@@ -59,8 +61,9 @@
 //! - [`prime`]: primality, pure functions (and `mersenne`, the heavy job of tests and load);
 //!   `prime::montgomery` and `prime::plain`, the two arithmetics BPSW runs on.
 //! - [`procfs`]: this process's CPU, memory, fd and start-time figures from `/proc/self`.
-//! - [`error`]: `AppError`, the one JSON error shape, and `HttpError`, which every typed error
-//!   implements next to its definition to say its status.
+//! - [`error`]: `AppError`, the one JSON error shape (`error`, `code`, `status`), `ErrorCode`,
+//!   every stable code with its status, and `HttpError`, which every typed error implements
+//!   next to its definition to say its code.
 //! - [`logging`]: tracing to stderr, `LogFormat`.
 //! - [`telemetry`]: the server's metric names (constants, described once) and the
 //!   process-wide Prometheus recorder.

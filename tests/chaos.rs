@@ -49,8 +49,9 @@ const RSS_SLACK: f64 = 0.30;
 /// Statuses designed for a primality job that reaches the pool: a worker killed under it (502),
 /// no worker free in time or the queue full (503, 504).
 const JOB: &[u16] = &[200, 502, 503, 504];
-/// Statuses designed for a listing: 503 when every `ls` slot is taken.
-const LISTING: &[u16] = &[200, 503];
+/// Statuses designed for a listing: 503 when every `ls` slot is taken, 504 when `ls` wrote
+/// nothing before `--ls-timeout` (the 200 head waits for its first bytes).
+const LISTING: &[u16] = &[200, 503, 504];
 
 /// How one exchange ended, as the tally counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -141,7 +142,8 @@ impl Planned {
     }
 }
 
-/// The designed error shape: JSON `{"error": "...", "status": N}` matching the status line.
+/// The designed error shape: JSON `{"error": "...", "code": "...", "status": N}` matching the
+/// status line.
 fn error_shape(response: &Response) -> Result<(), String> {
     let body = response.text();
     let json: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
@@ -154,6 +156,7 @@ fn error_shape(response: &Response) -> Result<(), String> {
     let shaped = response.complete
         && response.header("content-type") == Some("application/json")
         && json["status"] == response.status
+        && json["code"].as_str().is_some_and(|c| !c.is_empty())
         && json["error"].as_str().is_some_and(|e| !e.is_empty());
     match shaped {
         true => Ok(()),
@@ -164,13 +167,11 @@ fn error_shape(response: &Response) -> Result<(), String> {
     }
 }
 
-/// hyper's own answer to a request it cannot parse: an empty body, and the connection closed.
-/// (Not the service's JSON error shape: hyper writes it, with no hook to change it.)
+/// hyper's own answer to a request it cannot parse, given the service's JSON error shape on
+/// its way out, and the connection closed.
 fn hyper_refusal(response: &Response) -> Result<(), String> {
-    let shaped = response.complete
-        && response.body.is_empty()
-        && response.header("connection") == Some("close");
-    match shaped {
+    error_shape(response)?;
+    match response.header("connection") == Some("close") {
         true => Ok(()),
         false => Err(format!(
             "{} answered {:?}",

@@ -402,3 +402,75 @@ fn a_request_head_over_64_kib_is_refused_431_even_when_it_arrives_at_once() {
     }
     assert_eq!(send(60_000), 200, "a head under the limit");
 }
+
+/// Sends `raw` on a fresh connection (ignoring a failed write: the server may answer and close
+/// before it has read everything) and returns all the server sent until it closed.
+fn exchange_raw(server: &Server, raw: &[u8]) -> Vec<u8> {
+    let mut stream = connect(server, Duration::from_secs(10));
+    let _ = stream.write_all(raw);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+#[test]
+fn requests_hyper_refuses_before_routing_get_the_json_error_shape() {
+    let server = Server::start(&["--workers", "1"]);
+    let many_headers: String = (0..101).map(|i| format!("x-h{i}: 1\r\n")).collect();
+    let many_headers = format!("GET /testrequest HTTP/1.1\r\nhost: x\r\n{many_headers}\r\n");
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let refused: [(&str, u16, &str); 6] = [
+        ("GARBAGE\r\n\r\n", 400, "malformed_request"),
+        (
+            "GET /testrequest HTTP/1.1\r\nno colon here\r\n\r\n",
+            400,
+            "malformed_request",
+        ),
+        (
+            "GET /testrequest HTTP/9.9\r\nhost: x\r\n\r\n",
+            400,
+            "malformed_request",
+        ),
+        (
+            "POST /isprime HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            400,
+            "malformed_request",
+        ),
+        (&many_headers, 431, "head_too_large"),
+        (&big_head, 431, "head_too_large"),
+    ];
+    for (raw, status, code) in refused {
+        let response = Response::parse(&exchange_raw(&server, raw.as_bytes()));
+        let shown = &raw[..raw.len().min(40)];
+        let (message, got) = response.assert_error_code(status);
+        assert_eq!(got, code, "{shown:?}: {message}");
+        assert!(response.complete, "{shown:?}");
+        assert_eq!(response.header("connection"), Some("close"), "{shown:?}");
+        let id = response.header("x-request-id").expect("a request id");
+        server.wait_for_log("the refusal's log line", |log| {
+            log.lines()
+                .any(|l| l.contains("request refused before routing") && l.contains(id))
+        });
+    }
+    // A bad head after a good one on a kept-alive connection: the first is served as always,
+    // the second refused with the JSON error.
+    let raw = exchange_raw(
+        &server,
+        b"GET /testrequest HTTP/1.1\r\nhost: x\r\n\r\nGET / HTTP/1.1\r\nbroken\r\n\r\n",
+    );
+    let second = raw
+        .windows(9)
+        .rposition(|w| w == b"HTTP/1.1 ")
+        .expect("two answers");
+    let first = Response::parse(&raw[..second]);
+    assert_eq!(
+        (first.status, first.text().as_str()),
+        (200, "I am unblocked now")
+    );
+    let (_, code) = Response::parse(&raw[second..]).assert_error_code(400);
+    assert_eq!(code, "malformed_request");
+    assert_eq!(server.get("/testrequest").status, 200);
+}

@@ -161,3 +161,228 @@ fn testrequest_answers_while_every_worker_is_busy() {
     // The heavy jobs are abandoned; the server is killed when it drops.
     drop(jobs);
 }
+
+// -------------------------------------------------------------------------------------------
+// In process: the router as the server builds it, called with `tower::ServiceExt::oneshot`, on
+// a pool whose one worker is the real binary. No sockets, so a property test can send
+// hundreds of requests cheaply.
+
+/// `--max-digits` of the in-process server: small, so that 413 is easy to reach.
+const MAX_DIGITS: usize = 30;
+
+/// The runtime and the public router of one in-process server, shared by the tests here.
+fn in_process() -> &'static (tokio::runtime::Runtime, axum::Router) {
+    static SERVER: std::sync::OnceLock<(tokio::runtime::Runtime, axum::Router)> =
+        std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let digits = MAX_DIGITS.to_string();
+        let args = ["forkpool", "--workers", "1", "--max-digits", &digits];
+        let args = [
+            &args[..],
+            &["--worker-program", common::BIN, "--ls-root", "/"],
+        ]
+        .concat();
+        let cli = <forkpool::cli::Cli as clap::Parser>::try_parse_from(args).unwrap();
+        let settings = cli.flags.resolve().unwrap();
+        let router = runtime.block_on(async {
+            use forkpool::routes::state::AppState;
+            let metrics = forkpool::telemetry::recorder();
+            let pool = forkpool::app::start_pool(&settings, common::BIN.into());
+            let ls = forkpool::routes::ls::Ls::open(&settings.ls_root).unwrap();
+            let state = AppState::from_parts(settings, pool, ls, metrics);
+            state.pool.wait_live().await;
+            forkpool::routes::routers(state).public
+        });
+        (runtime, router)
+    })
+}
+
+/// A response of the in-process server: status and JSON body.
+fn call(request: axum::http::Request<axum::body::Body>) -> (u16, serde_json::Value) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let (runtime, router) = in_process();
+    runtime.block_on(async {
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {body:?}"));
+        (status, json)
+    })
+}
+
+fn get_query(query: &str) -> (u16, serde_json::Value) {
+    let uri = format!("/isprime?{query}");
+    call(
+        axum::http::Request::get(uri)
+            .body(Default::default())
+            .unwrap(),
+    )
+}
+
+fn post_body(body: Vec<u8>) -> (u16, serde_json::Value) {
+    let request = axum::http::Request::post("/isprime").header("content-type", "application/json");
+    call(request.body(body.into()).unwrap())
+}
+
+/// Asserts an error answer with `code`; returns its message.
+fn error(answer: &(u16, serde_json::Value), code: &str) -> String {
+    let (status, json) = answer;
+    assert_eq!(json["code"], code, "{status}: {json}");
+    assert_eq!(json["status"], *status, "{json}");
+    json["error"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn parser_messages_tell_the_truth() {
+    for (query, code) in [
+        ("number=-", "number_no_digits"),
+        ("number=-0", "number_minus_zero"),
+    ] {
+        let message = error(&get_query(query), code);
+        assert!(!message.contains("negative"), "{query}: {message}");
+    }
+    // A `+` in a query is a space by the URL rules, and the message says so.
+    let message = error(&get_query("number=1+2"), "number_invalid_character");
+    assert!(
+        message.contains("`+`") && message.contains("%2B"),
+        "{message}"
+    );
+    let message = error(&get_query("number=1%202"), "number_invalid_character");
+    assert!(
+        message.contains("' ' at position 1") && !message.contains("%2B"),
+        "{message}"
+    );
+    // Positions count from the value as sent, leading whitespace included.
+    let message = error(&get_query("number=%20%2012a"), "number_invalid_character");
+    assert!(message.contains("'a' at position 4"), "{message}");
+    // A lone surrogate escape is named, not reported as a generic JSON error.
+    let message = error(
+        &post_body(br#"{"number": "\ud800"}"#.to_vec()),
+        "number_invalid_escape",
+    );
+    assert!(
+        message.contains(r"\ud800") && message.contains("surrogate"),
+        "{message}"
+    );
+    let message = error(&post_body(br#"{"number": true}"#.to_vec()), "body_invalid");
+    assert!(message.contains("a string or an integer"), "{message}");
+}
+
+/// The number `text` stands for in canonical form, by the rule the documentation gives
+/// (surrounding whitespace, one leading `+`, leading zeros), written out independently of the
+/// server's parser; `Err(true)` if it has too many digits, `Err(false)` if it is no number.
+fn expected(text: &str) -> Result<String, bool> {
+    let text = text.trim();
+    let digits = text.strip_prefix('+').unwrap_or(text);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(false);
+    }
+    let significant = digits.trim_start_matches('0');
+    if significant.len() > MAX_DIGITS {
+        return Err(true);
+    }
+    Ok(match significant {
+        "" => "0".to_owned(),
+        digits => digits.to_owned(),
+    })
+}
+
+/// Asserts that `answer` is right for `input` (the value as the server decodes it; `None`
+/// when the server cannot know it, e.g. a body that is no JSON): the verdict on the number
+/// the rule makes of it, or the refusal the rule predicts, and in any case never a 5xx.
+fn check_answer(input: Option<&str>, answer: &(u16, serde_json::Value)) {
+    let (status, json) = answer;
+    assert!((200..500).contains(status), "{input:?}: {status} {json}");
+    let wanted = input.map(expected);
+    if *status == 200 {
+        let number = json["number"].as_str().expect("a number");
+        if let Some(wanted) = &wanted {
+            assert_eq!(Ok(number), wanted.as_deref(), "{input:?}: {json}");
+        }
+        let n: malachite_nz::natural::Natural = number.parse().expect("canonical digits");
+        assert_eq!(
+            json["isPrime"],
+            forkpool::prime::is_prime(&n).is_prime,
+            "{json}"
+        );
+        return;
+    }
+    let message = json["error"].as_str().unwrap_or_default();
+    assert!(
+        !message.is_empty() && json["code"].is_string(),
+        "{input:?}: {json}"
+    );
+    match wanted {
+        Some(Ok(number)) => panic!("{input:?} is {number}, but the answer is {status} {json}"),
+        Some(Err(true)) => assert_eq!(json["code"], "number_too_long", "{input:?}: {json}"),
+        Some(Err(false)) => assert_eq!(*status, 400, "{input:?}: {json}"),
+        None => assert!(matches!(status, 400 | 413), "{json}"),
+    }
+}
+
+/// Percent-encodes `bytes` for a query, leaving unreserved characters as they are, and a `+`
+/// too when `plus_raw` (which the URL rules make a space); returns the query value and what
+/// the server must decode it to.
+fn query_value(bytes: &[u8], plus_raw: bool) -> (String, Vec<u8>) {
+    let mut encoded = String::new();
+    let mut decoded = bytes.to_vec();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'+' if plus_raw => {
+                encoded.push('+');
+                decoded[i] = b' ';
+            }
+            b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => encoded.push(b as char),
+            b => encoded.push_str(&format!("%{b:02X}")),
+        }
+    }
+    (encoded, decoded)
+}
+
+/// Byte strings as `number`: anything at all, any text, text close to a number (signs,
+/// whitespace, zeros, points, exponents, hex, digits of other scripts) where the bugs live, and
+/// numbers in every accepted form, some over the digit cap.
+fn numbers() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+    use proptest::prelude::*;
+    let near = "[ \\t\u{a0}]{0,2}[+-]{0,2}[0-9]{0,34}([.eExX ][0-9a-fA-F+-]{0,4})?[ \u{665}]{0,2}";
+    let valid = "[ \\t]{0,2}\\+?0{0,3}[0-9]{1,32}[ \\n]{0,2}";
+    let regex = |pattern| proptest::string::string_regex(pattern).unwrap();
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..40),
+        ".{0,12}".prop_map(String::into_bytes),
+        regex(near).prop_map(String::into_bytes),
+        regex(valid).prop_map(String::into_bytes),
+    ]
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_bytes_as_a_query_number_get_the_right_answer_or_a_4xx(
+        bytes in numbers(),
+        plus_raw in proptest::bool::ANY,
+    ) {
+        let (encoded, decoded) = query_value(&bytes, plus_raw);
+        let answer = get_query(&format!("number={encoded}"));
+        match std::str::from_utf8(&decoded) {
+            Ok(text) => check_answer(Some(text), &answer),
+            Err(_) => assert_eq!(answer.1["code"], "param_not_utf8", "{bytes:?}: {}", answer.1),
+        }
+    }
+
+    #[test]
+    fn any_bytes_as_a_json_number_get_the_right_answer_or_a_4xx(bytes in numbers()) {
+        // As a JSON string, escaped as it must be, when the bytes are text.
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            let body = serde_json::json!({ "number": text }).to_string();
+            check_answer(Some(text), &post_body(body.into_bytes()));
+        }
+        // Spliced in as they are, inside quotes and bare: mostly no JSON at all.
+        for (open, close) in [(&b"{\"number\": \""[..], &b"\"}"[..]), (b"{\"number\": ", b"}")] {
+            let body = [open, &bytes[..], close].concat();
+            check_answer(None, &post_body(body));
+        }
+    }
+}

@@ -154,9 +154,8 @@ fn open_listing(server: &Server, directory: &str) -> (TcpStream, Vec<u8>) {
     (stream, raw)
 }
 
-/// Sends `GET /ls?directory=D` and reads only the 200 response head. The head is sent when
-/// `ls` has been spawned, whether or not it has written yet: `ls` runs at idle priority and,
-/// on a busy machine, may not be scheduled for a while.
+/// Sends `GET /ls?directory=D` and reads only the 200 response head. The head is sent with
+/// the first bytes `ls` writes (a stand-in `ls` that should get a head must write something).
 fn open_head(server: &Server, directory: &str) -> (TcpStream, Vec<u8>) {
     let mut stream = server.send("GET", &format!("/ls?directory={directory}"), &[], b"");
     let mut raw = Vec::new();
@@ -552,12 +551,13 @@ fn timeout_aborts_the_body() {
         log.contains("--ls-timeout expired")
     });
 
-    // With a deadline shorter than `ls` needs to start writing, nothing arrives but the head.
+    // With a deadline shorter than `ls` needs to start writing, the answer is a 504, not a
+    // 200 with an empty body cut short: the head waits for the first bytes.
     drop(server);
     let server = start(&root, &["--ls-timeout", "1ms"]);
     let response = ls(&server, "big");
-    assert_eq!(response.status, 200);
-    assert!(!response.complete);
+    let (_, code) = response.assert_error_code(504);
+    assert_eq!(code, "ls_timeout");
     assert_no_ls_left(&server);
 }
 
@@ -646,11 +646,11 @@ fn live_children(server: &Server, name: &str) -> usize {
 #[test]
 fn only_four_ls_per_cpu_run_at_once_and_the_next_listing_waits_for_its_turn() {
     let turns = 4 * std::thread::available_parallelism().map_or(1, usize::from);
-    // A stand-in `ls` that lists nothing and never ends: cheap to hold many of.
+    // A stand-in `ls` that writes one line and never ends: cheap to hold many of.
     let root = TempDir::new("turns");
     let cap = (turns + 1).to_string();
     let extra = ["--ls-max-concurrent", &cap, "--ls-timeout", "60s"];
-    let (server, _bin) = start_with_fake_ls(&root, "exec sleep 60", &extra);
+    let (server, _bin) = start_with_fake_ls(&root, "echo 'total 0'\nexec sleep 60", &extra);
     let mut held: Vec<TcpStream> = (0..turns).map(|_| open_head(&server, "/").0).collect();
     let all_running = wait_until(Duration::from_secs(10), || {
         (live_children(&server, "sleep") == turns).then_some(())
@@ -1131,4 +1131,141 @@ fn a_server_without_ls_on_its_path_refuses_to_start() {
         stderr.contains("`ls` is not an executable file"),
         "{stderr}"
     );
+}
+
+/// The real `ls` on the tests' PATH, for stand-ins that wrap it.
+fn real_ls() -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|dir| dir.join("ls"))
+        .find(|path| path.is_file())
+        .expect("ls on PATH")
+}
+
+/// The value of the `forkpool_ls_total` sample with `outcome`, 0 if there is none yet.
+fn ls_total(server: &Server, outcome: &str) -> u64 {
+    let metrics = server.get("/metrics").text();
+    let sample = format!("forkpool_ls_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&sample)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn ls_exit_1_after_a_whole_listing_is_a_complete_listing_with_a_warning() {
+    // GNU `ls` exits 1 when an entry vanished between readdir and lstat: a stand-in that
+    // lists for real, then says so and exits 1, as `ls` does in a directory that changes.
+    let root = TempDir::new("exit1");
+    root.file("kept.txt");
+    let script = format!(
+        "{} \"$@\"\necho \"ls: cannot access 'gone.txt': No such file or directory\" >&2\nexit 1",
+        real_ls().display()
+    );
+    let (server, _bin) = start_with_fake_ls(&root, &script, &[]);
+    for _ in 0..2 {
+        let response = ls(&server, "/");
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert!(response.complete, "a listing with minor trouble was cut");
+        assert!(
+            response.text().contains(" kept.txt\n"),
+            "{}",
+            response.text()
+        );
+    }
+    assert_eq!(ls_total(&server, "ok_with_warnings"), 2);
+    assert_eq!(ls_total(&server, "failed"), 0);
+    server.wait_for_log("the warning with ls's stderr", |log| {
+        log.contains("ls finished with warnings") && log.contains("cannot access 'gone.txt'")
+    });
+    assert_no_ls_left(&server);
+}
+
+#[test]
+fn a_listing_that_writes_nothing_before_its_deadline_is_a_504_not_an_empty_cut_200() {
+    // A stand-in that writes nothing and never ends: whatever time is left when it starts is
+    // too little for it to write anything.
+    let root = TempDir::new("silent");
+    let extra = ["--ls-timeout", "500ms"];
+    let (server, _bin) = start_with_fake_ls(&root, "exec sleep 60", &extra);
+    let response = ls(&server, "/");
+    let (message, code) = response.assert_error_code(504);
+    assert_eq!(code, "ls_timeout");
+    assert!(message.contains("--ls-timeout"), "{message}");
+    assert_eq!(ls_total(&server, "timeout"), 1);
+    // And one that fails before writing anything is a 500, not a 200 cut short.
+    let (server, _bin) = start_with_fake_ls(&root, "echo 'ls: trouble' >&2; exit 2", &[]);
+    let (message, code) = ls(&server, "/").assert_error_code(500);
+    assert_eq!(code, "ls_failed");
+    assert!(message.contains("exit status: 2"), "{message}");
+    assert_eq!(ls_total(&server, "failed"), 1);
+    assert_no_ls_left(&server);
+}
+
+#[test]
+fn a_listing_whose_turn_comes_too_late_to_write_anything_is_a_504() {
+    // Every turn is held by a listing whose stand-in has written a line and waits; the next
+    // listing (whose stand-in will write nothing, like an `ls` still reading a big directory
+    // when the deadline comes) waits for a turn, gets it half-way to its deadline, and has
+    // too little time left to write anything.
+    let turns = 4 * std::thread::available_parallelism().map_or(1, usize::from);
+    let root = TempDir::new("late-turn");
+    std::fs::create_dir(root.path().join("held")).unwrap();
+    root.file("held/marker");
+    let cap = (turns + 1).to_string();
+    let extra = ["--ls-max-concurrent", &cap, "--ls-timeout", "2s"];
+    let script = "[ -e marker ] && echo 'total 0'\nexec sleep 60";
+    let (server, _bin) = start_with_fake_ls(&root, script, &extra);
+    let mut held: Vec<TcpStream> = (0..turns).map(|_| open_head(&server, "held").0).collect();
+    let started = std::time::Instant::now();
+    let waiting = server.send("GET", "/ls?directory=/", &[], b"");
+    std::thread::sleep(Duration::from_millis(1000));
+    drop(held.pop());
+    let mut raw = Vec::new();
+    let mut waiting = waiting;
+    waiting.read_to_end(&mut raw).unwrap();
+    let response = Response::parse(&raw);
+    let (_, code) = response.assert_error_code(504);
+    assert_eq!(code, "ls_timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(held);
+    assert_no_ls_left(&server);
+}
+
+#[test]
+fn listings_of_a_directory_whose_files_are_deleted_meanwhile_are_complete() {
+    // The real `ls`, and a directory emptied while it is listed: `ls` sometimes finds an entry
+    // gone between readdir and lstat and exits 1. Every listing must still be whole; a few
+    // rounds, bounded in time, until the race has been hit once.
+    let root = TempDir::new("vanishing");
+    let server = start(&root, &[]);
+    let busy = root.path().join("busy");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for round in 0..8 {
+        std::fs::create_dir(&busy).unwrap();
+        for i in 0..20_000 {
+            std::fs::File::create(busy.join(format!("{i:06}"))).unwrap();
+        }
+        let deleter = {
+            let busy = busy.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20 * (round % 4)));
+                std::fs::remove_dir_all(&busy).unwrap();
+            })
+        };
+        let response = ls(&server, "busy");
+        deleter.join().unwrap();
+        // Gone before `ls` could open it is a 404; otherwise a whole listing, never a cut one.
+        if response.status != 404 {
+            assert_eq!(response.status, 200, "{}", response.text());
+            assert!(response.complete, "round {round}: the listing was cut");
+        }
+        if ls_total(&server, "ok_with_warnings") > 0 || std::time::Instant::now() > deadline {
+            break;
+        }
+    }
+    assert_no_ls_left(&server);
 }

@@ -158,9 +158,10 @@ fn exchange(addr: SocketAddr, raw: &[u8]) -> Response {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    stream.write_all(raw).unwrap();
+    // The server may answer (and close) before it has read everything: a refused head.
+    let _ = stream.write_all(raw);
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).expect("read response");
+    let _ = stream.read_to_end(&mut answer);
     Response::parse(&answer)
 }
 
@@ -341,15 +342,22 @@ fn the_checks_reject_what_the_document_does_not_promise() {
     };
     // An error whose `status` differs from the HTTP status, or with an extra field.
     let bad_request = at("GET", "/isprime", 400);
-    assert!(validate(&doc, &bad_request, &json!({"error": "x", "status": 400})).is_ok());
-    assert!(validate(&doc, &bad_request, &json!({"error": "x", "status": 404})).is_err());
+    let error = |code: &str, status: u16| json!({"error": "x", "code": code, "status": status});
+    assert!(validate(&doc, &bad_request, &error("number_negative", 400)).is_ok());
+    assert!(validate(&doc, &bad_request, &error("number_negative", 404)).is_err());
+    let mut extra = error("number_negative", 400);
+    extra["n"] = json!(1);
+    assert!(validate(&doc, &bad_request, &extra).is_err());
     assert!(validate(
         &doc,
         &bad_request,
-        &json!({"error": "x", "status": 400, "n": 1})
+        &json!({"error": "", "code": "number_negative", "status": 400})
     )
     .is_err());
-    assert!(validate(&doc, &bad_request, &json!({"error": "", "status": 400})).is_err());
+    // No code, a code that does not exist, or one this response cannot carry.
+    assert!(validate(&doc, &bad_request, &json!({"error": "x", "status": 400})).is_err());
+    assert!(validate(&doc, &bad_request, &error("number_weird", 400)).is_err());
+    assert!(validate(&doc, &bad_request, &error("outside_root", 400)).is_err());
     // A verdict with the number as a JSON number, or an unknown method.
     let verdict = at("GET", "/isprime", 200);
     let good = json!({"number": "7", "isPrime": true, "method": "deterministic",
@@ -547,4 +555,102 @@ fn a_busy_ls_503_validates_against_the_document() {
     let busy = check(&server, &doc, ("GET", "/ls?directory=/sub", ""), 503);
     assert_eq!(busy.header("retry-after"), Some("1"));
     drop(held);
+}
+
+/// Every response of the document whose body is an error: (where, status, the codes it lists).
+fn error_responses(doc: &Value) -> Vec<(String, u16, Vec<String>)> {
+    let mut found = Vec::new();
+    let mut add = |place: String, response: &Value| {
+        let response = resolve(doc, response);
+        let Some(schema) = response.pointer("/content/application~1json/schema/allOf/1") else {
+            return;
+        };
+        let status = schema["properties"]["status"]["const"]
+            .as_u64()
+            .expect("a status") as u16;
+        let codes = schema["properties"]["code"]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{place}: no code enum"))
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+        found.push((place, status, codes));
+    };
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                add(format!("{method} {path} {status}"), response);
+            }
+        }
+    }
+    for (name, response) in doc["components"]["responses"].as_object().unwrap() {
+        add(name.clone(), response);
+    }
+    found
+}
+
+#[test]
+fn every_error_code_is_documented_with_its_status_and_every_response_lists_its_codes() {
+    use forkpool::error::ErrorCode;
+    let doc = document();
+    let code = &doc["components"]["schemas"]["Error"]["properties"]["code"];
+    let listed: Vec<&str> = code["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(
+        listed, all,
+        "Error.code's enum (left) and ErrorCode::ALL (right)"
+    );
+    let description = code["description"].as_str().unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    // Its lines are wrapped anywhere.
+    let readme = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    for code in ErrorCode::ALL {
+        let entry = format!("`{}` ({})", code.as_str(), code.status().as_u16());
+        assert!(
+            description.contains(&entry),
+            "Error.code's description lacks {entry}"
+        );
+        assert!(readme.contains(&entry), "the README lacks {entry}");
+    }
+    // Each error response lists codes of its own status only, and every code is in one.
+    let mut used = BTreeSet::new();
+    for (place, status, codes) in error_responses(&doc) {
+        for code in codes {
+            let known = ErrorCode::ALL.iter().find(|c| c.as_str() == code);
+            let known = known.unwrap_or_else(|| panic!("{place}: unknown code {code}"));
+            assert_eq!(known.status().as_u16(), status, "{place}: {code}");
+            used.insert(code);
+        }
+    }
+    let unused: Vec<&&str> = all.iter().filter(|c| !used.contains(**c)).collect();
+    assert!(unused.is_empty(), "codes no response lists: {unused:?}");
+}
+
+#[test]
+fn requests_refused_before_routing_validate_against_the_document() {
+    let doc = document();
+    let root = ls_root();
+    let server = start(&root, &[]);
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let cases = [
+        (
+            "MalformedRequest",
+            "GET / HTTP/1.1\r\nno colon\r\n\r\n".to_owned(),
+        ),
+        ("HeadTooLarge", big),
+    ];
+    for (name, raw) in cases {
+        let response = exchange(server.addr, raw.as_bytes());
+        let documented = resolve(&doc, &doc["components"]["responses"][name]);
+        assert_matches(&doc, documented, name, &response);
+    }
 }

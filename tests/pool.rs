@@ -495,6 +495,9 @@ fn a_worker_that_breaks_the_protocol_is_replaced() {
         program,
         "--max-line",
         "4KiB",
+        // A line that short holds numbers of up to 3916 digits: fewer than the default cap.
+        "--max-digits",
+        "1000",
     ]);
     let before = server.wait_for_workers(1);
     let message = server.get("/isprime?number=7").assert_error(502);
@@ -1146,7 +1149,7 @@ fn a_panicking_driver_fails_its_job_with_a_500_kills_its_worker_and_the_slot_ser
         let error = job("8").await.expect_err("the driver panicked");
         assert!(matches!(error, PoolError::DriverPanic), "{error:?}");
         let response = AppError::from(error);
-        assert_eq!(response.status, 500, "{}", response.message);
+        assert_eq!(response.status(), 500, "{}", response.message);
         assert!(
             response.message.contains("panicked"),
             "{}",

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::CommandFactory;
 use common::{alive, run_to_exit, slow_prime, status, wait_until, Server};
+use forkpool::routes::MAX_REQUEST_ID_LEN;
 
 #[test]
 fn testrequest_answers_plain_text() {
@@ -25,8 +26,9 @@ fn testrequest_answers_plain_text() {
 fn unknown_paths_and_methods_get_the_json_error_shape() {
     let server = Server::start(&["--workers", "1"]);
     for path in ["/nope", "/testrequest/extra", "/isprime/7", "/%ff"] {
-        let message = server.get(path).assert_error(404);
+        let (message, code) = server.get(path).assert_error_code(404);
         assert!(message.contains("GET /"), "{path}: {message}");
+        assert_eq!(code, "not_found");
     }
     for (method, path) in [
         ("POST", "/testrequest"),
@@ -34,14 +36,9 @@ fn unknown_paths_and_methods_get_the_json_error_shape() {
         ("PUT", "/status"),
     ] {
         let response = server.request(method, path, &[], b"");
-        let message = response.assert_error(405);
+        let (message, code) = response.assert_error_code(405);
         assert!(message.contains("method"), "{method} {path}: {message}");
-        assert_eq!(
-            response.json().as_object().unwrap().len(),
-            2,
-            "{}",
-            response.text()
-        );
+        assert_eq!(code, "method_not_allowed");
     }
 }
 
@@ -361,4 +358,78 @@ fn with_an_admin_listener_each_index_lists_what_its_own_port_serves() {
     }
     assert!(!admin_index.contains("/isprime"), "{admin_index}");
     assert_eq!(status(&server)["config"]["listen"], server.addr.to_string());
+}
+
+#[test]
+fn flags_that_contradict_each_other_exit_2_naming_both_before_printing_anything() {
+    let needed = forkpool::jobs::IsPrimeJob::max_line_bytes(250, MAX_REQUEST_ID_LEN);
+    let short = (needed - 1).to_string();
+    let cases: [(&[&str], [&str; 2]); 3] = [
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--max-line",
+                &short,
+                "--max-digits",
+                "250",
+            ],
+            ["--max-line", "--max-digits"],
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--shutdown-delay",
+                "5s",
+                "--shutdown-grace",
+                "2s",
+            ],
+            ["--shutdown-delay", "--shutdown-grace"],
+        ),
+        (
+            &[
+                "--listen",
+                "127.0.0.1:39999",
+                "--admin-listen",
+                "127.0.0.1:39999",
+            ],
+            ["--admin-listen", "--listen"],
+        ),
+    ];
+    for (args, flags) in cases {
+        let args = [&["--workers", "1"], args].concat();
+        let (code, stdout, stderr) = run_to_exit(&args, &[]);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert!(
+            lines.len() == 1 && flags.iter().all(|flag| lines[0].contains(flag)),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_max_line_just_long_enough_serves_the_largest_number_with_the_longest_request_id() {
+    // The limit the start-up check computes is exact: one byte less is refused (above), and
+    // with exactly that much a worker takes the longest job line there can be.
+    let needed = forkpool::jobs::IsPrimeJob::max_line_bytes(250, MAX_REQUEST_ID_LEN);
+    let needed = needed.to_string();
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--max-digits",
+        "250",
+        "--max-line",
+        &needed,
+    ]);
+    let number = format!("1{}", "0".repeat(249));
+    let id = "i".repeat(MAX_REQUEST_ID_LEN);
+    let path = format!("/isprime?number={number}");
+    let response = server.request("GET", &path, &[("x-request-id", &id)], b"");
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.header("x-request-id"), Some(id.as_str()));
+    assert_eq!(response.json()["isPrime"], false);
+    assert_eq!(server.get("/readyz").status, 200);
 }

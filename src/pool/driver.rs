@@ -736,18 +736,17 @@ impl<J: Job> Inner<J> {
 }
 
 /// `n` jobs with ±10% jitter, so that workers started together do not all retire together.
+/// Unsigned and saturating: `n` may be any `u64` (`--max-jobs-per-worker`), and near
+/// `u64::MAX` the upper half of the range is cut off rather than wrapped.
 fn jitter(n: u64) -> u64 {
-    if n == 0 {
-        return 0;
+    let spread = n / 10;
+    if spread == 0 {
+        return n;
     }
-    let spread = (n / 10) as i64;
-    let random = RandomState::new().hash_one(Instant::now()) as i64;
-    let offset = if spread == 0 {
-        0
-    } else {
-        random.rem_euclid(2 * spread + 1) - spread
-    };
-    (n as i64 + offset).max(1) as u64
+    let random = RandomState::new().hash_one(Instant::now());
+    // `2 * spread + 1` cannot overflow: `spread` is at most a tenth of `u64::MAX`.
+    let offset = random % (2 * spread + 1);
+    (n - spread).saturating_add(offset)
 }
 
 #[cfg(test)]
@@ -761,5 +760,19 @@ mod tests {
             let n = jitter(1000);
             assert!((900..=1100).contains(&n), "{n}");
         }
+    }
+
+    #[test]
+    fn jitter_of_the_largest_counts_stays_within_ten_percent() {
+        // `--max-jobs-per-worker` takes any u64; above i64::MAX a signed cast wrapped around
+        // and retired every worker after its first job.
+        for n in [u64::MAX, u64::MAX - 1, i64::MAX as u64 + 1, i64::MAX as u64] {
+            for _ in 0..100 {
+                let jittered = jitter(n);
+                assert!(jittered >= n - n / 10, "jitter({n}) = {jittered}");
+            }
+        }
+        assert_eq!(jitter(1), 1);
+        assert_eq!(jitter(9), 9);
     }
 }

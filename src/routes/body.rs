@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Request};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode, HttpError};
 use crate::routes::state::AppState;
 
 /// Why a request body was not read.
@@ -32,14 +32,19 @@ pub enum BodyError {
     Read(String),
 }
 
+impl HttpError for BodyError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            BodyError::TooLarge { .. } => ErrorCode::BodyTooLarge,
+            BodyError::Timeout(_) => ErrorCode::BodyTimeout,
+            BodyError::Read(_) => ErrorCode::BodyUnreadable,
+        }
+    }
+}
+
 impl IntoResponse for BodyError {
     fn into_response(self) -> Response {
-        let status = match self {
-            BodyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            BodyError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-            BodyError::Read(_) => StatusCode::BAD_REQUEST,
-        };
-        let mut response = AppError::new(status, self.to_string()).into_response();
+        let mut response = AppError::from(self).into_response();
         // The rest of the body may still be on its way: the connection cannot carry another
         // request.
         response

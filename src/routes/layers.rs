@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -16,8 +16,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tracing::Instrument;
 
 use super::state::{AppState, Phase};
-use super::RequestId;
-use crate::error::AppError;
+use super::{RequestId, MAX_REQUEST_ID_LEN};
+use crate::error::{AppError, ErrorCode, HttpError};
 use crate::telemetry;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -60,23 +60,43 @@ pub(super) async fn answer_before_grace_ends(
     tokio::select! {
         biased;
         response = next.run(request) => response,
-        _ = phase.wait_for(|phase| *phase >= Phase::GraceOver) => AppError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down and its grace period is over; retry",
-        )
-        .into_response(),
+        _ = phase.wait_for(|phase| *phase >= Phase::GraceOver) => {
+            AppError::from(Refusal::GraceOver).into_response()
+        }
+    }
+}
+
+/// What the server answers itself, outside every route's own errors.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("no such endpoint; GET / lists them")]
+    NotFound,
+    #[error("method not allowed for this endpoint; GET / lists them")]
+    MethodNotAllowed,
+    /// A handler panicked (the panic is logged, not shown).
+    #[error("internal error")]
+    Panic,
+    #[error("the server is shutting down and its grace period is over; retry")]
+    GraceOver,
+}
+
+impl HttpError for Refusal {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::NotFound => ErrorCode::NotFound,
+            Refusal::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            Refusal::Panic => ErrorCode::InternalError,
+            Refusal::GraceOver => ErrorCode::ShuttingDown,
+        }
     }
 }
 
 pub(super) async fn not_found() -> AppError {
-    AppError::new(StatusCode::NOT_FOUND, "no such endpoint; GET / lists them")
+    Refusal::NotFound.into()
 }
 
 pub(super) async fn method_not_allowed() -> AppError {
-    AppError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method not allowed for this endpoint; GET / lists them",
-    )
+    Refusal::MethodNotAllowed.into()
 }
 
 fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
@@ -86,7 +106,7 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
     tracing::error!(panic = detail, "handler panicked");
-    AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+    AppError::from(Refusal::Panic).into_response()
 }
 
 /// Request id (the client's `x-request-id` if sane, else a new one), one log line per request
@@ -123,18 +143,18 @@ async fn observe(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// A client's id is kept if it is 1 to 128 of `[A-Za-z0-9._:-]`: it is echoed in a header and
-/// written unquoted in log lines, so quotes, `=`, `,` and spaces (which could forge `key=value`
-/// fields) are refused, and the request gets an id of our own.
+/// A client's id is kept if it is 1 to [`MAX_REQUEST_ID_LEN`] (128) of `[A-Za-z0-9._:-]`: it is
+/// echoed in a header and written unquoted in log lines, so quotes, `=`, `,` and spaces (which
+/// could forge `key=value` fields) are refused, and the request gets an id of our own.
 fn is_sane_request_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
+    (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// A process-unique id: a random prefix per process, then a counter.
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     static PREFIX: OnceLock<u32> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(1);
     let prefix = PREFIX.get_or_init(|| {
@@ -148,6 +168,7 @@ fn new_request_id() -> String {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use axum::http::StatusCode;
     use axum::routing::get;
     use http_body_util::BodyExt;
     use tower::ServiceExt;
@@ -183,7 +204,8 @@ mod tests {
             let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(json["status"], 500, "{json}");
             assert_eq!(json["error"], "internal error", "{json}");
-            assert_eq!(json.as_object().unwrap().len(), 2, "{json}");
+            assert_eq!(json["code"], "internal_error", "{json}");
+            assert_eq!(json.as_object().unwrap().len(), 3, "{json}");
         }
         let (status, _, body) = call(&router, "/ok").await;
         assert_eq!(status, StatusCode::OK);

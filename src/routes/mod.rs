@@ -9,16 +9,15 @@ pub mod body;
 pub mod isprime;
 pub mod layers;
 pub mod ls;
+pub mod number;
 pub mod ops;
 pub mod state;
-
-use std::borrow::Cow;
 
 use axum::http::Uri;
 use axum::{middleware, Extension, Router};
 use percent_encoding::percent_decode;
 
-use crate::error::AppError;
+use crate::error::{ErrorCode, HttpError};
 use layers::{answer_before_grace_ends, close_when_draining, method_not_allowed, not_found};
 use ops::{Audience, Port};
 use state::AppState;
@@ -74,50 +73,103 @@ pub fn routers(state: AppState) -> Routers {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// The longest request id kept from a client's `x-request-id` (ours are shorter); it travels
+/// to the worker as the job's tag, so `--max-line` must leave room for it.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// What is wrong with a query parameter, whatever the endpoint.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("query parameter `{0}` is given more than once")]
+    Repeated(String),
+    #[error("query parameter `{0}` is not valid UTF-8")]
+    NotUtf8(String),
+}
+
+impl HttpError for ParamError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            ParamError::Repeated(_) => ErrorCode::ParamRepeated,
+            ParamError::NotUtf8(_) => ErrorCode::ParamNotUtf8,
+        }
+    }
+}
+
+/// A query parameter's value as text, with where the URL rules turned a `+` into a space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryText {
+    /// The value, decoded.
+    pub text: String,
+    /// The positions in `text`, in characters from 0, of the spaces written `+` in the query.
+    pub plus_spaces: Vec<usize>,
+}
+
 /// The value of query parameter `name` as UTF-8 text; `None` if absent. See
 /// [`single_param_bytes`].
-pub fn single_param(uri: &Uri, name: &str) -> Result<Option<String>, AppError> {
-    single_param_bytes(uri, name)?
-        .map(|value| {
-            String::from_utf8(value).map_err(|_| {
-                AppError::bad_request(format!("query parameter `{name}` is not valid UTF-8"))
-            })
-        })
-        .transpose()
+pub fn single_param(uri: &Uri, name: &str) -> Result<Option<QueryText>, ParamError> {
+    let Some(value) = find_param(uri, name)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8(value.bytes).map_err(|_| ParamError::NotUtf8(name.to_owned()))?;
+    let plus_spaces = value
+        .plus_spaces
+        .iter()
+        .map(|&offset| text[..offset].chars().count())
+        .collect();
+    Ok(Some(QueryText { text, plus_spaces }))
 }
 
 /// The value of query parameter `name`, decoded as a form does (`%XX` escapes, `+` for a
 /// space) to bytes, not text: a file name need not be UTF-8, and a lossy decoding would turn
 /// it into a name that does not exist. `None` if absent. A parameter given twice is a 400:
 /// which one to believe would be a guess.
-pub fn single_param_bytes(uri: &Uri, name: &str) -> Result<Option<Vec<u8>>, AppError> {
+pub fn single_param_bytes(uri: &Uri, name: &str) -> Result<Option<Vec<u8>>, ParamError> {
+    Ok(find_param(uri, name)?.map(|value| value.bytes))
+}
+
+/// The one value of query parameter `name`, decoded; see [`single_param_bytes`].
+fn find_param(uri: &Uri, name: &str) -> Result<Option<Decoded>, ParamError> {
     let query = uri.query().unwrap_or_default();
     let mut values = query.split('&').filter_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (*form_decode(key) == *name.as_bytes()).then(|| form_decode(value).into_owned())
+        (form_decode(key).bytes == name.as_bytes()).then(|| form_decode(value))
     });
     let first = values.next();
     if values.next().is_some() {
-        return Err(AppError::bad_request(format!(
-            "query parameter `{name}` is given more than once"
-        )));
+        return Err(ParamError::Repeated(name.to_owned()));
     }
     Ok(first)
 }
 
-/// One key or value of a query string, decoded; borrowed when there is nothing to decode.
-fn form_decode(text: &str) -> Cow<'_, [u8]> {
-    match text.contains('+') {
-        true => Cow::Owned(percent_decode(text.replace('+', " ").as_bytes()).collect()),
-        false => percent_decode(text.as_bytes()).into(),
+/// One key or value of a query string, decoded.
+struct Decoded {
+    /// The bytes it stands for.
+    bytes: Vec<u8>,
+    /// Offsets in `bytes` of the spaces that were written `+`.
+    plus_spaces: Vec<usize>,
+}
+
+/// Decodes a key or value as a form does: `%XX` escapes, and `+` for a space.
+fn form_decode(text: &str) -> Decoded {
+    let mut decoded = Decoded {
+        bytes: Vec::with_capacity(text.len()),
+        plus_spaces: Vec::new(),
+    };
+    for (i, part) in text.split('+').enumerate() {
+        if i > 0 {
+            decoded.plus_spaces.push(decoded.bytes.len());
+            decoded.bytes.push(b' ');
+        }
+        decoded.bytes.extend(percent_decode(part.as_bytes()));
     }
+    decoded
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn param(query: &str) -> Result<Option<Vec<u8>>, AppError> {
+    fn param(query: &str) -> Result<Option<Vec<u8>>, ParamError> {
         single_param_bytes(&format!("/x?{query}").parse().unwrap(), "d")
     }
 
@@ -131,5 +183,14 @@ mod tests {
         assert!(param("d=1&d=2").is_err());
         let uri = "/x?d=%FF".parse().unwrap();
         assert!(single_param(&uri, "d").is_err());
+    }
+
+    #[test]
+    fn text_params_say_which_spaces_were_plus_signs() {
+        let text = |query: &str| single_param(&format!("/x?{query}").parse().unwrap(), "d");
+        let value = text("d=%C3%A9+a%20b+").unwrap().unwrap();
+        assert_eq!(value.text, "é a b ");
+        assert_eq!(value.plus_spaces, vec![1, 5], "counted in characters");
+        assert_eq!(text("d=%2B1").unwrap().unwrap().plus_spaces, Vec::<usize>::new());
     }
 }

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{get, MethodRouter};
 use axum::{Extension, Json};
@@ -14,7 +14,7 @@ use serde_json::json;
 use super::{isprime, ls};
 use crate::telemetry;
 use crate::systemd;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorCode, HttpError};
 use crate::pool::{PoolHealth, WorkerState};
 use crate::procfs::ProcessStats;
 use crate::routes::state::AppState;
@@ -253,12 +253,40 @@ pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
+/// Why the server is not ready (`/readyz` 503).
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("no worker is alive")]
+    NoWorker,
+    #[error(
+        "no worker is alive and none can be started: {failed_starts} starts failed in a row, \
+         the last: {last_error}"
+    )]
+    Unavailable {
+        /// Failed starts in a row.
+        failed_starts: u32,
+        /// The error of the latest one.
+        last_error: String,
+    },
+}
+
+impl HttpError for NotReady {
+    fn code(&self) -> ErrorCode {
+        match self {
+            NotReady::ShuttingDown => ErrorCode::ShuttingDown,
+            NotReady::NoWorker => ErrorCode::NoWorkerAlive,
+            NotReady::Unavailable { .. } => ErrorCode::WorkersUnavailable,
+        }
+    }
+}
+
 /// 200 while a worker is live and the server is not shutting down; 503 otherwise, saying why:
 /// shutting down, no worker yet, or none can be started (with the last start error).
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
-    let unready = |message: String| AppError::new(StatusCode::SERVICE_UNAVAILABLE, message);
     if state.is_shutting_down() {
-        return Err(unready("shutting down".into()));
+        return Err(NotReady::ShuttingDown.into());
     }
     // One reading of the pool, so that the count agrees with the health.
     let pool = state.pool.overview();
@@ -268,14 +296,13 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
             failed_starts,
             last_error,
         } => {
-            return Err(unready(format!(
-                "no worker is alive and none can be started: {failed_starts} starts failed in \
-                 a row, the last: {last_error}"
-            )))
+            return Err(NotReady::Unavailable {
+                failed_starts,
+                last_error,
+            }
+            .into())
         }
-        PoolHealth::Starting | PoolHealth::Closed => {
-            return Err(unready("no worker is alive".into()))
-        }
+        PoolHealth::Starting | PoolHealth::Closed => return Err(NotReady::NoWorker.into()),
     }
     Ok(Json(
         json!({ "status": "ready", "live_workers": pool.live_workers }),

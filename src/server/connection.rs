@@ -42,6 +42,7 @@
 //! one check ends no earlier than one such period later, so the next check always comes before
 //! its deadline and re-arms for it exactly. No request wakes the task just to move a timer.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -63,6 +64,7 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 use tower::Service;
 
 use crate::routes::state::Phase as ServerPhase;
+use super::refusal::Replacement;
 
 /// Largest request head (request line and headers) in bytes; a larger one is answered 431
 /// (nginx's default `large_client_header_buffers` allows 32 KiB). It is set twice: as hyper's
@@ -70,7 +72,7 @@ use crate::routes::state::Phase as ServerPhase;
 /// hyper's head size limit, because hyper checks the buffer cap only between reads and one read
 /// may take the buffer past it (up to about twice), so a head of up to ~128 KiB that arrived in
 /// one piece would otherwise be served.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// While the server drains, how often a connection looks whether it has been idle long enough
 /// to close, in case its last answer did not close it.
@@ -297,6 +299,7 @@ pub async fn serve(
     let io = TokioIo::new(Watched {
         io: stream,
         tracker: tracker.clone(),
+        replacing: None,
     });
     let service = Serve {
         router,
@@ -347,10 +350,37 @@ pub async fn serve(
 }
 
 /// The socket, with every read that brings bytes to an idle connection starting its next
-/// request head (and so the header deadline), and every write noted as stalled or not.
+/// request head (and so the header deadline), every write noted as stalled or not, and hyper's
+/// own refusals of a head it cannot parse given the JSON error body ([`Replacement`]).
 struct Watched {
     io: TcpStream,
     tracker: Arc<Tracker>,
+    /// hyper's refusal being replaced, until the replacement is written.
+    replacing: Option<Replacement>,
+}
+
+impl Watched {
+    /// Writes the replacement of hyper's refusal, if what hyper writes next is one (looked for
+    /// only while no request is being served, and only past a glance at `first`, the first
+    /// bytes, before `written`, all of them, is asked for); `None` otherwise.
+    fn poll_replacing<'a>(
+        &mut self,
+        cx: &mut Context<'_>,
+        first: &[u8],
+        written: impl FnOnce() -> Cow<'a, [u8]>,
+    ) -> Option<Poll<io::Result<usize>>> {
+        let serving = self.tracker.phase() == Phase::Active;
+        if self.replacing.is_none() && !serving && Replacement::may_be_one(first) {
+            self.replacing = Replacement::of(&written());
+        }
+        let replacing = self.replacing.as_mut()?;
+        let result = replacing.poll_write_to(Pin::new(&mut self.io), cx);
+        self.tracker.wrote(&result);
+        if result.is_ready() {
+            self.replacing = None;
+        }
+        Some(result)
+    }
 }
 
 impl AsyncRead for Watched {
@@ -374,6 +404,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(result) = self.poll_replacing(cx, buf, || buf.into()) {
+            return result;
+        }
         let result = Pin::new(&mut self.io).poll_write(cx, buf);
         self.tracker.wrote(&result);
         result
@@ -384,6 +417,11 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+        let all = || bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        if let Some(result) = self.poll_replacing(cx, first, all) {
+            return result;
+        }
         let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.tracker.wrote(&result);
         result

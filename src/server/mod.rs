@@ -11,6 +11,7 @@
 mod connection;
 mod fd_budget;
 mod listener;
+mod refusal;
 
 use std::future::Future;
 use std::io::{self, Write};

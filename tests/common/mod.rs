@@ -323,7 +323,7 @@ enum Until {
 
 /// The addresses in the `listening on` lines a ready server prints; panics (with the log) if
 /// they do not come within 30 s: a server that never becomes ready is started with
-/// [`Server::start_unready`].
+/// `Server::with(..).unready()`.
 fn ready_addresses(
     stdout: BufReader<std::process::ChildStdout>,
     wants_admin: bool,
@@ -575,15 +575,28 @@ impl Response {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
     }
 
-    /// Asserts the service's error shape: JSON `{"error": "...", "status": N}` with status N.
+    /// Asserts the service's error shape: JSON `{"error": "...", "code": "...", "status": N}`
+    /// with status N and one of the documented codes, whose status is N. Returns the message.
     pub fn assert_error(&self, status: u16) -> String {
+        self.assert_error_code(status).0
+    }
+
+    /// [`Response::assert_error`], returning the message and the code.
+    pub fn assert_error_code(&self, status: u16) -> (String, String) {
         assert_eq!(self.status, status, "body: {}", self.text());
         assert_eq!(self.header("content-type"), Some("application/json"));
         let json = self.json();
         assert_eq!(json["status"], status, "{json}");
+        assert_eq!(json.as_object().map(|o| o.len()), Some(3), "{json}");
         let message = json["error"].as_str().expect("error message").to_owned();
         assert!(!message.is_empty());
-        message
+        let code = json["code"].as_str().expect("error code");
+        let known = forkpool::error::ErrorCode::ALL
+            .iter()
+            .find(|c| c.as_str() == code)
+            .unwrap_or_else(|| panic!("unknown code {code:?}: {json}"));
+        assert_eq!(known.status().as_u16(), status, "{json}");
+        (message, code.to_owned())
     }
 }
 

@@ -23,17 +23,21 @@
 //!
 //! # Failure modes
 //!
-//! Once the 200 head is sent, a status can no longer change, so a failure must still never
+//! The handler sends the 200 head with the first piece of the body, so a listing that ends
+//! before `ls` has written anything (killed at the deadline, failed at once) is still a JSON
+//! error. Once the head is sent, a status can no longer change, so a failure must still never
 //! look like a complete listing: every failure makes the body yield an error, on which hyper
 //! drops the connection without the final zero-size chunk, and the client sees an incomplete
 //! transfer. The body ends cleanly only on an explicit end-of-listing from the supervisor; a
 //! supervisor that vanished without one (a panic, a runtime going down) is an error too.
-//! - `ls` exits non-zero (even after all its output): abort. Exit 0 ends the body cleanly.
+//! - `ls` exits 0, or 1 (GNU's minor trouble: an entry vanished while the directory was
+//!   listed, see [`MINOR_TROUBLE`]; logged as a warning and counted as `ok_with_warnings`):
+//!   the body ends cleanly. Any other exit, even after all its output: abort.
 //! - `--ls-timeout` (counted from the admission, so a wait for a turn counts) expires: `ls`
 //!   is killed and reaped and the admission released at that moment; the client gets what
-//!   was already queued, then the abort, when (if ever) it reads on. A client that never
-//!   reads keeps only its connection (no process, no slot) until it leaves or the connection
-//!   layer closes it.
+//!   was already queued, then the abort, when (if ever) it reads on (or a 504 if nothing had
+//!   been written). A client that never reads keeps only its connection (no process, no slot)
+//!   until it leaves or the connection layer closes it.
 //! - The client hangs up: hyper drops the body, the channel closes, and the supervisor kills
 //!   and reaps `ls` at once, with its exit status in the log.
 //! - The server dies (even by SIGKILL): `ls` gets SIGKILL through `PR_SET_PDEATHSIG`. A broken
@@ -80,6 +84,10 @@ const MIN_READ: usize = 16 * 1024;
 const CHANNEL: usize = 2;
 /// How much of `ls`'s stderr is kept for the log.
 const STDERR_CAP: usize = 4 * 1024;
+/// GNU `ls`'s exit status for minor problems, "e.g., cannot access subdirectory": an entry
+/// that vanished between `readdir` and `lstat` in a directory that changes while listed. The
+/// listing of everything else is complete. (2 is serious trouble, e.g. the directory itself.)
+const MINOR_TROUBLE: i32 = 1;
 /// Nice value of `ls` (the lowest priority).
 const LS_NICE: i32 = 19;
 /// Nice value of the supervisors' thread: below the front end, above `ls`'s idle class, so
@@ -93,19 +101,37 @@ const IOPRIO_CLASS_SHIFT: libc::c_int = 13;
 /// How a listing ended, for the log and the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
+    /// `ls` exited 0.
     Ok,
+    /// `ls` exited 1, GNU's "minor problems" (an entry vanished or could not be examined
+    /// while listed): the listing is complete, with a warning in the log.
+    Warned,
+    /// `ls` exited otherwise (2: serious trouble, or a signal), or its output was unreadable.
     Failed,
+    /// `--ls-timeout` expired.
     Timeout,
+    /// The client hung up.
     Cancelled,
 }
 
 impl Outcome {
+    /// The `outcome` label of `forkpool_ls_total`.
     fn label(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
+            Outcome::Warned => "ok_with_warnings",
             Outcome::Failed => "failed",
             Outcome::Timeout => "timeout",
             Outcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// How a listing whose `ls` exited with `status` after all its output ended.
+    fn of_exit(status: ExitStatus) -> Outcome {
+        match status.code() {
+            Some(0) => Outcome::Ok,
+            Some(MINOR_TROUBLE) => Outcome::Warned,
+            _ => Outcome::Failed,
         }
     }
 }
@@ -113,7 +139,8 @@ impl Outcome {
 /// What the supervisor sends to the body.
 enum Piece {
     Chunk(Bytes),
-    /// `ls` exited 0 after all its output: the body may end cleanly.
+    /// `ls` exited 0 (or 1: see [`MINOR_TROUBLE`]) after all its output: the body may end
+    /// cleanly.
     End,
     /// The listing broke off; the body ends with this error.
     Error(LsError),
@@ -352,12 +379,14 @@ async fn supervise(
         ending = pump(&mut run, &mut stdout, &mut rows, &sender) => ending,
     };
     let (outcome, status, last) = match ending {
-        Ending::Exited(Ok(status)) if status.success() => (Outcome::Ok, Ok(status), Piece::End),
-        Ending::Exited(Ok(status)) => (
-            Outcome::Failed,
-            Ok(status),
-            Piece::Error(LsError::Failed(status)),
-        ),
+        Ending::Exited(Ok(status)) => match Outcome::of_exit(status) {
+            Outcome::Failed => (
+                Outcome::Failed,
+                Ok(status),
+                Piece::Error(LsError::Failed(status)),
+            ),
+            complete => (complete, Ok(status), Piece::End),
+        },
         Ending::Exited(Err(e)) => {
             let error = LsError::Read(io::Error::new(e.kind(), e.to_string()));
             (Outcome::Failed, Err(e), Piece::Error(error))
@@ -479,6 +508,11 @@ impl Run {
             // Info like the rest: the request line is written when the head goes out, so
             // only this line has the exit status, the size and the time of the whole listing.
             Outcome::Ok => log!(info, "ls finished"),
+            Outcome::Warned => log!(
+                warn,
+                "ls finished with warnings (an entry vanished or could not be examined while \
+                 listed); the listing is complete"
+            ),
             Outcome::Cancelled => log!(info, "ls killed: client went away"),
             Outcome::Timeout => log!(warn, "ls killed: --ls-timeout expired"),
             Outcome::Failed => log!(warn, "ls failed"),
@@ -561,6 +595,11 @@ mod tests {
             let (body, error, free) = collect("echo hello", long).await;
             assert_eq!(body, b"hello\n");
             assert!(error.is_none() && free);
+
+            // Exit 1 is GNU's minor trouble: the listing is complete.
+            let (body, error, free) = collect("echo whole; exit 1", long).await;
+            assert_eq!(body, b"whole\n");
+            assert!(error.is_none() && free, "{error:?}");
 
             let (body, error, free) = collect("echo partial; exit 2", long).await;
             assert_eq!(body, b"partial\n");

@@ -11,9 +11,11 @@
 //! Before the response starts (every failure here is a JSON error): `D` is resolved by
 //! [`confine::Root::resolve`] on the blocking pool (400, 403, 404), one permit of the `ls`
 //! semaphore is taken without waiting (none left: 503 + `Retry-After`), the listing waits for
-//! its turn to run (see below), and `ls` is spawned directly, no shell, from the absolute path
+//! its turn to run (see below), `ls` is spawned directly, no shell, from the absolute path
 //! found once at start ([`Ls::open`]), with its working directory set to the fd that was
-//! resolved:
+//! resolved, and the handler waits for `ls`'s first output, which the 200 head goes out with
+//! ([`first_output`]): so a listing that fails or runs out of time before writing anything is
+//! a JSON error too (500, 504). `ls` runs:
 //! - a directory: `ls -lash --quoting-style=c-maybe -- .`, the same rows as `ls -lash DIR`.
 //!   For the root itself `--ignore=..` is added: the root's `..` row would describe a
 //!   directory outside the root (its owner, mode, size and time), so the root listing has no
@@ -41,8 +43,9 @@
 //! per available CPU run `ls` at once; the others wait, in arrival order and before their
 //! response head, for a running one to be reaped. `ls -l` of a big directory is CPU-bound, so
 //! more processes than that would not finish the listings sooner anyway. The wait counts
-//! towards `--ls-timeout`: a listing still waiting at its deadline is answered 504, and its
-//! client's hang-up while waiting ends it there.
+//! towards `--ls-timeout`: a listing still waiting at its deadline, or whose turn came with
+//! too little of it left for `ls` to write anything, is answered 504, and its client's hang-up
+//! while waiting ends it there.
 
 // The module doc is a map for maintainers and links to the private parts it describes;
 // `cargo doc --document-private-items` renders those links.
@@ -61,18 +64,19 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use axum::Extension;
+use futures_util::{stream, Stream, StreamExt};
 use tokio::process::Command;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::{single_param_bytes, RequestId};
+use crate::error::{AppError, ErrorCode, HttpError, RETRY_WHEN_BUSY};
 use crate::telemetry;
-use crate::error::{AppError, HttpError, RETRY_WHEN_BUSY};
 use crate::routes::state::AppState;
 use confine::{Root, Target};
 
@@ -199,7 +203,7 @@ pub enum LsError {
     Io { shown: String, source: io::Error },
     #[error("cannot start `ls`: {0}")]
     Spawn(io::Error),
-    #[error("`ls` did not finish within {0:?}")]
+    #[error("the listing did not finish within --ls-timeout ({0:?}), which counts the wait for its turn to run")]
     Timeout(Duration),
     #[error("`ls` failed: {0}")]
     Failed(ExitStatus),
@@ -212,20 +216,21 @@ pub enum LsError {
 }
 
 impl HttpError for LsError {
-    fn status(&self) -> StatusCode {
+    fn code(&self) -> ErrorCode {
         match self {
-            LsError::TooLong { .. } | LsError::NulByte | LsError::Unresolvable { .. } => {
-                StatusCode::BAD_REQUEST
-            }
-            LsError::OutsideRoot(_) | LsError::PermissionDenied(_) => StatusCode::FORBIDDEN,
-            LsError::NotFound(_) => StatusCode::NOT_FOUND,
-            LsError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            LsError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            LsError::TooLong { .. } => ErrorCode::DirectoryTooLong,
+            LsError::NulByte => ErrorCode::DirectoryNulByte,
+            LsError::Unresolvable { .. } => ErrorCode::DirectoryUnresolvable,
+            LsError::OutsideRoot(_) => ErrorCode::OutsideRoot,
+            LsError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            LsError::NotFound(_) => ErrorCode::DirectoryNotFound,
+            LsError::Busy(_) => ErrorCode::LsBusy,
+            LsError::Timeout(_) => ErrorCode::LsTimeout,
             LsError::Io { .. }
             | LsError::Spawn(_)
             | LsError::Failed(_)
             | LsError::Read(_)
-            | LsError::Lost => StatusCode::INTERNAL_SERVER_ERROR,
+            | LsError::Lost => ErrorCode::LsFailed,
         }
     }
 
@@ -237,7 +242,7 @@ impl HttpError for LsError {
 impl LsError {
     /// The `outcome` label of `forkpool_ls_total`: the status, named (one grouping for both).
     fn outcome(&self) -> &'static str {
-        match self.status() {
+        match self.code().status() {
             StatusCode::BAD_REQUEST => "bad_request",
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::NOT_FOUND => "not_found",
@@ -255,29 +260,28 @@ pub async fn list(
     uri: Uri,
 ) -> Result<Response, AppError> {
     let directory = single_param_bytes(&uri, "directory").inspect_err(|_| count("bad_request"))?;
-    start(
-        &state,
-        request_id,
-        OsString::from_vec(directory.unwrap_or_default()),
-    )
-    .await
-    .map_err(|e| {
-        count(e.outcome());
-        tracing::debug!(error = %e, "ls refused");
-        e.into()
-    })
+    let directory = OsString::from_vec(directory.unwrap_or_default());
+    let body = start(&state, request_id, directory)
+        .await
+        .map_err(|e| {
+            count(e.outcome());
+            tracing::debug!(error = %e, "ls refused");
+            AppError::from(e)
+        })?;
+    // From here on the supervisor counts and logs how the listing ends, errors included.
+    Ok(response(first_output(body).await?))
 }
 
 fn count(outcome: &'static str) {
     metrics::counter!(telemetry::LS_TOTAL, "outcome" => outcome).increment(1);
 }
 
-/// Resolve, take a slot, spawn; the response head is built only if all of it worked.
+/// Resolve, take a slot, wait for a turn, spawn: the body of a listing that runs.
 async fn start(
     state: &AppState,
     request_id: RequestId,
     directory: OsString,
-) -> Result<Response, LsError> {
+) -> Result<impl Stream<Item = Result<Bytes, LsError>> + Send + 'static, LsError> {
     let shown = directory.to_string_lossy().into_owned();
     let resolver = state.clone();
     let shown_there = shown.clone();
@@ -316,7 +320,25 @@ async fn start(
         request_id: request_id.0,
         directory: shown,
     };
-    let body = state.ls.supervisors.spawn(launch).await?;
+    state.ls.supervisors.spawn(launch).await
+}
+
+/// Waits for the first piece of the listing, so that the 200 head goes out with the first
+/// bytes `ls` writes: a listing that ends before any (killed at its deadline because its turn
+/// came too late or `ls` got no CPU, or `ls` failing at once) is then a JSON error, never a
+/// 200 with an empty, cut body. Returns the whole body, that piece first.
+async fn first_output(
+    body: impl Stream<Item = Result<Bytes, LsError>> + Send + 'static,
+) -> Result<impl Stream<Item = Result<Bytes, LsError>> + Send + 'static, LsError> {
+    let mut body = Box::pin(body.fuse());
+    match body.next().await {
+        Some(Err(e)) => Err(e),
+        first => Ok(stream::iter(first).chain(body)),
+    }
+}
+
+/// The 200 response streaming `body`.
+fn response(body: impl Stream<Item = Result<Bytes, LsError>> + Send + 'static) -> Response {
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
     let text = HeaderValue::from_static("text/plain; charset=utf-8");
@@ -327,7 +349,7 @@ async fn start(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    Ok(response)
+    response
 }
 
 /// The `ls` command line for `target`, and the directory fd it runs in (see the module doc).
