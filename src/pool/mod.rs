@@ -144,13 +144,15 @@
 //! long as the pool. Files: `driver` (the per-slot state machine and its supervisor), `queue`
 //! (the queue and its cancellation), `health` (the pool as a whole: roll generations, failed
 //! starts and the breaker, the backoff, [`Roll`]), `lifecycle` (why workers start, how jobs
-//! and workers end, as types), `process` (one child: spawn, handshake, kill), `protocol`
+//! and workers end, as types), `process` (one child: spawn, handshake, kill), `inspect` (a
+//! worker's `/proc`: memory, and what it is doing), `protocol`
 //! (messages, framing, [`Job`]), `metrics`, `status` (the per-slot rows), `worker` (the worker
 //! side).
 
 mod dispatch;
 mod driver;
 mod health;
+mod inspect;
 mod lifecycle;
 mod metrics;
 mod process;
@@ -169,13 +171,14 @@ use tokio::task::JoinHandle;
 use dispatch::Dispatcher;
 use health::Life;
 pub use health::{PoolHealth, PoolOverview, Roll, RollOutcome, RollStatus};
+pub use inspect::{rss_bytes, Activity, StatFields};
 pub use lifecycle::{Exit, JobOutcome, StartReason, WorkerExit};
 pub use process::SpawnError;
 use process::SpawnSpec;
 pub use protocol::{Job, ProtocolError, Weight, PROTOCOL_VERSION};
 use queue::{Pending, Queue, Unqueue};
 use status::Slot;
-pub use status::{rss_bytes, WorkerState, WorkerStatus};
+pub use status::{WorkerState, WorkerStatus};
 
 /// Pool settings.
 #[derive(Debug, Clone)]
