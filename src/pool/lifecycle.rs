@@ -43,6 +43,9 @@ pub enum Exit {
     /// An allocation failed, which under a memory limit means the job needed more address
     /// space than the limit allows (the worker exits with [`EXIT_OUT_OF_MEMORY`]).
     OutOfMemory,
+    /// The kernel's OOM killer took it (a SIGKILL the pool did not send, while the oom_kill
+    /// count of the pool's cgroup rose; see `oom`).
+    OomKilled,
     /// The status could not be read (`wait` failed).
     Unknown,
 }
@@ -64,6 +67,10 @@ impl fmt::Display for Exit {
             Exit::Code(code) => write!(f, "exited with code {code}"),
             Exit::Signal(signal) => write!(f, "killed by signal {signal}{}", signal_name(signal)),
             Exit::OutOfMemory => write!(f, "ran out of memory (see the worker memory limit)"),
+            Exit::OomKilled => write!(
+                f,
+                "killed by the OOM killer (memory ran out in its cgroup or on the machine)"
+            ),
             Exit::Unknown => write!(f, "exit status unavailable"),
         }
     }
@@ -104,6 +111,7 @@ impl WorkerExit {
         match self {
             WorkerExit::Recycled => "recycled",
             WorkerExit::Crashed(Exit::OutOfMemory) => "out_of_memory",
+            WorkerExit::Crashed(Exit::OomKilled) => "oom_killed",
             WorkerExit::Crashed(_) => "crashed",
             WorkerExit::KilledTimeout => "killed_timeout",
             WorkerExit::KilledCancel => "killed_cancel",
@@ -216,6 +224,11 @@ mod tests {
         }
         let unknown = WorkerExit::Crashed(Exit::from(None)).labels();
         assert_eq!(unknown, [("reason", "crashed".to_owned())]);
+        // Told apart from the SIGKILL it is by the cgroup's count (see `oom`), never by status.
+        let oom = Exit::OomKilled;
+        assert!(oom.to_string().starts_with("killed by the OOM killer"), "{oom}");
+        let labels = WorkerExit::Crashed(oom).labels();
+        assert_eq!(labels, [("reason", "oom_killed".to_owned())]);
     }
 
     #[test]

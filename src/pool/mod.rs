@@ -59,7 +59,8 @@
 //!   a worker with nothing else to do, and nothing is sent ahead to a worker running one.
 //!
 //! Failure of a single job never affects another: a worker that dies mid-job fails that job
-//! with [`PoolError::WorkerDied`] (naming the exit code, the signal, or "ran out of memory"),
+//! with [`PoolError::WorkerDied`] (naming the exit code, the signal, "ran out of memory" or
+//! "killed by the OOM killer"),
 //! one that breaks the protocol with [`PoolError::Protocol`]. Light jobs sent ahead to that
 //! worker go back to the front of the queue and run on another worker, as they do when a
 //! worker is killed because its running job passed its deadline or lost its submitter. A
@@ -145,7 +146,7 @@
 //! (the queue and its cancellation), `health` (the pool as a whole: roll generations, failed
 //! starts and the breaker, the backoff, [`Roll`]), `lifecycle` (why workers start, how jobs
 //! and workers end, as types), `process` (one child: spawn, handshake, kill), `inspect` (a
-//! worker's `/proc`: memory, and what it is doing), `protocol`
+//! worker's `/proc`: memory, and what it is doing), `oom` (the cgroup's OOM kills), `protocol`
 //! (messages, framing, [`Job`]), `metrics`, `status` (the per-slot rows), `worker` (the worker
 //! side).
 
@@ -155,6 +156,7 @@ mod health;
 mod inspect;
 mod lifecycle;
 mod metrics;
+mod oom;
 mod process;
 pub mod protocol;
 mod queue;
@@ -170,6 +172,7 @@ use tokio::task::JoinHandle;
 
 use dispatch::Dispatcher;
 use health::Life;
+use oom::OomWatch;
 pub use health::{PoolHealth, PoolOverview, Roll, RollOutcome, RollStatus};
 pub use inspect::{rss_bytes, Activity, StatFields};
 pub use lifecycle::{Exit, JobOutcome, StartReason, WorkerExit};
@@ -354,6 +357,7 @@ impl<J: Job> WorkerPool<J> {
             command: Arc::new(command),
             kind: J::KIND,
             max_line: config.max_line,
+            oom: Arc::new(OomWatch::find()),
         };
         let life = Life::new(config.workers, config.broken_after_failed_starts);
         let inner = Arc::new(Inner {

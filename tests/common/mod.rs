@@ -136,6 +136,26 @@ impl Server {
         Self::launch(command)
     }
 
+    /// Starts the server as a member of the cgroup whose `cgroup.procs` is `procs`, before it
+    /// execs, so that every worker it starts is in the cgroup too.
+    pub fn start_in_cgroup(args: &[&str], procs: &std::path::Path) -> Server {
+        use std::os::unix::process::CommandExt;
+        let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).unwrap();
+        let mut command = command(&[&["--listen", "127.0.0.1:0"], args].concat(), &[]);
+        // SAFETY: between fork and exec this only makes open and write system calls, which
+        // neither allocate nor take locks (the path was made above).
+        unsafe {
+            command.pre_exec(move || {
+                use rustix::fs::{Mode, OFlags};
+                let file = rustix::fs::open(procs.as_c_str(), OFlags::WRONLY, Mode::empty())?;
+                // `0` is the writer itself.
+                rustix::io::write(&file, b"0")?;
+                Ok(())
+            });
+        }
+        Self::launch(command)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
