@@ -76,6 +76,11 @@ pub struct Config {
     #[arg(long, env = "FORKPOOL_MAX_JOBS_PER_WORKER", default_value_t = 0)]
     pub max_jobs_per_worker: u64,
 
+    /// Retire a worker whose resident memory is above this after a job (e.g. `512MiB`), once
+    /// its replacement is up; 0 means never.
+    #[arg(long, env = "FORKPOOL_MAX_RSS_PER_WORKER", default_value = "0", value_parser = parse_size)]
+    pub max_rss_per_worker: u64,
+
     /// Most light jobs (numbers below 2^64) sent to one worker at once; 1 sends each alone.
     #[arg(long, env = "FORKPOOL_MAX_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_batch: u32,
@@ -371,6 +376,7 @@ impl Config {
             max_line: self.max_line,
             max_digits: self.max_digits,
             max_jobs_per_worker: self.max_jobs_per_worker,
+            max_rss_per_worker: self.max_rss_per_worker,
             max_batch: self.max_batch as usize,
             worker_memory: self.worker_memory,
             worker_nice: self.worker_nice,

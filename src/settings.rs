@@ -52,6 +52,9 @@ pub struct Settings {
     pub max_digits: u32,
     /// Retire a worker after about this many jobs; 0 means never.
     pub max_jobs_per_worker: u64,
+    /// Retire a worker whose resident memory is above this many bytes after a job; 0 means
+    /// never.
+    pub max_rss_per_worker: u64,
     /// Most light jobs sent to one worker at once.
     pub max_batch: usize,
     /// Address-space limit of each worker in bytes; 0 means none.

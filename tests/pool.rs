@@ -433,6 +433,63 @@ fn wait_replaced(server: &Server, old: u32) -> u32 {
     .unwrap_or_else(|| panic!("worker {old} was not replaced: {}", status(server)))
 }
 
+#[test]
+fn a_job_that_takes_its_worker_past_max_rss_is_answered_and_is_the_workers_last() {
+    // Small jobs leave a worker at about 6 MiB resident. A number of 4,000,000 digits (even,
+    // so it is answered as soon as it is read) leaves it above 20 MiB: the worker keeps the
+    // buffer it read the 4 MB job line into, and the heap it parsed the number on.
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--max-rss-per-worker",
+        "12MiB",
+        "--max-digits",
+        "4000000",
+        "--max-line",
+        "8MiB",
+    ]);
+    let [first] = server.wait_for_workers(1)[..] else {
+        unreachable!()
+    };
+    for n in 0..5 {
+        assert_serves(&server);
+        assert_eq!(status(&server)["workers"][0]["pid"], first, "job {n}");
+    }
+    let big = format!("1{}", "0".repeat(3_999_999));
+    let response = server.post_json("/isprime", &format!("{{\"number\": \"{big}\"}}"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["isPrime"], false);
+    let second = wait_replaced(&server, first);
+    let log = server.wait_for_log("the retirement", |log| log.contains("over the limit"));
+    let retired: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("over the limit"))
+        .collect();
+    assert_eq!(retired.len(), 1, "{log}");
+    let rss = field(retired[0], "rss").parse::<u64>().unwrap();
+    assert!(rss > 12 << 20, "{}", retired[0]);
+    assert_eq!(field(retired[0], "pid"), first.to_string());
+    assert_eq!(field(retired[0], "served"), "6", "the big job was its last");
+    let exits = server.get("/metrics").text();
+    let by_rss = "forkpool_worker_exits_total{reason=\"recycled\",cause=\"rss\"} 1";
+    assert!(exits.contains(by_rss), "{exits}");
+    assert_serves(&server);
+    assert_eq!(status(&server)["workers"][0]["pid"], second);
+    server.assert_no_zombies();
+}
+
+/// The value of `name=value` in a log line (quotes taken off).
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    let start = line
+        .find(&format!(" {name}="))
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    let rest = &line[start + name.len() + 2..];
+    match rest.strip_prefix('"') {
+        Some(quoted) => quoted.split('"').next().unwrap(),
+        None => rest.split(' ').next().unwrap(),
+    }
+}
+
 /// A fake worker: a shell script that says `hello` as told, then answers every job with `reply`.
 struct FakeWorker {
     /// The script; removed when the fake worker is dropped.

@@ -10,13 +10,15 @@
 //! The driver then answers each job as its reply comes in and, while the worker runs only light
 //! jobs, tops its pipe up with queued light ones, so that a busy worker seldom waits for the
 //! driver. It writes and reads at once (see `WorkerProcess::write_and_read`), so a batch larger
-//! than a pipe's buffer cannot stall both sides.
+//! than a pipe's buffer cannot stall both sides. Once the batch is answered (or every `max_batch` answers while it is topped up), the worker's resident
+//! memory is read against the pool's limit (`Driver::measure`).
 //!
 //! Starts: every start, whatever it is for (an empty slot, recycling, a roll), goes through the
 //! slot's one [`Backoff`]: none while starts succeed, exponential with jitter after failures,
 //! reset once a new worker has answered a job. A failed start is logged, counted and fed to the
-//! pool's breaker (see `health`). A worker due for replacement (its job quota served, or older
-//! than the pool's roll generation) keeps serving while its [`Replacement`] is on its way or
+//! pool's breaker (see `health`). A worker due for replacement (its job quota served, its
+//! memory over the limit, or older than the pool's roll generation: a [`Retirement`]) keeps
+//! serving while its [`Replacement`] is on its way or
 //! waits out the backoff after a failure; a newer roll drops a replacement started for an older
 //! generation (killing and reaping its process) and starts afresh at once.
 //!
@@ -45,7 +47,8 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep;
 
 use super::health::{Backoff, Life};
-use super::lifecycle::{JobOutcome, StartReason, WorkerExit};
+use super::inspect::rss_bytes;
+use super::lifecycle::{JobOutcome, Retirement, StartReason, WorkerExit};
 use super::process::{SpawnError, WorkerProcess};
 use super::protocol::{decode, encode_into, Outcome, ProtocolError, Reply, Request, Weight};
 use super::queue::Pending;
@@ -100,6 +103,10 @@ struct Tenure {
     served: u64,
     /// Jobs after which it is recycled; 0 means never.
     retire_after: u64,
+    /// Jobs answered since its resident memory was last read.
+    unmeasured: u64,
+    /// Its resident memory was found over the pool's limit.
+    over_rss: bool,
     /// Its replacement on the way (recycling, a roll), once one is due.
     replacement: Option<Replacement>,
 }
@@ -111,17 +118,21 @@ impl Tenure {
             generation,
             served: 0,
             retire_after: jitter(max_jobs),
+            unmeasured: 0,
+            over_rss: false,
             replacement: None,
         }
     }
 
     /// What the worker is due to be replaced for with the pool at roll generation `current`,
     /// if anything.
-    fn due(&self, current: u64) -> Option<StartReason> {
+    fn due(&self, current: u64) -> Option<Retirement> {
         if self.generation < current {
-            Some(StartReason::Roll)
+            Some(Retirement::Roll)
         } else if self.retire_after > 0 && self.served >= self.retire_after {
-            Some(StartReason::Recycle)
+            Some(Retirement::Jobs)
+        } else if self.over_rss {
+            Some(Retirement::Rss)
         } else {
             None
         }
@@ -132,10 +143,22 @@ impl Tenure {
 struct Replacement {
     /// The roll generation it is started at.
     generation: u64,
-    /// What it is for.
-    reason: StartReason,
+    /// What the worker it replaces retires for.
+    reason: Retirement,
     /// The start itself: the backoff, the spare permit, then spawn and hello.
     start: Spawning,
+}
+
+/// A replacement that said hello: it takes the slot, and the worker it replaces retires.
+struct Ready {
+    /// The new worker.
+    worker: WorkerProcess,
+    /// The pool's spare permit, released once the old worker has exited.
+    spare: OwnedSemaphorePermit,
+    /// The roll generation the new worker was started at.
+    generation: u64,
+    /// What the old worker retires for.
+    reason: Retirement,
 }
 
 /// A replacement's start, with the pool's spare permit once it has it. Dropping it kills and
@@ -165,9 +188,8 @@ enum Event<J: Job> {
 enum Step {
     /// Keep serving with the same worker.
     Continue,
-    /// A replacement, started at this roll generation, is ready: it takes the slot, and the
-    /// old worker retires.
-    Replace(WorkerProcess, OwnedSemaphorePermit, u64),
+    /// A replacement is ready: it takes the slot, and the old worker retires.
+    Replace(Ready),
     /// The worker is gone (already killed or reaped): count it and start another.
     Lost(WorkerExit),
     /// The pool is closed and its queue empty: retire the worker and stop.
@@ -217,9 +239,7 @@ impl<J: Job> Driver<J> {
             let exit = loop {
                 match self.step(&mut tenure).await {
                     Step::Continue => {}
-                    Step::Replace(new, spare, generation) => {
-                        tenure = self.on_replacement(tenure, new, spare, generation)
-                    }
+                    Step::Replace(ready) => tenure = self.on_replacement(tenure, ready),
                     Step::Lost(exit) => break exit,
                     Step::Retire => return self.retire(tenure).await,
                 }
@@ -293,12 +313,19 @@ impl<J: Job> Driver<J> {
         t: &mut Tenure,
         started: Result<(WorkerProcess, OwnedSemaphorePermit), SpawnError>,
     ) -> Step {
-        let replacement = t.replacement.take().expect("only a replacement on its way ends");
+        let Replacement {
+            generation, reason, ..
+        } = t.replacement.take().expect("only a replacement on its way ends");
         match started {
-            Ok((new, spare)) => Step::Replace(new, spare, replacement.generation),
+            Ok((worker, spare)) => Step::Replace(Ready {
+                worker,
+                spare,
+                generation,
+                reason,
+            }),
             Err(error) => {
                 let retry_in = self.backoff.fail();
-                let reason = replacement.reason;
+                let reason = StartReason::Replace(reason);
                 self.pool.start_failed(self.slot, reason, &error, retry_in);
                 Step::Continue
             }
@@ -306,7 +333,8 @@ impl<J: Job> Driver<J> {
     }
 
     /// Hands the worker `batch` and answers each job as its reply comes in; while the worker
-    /// runs light jobs, queued light ones are sent after them.
+    /// runs light jobs, queued light ones are sent after them. Its memory is read once the
+    /// batch is answered, or every `max_batch` answers while it is kept topped up.
     async fn on_batch(&mut self, t: &mut Tenure, batch: Vec<Pending<J>>) -> Step {
         let light = batch[0].travels_light();
         let mut outbox = BytesMut::new();
@@ -328,11 +356,31 @@ impl<J: Job> Driver<J> {
                 return Step::Lost(exit);
             }
             self.on_served(t);
+            if self.running.is_empty() || t.unmeasured >= self.pool.config.max_batch as u64 {
+                self.measure(t);
+            }
             if light {
                 self.top_up(t, &mut outbox);
             }
         }
         Step::Continue
+    }
+
+    /// Reads the worker's resident memory if the pool has a limit; one over it is due for
+    /// replacement (the next step starts it), and is not read again.
+    fn measure(&self, t: &mut Tenure) {
+        let limit = self.pool.config.max_rss_per_worker;
+        if limit == 0 || t.over_rss {
+            return;
+        }
+        t.unmeasured = 0;
+        let pid = t.worker.pid;
+        let Some(rss) = rss_bytes(pid).filter(|&rss| rss > limit) else {
+            return;
+        };
+        t.over_rss = true;
+        tracing::info!(slot = self.slot, pid, rss, limit, served = t.served,
+            "worker's resident memory is over the limit: it retires once its replacement said hello");
     }
 
     /// The worker died holding several unanswered jobs. It writes its answers when it runs
@@ -419,6 +467,7 @@ impl<J: Job> Driver<J> {
     /// next step.)
     fn on_served(&mut self, t: &mut Tenure) {
         t.served += 1;
+        t.unmeasured += 1;
         if t.served == 1 {
             // A new worker that answers a job works: the slot's next start need not wait. Only
             // its first job resets, so that a worker serving on while its replacement keeps
@@ -431,22 +480,16 @@ impl<J: Job> Driver<J> {
     /// The replacement takes the slot; the old worker retires in the background (finishing
     /// nothing: it is idle) and then frees the spare permit. A roll is done only once it has
     /// exited (see `health::Life::retiring`).
-    fn on_replacement(
-        &self,
-        old: Tenure,
-        new: WorkerProcess,
-        spare: OwnedSemaphorePermit,
-        generation: u64,
-    ) -> Tenure {
-        self.pool.metrics.worker_exit(WorkerExit::Recycled);
-        let (worker, pool) = (old.worker, self.pool.clone());
+    fn on_replacement(&self, old: Tenure, new: Ready) -> Tenure {
+        self.pool.metrics.worker_exit(WorkerExit::Replaced(new.reason));
+        let (worker, pool, spare) = (old.worker, self.pool.clone(), new.spare);
         pool.change_life(|life| life.retiring += 1);
         tokio::spawn(async move {
             worker.retire().await;
             drop(spare);
             pool.change_life(|life| life.retiring -= 1);
         });
-        self.take_slot(new, generation)
+        self.take_slot(new.worker, new.generation)
     }
 
     /// The worker is gone: count it. One that failed by itself straight after start (a broken

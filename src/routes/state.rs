@@ -137,6 +137,7 @@ fn pool_config(config: &Settings) -> PoolConfig {
         job_timeout: config.job_timeout,
         max_line: config.max_line as usize,
         max_jobs_per_worker: config.max_jobs_per_worker,
+        max_rss_per_worker: config.max_rss_per_worker,
         max_batch: config.max_batch,
         metrics_prefix: "forkpool".into(),
         broken_after_failed_starts: config.worker_start_failures,
