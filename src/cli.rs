@@ -64,6 +64,12 @@ pub struct Config {
     #[arg(long, env = "FORKPOOL_JOB_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub job_timeout: Duration,
 
+    /// Log a job still running this long after it started on its worker (once, at warn, with
+    /// what the worker is doing) and count it; it runs on to its deadline. Below
+    /// `--job-timeout`; 0 means off.
+    #[arg(long, env = "FORKPOOL_JOB_SLOW", default_value = "0s", value_parser = parse_duration)]
+    pub job_slow: Duration,
+
     /// Largest protocol line (job or reply) in bytes; a worker that sends more is replaced.
     #[arg(long, env = "FORKPOOL_MAX_LINE", default_value = "1MiB", value_parser = parse_size)]
     pub max_line: u64,
@@ -189,6 +195,13 @@ pub enum ResolveError {
     LsRoot {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("--job-slow {slow:?} must be below --job-timeout {timeout:?}: a job is killed at its deadline, so it would never be logged as slow")]
+    JobSlow {
+        /// `--job-slow`.
+        slow: Duration,
+        /// `--job-timeout`.
+        timeout: Duration,
     },
 }
 
@@ -368,11 +381,16 @@ impl Config {
         let ls_root = root
             .canonicalize()
             .map_err(|source| ResolveError::LsRoot { path: root, source })?;
+        let (slow, timeout) = (self.job_slow, self.job_timeout);
+        if !slow.is_zero() && slow >= timeout {
+            return Err(ResolveError::JobSlow { slow, timeout });
+        }
         Ok(Settings {
             listen: self.listen,
             workers,
             queue: self.queue,
             job_timeout: self.job_timeout,
+            job_slow: self.job_slow,
             max_line: self.max_line,
             max_digits: self.max_digits,
             max_jobs_per_worker: self.max_jobs_per_worker,

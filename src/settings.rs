@@ -46,6 +46,9 @@ pub struct Settings {
     /// Deadline of one job, queue wait plus run time.
     #[serde(serialize_with = "as_secs")]
     pub job_timeout: Duration,
+    /// A job still running this long after it started is logged and counted; 0 means off.
+    #[serde(serialize_with = "as_secs")]
+    pub job_slow: Duration,
     /// Largest protocol line in bytes.
     pub max_line: u64,
     /// Largest number /isprime accepts, in significant decimal digits.

@@ -490,6 +490,47 @@ fn field<'a>(line: &'a str, name: &str) -> &'a str {
     }
 }
 
+#[test]
+fn a_slow_job_is_logged_once_with_what_its_worker_does_and_runs_on_to_its_answer() {
+    let server = Server::start(&["--workers", "1", "--job-slow", "200ms"]);
+    let [pid] = server.wait_for_workers(1)[..] else {
+        unreachable!()
+    };
+    assert_serves(&server);
+    // A Mersenne prime of 3376 digits: a second or more of work in a test build.
+    let body = format!("{{\"number\": \"{}\"}}", mersenne(11213));
+    let headers = [
+        ("content-type", "application/json"),
+        ("x-request-id", "slow-job-1"),
+    ];
+    let response = server.request("POST", "/isprime", &headers, body.as_bytes());
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["isPrime"], true);
+    let log = server.wait_for_log("the slow job", |log| log.contains("slow job"));
+    let slow: Vec<&str> = log.lines().filter(|l| l.contains("slow job")).collect();
+    assert_eq!(slow.len(), 1, "logged once, and only the slow job: {log}");
+    let line = slow[0];
+    assert!(line.contains("WARN"), "{line}");
+    assert_eq!(field(line, "tag"), "slow-job-1");
+    assert_eq!(field(line, "pid"), pid.to_string());
+    assert!(field(line, "job").parse::<u64>().is_ok(), "{line}");
+    let elapsed = field(line, "elapsed_ms").parse::<f64>().unwrap();
+    assert!((200.0..5_000.0).contains(&elapsed), "{line}");
+    // Computing: running (or runnable), so no wait channel and no sleeping kernel stack.
+    assert!(field(line, "state").starts_with("R "), "{line}");
+    for name in ["wchan", "stack", "user_cpu_s", "system_cpu_s"] {
+        assert!(!field(line, name).is_empty(), "{name}: {line}");
+    }
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metrics.contains("forkpool_slow_jobs_total 1\n"),
+        "{metrics}"
+    );
+    // It ran to its answer on the same worker, which serves on.
+    assert_eq!(status(&server)["workers"][0]["pid"], pid);
+    assert_serves(&server);
+}
+
 /// A fake worker: a shell script that says `hello` as told, then answers every job with `reply`.
 struct FakeWorker {
     /// The script; removed when the fake worker is dropped.

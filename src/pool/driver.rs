@@ -10,7 +10,9 @@
 //! The driver then answers each job as its reply comes in and, while the worker runs only light
 //! jobs, tops its pipe up with queued light ones, so that a busy worker seldom waits for the
 //! driver. It writes and reads at once (see `WorkerProcess::write_and_read`), so a batch larger
-//! than a pipe's buffer cannot stall both sides. Once the batch is answered (or every `max_batch` answers while it is topped up), the worker's resident
+//! than a pipe's buffer cannot stall both sides. A job still running at the pool's slow-job
+//! threshold is reported once while the driver goes on waiting for it ([`SlowWatch`]). Once the
+//! batch is answered (or every `max_batch` answers while it is topped up), the worker's resident
 //! memory is read against the pool's limit (`Driver::measure`).
 //!
 //! Starts: every start, whatever it is for (an empty slot, recycling, a roll), goes through the
@@ -42,12 +44,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use futures_util::FutureExt;
+use metrics::Counter;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::sleep;
 
 use super::health::{Backoff, Life};
-use super::inspect::rss_bytes;
+use super::inspect::{rss_bytes, Activity};
 use super::lifecycle::{JobOutcome, Retirement, StartReason, WorkerExit};
 use super::process::{SpawnError, WorkerProcess};
 use super::protocol::{decode, encode_into, Outcome, ProtocolError, Reply, Request, Weight};
@@ -343,7 +346,13 @@ impl<J: Job> Driver<J> {
         let mut started = Instant::now();
         while let Some(head) = self.running.front_mut() {
             self.pool.slots[self.slot].lock().unwrap().busy(head.id);
-            let end = exchange::<J>(&mut t.worker, &mut outbox, head).await;
+            let slow = self.pool.config.job_slow.map(|after| SlowWatch {
+                slot: self.slot,
+                started,
+                after,
+                counter: &self.pool.metrics.slow_jobs,
+            });
+            let end = exchange::<J>(&mut t.worker, &mut outbox, head, slow).await;
             if matches!(end, RunEnd::Died) && self.running.len() > 1 {
                 return self.on_died_mid_batch(&mut t.worker).await;
             }
@@ -623,29 +632,50 @@ async fn newer_roll(life: &mut watch::Receiver<Life>, generation: u64, or_close:
         .await;
 }
 
+/// The slow-job log's watch on the job running now.
+struct SlowWatch<'a> {
+    /// The slot it runs in.
+    slot: usize,
+    /// When it started on its worker.
+    started: Instant,
+    /// How long it may run before it is slow.
+    after: Duration,
+    /// `<prefix>_slow_jobs_total`.
+    counter: &'a Counter,
+}
+
+impl SlowWatch<'_> {
+    /// Counts the job and logs it at `warn`, with what its worker is doing now.
+    fn report(&self, pid: u32, job: u64, tag: &str, enqueued: Instant) {
+        self.counter.increment(1);
+        let slot = self.slot;
+        let elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let queued_ms = (self.started - enqueued).as_secs_f64() * 1e3;
+        let Some(now) = Activity::read(pid) else {
+            return tracing::warn!(slot, pid, job, tag, elapsed_ms, queued_ms,
+                "slow job: still running (its worker's /proc is unreadable)");
+        };
+        let (wchan, stack) = (now.wchan.as_deref(), now.stack.as_deref());
+        tracing::warn!(slot, pid, job, tag, elapsed_ms, queued_ms, state = now.state,
+            wchan = wchan.unwrap_or("-"), stack = stack.unwrap_or("-"),
+            user_cpu_s = now.user_cpu.as_secs_f64(), system_cpu_s = now.system_cpu.as_secs_f64(),
+            "slow job: still running; it runs on to its deadline");
+    }
+}
+
 /// Writes what is left of `outbox` and reads the reply of `head`, the job running now, unless
-/// its submitter stops waiting first.
+/// its submitter stops waiting first. With `slow`, a job still running after its time is
+/// reported once, and waited for as before.
 async fn exchange<J: Job>(
     worker: &mut WorkerProcess,
     outbox: &mut BytesMut,
     head: &mut Pending<J>,
+    slow: Option<SlowWatch<'_>>,
 ) -> RunEnd<J> {
-    let (id, deadline) = (head.id, head.deadline);
+    let (id, deadline, enqueued, pid) = (head.id, head.deadline, head.enqueued, worker.pid);
     let light = head.weight == Weight::Light;
-    let talk = async {
-        match worker.write_and_read(outbox).await {
-            Ok(Some(line)) => match decode::<Reply<J::Output, J::Error>>(&line) {
-                Ok(answer) if answer.id == id => RunEnd::Replied(answer),
-                Ok(other) => RunEnd::Protocol(ProtocolError::Unexpected(format!(
-                    "reply for job {} while job {id} runs",
-                    other.id
-                ))),
-                Err(error) => RunEnd::Protocol(error),
-            },
-            Ok(None) => RunEnd::Died,
-            Err(error) => RunEnd::Protocol(error),
-        }
-    };
+    let Pending { reply, tag, .. } = head;
+    let talk = read_reply::<J>(worker, outbox, id);
     // At the deadline `submit` stops waiting and drops the receiver, which is what `closed`
     // reports, so one timer per job serves both. A light job whose submitter left is let
     // finish: its answer is microseconds away, while a kill would cost a fresh worker and
@@ -653,18 +683,56 @@ async fn exchange<J: Job>(
     // the pool do nothing else). Its own deadline still holds, should it not be light after
     // all. Biased: an answer already in the pipe wins over a submitter that left a moment ago.
     let abandoned = async {
-        head.reply.closed().await;
+        reply.closed().await;
         if light {
             tokio::time::sleep_until(deadline.into()).await;
         }
     };
-    tokio::select! {
-        biased;
-        end = talk => end,
-        () = abandoned => match Instant::now() >= deadline {
-            true => RunEnd::Deadline,
-            false => RunEnd::Cancelled,
+    let is_slow = async {
+        match &slow {
+            Some(slow) => {
+                tokio::time::sleep_until((slow.started + slow.after).into()).await;
+                slow
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(talk, abandoned, is_slow);
+    let mut reported = false;
+    loop {
+        tokio::select! {
+            biased;
+            end = &mut talk => return end,
+            () = &mut abandoned => return match Instant::now() >= deadline {
+                true => RunEnd::Deadline,
+                false => RunEnd::Cancelled,
+            },
+            slow = &mut is_slow, if !reported => {
+                reported = true;
+                slow.report(pid, id, tag, enqueued);
+            }
+        }
+    }
+}
+
+/// Writes what is left of `outbox` and reads the reply of job `id` (cancel-safe, see
+/// `WorkerProcess::write_and_read`).
+async fn read_reply<J: Job>(
+    worker: &mut WorkerProcess,
+    outbox: &mut BytesMut,
+    id: u64,
+) -> RunEnd<J> {
+    match worker.write_and_read(outbox).await {
+        Ok(Some(line)) => match decode::<Reply<J::Output, J::Error>>(&line) {
+            Ok(answer) if answer.id == id => RunEnd::Replied(answer),
+            Ok(other) => RunEnd::Protocol(ProtocolError::Unexpected(format!(
+                "reply for job {} while job {id} runs",
+                other.id
+            ))),
+            Err(error) => RunEnd::Protocol(error),
         },
+        Ok(None) => RunEnd::Died,
+        Err(error) => RunEnd::Protocol(error),
     }
 }
 

@@ -15,6 +15,7 @@
 //! | `<prefix>_roll_generation` | gauge | |
 //! | `<prefix>_roll_pending_slots` | gauge | |
 //! | `<prefix>_driver_panics_total` | counter | |
+//! | `<prefix>_slow_jobs_total` | counter | |
 //!
 //! The gauges follow the pool's life (see `health`): failed starts since the last hello, all
 //! slots together; 1 while the breaker refuses jobs, else 0; the current roll generation; and
@@ -25,7 +26,8 @@
 //! `signal` or `code`, but for the two ends that have a reason of their own: `out_of_memory`
 //! (an allocation failed under the worker's address-space limit) and `oom_killed` (the
 //! kernel's OOM killer, see `oom`). The others: `killed_timeout` (the deadline),
-//! `killed_cancel`, `protocol`, `driver_panic`.
+//! `killed_cancel`, `protocol`, `driver_panic`. A slow job (see
+//! [`PoolConfig::job_slow`](super::PoolConfig::job_slow)) is counted once, when it is logged.
 //!
 //! A job's run time is counted from the previous answer of its worker (or from its hand-over)
 //! to its own answer. Light jobs handed over together are answered in one write, so the
@@ -66,6 +68,8 @@ pub(super) struct Metrics {
     pub(super) spawns: Counter,
     /// Drivers that panicked and were restarted.
     pub(super) driver_panics: Counter,
+    /// Jobs still running after `PoolConfig::job_slow`, logged.
+    pub(super) slow_jobs: Counter,
 }
 
 impl Metrics {
@@ -83,6 +87,7 @@ impl Metrics {
         let unavailable = name("pool_unavailable");
         let roll_generation = name("roll_generation");
         let roll_pending = name("roll_pending_slots");
+        let slow_jobs = name("slow_jobs_total");
         metrics::describe_histogram!(queue_wait.clone(), "Time a job waited in the queue");
         metrics::describe_histogram!(run_time.clone(), "Time a job ran on a worker");
         metrics::describe_counter!(jobs_total.clone(), "Jobs by outcome");
@@ -92,7 +97,10 @@ impl Metrics {
              signal or code; out_of_memory, oom_killed, killed_timeout, killed_cancel, protocol, \
              driver_panic)"
         );
-
+        metrics::describe_counter!(
+            slow_jobs.clone(),
+            "Jobs still running at the slow-job threshold, logged with what their worker was doing"
+        );
         metrics::describe_counter!(spawns.clone(), "Worker processes started");
         metrics::describe_counter!(
             driver_panics.clone(),
@@ -124,6 +132,7 @@ impl Metrics {
             jobs_ok: metrics::counter!(jobs_total.clone(), "outcome" => JobOutcome::Ok.label()),
             spawns: metrics::counter!(spawns),
             driver_panics: metrics::counter!(driver_panics),
+            slow_jobs: metrics::counter!(slow_jobs),
             failed_in_a_row: metrics::gauge!(failed_in_a_row),
             unavailable: metrics::gauge!(unavailable),
             roll_generation: metrics::gauge!(roll_generation),

@@ -44,6 +44,10 @@
 //!   `memory.oom_control`; read only when a worker dies) ends as [`Exit::OomKilled`]: its job
 //!   fails with "killed by the OOM killer", not "signal 9". Without a readable count (the pool
 //!   logs which at start) it reads as signal 9, as before.
+//! - **Slow jobs are seen, not cut short.** With [`PoolConfig::job_slow`], a job still running
+//!   that long after it started on its worker is logged once at `warn` (job id, tag, pid,
+//!   elapsed and queue time, and what the worker is doing: [`Activity`], from `/proc`) and
+//!   counted; it runs on to its deadline.
 //! - **One backoff for every start.** Whatever a worker is started for (an empty slot after a
 //!   crash, a deadline kill or a driver panic; recycling; a roll), its slot waits nothing while
 //!   starts succeed and, after failures, 100 ms doubling to 10 s with ±20% jitter: a broken
@@ -215,6 +219,11 @@ pub struct PoolConfig {
     /// [`max_jobs_per_worker`](Self::max_jobs_per_worker): the job is answered first, and the
     /// worker serves on until its replacement said hello.
     pub max_rss_per_worker: u64,
+    /// A job still running this long after it started on its worker is logged once at `warn`,
+    /// with what its worker is doing (see [`Activity`]), and counted in
+    /// `<prefix>_slow_jobs_total`; it runs on to its deadline. `None`: no slow-job log. Only
+    /// useful below [`job_timeout`](Self::job_timeout).
+    pub job_slow: Option<Duration>,
     /// Most light jobs ([`Weight::Light`]) a worker is handed at once: while it runs one, the
     /// next ones are already in its pipe, so neither side wakes up for each one. 1 sends every
     /// job alone. Heavy jobs are always sent alone.
@@ -229,8 +238,8 @@ pub struct PoolConfig {
 
 impl PoolConfig {
     /// `workers` slots, a queue of 256, a 60 s deadline, 1 MiB lines, no recycling (by jobs or
-    /// memory), batches of up to 32 light jobs, metrics named `forkpool_*`, unavailable after 5
-    /// failed starts.
+    /// memory), no slow-job log, batches of up to 32 light jobs, metrics named `forkpool_*`,
+    /// unavailable after 5 failed starts.
     pub fn new(workers: usize) -> PoolConfig {
         PoolConfig {
             workers,
@@ -239,6 +248,7 @@ impl PoolConfig {
             max_line: 1 << 20,
             max_jobs_per_worker: 0,
             max_rss_per_worker: 0,
+            job_slow: None,
             max_batch: 32,
             metrics_prefix: "forkpool".into(),
             broken_after_failed_starts: 5,

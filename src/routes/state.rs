@@ -138,6 +138,7 @@ fn pool_config(config: &Settings) -> PoolConfig {
         max_line: config.max_line as usize,
         max_jobs_per_worker: config.max_jobs_per_worker,
         max_rss_per_worker: config.max_rss_per_worker,
+        job_slow: Some(config.job_slow).filter(|slow| !slow.is_zero()),
         max_batch: config.max_batch,
         metrics_prefix: "forkpool".into(),
         broken_after_failed_starts: config.worker_start_failures,
