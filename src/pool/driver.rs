@@ -251,10 +251,13 @@ impl<J: Job> Driver<J> {
         }
     }
 
-    /// A worker that said hello takes the slot.
+    /// A worker that said hello takes the slot. Its row shows it idle before the pool counts it
+    /// live, so that whoever learns of the hello (a readiness check) finds it in the status.
     fn take_slot(&self, worker: WorkerProcess, generation: u64) -> Tenure {
+        let tenure = Tenure::new(worker, generation, self.pool.config.max_jobs_per_worker);
+        self.set_state(WorkerState::Idle, Some(&tenure));
         self.pool.worker_up(self.slot, generation);
-        Tenure::new(worker, generation, self.pool.config.max_jobs_per_worker)
+        tenure
     }
 
     /// Waits for one event and handles it.
