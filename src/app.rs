@@ -120,6 +120,8 @@ fn pool_config(settings: &Settings) -> PoolConfig {
         job_timeout: settings.job_timeout,
         max_line: settings.max_line as usize,
         max_jobs_per_worker: settings.max_jobs_per_worker,
+        max_rss_per_worker: settings.max_rss_per_worker,
+        job_slow: Some(settings.job_slow).filter(|slow| !slow.is_zero()),
         max_batch: settings.max_batch,
         metrics_prefix: "forkpool".into(),
         broken_after_failed_starts: settings.worker_start_failures,

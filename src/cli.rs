@@ -76,6 +76,12 @@ pub struct Flags {
     #[arg(long, env = "FORKPOOL_JOB_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
     pub job_timeout: Duration,
 
+    /// Log a job still running this long after it started on its worker (once, at warn, with
+    /// what the worker is doing) and count it; it runs on to its deadline. Below
+    /// `--job-timeout`; 0 means off.
+    #[arg(long, env = "FORKPOOL_JOB_SLOW", default_value = "0s", value_parser = parse_duration)]
+    pub job_slow: Duration,
+
     /// Largest protocol line (job or reply), e.g. `1MiB` (1,048,576 bytes) or `1MB`
     /// (1,000,000); a worker that sends more is replaced.
     #[arg(long, env = "FORKPOOL_MAX_LINE", default_value = "1MiB", value_parser = parse_size)]
@@ -88,6 +94,11 @@ pub struct Flags {
     /// Retire a worker after about this many jobs (±10% jitter); 0 means never.
     #[arg(long, env = "FORKPOOL_MAX_JOBS_PER_WORKER", default_value_t = 0)]
     pub max_jobs_per_worker: u64,
+
+    /// Retire a worker whose resident memory is above this after a job (e.g. `512MiB`), once
+    /// its replacement is up; 0 means never.
+    #[arg(long, env = "FORKPOOL_MAX_RSS_PER_WORKER", default_value = "0", value_parser = parse_size)]
+    pub max_rss_per_worker: u64,
 
     /// Most light jobs (numbers below 2^64) sent to one worker at once; 1 sends each alone.
     #[arg(long, env = "FORKPOOL_MAX_BATCH", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -253,6 +264,16 @@ pub enum ResolveError {
     },
     #[error("--admin-listen {0} is also the --listen address; give the admin listener its own")]
     SameAddress(SocketAddr),
+    #[error(
+        "--job-slow {slow:?} must be below --job-timeout {timeout:?}: a job is killed at its \
+         deadline, so it would never be logged as slow"
+    )]
+    JobSlow {
+        /// `--job-slow`.
+        slow: Duration,
+        /// `--job-timeout`.
+        timeout: Duration,
+    },
 }
 
 /// `forkpool worker ...`: the flags the server passes to a worker it starts. Built by
@@ -442,9 +463,11 @@ impl Flags {
             workers,
             queue: self.queue,
             job_timeout: self.job_timeout,
+            job_slow: self.job_slow,
             max_line: self.max_line,
             max_digits: self.max_digits,
             max_jobs_per_worker: self.max_jobs_per_worker,
+            max_rss_per_worker: self.max_rss_per_worker,
             max_batch: self.max_batch as usize,
             worker_memory: self.worker_memory,
             worker_nice: self.worker_nice,
@@ -491,6 +514,10 @@ impl Flags {
         let (delay, grace) = (self.shutdown_delay, self.shutdown_grace);
         if !delay.is_zero() && delay >= grace {
             return Err(ResolveError::DelayOutlastsGrace { delay, grace });
+        }
+        let (slow, timeout) = (self.job_slow, self.job_timeout);
+        if !slow.is_zero() && slow >= timeout {
+            return Err(ResolveError::JobSlow { slow, timeout });
         }
         match self.admin_listen {
             Some(admin) if admin == self.listen && admin.port() != 0 => {

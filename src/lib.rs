@@ -51,7 +51,11 @@
 //!   `pool::health` (the pool as a whole, watched: roll generations and the `Roll` handle,
 //!   failed starts and the crash-loop breaker, `PoolHealth`, the one `Backoff`);
 //!   `pool::lifecycle` (`StartReason`, `Exit`, `WorkerExit`, `JobOutcome`: why workers start,
-//!   how workers and jobs end, with their metric labels); `pool::metrics` (`<prefix>_*`);
+//!   how workers and jobs end, with their metric labels; `Retirement`, why a worker that still
+//!   serves is replaced: jobs, rss, roll); `pool::metrics` (`<prefix>_*`); `pool::inspect` (a
+//!   worker's `/proc/PID`: RSS for recycling by memory, state, wchan, kernel stack and CPU for
+//!   the slow-job log; `StatFields`, the `stat` parser `procfs` shares); `pool::oom` (the
+//!   cgroup's `oom_kill` count, which tells an OOM kill from another SIGKILL);
 //!   `pool::process` (one child process: spawn, handshake, kill, reap); `pool::protocol`
 //!   (JSON-lines messages, framing, `PROTOCOL_VERSION`, the `Job` trait and its `Weight`
 //!   hint); `pool::status` (per-worker rows); `pool::worker` (the worker side: `run::<J>()`,
@@ -60,7 +64,8 @@
 //!   worker mode needs only this and the pool.
 //! - [`prime`]: primality, pure functions (and `mersenne`, the heavy job of tests and load);
 //!   `prime::montgomery` and `prime::plain`, the two arithmetics BPSW runs on.
-//! - [`procfs`]: this process's CPU, memory, fd and start-time figures from `/proc/self`.
+//! - [`procfs`]: this process's CPU, memory, fd and start-time figures from `/proc/self` (its
+//!   `stat` line split by the pool's `StatFields`).
 //! - [`error`]: `AppError`, the one JSON error shape (`error`, `code`, `status`), `ErrorCode`,
 //!   every stable code with its status, and `HttpError`, which every typed error implements
 //!   next to its definition to say its code.

@@ -12,6 +12,8 @@
 
 use std::path::PathBuf;
 
+use crate::pool::StatFields;
+
 /// Why the process figures could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcfsError {
@@ -88,15 +90,12 @@ impl SelfStat {
         Self::parse(&read(SELF_STAT)?)
     }
 
-    /// Fields are counted after the last `)`: the command name before it may itself contain
-    /// spaces and parentheses. proc(5) numbers them from 1 with `state` as field 3.
+    /// Fields as proc(5) numbers them, counted after the command name (see [`StatFields`]).
     fn parse(text: &str) -> Result<SelfStat, ProcfsError> {
-        let after_name = text.rfind(')').map_or("", |close| &text[close + 1..]);
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let fields = StatFields::new(text);
         let field = |number: usize, name: &'static str| -> Result<u64, ProcfsError> {
             fields
-                .get(number - 3)
-                .and_then(|f| f.parse().ok())
+                .number(number)
                 .ok_or_else(|| format_error(SELF_STAT, name))
         };
         Ok(SelfStat {

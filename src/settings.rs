@@ -46,12 +46,18 @@ pub struct Settings {
     /// Deadline of one job, queue wait plus run time.
     #[serde(serialize_with = "as_secs")]
     pub job_timeout: Duration,
+    /// A job still running this long after it started is logged and counted; 0 means off.
+    #[serde(serialize_with = "as_secs")]
+    pub job_slow: Duration,
     /// Largest protocol line in bytes.
     pub max_line: u64,
     /// Largest number /isprime accepts, in significant decimal digits.
     pub max_digits: u32,
     /// Retire a worker after about this many jobs; 0 means never.
     pub max_jobs_per_worker: u64,
+    /// Retire a worker whose resident memory is above this many bytes after a job; 0 means
+    /// never.
+    pub max_rss_per_worker: u64,
     /// Most light jobs sent to one worker at once.
     pub max_batch: usize,
     /// Address-space limit of each worker in bytes; 0 means none.

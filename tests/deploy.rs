@@ -106,6 +106,11 @@ fn the_unit_lets_forkpool_drain_its_workers_and_its_env_file_names_only_real_fla
         "workers must not get systemd's SIGTERM"
     );
     assert_eq!(key("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(
+        key("OOMPolicy"),
+        "continue",
+        "a worker's OOM kill must not stop the service"
+    );
     // READY=1 comes from forkpool itself, once a worker said hello.
     assert_eq!(key("Type"), "notify");
     // The socket units name their sockets the way forkpool tells them apart.

@@ -507,6 +507,7 @@ fn every_metric_family_has_help_and_type_with_build_info_and_process_metrics() {
         "forkpool_ls_total",
         "forkpool_worker_exits_total",
         "forkpool_job_run_seconds",
+        "forkpool_slow_jobs_total",
     ] {
         let help = format!("# HELP {family} ");
         assert!(text.contains(&help), "{family} has no HELP:\n{text}");

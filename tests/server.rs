@@ -209,7 +209,7 @@ fn every_start_up_failure_exits_2_with_one_line_naming_its_cause_and_never_claim
     let file = file.to_str().unwrap();
     /// Extra flags, environment, and the cause the error line must name.
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 3] = [
+    let cases: [Case; 5] = [
         (
             &["--worker-program", "/nonexistent/worker"],
             &[],
@@ -221,6 +221,16 @@ fn every_start_up_failure_exits_2_with_one_line_naming_its_cause_and_never_claim
             "cannot run it: Permission denied",
         ),
         (&[], &[("PATH", "/nonexistent")], "`ls`"),
+        (
+            &["--job-slow", "2s", "--job-timeout", "1500ms"],
+            &[],
+            "--job-slow 2s must be below --job-timeout 1.5s",
+        ),
+        (
+            &["--job-timeout", "1s"],
+            &[("FORKPOOL_JOB_SLOW", "1s")],
+            "--job-slow 1s must be below --job-timeout 1s",
+        ),
     ];
     for (args, env, cause) in cases {
         let args = [&["--listen", "127.0.0.1:0", "--workers", "1"], args].concat();

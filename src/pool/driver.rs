@@ -10,13 +10,17 @@
 //! The driver then answers each job as its reply comes in and, while the worker runs only light
 //! jobs, tops its pipe up with queued light ones, so that a busy worker seldom waits for the
 //! driver. It writes and reads at once (see `WorkerProcess::write_and_read`), so a batch larger
-//! than a pipe's buffer cannot stall both sides.
+//! than a pipe's buffer cannot stall both sides. A job still running at the pool's slow-job
+//! threshold is reported once while the driver goes on waiting for it ([`SlowWatch`]). Once the
+//! batch is answered (or every `max_batch` answers while it is topped up), the worker's resident
+//! memory is read against the pool's limit (`Driver::measure`).
 //!
 //! Starts: every start, whatever it is for (an empty slot, recycling, a roll), goes through the
 //! slot's one [`Backoff`]: none while starts succeed, exponential with jitter after failures,
 //! reset once a new worker has answered a job. A failed start is logged, counted and fed to the
-//! pool's breaker (see `health`). A worker due for replacement (its job quota served, or older
-//! than the pool's roll generation) keeps serving while its [`Replacement`] is on its way or
+//! pool's breaker (see `health`). A worker due for replacement (its job quota served, its
+//! memory over the limit, or older than the pool's roll generation: a [`Retirement`]) keeps
+//! serving while its [`Replacement`] is on its way or
 //! waits out the backoff after a failure; a newer roll drops a replacement started for an older
 //! generation (killing and reaping its process) and starts afresh at once.
 //!
@@ -40,12 +44,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use futures_util::FutureExt;
+use metrics::Counter;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::sleep;
 
 use super::health::{Backoff, Life};
-use super::lifecycle::{JobOutcome, StartReason, WorkerExit};
+use super::inspect::{rss_bytes, Activity};
+use super::lifecycle::{JobOutcome, Retirement, StartReason, WorkerExit};
 use super::process::{SpawnError, WorkerProcess};
 use super::protocol::{decode, encode_into, Outcome, ProtocolError, Reply, Request, Weight};
 use super::queue::Pending;
@@ -100,6 +106,10 @@ struct Tenure {
     served: u64,
     /// Jobs after which it is recycled; 0 means never.
     retire_after: u64,
+    /// Jobs answered since its resident memory was last read.
+    unmeasured: u64,
+    /// Its resident memory was found over the pool's limit.
+    over_rss: bool,
     /// Its replacement on the way (recycling, a roll), once one is due.
     replacement: Option<Replacement>,
 }
@@ -111,17 +121,21 @@ impl Tenure {
             generation,
             served: 0,
             retire_after: jitter(max_jobs),
+            unmeasured: 0,
+            over_rss: false,
             replacement: None,
         }
     }
 
     /// What the worker is due to be replaced for with the pool at roll generation `current`,
     /// if anything.
-    fn due(&self, current: u64) -> Option<StartReason> {
+    fn due(&self, current: u64) -> Option<Retirement> {
         if self.generation < current {
-            Some(StartReason::Roll)
+            Some(Retirement::Roll)
         } else if self.retire_after > 0 && self.served >= self.retire_after {
-            Some(StartReason::Recycle)
+            Some(Retirement::Jobs)
+        } else if self.over_rss {
+            Some(Retirement::Rss)
         } else {
             None
         }
@@ -132,10 +146,22 @@ impl Tenure {
 struct Replacement {
     /// The roll generation it is started at.
     generation: u64,
-    /// What it is for.
-    reason: StartReason,
+    /// What the worker it replaces retires for.
+    reason: Retirement,
     /// The start itself: the backoff, the spare permit, then spawn and hello.
     start: Spawning,
+}
+
+/// A replacement that said hello: it takes the slot, and the worker it replaces retires.
+struct Ready {
+    /// The new worker.
+    worker: WorkerProcess,
+    /// The pool's spare permit, released once the old worker has exited.
+    spare: OwnedSemaphorePermit,
+    /// The roll generation the new worker was started at.
+    generation: u64,
+    /// What the old worker retires for.
+    reason: Retirement,
 }
 
 /// A replacement's start, with the pool's spare permit once it has it. Dropping it kills and
@@ -165,9 +191,8 @@ enum Event<J: Job> {
 enum Step {
     /// Keep serving with the same worker.
     Continue,
-    /// A replacement, started at this roll generation, is ready: it takes the slot, and the
-    /// old worker retires.
-    Replace(WorkerProcess, OwnedSemaphorePermit, u64),
+    /// A replacement is ready: it takes the slot, and the old worker retires.
+    Replace(Ready),
     /// The worker is gone (already killed or reaped): count it and start another.
     Lost(WorkerExit),
     /// The pool is closed and its queue empty: retire the worker and stop.
@@ -217,9 +242,7 @@ impl<J: Job> Driver<J> {
             let exit = loop {
                 match self.step(&mut tenure).await {
                     Step::Continue => {}
-                    Step::Replace(new, spare, generation) => {
-                        tenure = self.on_replacement(tenure, new, spare, generation)
-                    }
+                    Step::Replace(ready) => tenure = self.on_replacement(tenure, ready),
                     Step::Lost(exit) => break exit,
                     Step::Retire => return self.retire(tenure).await,
                 }
@@ -297,12 +320,19 @@ impl<J: Job> Driver<J> {
         t: &mut Tenure,
         started: Result<(WorkerProcess, OwnedSemaphorePermit), SpawnError>,
     ) -> Step {
-        let replacement = t.replacement.take().expect("only a replacement on its way ends");
+        let Replacement {
+            generation, reason, ..
+        } = t.replacement.take().expect("only a replacement on its way ends");
         match started {
-            Ok((new, spare)) => Step::Replace(new, spare, replacement.generation),
+            Ok((worker, spare)) => Step::Replace(Ready {
+                worker,
+                spare,
+                generation,
+                reason,
+            }),
             Err(error) => {
                 let retry_in = self.backoff.fail();
-                let reason = replacement.reason;
+                let reason = StartReason::Replace(reason);
                 self.pool.start_failed(self.slot, reason, &error, retry_in);
                 Step::Continue
             }
@@ -310,7 +340,8 @@ impl<J: Job> Driver<J> {
     }
 
     /// Hands the worker `batch` and answers each job as its reply comes in; while the worker
-    /// runs light jobs, queued light ones are sent after them.
+    /// runs light jobs, queued light ones are sent after them. Its memory is read once the
+    /// batch is answered, or every `max_batch` answers while it is kept topped up.
     async fn on_batch(&mut self, t: &mut Tenure, batch: Vec<Pending<J>>) -> Step {
         let light = batch[0].travels_light();
         let mut outbox = BytesMut::new();
@@ -319,7 +350,13 @@ impl<J: Job> Driver<J> {
         let mut started = Instant::now();
         while let Some(head) = self.running.front_mut() {
             self.pool.slots[self.slot].lock().unwrap().busy(head.id);
-            let end = exchange::<J>(&mut t.worker, &mut outbox, head).await;
+            let slow = self.pool.config.job_slow.map(|after| SlowWatch {
+                slot: self.slot,
+                started,
+                after,
+                counter: &self.pool.metrics.slow_jobs,
+            });
+            let end = exchange::<J>(&mut t.worker, &mut outbox, head, slow).await;
             if matches!(end, RunEnd::Died) && self.running.len() > 1 {
                 return self.on_died_mid_batch(&mut t.worker).await;
             }
@@ -332,11 +369,31 @@ impl<J: Job> Driver<J> {
                 return Step::Lost(exit);
             }
             self.on_served(t);
+            if self.running.is_empty() || t.unmeasured >= self.pool.config.max_batch as u64 {
+                self.measure(t);
+            }
             if light {
                 self.top_up(t, &mut outbox);
             }
         }
         Step::Continue
+    }
+
+    /// Reads the worker's resident memory if the pool has a limit; one over it is due for
+    /// replacement (the next step starts it), and is not read again.
+    fn measure(&self, t: &mut Tenure) {
+        let limit = self.pool.config.max_rss_per_worker;
+        if limit == 0 || t.over_rss {
+            return;
+        }
+        t.unmeasured = 0;
+        let pid = t.worker.pid;
+        let Some(rss) = rss_bytes(pid).filter(|&rss| rss > limit) else {
+            return;
+        };
+        t.over_rss = true;
+        tracing::info!(slot = self.slot, pid, rss, limit, served = t.served,
+            "worker's resident memory is over the limit: it retires once its replacement said hello");
     }
 
     /// The worker died holding several unanswered jobs. It writes its answers when it runs
@@ -423,6 +480,7 @@ impl<J: Job> Driver<J> {
     /// next step.)
     fn on_served(&mut self, t: &mut Tenure) {
         t.served += 1;
+        t.unmeasured += 1;
         if t.served == 1 {
             // A new worker that answers a job works: the slot's next start need not wait. Only
             // its first job resets, so that a worker serving on while its replacement keeps
@@ -435,22 +493,16 @@ impl<J: Job> Driver<J> {
     /// The replacement takes the slot; the old worker retires in the background (finishing
     /// nothing: it is idle) and then frees the spare permit. A roll is done only once it has
     /// exited (see `health::Life::retiring`).
-    fn on_replacement(
-        &self,
-        old: Tenure,
-        new: WorkerProcess,
-        spare: OwnedSemaphorePermit,
-        generation: u64,
-    ) -> Tenure {
-        self.pool.metrics.worker_exit(WorkerExit::Recycled);
-        let (worker, pool) = (old.worker, self.pool.clone());
+    fn on_replacement(&self, old: Tenure, new: Ready) -> Tenure {
+        self.pool.metrics.worker_exit(WorkerExit::Replaced(new.reason));
+        let (worker, pool, spare) = (old.worker, self.pool.clone(), new.spare);
         pool.change_life(|life| life.retiring += 1);
         tokio::spawn(async move {
             worker.retire().await;
             drop(spare);
             pool.change_life(|life| life.retiring -= 1);
         });
-        self.take_slot(new, generation)
+        self.take_slot(new.worker, new.generation)
     }
 
     /// The worker is gone: count it. One that failed by itself straight after start (a broken
@@ -584,29 +636,50 @@ async fn newer_roll(life: &mut watch::Receiver<Life>, generation: u64, or_close:
         .await;
 }
 
+/// The slow-job log's watch on the job running now.
+struct SlowWatch<'a> {
+    /// The slot it runs in.
+    slot: usize,
+    /// When it started on its worker.
+    started: Instant,
+    /// How long it may run before it is slow.
+    after: Duration,
+    /// `<prefix>_slow_jobs_total`.
+    counter: &'a Counter,
+}
+
+impl SlowWatch<'_> {
+    /// Counts the job and logs it at `warn`, with what its worker is doing now.
+    fn report(&self, pid: u32, job: u64, tag: &str, enqueued: Instant) {
+        self.counter.increment(1);
+        let slot = self.slot;
+        let elapsed_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        let queued_ms = (self.started - enqueued).as_secs_f64() * 1e3;
+        let Some(now) = Activity::read(pid) else {
+            return tracing::warn!(slot, pid, job, tag, elapsed_ms, queued_ms,
+                "slow job: still running (its worker's /proc is unreadable)");
+        };
+        let (wchan, stack) = (now.wchan.as_deref(), now.stack.as_deref());
+        tracing::warn!(slot, pid, job, tag, elapsed_ms, queued_ms, state = now.state,
+            wchan = wchan.unwrap_or("-"), stack = stack.unwrap_or("-"),
+            user_cpu_s = now.user_cpu.as_secs_f64(), system_cpu_s = now.system_cpu.as_secs_f64(),
+            "slow job: still running; it runs on to its deadline");
+    }
+}
+
 /// Writes what is left of `outbox` and reads the reply of `head`, the job running now, unless
-/// its submitter stops waiting first.
+/// its submitter stops waiting first. With `slow`, a job still running after its time is
+/// reported once, and waited for as before.
 async fn exchange<J: Job>(
     worker: &mut WorkerProcess,
     outbox: &mut BytesMut,
     head: &mut Pending<J>,
+    slow: Option<SlowWatch<'_>>,
 ) -> RunEnd<J> {
-    let (id, deadline) = (head.id, head.deadline);
+    let (id, deadline, enqueued, pid) = (head.id, head.deadline, head.enqueued, worker.pid);
     let light = head.weight == Weight::Light;
-    let talk = async {
-        match worker.write_and_read(outbox).await {
-            Ok(Some(line)) => match decode::<Reply<J::Output, J::Error>>(&line) {
-                Ok(answer) if answer.id == id => RunEnd::Replied(answer),
-                Ok(other) => RunEnd::Protocol(ProtocolError::Unexpected(format!(
-                    "reply for job {} while job {id} runs",
-                    other.id
-                ))),
-                Err(error) => RunEnd::Protocol(error),
-            },
-            Ok(None) => RunEnd::Died,
-            Err(error) => RunEnd::Protocol(error),
-        }
-    };
+    let Pending { reply, tag, .. } = head;
+    let talk = read_reply::<J>(worker, outbox, id);
     // At the deadline `submit` stops waiting and drops the receiver, which is what `closed`
     // reports, so one timer per job serves both. A light job whose submitter left is let
     // finish: its answer is microseconds away, while a kill would cost a fresh worker and
@@ -614,18 +687,56 @@ async fn exchange<J: Job>(
     // the pool do nothing else). Its own deadline still holds, should it not be light after
     // all. Biased: an answer already in the pipe wins over a submitter that left a moment ago.
     let abandoned = async {
-        head.reply.closed().await;
+        reply.closed().await;
         if light {
             tokio::time::sleep_until(deadline.into()).await;
         }
     };
-    tokio::select! {
-        biased;
-        end = talk => end,
-        () = abandoned => match Instant::now() >= deadline {
-            true => RunEnd::Deadline,
-            false => RunEnd::Cancelled,
+    let is_slow = async {
+        match &slow {
+            Some(slow) => {
+                tokio::time::sleep_until((slow.started + slow.after).into()).await;
+                slow
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(talk, abandoned, is_slow);
+    let mut reported = false;
+    loop {
+        tokio::select! {
+            biased;
+            end = &mut talk => return end,
+            () = &mut abandoned => return match Instant::now() >= deadline {
+                true => RunEnd::Deadline,
+                false => RunEnd::Cancelled,
+            },
+            slow = &mut is_slow, if !reported => {
+                reported = true;
+                slow.report(pid, id, tag, enqueued);
+            }
+        }
+    }
+}
+
+/// Writes what is left of `outbox` and reads the reply of job `id` (cancel-safe, see
+/// `WorkerProcess::write_and_read`).
+async fn read_reply<J: Job>(
+    worker: &mut WorkerProcess,
+    outbox: &mut BytesMut,
+    id: u64,
+) -> RunEnd<J> {
+    match worker.write_and_read(outbox).await {
+        Ok(Some(line)) => match decode::<Reply<J::Output, J::Error>>(&line) {
+            Ok(answer) if answer.id == id => RunEnd::Replied(answer),
+            Ok(other) => RunEnd::Protocol(ProtocolError::Unexpected(format!(
+                "reply for job {} while job {id} runs",
+                other.id
+            ))),
+            Err(error) => RunEnd::Protocol(error),
         },
+        Ok(None) => RunEnd::Died,
+        Err(error) => RunEnd::Protocol(error),
     }
 }
 

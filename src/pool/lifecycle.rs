@@ -1,6 +1,7 @@
-//! The lifecycle of jobs and workers as types: why a worker was started ([`StartReason`]), how
-//! a worker process ended ([`Exit`]), why a worker left its slot ([`WorkerExit`]) and how a job
-//! ended ([`JobOutcome`]). Each knows its
+//! The lifecycle of jobs and workers as types: why a worker was started ([`StartReason`]), why
+//! a worker that still serves is replaced ([`Retirement`]), how a worker process ended
+//! ([`Exit`]), why a worker left its slot ([`WorkerExit`]) and how a job ended
+//! ([`JobOutcome`]). Each knows its
 //! metric labels and answers the questions the driver asks of it; nothing is decided by
 //! reading a label back.
 
@@ -16,19 +17,45 @@ use super::protocol::EXIT_OUT_OF_MEMORY;
 pub enum StartReason {
     /// The slot has no worker: at pool start, or after its worker was lost.
     EmptySlot,
-    /// The slot's worker served its quota of jobs; it keeps serving until this one said hello.
-    Recycle,
-    /// A roll asked for a worker of a newer generation; the old one keeps serving meanwhile.
-    Roll,
+    /// The slot's worker is due for replacement; it keeps serving until this one said hello.
+    Replace(Retirement),
 }
 
 impl StartReason {
-    /// The `reason` label.
+    /// The `reason` label: `empty_slot`, or what the replaced worker retires for (`recycle`
+    /// for its job quota, as before there were other reasons; `rss`; `roll`).
     pub fn label(self) -> &'static str {
         match self {
             StartReason::EmptySlot => "empty_slot",
-            StartReason::Recycle => "recycle",
-            StartReason::Roll => "roll",
+            StartReason::Replace(Retirement::Jobs) => "recycle",
+            StartReason::Replace(retirement) => retirement.label(),
+        }
+    }
+}
+
+/// Why a worker that still serves is replaced, make-before-break: its replacement is started,
+/// and it retires once that one said hello. One mechanism for every reason; the reason is the
+/// `cause` label of its exit (see [`WorkerExit::labels`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retirement {
+    /// It served its quota of jobs ([`PoolConfig::max_jobs_per_worker`]).
+    ///
+    /// [`PoolConfig::max_jobs_per_worker`]: super::PoolConfig::max_jobs_per_worker
+    Jobs,
+    /// Its resident memory, read after a job, was over
+    /// [`PoolConfig::max_rss_per_worker`](super::PoolConfig::max_rss_per_worker).
+    Rss,
+    /// A roll asked for a worker of a newer generation.
+    Roll,
+}
+
+impl Retirement {
+    /// The `cause` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Retirement::Jobs => "jobs",
+            Retirement::Rss => "rss",
+            Retirement::Roll => "roll",
         }
     }
 }
@@ -43,6 +70,9 @@ pub enum Exit {
     /// An allocation failed, which under a memory limit means the job needed more address
     /// space than the limit allows (the worker exits with [`EXIT_OUT_OF_MEMORY`]).
     OutOfMemory,
+    /// The kernel's OOM killer took it (a SIGKILL the pool did not send, while the oom_kill
+    /// count of the pool's cgroup rose; see `oom`).
+    OomKilled,
     /// The status could not be read (`wait` failed).
     Unknown,
 }
@@ -64,6 +94,10 @@ impl fmt::Display for Exit {
             Exit::Code(code) => write!(f, "exited with code {code}"),
             Exit::Signal(signal) => write!(f, "killed by signal {signal}{}", signal_name(signal)),
             Exit::OutOfMemory => write!(f, "ran out of memory (see the worker memory limit)"),
+            Exit::OomKilled => write!(
+                f,
+                "killed by the OOM killer (memory ran out in its cgroup or on the machine)"
+            ),
             Exit::Unknown => write!(f, "exit status unavailable"),
         }
     }
@@ -79,12 +113,12 @@ fn signal_name(signal: i32) -> &'static str {
     }
 }
 
-/// Why a worker left its slot: the `reason` (and, for a crash, `signal` or `code`) labels of
-/// `<prefix>_worker_exits_total`.
+/// Why a worker left its slot: the `reason` (and, for a replacement, `cause`; for a crash,
+/// `signal` or `code`) labels of `<prefix>_worker_exits_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerExit {
-    /// Replaced by a fresh worker (recycling after its job quota, or a roll) and retired.
-    Recycled,
+    /// Replaced by a fresh worker, make-before-break, and retired.
+    Replaced(Retirement),
     /// Ended by itself, mid-job or while idle.
     Crashed(Exit),
     /// Killed because its job passed the deadline.
@@ -102,8 +136,9 @@ impl WorkerExit {
     /// The `reason` label.
     pub fn reason(self) -> &'static str {
         match self {
-            WorkerExit::Recycled => "recycled",
+            WorkerExit::Replaced(_) => "recycled",
             WorkerExit::Crashed(Exit::OutOfMemory) => "out_of_memory",
+            WorkerExit::Crashed(Exit::OomKilled) => "oom_killed",
             WorkerExit::Crashed(_) => "crashed",
             WorkerExit::KilledTimeout => "killed_timeout",
             WorkerExit::KilledCancel => "killed_cancel",
@@ -112,11 +147,13 @@ impl WorkerExit {
         }
     }
 
-    /// Every label of the exit counter: the reason, and for a crash the signal or exit code
-    /// as a label of its own (one fact per label, so that a query can sum over either).
+    /// Every label of the exit counter: the reason, and as a label of its own (one fact per
+    /// label, so that a query can sum over either) what a replaced worker retired for
+    /// (`cause`: jobs, rss, roll) or the signal or exit code of a crash.
     pub fn labels(self) -> Vec<(&'static str, String)> {
         let mut labels = vec![("reason", self.reason().to_owned())];
         match self {
+            WorkerExit::Replaced(retirement) => labels.push(("cause", retirement.label().into())),
             WorkerExit::Crashed(Exit::Signal(signal)) => {
                 labels.push(("signal", signal.to_string()))
             }
@@ -210,19 +247,46 @@ mod tests {
         ];
         for (raw, text, labels) in cases {
             let exit = Exit::from(Some(ExitStatus::from_raw(raw)));
-            let got = WorkerExit::Crashed(exit).labels();
-            let got: Vec<_> = got.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            assert_eq!((exit.to_string().as_str(), got), (text, labels));
+            assert_eq!((exit.to_string().as_str(), labels_of(exit)), (text, owned(&labels)));
         }
         let unknown = WorkerExit::Crashed(Exit::from(None)).labels();
         assert_eq!(unknown, [("reason", "crashed".to_owned())]);
+        // Told apart from the SIGKILL it is by the cgroup's count (see `oom`), never by status.
+        let oom = Exit::OomKilled;
+        assert!(oom.to_string().starts_with("killed by the OOM killer"), "{oom}");
+        assert_eq!(labels_of(oom), owned(&[("reason", "oom_killed")]));
+    }
+
+    /// The labels of a crash that ended in `exit`.
+    fn labels_of(exit: Exit) -> Vec<(&'static str, String)> {
+        WorkerExit::Crashed(exit).labels()
+    }
+
+    fn owned(labels: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        labels.iter().map(|&(k, v)| (k, v.to_owned())).collect()
+    }
+
+    #[test]
+    fn replacements_keep_their_reason_and_say_why_in_a_label_of_their_own() {
+        let cases = [
+            (Retirement::Jobs, "recycle"),
+            (Retirement::Rss, "rss"),
+            (Retirement::Roll, "roll"),
+        ];
+        for (retirement, start) in cases {
+            let cause = retirement.label().to_owned();
+            let labels = WorkerExit::Replaced(retirement).labels();
+            assert_eq!(labels, [("reason", "recycled".into()), ("cause", cause)]);
+            assert_eq!(StartReason::Replace(retirement).label(), start);
+        }
+        assert_eq!(StartReason::EmptySlot.label(), "empty_slot");
     }
 
     #[test]
     fn only_failures_of_the_worker_itself_call_for_a_backoff() {
         let failures = [WorkerExit::Crashed(Exit::Signal(11)), WorkerExit::Protocol];
         let ours = [
-            WorkerExit::Recycled,
+            WorkerExit::Replaced(Retirement::Rss),
             WorkerExit::KilledTimeout,
             WorkerExit::KilledCancel,
             WorkerExit::DriverPanic,

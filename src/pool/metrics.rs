@@ -7,7 +7,7 @@
 //! | `<prefix>_job_queue_wait_seconds` | histogram | |
 //! | `<prefix>_job_run_seconds` | histogram | |
 //! | `<prefix>_jobs_total` | counter | `outcome` ([`JobOutcome::label`]) |
-//! | `<prefix>_worker_exits_total` | counter | `reason`, and `signal` or `code` ([`WorkerExit::labels`]) |
+//! | `<prefix>_worker_exits_total` | counter | `reason`, and `cause` or `signal` or `code` ([`WorkerExit::labels`]) |
 //! | `<prefix>_worker_spawns_total` | counter | |
 //! | `<prefix>_worker_start_failures_total` | counter | `reason` ([`StartReason::label`]) |
 //! | `<prefix>_worker_starts_failed_in_a_row` | gauge | |
@@ -15,10 +15,19 @@
 //! | `<prefix>_roll_generation` | gauge | |
 //! | `<prefix>_roll_pending_slots` | gauge | |
 //! | `<prefix>_driver_panics_total` | counter | |
+//! | `<prefix>_slow_jobs_total` | counter | |
 //!
 //! The gauges follow the pool's life (see `health`): failed starts since the last hello, all
 //! slots together; 1 while the breaker refuses jobs, else 0; the current roll generation; and
 //! the slots not yet on a worker of that generation (0 once a roll is done).
+//!
+//! A worker exit's `reason` is `recycled` for every make-before-break replacement, with what
+//! the worker retired for as `cause` (`jobs`, `rss`, `roll`); a crash is `crashed` with its
+//! `signal` or `code`, but for the two ends that have a reason of their own: `out_of_memory`
+//! (an allocation failed under the worker's address-space limit) and `oom_killed` (the
+//! kernel's OOM killer, see `oom`). The others: `killed_timeout` (the deadline),
+//! `killed_cancel`, `protocol`, `driver_panic`. A slow job (see
+//! [`PoolConfig::job_slow`](super::PoolConfig::job_slow)) is counted once, when it is logged.
 //!
 //! A job's run time is counted from the previous answer of its worker (or from its hand-over)
 //! to its own answer. Light jobs handed over together are answered in one write, so the
@@ -59,6 +68,8 @@ pub(super) struct Metrics {
     pub(super) spawns: Counter,
     /// Drivers that panicked and were restarted.
     pub(super) driver_panics: Counter,
+    /// Jobs still running after `PoolConfig::job_slow`, logged.
+    pub(super) slow_jobs: Counter,
 }
 
 impl Metrics {
@@ -76,10 +87,20 @@ impl Metrics {
         let unavailable = name("pool_unavailable");
         let roll_generation = name("roll_generation");
         let roll_pending = name("roll_pending_slots");
+        let slow_jobs = name("slow_jobs_total");
         metrics::describe_histogram!(queue_wait.clone(), "Time a job waited in the queue");
         metrics::describe_histogram!(run_time.clone(), "Time a job ran on a worker");
         metrics::describe_counter!(jobs_total.clone(), "Jobs by outcome");
-        metrics::describe_counter!(worker_exits_total.clone(), "Worker exits by reason");
+        metrics::describe_counter!(
+            worker_exits_total.clone(),
+            "Worker exits by reason (recycled with its cause: jobs, rss or roll; crashed with its \
+             signal or code; out_of_memory, oom_killed, killed_timeout, killed_cancel, protocol, \
+             driver_panic)"
+        );
+        metrics::describe_counter!(
+            slow_jobs.clone(),
+            "Jobs still running at the slow-job threshold, logged with what their worker was doing"
+        );
         metrics::describe_counter!(spawns.clone(), "Worker processes started");
         metrics::describe_counter!(
             driver_panics.clone(),
@@ -111,6 +132,7 @@ impl Metrics {
             jobs_ok: metrics::counter!(jobs_total.clone(), "outcome" => JobOutcome::Ok.label()),
             spawns: metrics::counter!(spawns),
             driver_panics: metrics::counter!(driver_panics),
+            slow_jobs: metrics::counter!(slow_jobs),
             failed_in_a_row: metrics::gauge!(failed_in_a_row),
             unavailable: metrics::gauge!(unavailable),
             roll_generation: metrics::gauge!(roll_generation),

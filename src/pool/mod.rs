@@ -32,6 +32,22 @@
 //!   (kills and reaps) whatever is on its way for the older generation and starts afresh at
 //!   once. A worker due for recycling likewise keeps serving while its replacement cannot
 //!   start.
+//! - **Workers that grow are recycled, make-before-break.** With
+//!   [`PoolConfig::max_rss_per_worker`], the driver reads the worker's resident memory from
+//!   `/proc` after a job (after a batch of light jobs: once per batch, or every
+//!   [`PoolConfig::max_batch`] answers while it keeps the worker topped up, so no light job
+//!   pays a read of its own). A worker over the limit has its job answered first, then retires
+//!   exactly as one that served [`PoolConfig::max_jobs_per_worker`] jobs does: one mechanism,
+//!   with the reason ([`Retirement`]) in the exit metric.
+//! - **An OOM kill says so.** A worker that dies of a SIGKILL the pool did not send while the
+//!   oom_kill count of the pool's cgroup rose (cgroup v2 `memory.events`, or v1
+//!   `memory.oom_control`; read only when a worker dies) ends as [`Exit::OomKilled`]: its job
+//!   fails with "killed by the OOM killer", not "signal 9". Without a readable count (the pool
+//!   logs which at start) it reads as signal 9, as before.
+//! - **Slow jobs are seen, not cut short.** With [`PoolConfig::job_slow`], a job still running
+//!   that long after it started on its worker is logged once at `warn` (job id, tag, pid,
+//!   elapsed and queue time, and what the worker is doing: [`Activity`], from `/proc`) and
+//!   counted; it runs on to its deadline.
 //! - **One backoff for every start.** Whatever a worker is started for (an empty slot after a
 //!   crash, a deadline kill or a driver panic; recycling; a roll), its slot waits nothing while
 //!   starts succeed and, after failures, 100 ms doubling to 10 s with ±20% jitter: a broken
@@ -59,7 +75,8 @@
 //!   a worker with nothing else to do, and nothing is sent ahead to a worker running one.
 //!
 //! Failure of a single job never affects another: a worker that dies mid-job fails that job
-//! with [`PoolError::WorkerDied`] (naming the exit code, the signal, or "ran out of memory"),
+//! with [`PoolError::WorkerDied`] (naming the exit code, the signal, "ran out of memory" or
+//! "killed by the OOM killer"),
 //! one that breaks the protocol with [`PoolError::Protocol`]. Light jobs sent ahead to that
 //! worker go back to the front of the queue and run on another worker, as they do when a
 //! worker is killed because its running job passed its deadline or lost its submitter. A
@@ -147,8 +164,10 @@
 mod dispatch;
 mod driver;
 mod health;
+mod inspect;
 mod lifecycle;
 mod metrics;
+mod oom;
 mod process;
 pub mod protocol;
 mod queue;
@@ -164,14 +183,16 @@ use tokio::task::JoinHandle;
 
 use dispatch::Dispatcher;
 use health::Life;
+use oom::OomWatch;
 pub use health::{PoolHealth, PoolOverview, Roll, RollOutcome, RollStatus};
-pub use lifecycle::{Exit, JobOutcome, StartReason, WorkerExit};
+pub use inspect::{rss_bytes, Activity, StatFields};
+pub use lifecycle::{Exit, JobOutcome, Retirement, StartReason, WorkerExit};
 pub use process::SpawnError;
 use process::SpawnSpec;
 pub use protocol::{Job, ProtocolError, Weight, PROTOCOL_VERSION};
 use queue::{Pending, Queue, Unqueue};
 use status::Slot;
-pub use status::{rss_bytes, WorkerState, WorkerStatus};
+pub use status::{WorkerState, WorkerStatus};
 
 /// Pool settings.
 #[derive(Debug, Clone)]
@@ -188,6 +209,16 @@ pub struct PoolConfig {
     /// Retire a worker after about this many jobs (±10% jitter, so that workers started
     /// together do not retire together); 0 means never.
     pub max_jobs_per_worker: u64,
+    /// Retire a worker whose resident memory, read after a job (once per batch of light jobs),
+    /// is above this many bytes; 0 means never. Make-before-break, like
+    /// [`max_jobs_per_worker`](Self::max_jobs_per_worker): the job is answered first, and the
+    /// worker serves on until its replacement said hello.
+    pub max_rss_per_worker: u64,
+    /// A job still running this long after it started on its worker is logged once at `warn`,
+    /// with what its worker is doing (see [`Activity`]), and counted in
+    /// `<prefix>_slow_jobs_total`; it runs on to its deadline. `None`: no slow-job log. Only
+    /// useful below [`job_timeout`](Self::job_timeout).
+    pub job_slow: Option<Duration>,
     /// Most light jobs ([`Weight::Light`]) a worker is handed at once: while it runs one, the
     /// next ones are already in its pipe, so neither side wakes up for each one. 1 sends every
     /// job alone. Heavy jobs are always sent alone.
@@ -201,8 +232,9 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    /// `workers` slots, a queue of 256, a 60 s deadline, 1 MiB lines, no recycling, batches of
-    /// up to 32 light jobs, metrics named `forkpool_*`, unavailable after 5 failed starts.
+    /// `workers` slots, a queue of 256, a 60 s deadline, 1 MiB lines, no recycling (by jobs or
+    /// memory), no slow-job log, batches of up to 32 light jobs, metrics named `forkpool_*`,
+    /// unavailable after 5 failed starts.
     pub fn new(workers: usize) -> PoolConfig {
         PoolConfig {
             workers,
@@ -210,6 +242,8 @@ impl PoolConfig {
             job_timeout: Duration::from_secs(60),
             max_line: 1 << 20,
             max_jobs_per_worker: 0,
+            max_rss_per_worker: 0,
+            job_slow: None,
             max_batch: 32,
             metrics_prefix: "forkpool".into(),
             broken_after_failed_starts: 5,
@@ -347,6 +381,7 @@ impl<J: Job> WorkerPool<J> {
             command: Arc::new(command),
             kind: J::KIND,
             max_line: config.max_line,
+            oom: Arc::new(OomWatch::find()),
         };
         let life = Life::new(config.workers, config.broken_after_failed_starts);
         let inner = Arc::new(Inner {

@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::lifecycle::Exit;
+use super::oom::OomWatch;
 use super::protocol::{decode, Hello, HelloLine, LineReader, ProtocolError, PROTOCOL_VERSION};
 use super::WorkerCommand;
 
@@ -36,6 +37,8 @@ pub(super) struct SpawnSpec {
     pub(super) kind: &'static str,
     /// Longest protocol line read from the worker.
     pub(super) max_line: usize,
+    /// The pool's cgroup's OOM kills, which tell a worker the OOM killer took.
+    pub(super) oom: Arc<OomWatch>,
 }
 
 /// Why a worker did not start.
@@ -112,6 +115,8 @@ pub(super) struct WorkerProcess {
     pub(super) started: Instant,
     /// The package version it reported in its hello (shown per slot in `/status`).
     pub(super) version: String,
+    /// Tells whether a SIGKILL we did not send was the OOM killer's.
+    oom: Arc<OomWatch>,
 }
 
 impl WorkerProcess {
@@ -144,11 +149,12 @@ impl WorkerProcess {
             stdout: LineReader::new(stdout, spec.max_line),
             started: Instant::now(),
             version: String::new(),
+            oom: spec.oom.clone(),
         };
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, worker.handshake(spec)).await {
             Ok(Ok(())) => Ok(worker),
             Ok(Err(SpawnError::DiedEarly(_))) => {
-                let exit = Exit::from(worker.child.0.wait().await.ok());
+                let exit = worker.died().await;
                 Err(SpawnError::DiedEarly(exit.to_string()))
             }
             Ok(Err(e)) => {
@@ -209,12 +215,19 @@ impl WorkerProcess {
         Exit::from(self.child.0.wait().await.ok())
     }
 
-    /// The exit of a worker whose stdout hit EOF: reaps it, killing it if it lingers.
+    /// The exit of a worker whose stdout hit EOF: reaps it, killing it if it lingers. A
+    /// SIGKILL that the pool did not send may be the OOM killer's (see `oom`).
     pub(super) async fn exit_cause(&mut self) -> Exit {
-        match tokio::time::timeout(RETIRE_TIMEOUT, self.child.0.wait()).await {
-            Ok(status) => Exit::from(status.ok()),
+        match tokio::time::timeout(RETIRE_TIMEOUT, self.died()).await {
+            Ok(exit) => exit,
             Err(_) => self.kill().await,
         }
+    }
+
+    /// Reaps a worker that ended by itself (or so it seems: nothing of ours killed it).
+    async fn died(&mut self) -> Exit {
+        let exit = Exit::from(self.child.0.wait().await.ok());
+        self.oom.explain(exit)
     }
 
     /// Closes stdin so the worker exits by itself; kills it if it does not within a few seconds.

@@ -6,6 +6,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::inspect::rss_bytes;
+
 /// What `/status` and `/metrics` show of one worker slot.
 #[derive(Debug, Clone, Serialize)]
 pub struct WorkerStatus {
@@ -151,11 +153,4 @@ pub(super) fn rows(slots: &[Mutex<Slot>]) -> Vec<WorkerStatus> {
             }
         })
         .collect()
-}
-
-/// Resident set size of a process, from `/proc/PID/statm`.
-pub fn rss_bytes(pid: u32) -> Option<u64> {
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * rustix::param::page_size() as u64)
 }

@@ -43,6 +43,7 @@ impl Server {
             until: Until::Ready,
             nofile: None,
             bound_by_permissions: false,
+            cgroup: None,
         }
     }
 
@@ -237,6 +238,8 @@ pub struct Launch<'a> {
     nofile: Option<u64>,
     /// Whether root's permission-bypassing capabilities are dropped.
     bound_by_permissions: bool,
+    /// The `cgroup.procs` of a cgroup the server joins before it execs, if any.
+    cgroup: Option<std::ffi::CString>,
 }
 
 impl<'a> Launch<'a> {
@@ -280,23 +283,37 @@ impl<'a> Launch<'a> {
         self
     }
 
+    /// Makes the server a member of the cgroup whose `cgroup.procs` is `procs` before it execs,
+    /// so that every worker it starts is in the cgroup too.
+    pub fn in_cgroup(mut self, procs: &std::path::Path) -> Self {
+        let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).unwrap();
+        self.cgroup = Some(procs);
+        self
+    }
+
     /// Starts the server and waits for what [`Launch::unready`] says.
     pub fn start(self) -> Server {
         use std::os::unix::process::CommandExt;
         let args = [&["--listen", self.listen.as_str()], &self.args[..]].concat();
         let mut command = command_of(self.program, &args, &self.env);
-        let (nofile, bound) = (self.nofile, self.bound_by_permissions);
-        if nofile.is_some() || bound {
-            // SAFETY: between fork and exec this only makes setrlimit and prctl system calls,
-            // which neither allocate nor take locks.
-            unsafe { command.pre_exec(move || limit_child(nofile, bound)) };
+        let (nofile, bound, cgroup) = (self.nofile, self.bound_by_permissions, self.cgroup);
+        if nofile.is_some() || bound || cgroup.is_some() {
+            // SAFETY: between fork and exec this only makes setrlimit, prctl, open and write
+            // system calls on memory allocated before the fork, which neither allocate nor take
+            // locks.
+            unsafe { command.pre_exec(move || limit_child(nofile, bound, cgroup.as_deref())) };
         }
         Server::launch_until(command, self.until)
     }
 }
 
-/// In the child, before exec: the descriptor limit, and root's capabilities dropped.
-fn limit_child(nofile: Option<u64>, bound_by_permissions: bool) -> std::io::Result<()> {
+/// In the child, before exec: the descriptor limit, root's capabilities dropped, the cgroup
+/// joined (by writing `0`, the writer itself, to its `cgroup.procs`).
+fn limit_child(
+    nofile: Option<u64>,
+    bound_by_permissions: bool,
+    cgroup: Option<&std::ffi::CStr>,
+) -> std::io::Result<()> {
     use rustix::process::{setrlimit, Resource, Rlimit};
     use rustix::thread::{remove_capability_from_bounding_set, CapabilitySet};
     if let Some(limit) = nofile {
@@ -309,6 +326,11 @@ fn limit_child(nofile: Option<u64>, bound_by_permissions: bool) -> std::io::Resu
     if bound_by_permissions && rustix::process::geteuid().is_root() {
         remove_capability_from_bounding_set(CapabilitySet::DAC_OVERRIDE)?;
         remove_capability_from_bounding_set(CapabilitySet::DAC_READ_SEARCH)?;
+    }
+    if let Some(procs) = cgroup {
+        use rustix::fs::{Mode, OFlags};
+        let file = rustix::fs::open(procs, OFlags::WRONLY, Mode::empty())?;
+        rustix::io::write(&file, b"0")?;
     }
     Ok(())
 }
