@@ -67,7 +67,7 @@ pub fn build(listeners: &Listeners, settings: Settings) -> Result<AppState, Star
         max_connections: Some(cap),
         ..settings
     };
-    let ls = Ls::open(&settings.ls_root)?;
+    let ls = Ls::open(&settings.ls_root, ls_limits(&settings))?;
     let program = match &settings.worker_program {
         Some(program) => executable(program)?,
         None => std::env::current_exe().map_err(StartError::WorkerProgram)?,
@@ -110,6 +110,14 @@ fn executable(program: &Path) -> Result<PathBuf, StartError> {
     }
     rustix::fs::access(program, rustix::fs::Access::EXEC_OK).map_err(|e| error(e.into()))?;
     Ok(program.to_owned())
+}
+
+/// The bounds of `/ls` under `settings`.
+pub fn ls_limits(settings: &Settings) -> ls::Limits {
+    ls::Limits {
+        timeout: settings.ls_timeout,
+        max_concurrent: settings.ls_max_concurrent,
+    }
 }
 
 /// The pool's `PoolConfig` under `settings`; its metrics are the server's `forkpool_*`.

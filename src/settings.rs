@@ -34,7 +34,7 @@ impl From<WorkerSched> for SchedClass {
     }
 }
 
-/// Every setting of a running server; the flag of each is named in [`crate::cli::Config`].
+/// Every setting of a running server; the flag of each is named in [`crate::cli::Flags`].
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     /// Address asked for (port 0 included; the bound address is printed at start-up).

@@ -33,7 +33,7 @@ fn state(flags: &[&str], worker: Option<&str>, root: &tempfile::TempDir) -> AppS
     let config = settings(&[flags, &["--ls-root", root]].concat());
     let metrics = telemetry::recorder();
     let pool = start_pool(&config, PathBuf::from(worker.unwrap_or(common::BIN)));
-    let ls = Ls::open(&config.ls_root).unwrap();
+    let ls = Ls::open(&config.ls_root, forkpool::app::ls_limits(&config)).unwrap();
     AppState::from_parts(config, pool, ls, metrics)
 }
 

@@ -189,7 +189,11 @@ fn in_process() -> &'static (tokio::runtime::Runtime, axum::Router) {
             use forkpool::routes::state::AppState;
             let metrics = forkpool::telemetry::recorder();
             let pool = forkpool::app::start_pool(&settings, common::BIN.into());
-            let ls = forkpool::routes::ls::Ls::open(&settings.ls_root).unwrap();
+            let ls = forkpool::routes::ls::Ls::open(
+                &settings.ls_root,
+                forkpool::app::ls_limits(&settings),
+            )
+            .unwrap();
             let state = AppState::from_parts(settings, pool, ls, metrics);
             state.pool.wait_live().await;
             forkpool::routes::routers(state).public

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::{watch, Semaphore};
+use axum::extract::FromRef;
+use tokio::sync::watch;
 
 use super::ls;
 use crate::jobs::IsPrimeJob;
@@ -26,9 +27,7 @@ pub struct State {
     /// The workers that run `/isprime` jobs.
     pub pool: WorkerPool<IsPrimeJob>,
     /// What /ls runs on: the root held open as an fd, and `ls` found once.
-    pub ls: ls::Ls,
-    /// One permit per `ls` process allowed to run.
-    pub ls_slots: Arc<Semaphore>,
+    pub ls: Arc<ls::Ls>,
     /// Renders `/metrics`; the recorder behind it is process-wide.
     pub metrics: PrometheusHandle,
     /// Start of the server, for `/status`'s uptime.
@@ -36,6 +35,14 @@ pub struct State {
     /// Where the server is in its life, the one value that the handlers, the layers, the
     /// accept loops and every connection watch. It only moves forward.
     phase: watch::Sender<Phase>,
+}
+
+/// What the `/ls` handler extracts: the runner alone, not the whole state (so that `routes::ls`
+/// needs nothing of this module).
+impl FromRef<AppState> for Arc<ls::Ls> {
+    fn from_ref(state: &AppState) -> Arc<ls::Ls> {
+        state.ls.clone()
+    }
 }
 
 /// Where the server is in its life (see `server::run` for what moves it on).
@@ -71,10 +78,9 @@ impl AppState {
         metrics: PrometheusHandle,
     ) -> AppState {
         AppState(Arc::new(State {
-            ls_slots: Arc::new(Semaphore::new(settings.ls_max_concurrent as usize)),
             settings,
             pool,
-            ls,
+            ls: Arc::new(ls),
             metrics,
             started: Instant::now(),
             phase: watch::Sender::new(Phase::Serving),

@@ -64,15 +64,8 @@ use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 use tower::Service;
 
 use crate::routes::state::Phase as ServerPhase;
-use super::refusal::Replacement;
+use super::refusal::{Replacement, MAX_HEAD_BYTES};
 
-/// Largest request head (request line and headers) in bytes; a larger one is answered 431
-/// (nginx's default `large_client_header_buffers` allows 32 KiB). It is set twice: as hyper's
-/// read buffer cap, which bounds what a connection holds while a head is incomplete, and as
-/// hyper's head size limit, because hyper checks the buffer cap only between reads and one read
-/// may take the buffer past it (up to about twice), so a head of up to ~128 KiB that arrived in
-/// one piece would otherwise be served.
-pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// While the server drains, how often a connection looks whether it has been idle long enough
 /// to close, in case its last answer did not close it.

@@ -32,6 +32,14 @@ use tokio::io::AsyncWrite;
 
 use crate::error::{AppError, ErrorCode, HttpError};
 
+/// Largest request head (request line and headers) in bytes; a larger one is answered 431
+/// (nginx's default `large_client_header_buffers` allows 32 KiB). It is set twice: as hyper's
+/// read buffer cap, which bounds what a connection holds while a head is incomplete, and as
+/// hyper's head size limit, because hyper checks the buffer cap only between reads and one read
+/// may take the buffer past it (up to about twice), so a head of up to ~128 KiB that arrived in
+/// one piece would otherwise be served.
+pub(super) const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// A request head that hyper refused before routing, by the status it answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 enum HeadRefusal {
@@ -43,7 +51,7 @@ enum HeadRefusal {
     #[error(
         "the request head (request line and headers) is larger than {} bytes or has more than \
          100 header fields",
-        super::connection::MAX_HEAD_BYTES
+        MAX_HEAD_BYTES
     )]
     TooLarge,
 }

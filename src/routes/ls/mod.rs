@@ -77,7 +77,6 @@ use tokio::time::Instant;
 use super::{single_param_bytes, RequestId};
 use crate::error::{AppError, ErrorCode, HttpError, RETRY_WHEN_BUSY};
 use crate::telemetry;
-use crate::routes::state::AppState;
 use confine::{Root, Target};
 
 /// Environment variables that change what `ls -lash` prints; removed so that the output has
@@ -112,7 +111,17 @@ pub enum SetupError {
     Supervisors(io::Error),
 }
 
-/// What `/ls` needs from start-up: the root held open and `ls` found once.
+/// The bounds of `/ls` (its flags), fixed at start-up.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `--ls-timeout`: of one whole listing, its wait for a turn included.
+    pub timeout: Duration,
+    /// `--ls-max-concurrent`: listings admitted at once; one more is answered 503.
+    pub max_concurrent: u32,
+}
+
+/// What `/ls` needs from start-up, and all it needs (the handler's state: `AppState` gives it
+/// by `FromRef`): the root held open, `ls` found once, its bounds and its admissions.
 #[derive(Debug)]
 pub struct Ls {
     /// The listing root, as an fd.
@@ -126,12 +135,16 @@ pub struct Ls {
     /// Turns to run `ls`: [`RUNNING_PER_CPU`] per available CPU (FIFO, as tokio's semaphore
     /// is), taken after the `--ls-max-concurrent` slot and held until `ls` is reaped.
     turns: Arc<Semaphore>,
+    /// One permit per listing admitted (`--ls-max-concurrent`).
+    slots: Arc<Semaphore>,
+    /// The flags that bound a listing.
+    limits: Limits,
 }
 
 impl Ls {
     /// Opens the (canonical) root and finds `ls`. Fails when either is impossible, so that a
     /// server that starts can serve `/ls`.
-    pub fn open(root: &Path) -> Result<Ls, SetupError> {
+    pub fn open(root: &Path, limits: Limits) -> Result<Ls, SetupError> {
         let root_path = root.to_owned();
         let root = Root::open(root).map_err(|source| SetupError::Root {
             path: root_path.clone(),
@@ -150,6 +163,8 @@ impl Ls {
             program,
             supervisors,
             turns,
+            slots: Arc::new(Semaphore::new(limits.max_concurrent as usize)),
+            limits,
         })
     }
 }
@@ -255,13 +270,13 @@ impl LsError {
 
 /// `GET /ls?directory=D`
 pub async fn list(
-    State(state): State<AppState>,
+    State(ls): State<Arc<Ls>>,
     Extension(request_id): Extension<RequestId>,
     uri: Uri,
 ) -> Result<Response, AppError> {
     let directory = single_param_bytes(&uri, "directory").inspect_err(|_| count("bad_request"))?;
     let directory = OsString::from_vec(directory.unwrap_or_default());
-    let body = start(&state, request_id, directory)
+    let body = start(&ls, request_id, directory)
         .await
         .map_err(|e| {
             count(e.outcome());
@@ -278,16 +293,16 @@ fn count(outcome: &'static str) {
 
 /// Resolve, take a slot, wait for a turn, spawn: the body of a listing that runs.
 async fn start(
-    state: &AppState,
+    ls: &Arc<Ls>,
     request_id: RequestId,
     directory: OsString,
 ) -> Result<impl Stream<Item = Result<Bytes, LsError>> + Send + 'static, LsError> {
     let shown = directory.to_string_lossy().into_owned();
-    let resolver = state.clone();
+    let resolver = ls.clone();
     let shown_there = shown.clone();
     let (target, rows) = tokio::task::spawn_blocking(move || {
-        let target = resolver.ls.root.resolve(&directory)?;
-        let rows = resolver.ls.rows(&target).map_err(|source| LsError::Io {
+        let target = resolver.root.resolve(&directory)?;
+        let rows = resolver.rows(&target).map_err(|source| LsError::Io {
             shown: shown_there,
             source,
         })?;
@@ -298,18 +313,18 @@ async fn start(
         shown: shown.clone(),
         source: io::Error::other(e),
     })??;
-    let slot = state
-        .ls_slots
+    let slot = ls
+        .slots
         .clone()
         .try_acquire_owned()
-        .map_err(|_| LsError::Busy(state.settings.ls_max_concurrent))?;
-    let timeout = state.settings.ls_timeout;
+        .map_err(|_| LsError::Busy(ls.limits.max_concurrent))?;
+    let timeout = ls.limits.timeout;
     let deadline = Instant::now() + timeout;
-    let turn = tokio::time::timeout_at(deadline, state.ls.turns.clone().acquire_owned())
+    let turn = tokio::time::timeout_at(deadline, ls.turns.clone().acquire_owned())
         .await
         .map_err(|_| LsError::Timeout(timeout))?
         .expect("the turns semaphore is never closed");
-    let (command, cwd) = command(&state.ls.program, target);
+    let (command, cwd) = command(&ls.program, target);
     let launch = child::Launch {
         command,
         cwd,
@@ -320,7 +335,7 @@ async fn start(
         request_id: request_id.0,
         directory: shown,
     };
-    state.ls.supervisors.spawn(launch).await
+    ls.supervisors.spawn(launch).await
 }
 
 /// Waits for the first piece of the listing, so that the 200 head goes out with the first
