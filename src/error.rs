@@ -122,7 +122,8 @@ error_codes! {
     DirectoryNotFound = ("directory_not_found", NOT_FOUND),
     /// `--ls-max-concurrent` listings are running (with `Retry-After`).
     LsBusy = ("ls_busy", SERVICE_UNAVAILABLE),
-    /// `ls` wrote nothing within `--ls-timeout` (counted from admission, its turn included).
+    /// `ls` wrote nothing within `--ls-timeout` (counted from admission, its turn included),
+    /// or nothing for `--ls-idle-timeout` after its start.
     LsTimeout = ("ls_timeout", GATEWAY_TIMEOUT),
     /// `ls` could not be started, or failed before writing anything.
     LsFailed = ("ls_failed", INTERNAL_SERVER_ERROR),
