@@ -12,6 +12,11 @@
 //! - **One deadline covers queue and run.** [`PoolConfig::job_timeout`] starts at
 //!   [`WorkerPool::submit`]: a job still queued at the deadline leaves the queue, a running one
 //!   has its worker killed, and the caller gets [`PoolError::Timeout`] either way.
+//! - **A caller's own deadline, and no job queued to miss it.**
+//!   [`WorkerPool::submit_with_timeout`] takes the earlier of the caller's timeout and the
+//!   pool's; and when the expected wait (the moving average of recent run times, times the
+//!   jobs queued ahead, over the live workers: [`Wait`]) is already longer, the job is refused
+//!   at once with [`PoolError::WontFinish`] instead of being queued to time out.
 //! - **Hanging up kills.** Dropping the future returned by `submit` (an HTTP client went away)
 //!   takes the job out of the queue, or kills the worker running it; the slot gets a fresh one.
 //!   An abandoned job never keeps a core busy. A light job already handed to a worker is the
