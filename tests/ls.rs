@@ -1273,7 +1273,9 @@ fn listings_of_a_directory_whose_files_are_deleted_meanwhile_are_complete() {
 #[test]
 fn an_ls_that_stalls_is_killed_at_the_idle_bound_and_a_steady_one_is_not() {
     let root = TempDir::new("stall");
-    let limits = ["--ls-timeout", "30s", "--ls-idle-timeout", "300ms"];
+    // The bound is far above the gaps below: `ls` runs at idle priority, and with the other
+    // tests keeping the CPUs busy it may wait hundreds of milliseconds for a turn.
+    let limits = ["--ls-timeout", "30s", "--ls-idle-timeout", "2s"];
     // One line, then silence: broken off at the idle bound, long before --ls-timeout.
     let (server, _bin) = start_with_fake_ls(&root, "echo first; exec sleep 60", &limits);
     let started = std::time::Instant::now();
@@ -1299,12 +1301,12 @@ fn an_ls_that_stalls_is_killed_at_the_idle_bound_and_a_steady_one_is_not() {
     assert!(message.contains("--ls-idle-timeout"), "{message}");
     assert_eq!(ls_total(&server, "idle_timeout"), 1);
 
-    // Slow but steady: twenty gaps of 100 ms, 2 s in all, each well under the bound.
-    let steady = "for i in $(seq 20); do echo \"row $i\"; sleep 0.1; done";
+    // Slow but steady: forty gaps of 100 ms, 4 s in all, each well under the bound.
+    let steady = "for i in $(seq 40); do echo \"row $i\"; sleep 0.1; done";
     let (server, _bin) = start_with_fake_ls(&root, steady, &limits);
     let response = ls(&server, "/");
     assert_eq!(response.status, 200);
     assert!(response.complete, "a steady listing must end cleanly");
-    assert_eq!(response.text().lines().count(), 20, "{}", response.text());
+    assert_eq!(response.text().lines().count(), 40, "{}", response.text());
     assert_eq!(ls_total(&server, "ok"), 1);
 }
