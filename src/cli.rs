@@ -139,6 +139,12 @@ pub struct Flags {
     #[arg(long, env = "FORKPOOL_LS_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
     pub ls_timeout: Duration,
 
+    /// Kill an `ls` that has written nothing for this long (from its start, then between two
+    /// outputs), under the whole `--ls-timeout`; a listing that keeps writing is never cut by
+    /// it. 0 means off.
+    #[arg(long, env = "FORKPOOL_LS_IDLE_TIMEOUT", default_value = "0s", value_parser = parse_duration)]
+    pub ls_idle_timeout: Duration,
+
     /// Most `ls` processes running at once; beyond that a request gets 503 with Retry-After.
     #[arg(long, env = "FORKPOOL_LS_MAX_CONCURRENT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub ls_max_concurrent: u32,
@@ -476,6 +482,7 @@ impl Flags {
             worker_start_failures: self.worker_start_failures,
             ls_root,
             ls_timeout: self.ls_timeout,
+            ls_idle_timeout: self.ls_idle_timeout,
             ls_max_concurrent: self.ls_max_concurrent,
             shutdown_grace: self.shutdown_grace,
             shutdown_delay: self.shutdown_delay,

@@ -94,8 +94,13 @@ error_codes! {
     NumberInvalidEscape = ("number_invalid_escape", BAD_REQUEST),
     /// `number` has more significant digits than `--max-digits`.
     NumberTooLong = ("number_too_long", PAYLOAD_TOO_LARGE),
+    /// `timeout` is not a duration of more than zero (or, in a body, not a JSON string).
+    TimeoutInvalid = ("timeout_invalid", BAD_REQUEST),
     /// Every worker is busy and the queue is full (with `Retry-After`).
     QueueFull = ("queue_full", SERVICE_UNAVAILABLE),
+    /// The queue's expected wait is already longer than the request's `timeout` (with
+    /// `Retry-After`).
+    DeadlineUnreachable = ("deadline_unreachable", SERVICE_UNAVAILABLE),
     /// No worker is alive and none could be started lately (with `Retry-After` on jobs).
     WorkersUnavailable = ("workers_unavailable", SERVICE_UNAVAILABLE),
     /// `/readyz`: no worker is alive yet (one is starting).
@@ -122,7 +127,8 @@ error_codes! {
     DirectoryNotFound = ("directory_not_found", NOT_FOUND),
     /// `--ls-max-concurrent` listings are running (with `Retry-After`).
     LsBusy = ("ls_busy", SERVICE_UNAVAILABLE),
-    /// `ls` wrote nothing within `--ls-timeout` (counted from admission, its turn included).
+    /// `ls` wrote nothing within `--ls-timeout` (counted from admission, its turn included),
+    /// or nothing for `--ls-idle-timeout` after its start.
     LsTimeout = ("ls_timeout", GATEWAY_TIMEOUT),
     /// `ls` could not be started, or failed before writing anything.
     LsFailed = ("ls_failed", INTERNAL_SERVER_ERROR),

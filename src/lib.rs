@@ -32,7 +32,8 @@
 //!   `routes::layers` (request ids, the log line and HTTP metrics, panics to 500, `Connection:
 //!   close` while draining, the 503 at the grace period's end); `routes::body` reads request
 //!   bodies under a size limit and a deadline; `routes::number` is what `/isprime` accepts as
-//!   a number (from a query or a JSON body) and what it says of the rest; `routes::state` holds `AppState`, what every
+//!   a number (from a query or a JSON body) and what it says of the rest; `routes::timeout`
+//!   the client's own deadline (`timeout`, the same two ways); `routes::state` holds `AppState`, what every
 //!   handler shares (settings, pool, /ls, metrics), built by `app` or from parts. `routes::ls`
 //!   is four parts: the handler and its turns (`mod`), `confine` (the security policy:
 //!   `openat2` beneath the root fd, auditable alone), `child` (the `ls` process and its
@@ -48,6 +49,8 @@
 //!   dispatch in batches of light jobs, every start through the backoff, make-before-break
 //!   replacement for recycling and rolls, restart after a panic); `pool::dispatch` (that
 //!   thread); `pool::queue` (fair shares, requeueing, refusal while no worker can start);
+//!   `pool::estimate` (the moving average of run times and the expected wait that refuses a
+//!   job whose deadline it already passes);
 //!   `pool::health` (the pool as a whole, watched: roll generations and the `Roll` handle,
 //!   failed starts and the crash-loop breaker, `PoolHealth`, the one `Backoff`);
 //!   `pool::lifecycle` (`StartReason`, `Exit`, `WorkerExit`, `JobOutcome`: why workers start,

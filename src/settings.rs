@@ -76,6 +76,9 @@ pub struct Settings {
     /// Time limit of one whole /ls listing.
     #[serde(serialize_with = "as_secs")]
     pub ls_timeout: Duration,
+    /// An `ls` that writes nothing for this long is killed; 0 means off.
+    #[serde(serialize_with = "as_secs")]
+    pub ls_idle_timeout: Duration,
     /// Most `ls` processes running at once.
     pub ls_max_concurrent: u32,
     /// On SIGINT/SIGTERM, time for in-flight work to finish before workers are killed.

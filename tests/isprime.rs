@@ -390,3 +390,142 @@ proptest::proptest! {
         }
     }
 }
+
+// -------------------------------------------------------------------------------------------
+// Client deadlines: `timeout` (issue 20, item 4).
+
+/// `forkpool_jobs_total{outcome}` as /metrics has it (0 when absent).
+fn jobs_total(server: &Server, outcome: &str) -> u64 {
+    let metrics = server.get("/metrics").text();
+    let sample = format!("forkpool_jobs_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&sample)?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_deadline_the_queue_already_outlasts_is_refused_at_once() {
+    let server = Server::start(&["--workers", "1", "--job-timeout", "60s"]);
+    server.wait_for_workers(1);
+    let number = slow_prime();
+    // One slow job run to the end gives the estimate its mean run time.
+    let first = server.post_json("/isprime", &format!("{{\"number\": \"{number}\"}}"));
+    assert_eq!(first.status, 200, "{}", first.text());
+    // One slow job running and two queued behind it: the wait is two mean run times.
+    let running = server.send_job(&number);
+    wait_until(Duration::from_secs(10), || {
+        (busy_jobs(&server).len() == 1).then_some(())
+    })
+    .expect("the first job runs");
+    let queued: Vec<TcpStream> = (0..2).map(|_| server.send_job(&number)).collect();
+    wait_until(Duration::from_secs(10), || {
+        (common::status(&server)["queue_depth"] == 2).then_some(())
+    })
+    .expect("two jobs wait");
+
+    let started = Instant::now();
+    let response = server.get("/isprime?number=7&timeout=200ms");
+    let elapsed = started.elapsed();
+    let (message, code) = response.assert_error_code(503);
+    assert_eq!(code, "deadline_unreachable", "{message}");
+    assert!(
+        elapsed < Duration::from_millis(200),
+        "not at once: {elapsed:?}"
+    );
+    assert!(
+        message.contains("2 jobs ahead") && message.contains("200ms"),
+        "{message}"
+    );
+    let retry: u64 = response
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "{retry}");
+    // The same in a body; and without a deadline of its own, a job still queues.
+    let body = r#"{"number": "7", "timeout": "200ms"}"#;
+    let (_, code) = server.post_json("/isprime", body).assert_error_code(503);
+    assert_eq!(code, "deadline_unreachable");
+    assert_eq!(jobs_total(&server, "rejected_deadline"), 2);
+    assert_eq!(
+        common::status(&server)["queue_depth"],
+        2,
+        "nothing refused was queued"
+    );
+    drop((running, queued));
+}
+
+#[test]
+fn a_job_past_its_clients_deadline_is_killed_at_that_deadline() {
+    let server = Server::start(&["--workers", "1", "--job-timeout", "1500ms"]);
+    server.wait_for_workers(1);
+    let number = slow_prime();
+    let cases = [
+        // (the client's timeout, the deadline in force, as the message spells it)
+        ("400ms", Duration::from_millis(400), "400ms"),
+        // Capped by --job-timeout.
+        ("1h", Duration::from_millis(1500), "1.5s"),
+    ];
+    for (timeout, deadline, spelled) in cases {
+        server.wait_for_workers(1);
+        let body = format!("{{\"number\": \"{number}\", \"timeout\": \"{timeout}\"}}");
+        let started = Instant::now();
+        let response = server.post_json("/isprime", &body);
+        let elapsed = started.elapsed();
+        let (message, code) = response.assert_error_code(504);
+        assert_eq!(code, "job_timeout");
+        assert!(message.contains(spelled), "{timeout}: {message}");
+        assert!(elapsed >= deadline, "{timeout}: answered after {elapsed:?}");
+        assert!(
+            elapsed < deadline + Duration::from_millis(500),
+            "{timeout}: {elapsed:?}"
+        );
+    }
+    // A query's `timeout` too, on a server with a long --job-timeout of its own.
+    let started = Instant::now();
+    let response = server.get(&format!("/isprime?number={number}&timeout=300ms"));
+    let (message, _) = response.assert_error_code(504);
+    assert!(message.contains("300ms"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn bad_timeouts_are_400_timeout_invalid() {
+    let server = server();
+    let bad = [
+        "", "0", "0s", "-1s", "2x", "soon", "1s2m", "1.2.3s", "%20", "2%00s", "1e3",
+    ];
+    for value in bad {
+        let response = server.get(&format!("/isprime?number=7&timeout={value}"));
+        let (message, code) = response.assert_error_code(400);
+        assert_eq!(code, "timeout_invalid", "{value:?}: {message}");
+        assert!(message.contains("`timeout`"), "{value:?}: {message}");
+    }
+    let bodies = [
+        r#"{"number": "7", "timeout": ""}"#,
+        r#"{"number": "7", "timeout": "0ms"}"#,
+        r#"{"number": "7", "timeout": 2}"#,
+        r#"{"number": "7", "timeout": true}"#,
+        r#"{"number": "7", "timeout": "2 seconds"}"#,
+    ];
+    for body in bodies {
+        let (message, code) = server.post_json("/isprime", body).assert_error_code(400);
+        assert_eq!(code, "timeout_invalid", "{body}: {message}");
+    }
+    // Given twice: the query's own rule.
+    let response = server.get("/isprime?number=7&timeout=1s&timeout=2s");
+    let (_, code) = response.assert_error_code(400);
+    assert_eq!(code, "param_repeated");
+    // And good ones answer as usual.
+    for value in ["200ms", "2s", "1m30s", "5"] {
+        let response = server.get(&format!("/isprime?number=7&timeout={value}"));
+        assert_eq!(response.status, 200, "{value}: {}", response.text());
+    }
+    let ok = server.post_json("/isprime", r#"{"number": "7", "timeout": "2s"}"#);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}

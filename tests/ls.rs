@@ -1269,3 +1269,44 @@ fn listings_of_a_directory_whose_files_are_deleted_meanwhile_are_complete() {
     }
     assert_no_ls_left(&server);
 }
+
+#[test]
+fn an_ls_that_stalls_is_killed_at_the_idle_bound_and_a_steady_one_is_not() {
+    let root = TempDir::new("stall");
+    // The bound is far above the gaps below: `ls` runs at idle priority, and with the other
+    // tests keeping the CPUs busy it may wait hundreds of milliseconds for a turn.
+    let limits = ["--ls-timeout", "30s", "--ls-idle-timeout", "2s"];
+    // One line, then silence: broken off at the idle bound, long before --ls-timeout.
+    let (server, _bin) = start_with_fake_ls(&root, "echo first; exec sleep 60", &limits);
+    let started = std::time::Instant::now();
+    let response = ls(&server, "/");
+    assert_eq!(response.status, 200);
+    assert!(!response.complete, "a stalled listing must not end cleanly");
+    assert_eq!(response.text(), "first\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(ls_total(&server, "idle_timeout"), 1);
+    server.wait_for_log("the idle kill", |log| {
+        log.contains("ls killed: wrote nothing for --ls-idle-timeout")
+    });
+    assert_no_ls_left(&server);
+
+    // Silent from the start: a JSON 504 that names the idle bound.
+    let (server, _bin) = start_with_fake_ls(&root, "exec sleep 60", &limits);
+    let (message, code) = ls(&server, "/").assert_error_code(504);
+    assert_eq!(code, "ls_timeout");
+    assert!(message.contains("--ls-idle-timeout"), "{message}");
+    assert_eq!(ls_total(&server, "idle_timeout"), 1);
+
+    // Slow but steady: forty gaps of 100 ms, 4 s in all, each well under the bound.
+    let steady = "for i in $(seq 40); do echo \"row $i\"; sleep 0.1; done";
+    let (server, _bin) = start_with_fake_ls(&root, steady, &limits);
+    let response = ls(&server, "/");
+    assert_eq!(response.status, 200);
+    assert!(response.complete, "a steady listing must end cleanly");
+    assert_eq!(response.text().lines().count(), 40, "{}", response.text());
+    assert_eq!(ls_total(&server, "ok"), 1);
+}

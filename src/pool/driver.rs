@@ -363,6 +363,7 @@ impl<J: Job> Driver<J> {
             let job = self.running.pop_front().expect("the running job is the front one");
             let now = Instant::now();
             self.pool.metrics.run_time.record((now - started).as_secs_f64());
+            self.pool.run_times.record(now - started);
             started = now;
             if let Some(exit) = self.answer(&mut t.worker, end, job).await {
                 self.requeue_sent_ahead(false);

@@ -186,6 +186,8 @@ pub enum JobOutcome {
     Crashed,
     /// The queue was full.
     RejectedFull,
+    /// Refused because the queue's expected wait already passed the submitter's deadline.
+    RejectedDeadline,
     /// Refused, or dropped from the queue, because no worker can be started (the breaker).
     Unavailable,
     /// The driver running it panicked.
@@ -202,6 +204,7 @@ impl JobOutcome {
             JobOutcome::Cancelled => "cancelled",
             JobOutcome::Crashed => "crashed",
             JobOutcome::RejectedFull => "rejected_full",
+            JobOutcome::RejectedDeadline => "rejected_deadline",
             JobOutcome::Unavailable => "unavailable",
             JobOutcome::DriverPanic => "driver_panic",
         }

@@ -12,6 +12,11 @@
 //! - **One deadline covers queue and run.** [`PoolConfig::job_timeout`] starts at
 //!   [`WorkerPool::submit`]: a job still queued at the deadline leaves the queue, a running one
 //!   has its worker killed, and the caller gets [`PoolError::Timeout`] either way.
+//! - **A caller's own deadline, and no job queued to miss it.**
+//!   [`WorkerPool::submit_with_timeout`] takes the earlier of the caller's timeout and the
+//!   pool's; and when the expected wait (the moving average of recent run times, times the
+//!   jobs queued ahead, over the live workers: [`Wait`]) is already longer, the job is refused
+//!   at once with [`PoolError::WontFinish`] instead of being queued to time out.
 //! - **Hanging up kills.** Dropping the future returned by `submit` (an HTTP client went away)
 //!   takes the job out of the queue, or kills the worker running it; the slot gets a fresh one.
 //!   An abandoned job never keeps a core busy. A light job already handed to a worker is the
@@ -163,6 +168,7 @@
 
 mod dispatch;
 mod driver;
+mod estimate;
 mod health;
 mod inspect;
 mod lifecycle;
@@ -182,6 +188,8 @@ use tokio::sync::{oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use dispatch::Dispatcher;
+use estimate::RunTimes;
+pub use estimate::Wait;
 use health::Life;
 use oom::OomWatch;
 pub use health::{PoolHealth, PoolOverview, Roll, RollOutcome, RollStatus};
@@ -273,6 +281,18 @@ impl<F: Fn() -> std::process::Command + Send + Sync + 'static> WorkerCommand for
 pub enum PoolError<E> {
     #[error("all workers are busy and the queue is full ({0} jobs waiting); retry later")]
     QueueFull(usize),
+    #[error(
+        "the queue's expected wait, {:?} ({} jobs ahead at {:?} each on average, {} live \
+         workers), is already longer than this job's {timeout:?} deadline; retry later or \
+         allow more time",
+        wait.expected, wait.ahead, wait.mean_run, wait.live
+    )]
+    WontFinish {
+        /// The estimate that refused it.
+        wait: Wait,
+        /// The job's deadline, from submission.
+        timeout: Duration,
+    },
     #[error("the server is shutting down and takes no new jobs")]
     ShuttingDown,
     #[error("the job did not finish within the {0:?} deadline")]
@@ -336,6 +356,8 @@ struct Inner<J: Job> {
     supervisors: Mutex<Vec<JoinHandle<()>>>,
     dispatcher: Dispatcher,
     metrics: metrics::Metrics,
+    /// The moving average of recent run times, for admission by deadline (see `estimate`).
+    run_times: RunTimes,
     /// Next job id (ids are unique per pool, for the protocol and the status rows).
     next_id: AtomicU64,
 }
@@ -390,6 +412,7 @@ impl<J: Job> WorkerPool<J> {
                 .collect(),
             queue: Mutex::new(Queue::new(config.queue)),
             metrics: metrics::Metrics::new(&config.metrics_prefix),
+            run_times: RunTimes::default(),
             config,
             spec,
             job_ready: Notify::new(),
@@ -419,9 +442,36 @@ impl<J: Job> WorkerPool<J> {
     /// or its worker is killed. While no worker can be started ([`PoolHealth::Unavailable`]) it
     /// fails at once with [`PoolError::Unavailable`].
     pub async fn submit(&self, job: J, tag: &str) -> Answer<J> {
+        self.run(job, tag, self.inner().config.job_timeout, false)
+            .await
+    }
+
+    /// [`submit`](Self::submit) for a caller with a deadline of its own, `timeout` from now:
+    /// the job's deadline is the earlier of it and [`PoolConfig::job_timeout`] (a job past it
+    /// is taken out of the queue or has its worker killed, and fails with
+    /// [`PoolError::Timeout`] naming it). When the queue's expected wait (see [`Wait`]) is
+    /// already longer than that deadline, the job is not queued at all: it fails at once with
+    /// [`PoolError::WontFinish`], so that no worker starts a job that cannot finish in time.
+    pub async fn submit_with_timeout(&self, job: J, tag: &str, timeout: Duration) -> Answer<J> {
+        let timeout = timeout.min(self.inner().config.job_timeout);
+        self.run(job, tag, timeout, true).await
+    }
+
+    /// The expected wait of a job submitted now, if there is an estimate (a job has finished
+    /// and a worker is live).
+    pub fn expected_wait(&self) -> Option<Wait> {
+        let inner = self.inner();
+        let live = inner.life.borrow().live();
+        let ahead = inner.queue.lock().unwrap().len();
+        estimate::expected_wait(inner.run_times.mean()?, ahead, live)
+    }
+
+    /// Queues `job` with a deadline `timeout` from now (refused by the estimate first when
+    /// `admit` is set) and waits for its answer.
+    async fn run(&self, job: J, tag: &str, timeout: Duration, admit: bool) -> Answer<J> {
         let inner = self.inner();
         let now = Instant::now();
-        let deadline = now + inner.config.job_timeout;
+        let deadline = now + timeout;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         inner.enqueue(Pending {
@@ -433,7 +483,7 @@ impl<J: Job> WorkerPool<J> {
             enqueued: now,
             reply,
             alone: false,
-        })?;
+        }, admit.then_some(timeout))?;
         let mut guard = Unqueue::new(inner, id);
         let result = match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(result)) => result,
@@ -441,7 +491,7 @@ impl<J: Job> WorkerPool<J> {
             Ok(Err(_)) => Err(PoolError::ShuttingDown),
             Err(_) => {
                 guard.remove_if_queued(JobOutcome::Timeout);
-                Err(PoolError::Timeout(inner.config.job_timeout))
+                Err(PoolError::Timeout(timeout))
             }
         };
         guard.disarm();

@@ -8,10 +8,11 @@
 //! over the workers instead of lining up in one.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::estimate::expected_wait;
 use super::lifecycle::JobOutcome;
 use super::protocol::Weight;
 use super::{Answer, Inner, Job, PoolError};
@@ -98,9 +99,16 @@ impl<J: Job> Queue<J> {
 }
 
 impl<J: Job> Inner<J> {
-    /// Queues a job, or says why not (closed, no worker can start, full), and wakes one idle
-    /// driver.
-    pub(super) fn enqueue(&self, job: Pending<J>) -> Result<(), PoolError<J::Error>> {
+    /// Queues a job, or says why not (closed, no worker can start, full, or, with `admit_within`,
+    /// the expected wait already past that: see `estimate`), and wakes one idle driver.
+    pub(super) fn enqueue(
+        &self,
+        job: Pending<J>,
+        admit_within: Option<Duration>,
+    ) -> Result<(), PoolError<J::Error>> {
+        // Read before the queue's lock, which nothing holds while it changes the pool's life.
+        let live = self.life.borrow().live();
+        let mean_run = self.run_times.mean();
         {
             let mut queue = self.queue.lock().unwrap();
             if queue.closed {
@@ -116,6 +124,13 @@ impl<J: Job> Inner<J> {
             if queue.jobs.len() >= queue.capacity {
                 self.metrics.job(JobOutcome::RejectedFull);
                 return Err(PoolError::QueueFull(queue.jobs.len()));
+            }
+            let wait = mean_run.and_then(|mean| expected_wait(mean, queue.jobs.len(), live));
+            if let (Some(wait), Some(timeout)) = (wait, admit_within) {
+                if wait.expected > timeout {
+                    self.metrics.job(JobOutcome::RejectedDeadline);
+                    return Err(PoolError::WontFinish { wait, timeout });
+                }
             }
             queue.jobs.push_back(job);
         }

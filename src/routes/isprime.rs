@@ -1,5 +1,7 @@
 //! `/isprime`: validates the number in the handler, then runs the test in a worker process.
 //!
+//! A client may give its own deadline, `timeout` (see `routes::timeout`).
+//!
 //! Only well-formed numbers within the digit cap reach a worker; everything else is answered
 //! here with a 400 or 413 that says what is wrong (`routes::number` reads and checks them).
 
@@ -12,6 +14,7 @@ use serde::Serialize;
 
 use super::body::BoundedBody;
 use super::number::{canonical_number, number_from_json, number_from_query, NumberError};
+use super::timeout::{timeout_from_json, timeout_from_text};
 use super::{single_param, RequestId};
 use crate::error::{AppError, ErrorCode, HttpError, RETRY_WHEN_BUSY};
 use crate::jobs::IsPrimeJob;
@@ -45,6 +48,7 @@ impl<E: std::fmt::Display> HttpError for PoolError<E> {
     fn code(&self) -> ErrorCode {
         match self {
             PoolError::QueueFull(_) => ErrorCode::QueueFull,
+            PoolError::WontFinish { .. } => ErrorCode::DeadlineUnreachable,
             PoolError::ShuttingDown => ErrorCode::ShuttingDown,
             PoolError::Unavailable { .. } => ErrorCode::WorkersUnavailable,
             PoolError::Timeout(_) => ErrorCode::JobTimeout,
@@ -55,11 +59,16 @@ impl<E: std::fmt::Display> HttpError for PoolError<E> {
         }
     }
 
-    /// A full queue is worth retrying shortly, a pool with no worker a little later; a server
+    /// A full queue is worth retrying shortly, a pool with no worker a little later, a job
+    /// that would wait past its deadline once the wait has shrunk by the difference; a server
     /// shutting down is not.
     fn retry_after(&self) -> Option<Duration> {
         match self {
             PoolError::QueueFull(_) => Some(RETRY_WHEN_BUSY),
+            PoolError::WontFinish { wait, timeout } => {
+                let over = wait.expected.saturating_sub(*timeout).as_secs_f64();
+                Some(Duration::from_secs(over.ceil() as u64))
+            }
             PoolError::Unavailable { .. } => Some(RETRY_WHEN_NO_WORKER),
             _ => None,
         }
@@ -75,7 +84,9 @@ pub async fn get(
     let started = Instant::now();
     let value = single_param(&uri, "number")?.ok_or(NumberError::Missing)?;
     let number = number_from_query(&value, state.settings.max_digits as usize)?;
-    test(&state, &request_id, number, started).await
+    let timeout = single_param(&uri, "timeout")?;
+    let timeout = timeout.map(|t| timeout_from_text(&t.text)).transpose()?;
+    test(&state, &request_id, number, timeout, started).await
 }
 
 /// `POST /isprime` with `{"number": "N"}`; `N` may also be a bare JSON integer of any length.
@@ -87,18 +98,25 @@ pub async fn post(
     let started = Instant::now();
     let raw = number_from_json(&body)?;
     let number = canonical_number(&raw, state.settings.max_digits as usize)?;
-    test(&state, &request_id, number, started).await
+    let timeout = timeout_from_json(&body)?;
+    test(&state, &request_id, number, timeout, started).await
 }
 
-/// Tests `number` (canonical) in a worker; `started` is when the handler began.
+/// Tests `number` (canonical) in a worker, within the client's `timeout` if it gave one (see
+/// `routes::timeout`); `started` is when the handler began.
 async fn test(
     state: &AppState,
     request_id: &RequestId,
     number: String,
+    timeout: Option<Duration>,
     started: Instant,
 ) -> Result<Json<IsPrimeResponse>, AppError> {
     let job = IsPrimeJob { n: number.clone() };
-    let done = state.pool.submit(job, &request_id.0).await?;
+    let tag = &request_id.0;
+    let done = match timeout {
+        Some(timeout) => state.pool.submit_with_timeout(job, tag, timeout).await?,
+        None => state.pool.submit(job, tag).await?,
+    };
     let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
     Ok(Json(IsPrimeResponse {
         number,

@@ -12,6 +12,7 @@ pub mod ls;
 pub mod number;
 pub mod ops;
 pub mod state;
+pub mod timeout;
 
 use axum::http::Uri;
 use axum::{middleware, Extension, Router};

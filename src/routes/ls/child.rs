@@ -38,6 +38,11 @@
 //!   was already queued, then the abort, when (if ever) it reads on (or a 504 if nothing had
 //!   been written). A client that never reads keeps only its connection (no process, no slot)
 //!   until it leaves or the connection layer closes it.
+//! - `--ls-idle-timeout` (when set) passes with nothing read from `ls`, counted from its
+//!   start and again from each read: `ls` is killed, reaped and counted as `idle_timeout`,
+//!   and the body ends as at the deadline (a 504 if nothing had been written). Only time spent
+//!   waiting on `ls` counts: while the client is slow to read (the channel full), `ls` blocked
+//!   in `write` is not idle, so a listing that keeps writing is never cut by this bound.
 //! - The client hangs up: hyper drops the body, the channel closes, and the supervisor kills
 //!   and reaps `ls` at once, with its exit status in the log.
 //! - The server dies (even by SIGKILL): `ls` gets SIGKILL through `PR_SET_PDEATHSIG`. A broken
@@ -110,6 +115,8 @@ enum Outcome {
     Failed,
     /// `--ls-timeout` expired.
     Timeout,
+    /// `ls` wrote nothing for `--ls-idle-timeout`.
+    Stalled,
     /// The client hung up.
     Cancelled,
 }
@@ -122,6 +129,7 @@ impl Outcome {
             Outcome::Warned => "ok_with_warnings",
             Outcome::Failed => "failed",
             Outcome::Timeout => "timeout",
+            Outcome::Stalled => "idle_timeout",
             Outcome::Cancelled => "cancelled",
         }
     }
@@ -152,6 +160,8 @@ enum Ending {
     Exited(io::Result<ExitStatus>),
     ReadFailed(io::Error),
     Timeout,
+    /// Nothing to read for `--ls-idle-timeout`.
+    Stalled(Duration),
     /// The body was dropped: the client hung up (or the server is going down).
     HungUp,
 }
@@ -208,6 +218,8 @@ pub struct Launch {
     pub deadline: Instant,
     /// `--ls-timeout`, which the error at the deadline names.
     pub timeout: Duration,
+    /// `--ls-idle-timeout`: longest wait for `ls` to write something, if bounded.
+    pub idle: Option<Duration>,
     /// For the log lines.
     pub request_id: String,
     /// `directory` as asked, for the log lines.
@@ -286,6 +298,7 @@ fn spawn(launch: Launch) -> Result<mpsc::Receiver<Piece>, LsError> {
         admission,
         deadline,
         timeout,
+        idle,
         request_id,
         directory,
     } = launch;
@@ -326,7 +339,12 @@ fn spawn(launch: Launch) -> Result<mpsc::Receiver<Piece>, LsError> {
         bytes: 0,
     };
     let (sender, receiver) = mpsc::channel(CHANNEL);
-    tokio::spawn(supervise(run, stdout, rows, sender, deadline, timeout));
+    let limits = Limits {
+        deadline,
+        timeout,
+        idle,
+    };
+    tokio::spawn(supervise(run, stdout, rows, sender, limits));
     Ok(receiver)
 }
 
@@ -362,6 +380,16 @@ fn body(
     })
 }
 
+/// When the supervisor gives up on `ls`.
+struct Limits {
+    /// The whole listing's deadline.
+    deadline: Instant,
+    /// `--ls-timeout`, for the error at the deadline.
+    timeout: Duration,
+    /// `--ls-idle-timeout`, if set.
+    idle: Option<Duration>,
+}
+
 /// Owns the listing from spawn to reaping: pumps stdout into the channel until EOF, the
 /// deadline or the client's hang-up, whichever comes first, then settles the child.
 async fn supervise(
@@ -369,14 +397,13 @@ async fn supervise(
     mut stdout: ChildStdout,
     mut rows: Rows,
     sender: mpsc::Sender<Piece>,
-    deadline: Instant,
-    timeout: Duration,
+    limits: Limits,
 ) {
     let ending = tokio::select! {
         biased;
-        () = tokio::time::sleep_until(deadline) => Ending::Timeout,
+        () = tokio::time::sleep_until(limits.deadline) => Ending::Timeout,
         () = sender.closed() => Ending::HungUp,
-        ending = pump(&mut run, &mut stdout, &mut rows, &sender) => ending,
+        ending = pump(&mut run, &mut stdout, &mut rows, &sender, limits.idle) => ending,
     };
     let (outcome, status, last) = match ending {
         Ending::Exited(Ok(status)) => match Outcome::of_exit(status) {
@@ -397,8 +424,12 @@ async fn supervise(
         }
         Ending::Timeout => {
             let status = kill(&mut run.child).await;
-            let error = LsError::Timeout(timeout);
+            let error = LsError::Timeout(limits.timeout);
             (Outcome::Timeout, status, Piece::Error(error))
+        }
+        Ending::Stalled(idle) => {
+            let status = kill(&mut run.child).await;
+            (Outcome::Stalled, status, Piece::Error(LsError::Stalled(idle)))
         }
         Ending::HungUp => {
             let status = kill(&mut run.child).await;
@@ -413,19 +444,30 @@ async fn supervise(
 }
 
 /// Moves stdout into the channel through `rows` (complete rows, their symlink targets
-/// rewritten), one reserved slot per chunk, until EOF (then reaps the child) or a failure.
+/// rewritten), one reserved slot per chunk, until EOF (then reaps the child), a failure or,
+/// with `idle`, a read that waited that long for anything. Only the read is bounded, not the
+/// wait for room in the channel: `ls` blocked on a slow client is not idle.
 async fn pump(
     run: &mut Run,
     stdout: &mut ChildStdout,
     rows: &mut Rows,
     sender: &mpsc::Sender<Piece>,
+    idle: Option<Duration>,
 ) -> Ending {
     let mut buffer = BytesMut::new();
     loop {
         let Ok(slot) = sender.reserve().await else {
             return Ending::HungUp;
         };
-        let (chunk, ending) = match read_chunk(stdout, &mut buffer).await {
+        let read = read_chunk(stdout, &mut buffer);
+        let read = match idle {
+            Some(idle) => match tokio::time::timeout(idle, read).await {
+                Ok(read) => read,
+                Err(_) => return Ending::Stalled(idle),
+            },
+            None => read.await,
+        };
+        let (chunk, ending) = match read {
             Ok(Some(chunk)) => (rows.feed(chunk), None),
             Ok(None) => (rows.finish(), Some(Ending::Exited(run.child.wait().await))),
             Err(e) => return Ending::ReadFailed(e),
@@ -515,6 +557,7 @@ impl Run {
             ),
             Outcome::Cancelled => log!(info, "ls killed: client went away"),
             Outcome::Timeout => log!(warn, "ls killed: --ls-timeout expired"),
+            Outcome::Stalled => log!(warn, "ls killed: wrote nothing for --ls-idle-timeout"),
             Outcome::Failed => log!(warn, "ls failed"),
         }
     }
@@ -554,6 +597,15 @@ mod tests {
     /// Runs `sh -c script` in a fresh temp dir; returns its output, how it ended and whether
     /// the slot and the turn were both free again by then.
     async fn collect(script: &str, timeout: Duration) -> (Vec<u8>, Option<LsError>, bool) {
+        collect_with(script, timeout, None).await
+    }
+
+    /// [`collect`] with `--ls-idle-timeout` `idle`.
+    async fn collect_with(
+        script: &str,
+        timeout: Duration,
+        idle: Option<Duration>,
+    ) -> (Vec<u8>, Option<LsError>, bool) {
         let slots = Arc::new(Semaphore::new(2));
         let admission = Admission::new(
             slots.clone().try_acquire_owned().unwrap(),
@@ -570,6 +622,7 @@ mod tests {
             admission,
             deadline: Instant::now() + timeout,
             timeout,
+            idle,
             request_id: "t".into(),
             directory: "d".into(),
         };
@@ -610,6 +663,24 @@ mod tests {
                 collect("echo start; exec sleep 30", Duration::from_millis(200)).await;
             assert!(matches!(error, Some(LsError::Timeout(_))), "{error:?}");
             assert!(free);
+        });
+    }
+
+    #[test]
+    fn silence_past_the_idle_bound_kills_and_steady_output_does_not() {
+        runtime().block_on(async {
+            // Far above the gaps: `ls` runs at idle priority, and may wait for a CPU.
+            let (long, idle) = (Duration::from_secs(10), Some(Duration::from_secs(1)));
+            let (body, error, free) = collect_with("echo start; exec sleep 30", long, idle).await;
+            assert_eq!(body, b"start\n");
+            assert!(matches!(error, Some(LsError::Stalled(_))), "{error:?}");
+            assert!(free);
+
+            // Fifteen gaps of 100 ms: longer than the idle bound in all, never in one gap.
+            let steady = "for i in $(seq 15); do echo $i; sleep 0.1; done";
+            let (body, error, _) = collect_with(steady, long, idle).await;
+            assert!(error.is_none(), "{error:?}");
+            assert_eq!(body.iter().filter(|&&b| b == b'\n').count(), 15);
         });
     }
 

@@ -220,6 +220,8 @@ pub enum LsError {
     Spawn(io::Error),
     #[error("the listing did not finish within --ls-timeout ({0:?}), which counts the wait for its turn to run")]
     Timeout(Duration),
+    #[error("`ls` wrote nothing for --ls-idle-timeout ({0:?}) and was killed")]
+    Stalled(Duration),
     #[error("`ls` failed: {0}")]
     Failed(ExitStatus),
     #[error("cannot read the output of `ls`: {0}")]
@@ -240,7 +242,7 @@ impl HttpError for LsError {
             LsError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             LsError::NotFound(_) => ErrorCode::DirectoryNotFound,
             LsError::Busy(_) => ErrorCode::LsBusy,
-            LsError::Timeout(_) => ErrorCode::LsTimeout,
+            LsError::Timeout(_) | LsError::Stalled(_) => ErrorCode::LsTimeout,
             LsError::Io { .. }
             | LsError::Spawn(_)
             | LsError::Failed(_)
@@ -332,6 +334,7 @@ async fn start(
         admission: child::Admission::new(slot, turn),
         deadline,
         timeout,
+        idle: Some(state.settings.ls_idle_timeout).filter(|idle| !idle.is_zero()),
         request_id: request_id.0,
         directory: shown,
     };
