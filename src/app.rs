@@ -117,6 +117,7 @@ pub fn ls_limits(settings: &Settings) -> ls::Limits {
     ls::Limits {
         timeout: settings.ls_timeout,
         max_concurrent: settings.ls_max_concurrent,
+        idle: Some(settings.ls_idle_timeout).filter(|idle| !idle.is_zero()),
     }
 }
 

@@ -62,6 +62,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -118,6 +119,9 @@ pub struct Limits {
     pub timeout: Duration,
     /// `--ls-max-concurrent`: listings admitted at once; one more is answered 503.
     pub max_concurrent: u32,
+    /// `--ls-idle-timeout`: how long `ls` may write nothing before it is killed; `None` when
+    /// off (`0s`).
+    pub idle: Option<Duration>,
 }
 
 /// What `/ls` needs from start-up, and all it needs (the handler's state: `AppState` gives it
@@ -334,7 +338,7 @@ async fn start(
         admission: child::Admission::new(slot, turn),
         deadline,
         timeout,
-        idle: Some(state.settings.ls_idle_timeout).filter(|idle| !idle.is_zero()),
+        idle: ls.limits.idle,
         request_id: request_id.0,
         directory: shown,
     };
@@ -355,9 +359,34 @@ async fn first_output(
     }
 }
 
+/// `body`, with an error that comes right after data held back for one poll: hyper aborts the
+/// connection at a body error without writing out what it has buffered, and when `ls` writes
+/// and fails at once, the head and the first data would be lost with it (the client saw no
+/// answer at all, where it must see a 200 and a body cut off). While the body is pending,
+/// hyper flushes; the error follows on the next poll.
+fn flushed_before_error(
+    body: impl Stream<Item = Result<Bytes, LsError>> + Send + 'static,
+) -> impl Stream<Item = Result<Bytes, LsError>> + Send + 'static {
+    let mut body = Box::pin(body);
+    let mut held = None;
+    stream::poll_fn(move |cx| {
+        if let Some(error) = held.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        match body.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Err(error))) => {
+                held = Some(error);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other,
+        }
+    })
+}
+
 /// The 200 response streaming `body`.
 fn response(body: impl Stream<Item = Result<Bytes, LsError>> + Send + 'static) -> Response {
-    let mut response = Response::new(Body::from_stream(body));
+    let mut response = Response::new(Body::from_stream(flushed_before_error(body)));
     let headers = response.headers_mut();
     let text = HeaderValue::from_static("text/plain; charset=utf-8");
     headers.insert(header::CONTENT_TYPE, text);
