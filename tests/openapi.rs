@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::{signal, slow_prime, wait_until, Response, Server};
-use forkpool::routes::ops::{ENDPOINTS, OPENAPI};
+use forkpool::routes::ops::{openapi_document, ENDPOINTS, OPENAPI, OPENAPI_MAX_DIGITS};
 use serde_json::{json, Value};
 
 /// Methods sent to every route to find which ones it serves (405 means not served). HEAD is
@@ -121,8 +121,15 @@ fn assert_matches(doc: &Value, documented: &Value, request: &str, response: &Res
     if let Some(headers) = documented.get("headers").and_then(Value::as_object) {
         for (name, header) in headers {
             let header = resolve(doc, header);
-            if let Some(value) = response.header(&name.to_ascii_lowercase()) {
-                let value: Value = value.parse::<u64>().map_or(value.into(), Value::from);
+            let value = response.header(&name.to_ascii_lowercase());
+            if header["required"] == true {
+                assert!(value.is_some(), "{what}: no {name} header");
+            }
+            if let Some(value) = value {
+                let value: Value = match header["schema"]["type"] == "integer" {
+                    true => value.parse::<u64>().map_or(value.into(), Value::from),
+                    false => value.into(),
+                };
                 validate(doc, &header["schema"], &value)
                     .unwrap_or_else(|e| panic!("{what}: header {name}: {e}"));
             }
@@ -202,7 +209,29 @@ fn the_document_is_openapi_3_1_served_verbatim_and_listed_in_the_index() {
     let root = ls_root();
     let server = start(&root, &[]);
     let response = check(&server, &doc, ("GET", "/openapi.json", ""), 200);
-    assert_eq!(response.body, OPENAPI.as_bytes());
+    assert_eq!(
+        response.body,
+        OPENAPI.as_bytes(),
+        "the default --max-digits: as kept"
+    );
+    let other = start(&root, &["--max-digits", "25"]);
+    let served: Value = other.get("/openapi.json").json();
+    let pattern = served
+        .pointer("/components/parameters/number/schema/pattern")
+        .unwrap();
+    assert!(
+        pattern.as_str().unwrap().contains("[0-9]{1,25}"),
+        "{pattern}"
+    );
+    assert_eq!(
+        served,
+        serde_json::from_str::<Value>(&openapi_document(25)).unwrap()
+    );
+    let kept = OPENAPI.matches(OPENAPI_MAX_DIGITS).count();
+    assert_eq!(
+        kept, 2,
+        "the query's and the body's `number` patterns carry the default"
+    );
     let index = check(&server, &doc, ("GET", "/", ""), 200).text();
     assert!(index.contains("GET  /openapi.json"), "{index}");
 }
@@ -653,4 +682,109 @@ fn requests_refused_before_routing_validate_against_the_document() {
         let documented = resolve(&doc, &doc["components"]["responses"][name]);
         assert_matches(&doc, documented, name, &response);
     }
+}
+
+/// The query parameters the document gives `path`'s operations.
+fn documented_query_params(doc: &Value, path: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (key, operation) in doc["paths"][path].as_object().unwrap() {
+        if !OPERATIONS.contains(&key.as_str()) {
+            continue;
+        }
+        for parameter in operation["parameters"].as_array().into_iter().flatten() {
+            let parameter = resolve(doc, parameter);
+            if parameter["in"] == "query" {
+                names.insert(parameter["name"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn every_endpoint_documents_the_query_parameters_its_handlers_read_and_every_code_they_answer() {
+    let doc = document();
+    for endpoint in ENDPOINTS {
+        let path = endpoint.path;
+        let read: BTreeSet<String> = endpoint.params.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            documented_query_params(&doc, path),
+            read,
+            "{path}: documented query parameters (left), read by the handlers (right)"
+        );
+        // Every code the endpoint can answer is listed under a response of its status.
+        let mut listed: BTreeSet<(u16, String)> = BTreeSet::new();
+        for (key, operation) in doc["paths"][path].as_object().unwrap() {
+            if !OPERATIONS.contains(&key.as_str()) {
+                continue;
+            }
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                let response = resolve(&doc, response);
+                let codes = response
+                    .pointer("/content/application~1json/schema/allOf/1/properties/code/enum");
+                for code in codes.and_then(Value::as_array).into_iter().flatten() {
+                    listed.insert((status.parse().unwrap(), code.as_str().unwrap().to_owned()));
+                }
+            }
+        }
+        for code in endpoint.errors {
+            let entry = (code.status().as_u16(), code.as_str().to_owned());
+            assert!(
+                listed.contains(&entry),
+                "{path}: {entry:?} is not documented"
+            );
+        }
+    }
+}
+
+/// No handler reads a query parameter but through a constant that [`ENDPOINTS`] lists: every
+/// `single_param*(&uri, NAME)` in src/routes names a constant, not a literal, and that
+/// constant's value is among the parameters of some endpoint.
+#[test]
+fn handlers_read_query_parameters_only_through_the_listed_constants() {
+    let listed: BTreeSet<&str> = ENDPOINTS
+        .iter()
+        .flat_map(|e| e.params.iter().copied())
+        .collect();
+    let constants = [
+        ("NUMBER", forkpool::routes::isprime::NUMBER),
+        ("DIRECTORY", forkpool::routes::ls::DIRECTORY),
+    ];
+    let mut files = vec![];
+    let mut dirs = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/routes"
+    ))];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            match path.is_dir() {
+                true => dirs.push(path),
+                false => files.push(path),
+            }
+        }
+    }
+    let mut calls = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        // Unit tests call the readers with made-up names.
+        let text = text.split("#[cfg(test)]").next().unwrap();
+        for (at, _) in text.match_indices("(&uri, ") {
+            let before = &text[..at];
+            if !(before.ends_with("single_param") || before.ends_with("single_param_bytes")) {
+                continue;
+            }
+            let argument = text[at + 7..].split(')').next().unwrap().trim();
+            let known = constants.iter().find(|(name, _)| argument.ends_with(name));
+            let (_, value) = known.unwrap_or_else(|| {
+                panic!(
+                    "{}: a query parameter read as {argument}, not a listed constant",
+                    file.display()
+                )
+            });
+            assert!(listed.contains(value), "{value} is in no endpoint's params");
+            calls += 1;
+        }
+    }
+    assert!(calls >= 2, "the scan found the handlers' reads ({calls})");
 }
