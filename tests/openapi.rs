@@ -788,3 +788,277 @@ fn handlers_read_query_parameters_only_through_the_listed_constants() {
     }
     assert!(calls >= 2, "the scan found the handlers' reads ({calls})");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Property tests: requests generated from the document's own parameter schemas, answered by a
+// router in this process, each answer checked against the document.
+
+/// `--max-digits` of the in-process server: small, so that the pattern's bound is reachable.
+const PROPERTY_MAX_DIGITS: u32 = 30;
+
+/// An in-process server (its runtime, its public router, its listing root) and the document
+/// it serves, fetched from it: the schemas come from what a client would read.
+struct InProcess {
+    runtime: tokio::runtime::Runtime,
+    router: axum::Router,
+    doc: Value,
+    _root: tempfile::TempDir,
+}
+
+fn in_process() -> &'static InProcess {
+    static SERVER: std::sync::OnceLock<InProcess> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        let root = ls_root();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let digits = PROPERTY_MAX_DIGITS.to_string();
+        let root_path = root.path().to_str().unwrap();
+        let args = [
+            "forkpool",
+            "--workers",
+            "1",
+            "--max-digits",
+            &digits,
+            "--worker-program",
+            common::BIN,
+            "--ls-root",
+            root_path,
+        ];
+        let cli = <forkpool::cli::Cli as clap::Parser>::try_parse_from(args).unwrap();
+        let settings = cli.flags.resolve().unwrap();
+        let router = runtime.block_on(async {
+            use forkpool::routes::state::AppState;
+            let metrics = forkpool::telemetry::recorder();
+            let pool = forkpool::app::start_pool(&settings, common::BIN.into());
+            let ls = forkpool::routes::ls::Ls::open(&settings.ls_root).unwrap();
+            let state = AppState::from_parts(settings, pool, ls, metrics);
+            state.pool.wait_live().await;
+            forkpool::routes::routers(state).public
+        });
+        let mut server = InProcess {
+            runtime,
+            router,
+            doc: Value::Null,
+            _root: root,
+        };
+        let served = call(&server, axum::http::Request::get("/openapi.json"), b"");
+        server.doc = serde_json::from_slice(&served.body).unwrap();
+        server
+    })
+}
+
+/// The in-process server's answer to `request` with `body`, read in full.
+fn call(server: &InProcess, request: axum::http::request::Builder, body: &[u8]) -> Response {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let request = request.body(axum::body::Body::from(body.to_vec())).unwrap();
+    server.runtime.block_on(async {
+        let response = server.router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Response {
+            status,
+            headers,
+            body,
+            complete: true,
+        }
+    })
+}
+
+/// The schema of query parameter `name` of `GET path` in the served document.
+fn query_schema<'a>(doc: &'a Value, path: &str, name: &str) -> &'a Value {
+    let parameters = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+    let parameter = parameters
+        .iter()
+        .map(|p| resolve(doc, p))
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{path}: no parameter {name}"));
+    &parameter["schema"]
+}
+
+/// Strings matching the `pattern` of `schema` (anchors dropped: the generator does not take
+/// them, and the patterns are whole-value ones), and strings near them or anything at all.
+fn from_pattern(schema: &Value) -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let pattern = schema["pattern"].as_str().expect("a pattern");
+    let inner = pattern
+        .strip_prefix('^')
+        .unwrap()
+        .strip_suffix('$')
+        .unwrap();
+    let valid = proptest::string::string_regex(inner).unwrap();
+    let near = "[ \\t\u{a0}\u{85}\u{feff}\u{1c}]{0,2}[+-]{0,2}0{0,3}[0-9/]{0,34}([.eExX ][0-9a-f+-]{0,3})?[ \u{665}\u{200b}]{0,2}";
+    prop_oneof![
+        4 => valid,
+        2 => proptest::string::string_regex(near).unwrap(),
+        1 => ".{0,40}",
+    ]
+}
+
+/// Percent-encodes every byte that is not unreserved.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(
+            |b| match b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                true => (b as char).to_string(),
+                false => format!("%{b:02X}"),
+            },
+        )
+        .collect()
+}
+
+/// Checks one answer: a request valid by the document is not refused as invalid (a 4xx other
+/// than the `limits` codes the document names), an invalid one gets a 4xx, and the answer is
+/// what the document promises for its status (body, content type, headers).
+fn check_property(
+    doc: &Value,
+    method: &str,
+    request: &str,
+    valid: bool,
+    limits: &[&str],
+    answer: &Response,
+) {
+    let status = answer.status;
+    let body = String::from_utf8_lossy(&answer.body);
+    if valid {
+        let code = match (400..500).contains(&status) {
+            true => answer.json()["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            false => String::new(),
+        };
+        assert!(
+            !(400..500).contains(&status) || limits.contains(&code.as_str()),
+            "{method} {request}: valid by the document, refused: {status} {body}"
+        );
+        assert!(status < 500, "{method} {request}: {status} {body}");
+    } else {
+        assert!(
+            (400..500).contains(&status),
+            "{method} {request}: invalid by the document, answered {status} {body}"
+        );
+    }
+    let path = request.split('?').next().unwrap();
+    assert_documented(doc, method, path, answer);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 200, ..Default::default() })]
+
+    #[test]
+    fn numbers_from_the_documented_schema_get_what_the_document_promises(
+        number in from_pattern(query_schema(&in_process().doc, "/isprime", "number")),
+    ) {
+        let server = in_process();
+        let doc = &server.doc;
+        let schema = query_schema(doc, "/isprime", "number");
+        let valid = validate(doc, schema, &Value::from(number.clone())).is_ok();
+        let request = format!("/isprime?number={}", encode(&number));
+        let answer = call(server, axum::http::Request::get(&request), b"");
+        check_property(doc, "GET", &request, valid, &[], &answer);
+        // The same value in a JSON body, against the body's schema.
+        let schema = &doc["components"]["schemas"]["IsPrimeRequest"];
+        let body = json!({ "number": number });
+        let valid = validate(doc, schema, &body).is_ok();
+        let post = axum::http::Request::post("/isprime").header("content-type", "application/json");
+        let answer = call(server, post, body.to_string().as_bytes());
+        check_property(doc, "POST", "/isprime", valid, &[], &answer);
+    }
+
+    #[test]
+    fn bare_json_numbers_get_what_the_documented_schema_promises(
+        digits in "0|[1-9][0-9]{0,33}",
+        point in 0usize..4,
+        exponent in -3i32..4,
+        negative in proptest::bool::ANY,
+        zeros in "0{0,2}",
+    ) {
+        // One value in many JSON spellings: digits with a decimal point moved in, then an
+        // exponent that may or may not give back the shift, and trailing zeros.
+        let server = in_process();
+        let doc = &server.doc;
+        let point = point.min(digits.len() - 1);
+        let (whole, fraction) = digits.split_at(digits.len() - point);
+        let mut literal = String::from(if negative { "-" } else { "" });
+        literal.push_str(whole);
+        if !fraction.is_empty() || !zeros.is_empty() {
+            literal.push_str(&format!(".{fraction}{zeros}"));
+        }
+        if exponent != 0 {
+            literal.push_str(&format!("e{exponent}"));
+        }
+        let body = format!("{{\"number\": {literal}}}");
+        let instance: Value = serde_json::from_str(&body).unwrap();
+        // serde_json reads a non-integer literal as an f64: decide validity by exact value.
+        let shift = exponent as i64 - fraction.len() as i64;
+        let significant = digits.trim_start_matches('0');
+        let whole_value = significant.is_empty()
+            || (shift >= 0)
+            || significant.len() as i64 > -shift
+                && significant[(significant.len() as i64 + shift) as usize..].bytes().all(|b| b == b'0');
+        let zero = significant.is_empty();
+        let valid = whole_value && (zero || !negative);
+        if !literal.contains(['.', 'e']) {
+            let schema = &doc["components"]["schemas"]["IsPrimeRequest"];
+            proptest::prop_assert_eq!(validate(doc, schema, &instance).is_ok(), valid, "{}", body);
+        }
+        let post = axum::http::Request::post("/isprime").header("content-type", "application/json");
+        let answer = call(server, post, body.as_bytes());
+        check_property(doc, "POST", "/isprime", valid, &["number_too_long"], &answer);
+    }
+
+    #[test]
+    fn directories_from_the_documented_schema_get_what_the_document_promises(
+        directory in from_pattern(query_schema(&in_process().doc, "/ls", "directory")),
+    ) {
+        let server = in_process();
+        let doc = &server.doc;
+        let schema = query_schema(doc, "/ls", "directory");
+        let valid = validate(doc, schema, &Value::from(directory.clone())).is_ok();
+        let request = format!("/ls?directory={}", encode(&directory));
+        let answer = call(server, axum::http::Request::get(&request), b"");
+        // A name that does not exist is no invalid input; the byte limits the document names
+        // are limits, for names of multi-byte characters that the character counts allow.
+        let bytes_over = directory.len() > 4095 || directory.split('/').any(|c| c.len() > 255);
+        let limits: &[&str] = match bytes_over {
+            true => &["directory_not_found", "directory_too_long", "directory_unresolvable"],
+            false => &["directory_not_found", "outside_root", "permission_denied"],
+        };
+        check_property(doc, "GET", &request, valid, limits, &answer);
+    }
+}
+
+/// Found by schemathesis: a `directory` of exactly the documented `maxLength` (bytes, in
+/// names of 255) was refused 400 `directory_unresolvable`, because the kernel's PATH_MAX
+/// counts the terminating NUL.
+#[test]
+fn a_directory_of_the_documented_length_is_not_refused() {
+    let server = in_process();
+    let schema = query_schema(&server.doc, "/ls", "directory");
+    let max = schema["maxLength"].as_u64().unwrap() as usize;
+    let names = vec!["0".repeat(255); max / 256 + 1].join("/");
+    for directory in [&names[..max], &names[..max - 1]] {
+        assert!(validate(&server.doc, schema, &Value::from(directory)).is_ok());
+        let request = format!("/ls?directory={directory}");
+        let answer = call(server, axum::http::Request::get(&request), b"");
+        assert_eq!(
+            answer.status,
+            404,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_documented(&server.doc, "GET", "/ls", &answer);
+    }
+}

@@ -118,7 +118,7 @@ pub async fn post(
     BoundedBody(body): BoundedBody,
 ) -> Result<Json<IsPrimeResponse>, AppError> {
     let started = Instant::now();
-    let raw = number_from_json(&body)?;
+    let raw = number_from_json(&body, state.settings.max_digits as usize)?;
     let number = canonical_number(&raw, state.settings.max_digits as usize)?;
     test(&state, &request_id, number, started).await
 }
