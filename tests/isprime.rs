@@ -89,7 +89,8 @@ fn bad_numbers_get_400_saying_what_is_wrong() {
     for (body, expected) in [
         ("{\"number\": -7}", "negative"),
         ("{\"number\": 1.5}", "fractional"),
-        ("{\"number\": 1e3}", "exponent"),
+        ("{\"number\": 1e-3}", "fractional"),
+        ("{\"number\": \"1e3\"}", "exponent"),
         ("{\"number\": \"twelve\"}", "invalid character"),
         ("{}", "missing"),
         ("{\"number\": ", "JSON"),
@@ -98,6 +99,15 @@ fn bad_numbers_get_400_saying_what_is_wrong() {
         let message = server.post_json("/isprime", body).assert_error(400);
         assert!(message.contains(expected), "{body}: {message}");
     }
+    // A bare JSON number is its value (JSON Schema's `integer` is one): 1e1 is 10, 7.0 is 7.
+    assert_eq!(
+        server.post_json("/isprime", "{\"number\": 1e1}").json()["number"],
+        "10"
+    );
+    assert_eq!(
+        server.post_json("/isprime", "{\"number\": 7.0}").json()["isPrime"],
+        true
+    );
     // The server keeps serving after all that.
     assert_eq!(server.get("/isprime?number=7").json()["isPrime"], true);
 }

@@ -381,14 +381,14 @@ fn bad_parameters_are_400() {
     // Given twice, even with the same value.
     server.get("/ls?directory=a&directory=a").assert_error(400);
     server.get("/ls?directory=&directory=a").assert_error(400);
-    // Longer than 4096 bytes.
+    // Longer than 4095 bytes (PATH_MAX counts the NUL).
     let long = "a/".repeat(2049);
     assert!(long.len() > 4096);
     server
         .get(&format!("/ls?directory={long}"))
         .assert_error(400);
-    // Exactly 4096 bytes is within the limit: it just does not exist.
-    let limit = format!("/{}", "b".repeat(4095));
+    // Exactly 4095 bytes is within the limit: it just does not exist.
+    let limit = format!("/{}", "b".repeat(4094));
     let response = ls(&server, &limit);
     assert!(
         response.status == 404 || response.status == 400,

@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use common::{signal, slow_prime, wait_until, Response, Server};
-use forkpool::routes::ops::{ENDPOINTS, OPENAPI};
+use forkpool::routes::ops::{openapi_document, ENDPOINTS, OPENAPI, OPENAPI_MAX_DIGITS};
 use serde_json::{json, Value};
 
 /// Methods sent to every route to find which ones it serves (405 means not served). HEAD is
@@ -121,8 +121,15 @@ fn assert_matches(doc: &Value, documented: &Value, request: &str, response: &Res
     if let Some(headers) = documented.get("headers").and_then(Value::as_object) {
         for (name, header) in headers {
             let header = resolve(doc, header);
-            if let Some(value) = response.header(&name.to_ascii_lowercase()) {
-                let value: Value = value.parse::<u64>().map_or(value.into(), Value::from);
+            let value = response.header(&name.to_ascii_lowercase());
+            if header["required"] == true {
+                assert!(value.is_some(), "{what}: no {name} header");
+            }
+            if let Some(value) = value {
+                let value: Value = match header["schema"]["type"] == "integer" {
+                    true => value.parse::<u64>().map_or(value.into(), Value::from),
+                    false => value.into(),
+                };
                 validate(doc, &header["schema"], &value)
                     .unwrap_or_else(|e| panic!("{what}: header {name}: {e}"));
             }
@@ -202,7 +209,29 @@ fn the_document_is_openapi_3_1_served_verbatim_and_listed_in_the_index() {
     let root = ls_root();
     let server = start(&root, &[]);
     let response = check(&server, &doc, ("GET", "/openapi.json", ""), 200);
-    assert_eq!(response.body, OPENAPI.as_bytes());
+    assert_eq!(
+        response.body,
+        OPENAPI.as_bytes(),
+        "the default --max-digits: as kept"
+    );
+    let other = start(&root, &["--max-digits", "25"]);
+    let served: Value = other.get("/openapi.json").json();
+    let pattern = served
+        .pointer("/components/parameters/number/schema/pattern")
+        .unwrap();
+    assert!(
+        pattern.as_str().unwrap().contains("[0-9]{1,25}"),
+        "{pattern}"
+    );
+    assert_eq!(
+        served,
+        serde_json::from_str::<Value>(&openapi_document(25)).unwrap()
+    );
+    let kept = OPENAPI.matches(OPENAPI_MAX_DIGITS).count();
+    assert_eq!(
+        kept, 2,
+        "the query's and the body's `number` patterns carry the default"
+    );
     let index = check(&server, &doc, ("GET", "/", ""), 200).text();
     assert!(index.contains("GET  /openapi.json"), "{index}");
 }
@@ -652,5 +681,384 @@ fn requests_refused_before_routing_validate_against_the_document() {
         let response = exchange(server.addr, raw.as_bytes());
         let documented = resolve(&doc, &doc["components"]["responses"][name]);
         assert_matches(&doc, documented, name, &response);
+    }
+}
+
+/// The query parameters the document gives `path`'s operations.
+fn documented_query_params(doc: &Value, path: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (key, operation) in doc["paths"][path].as_object().unwrap() {
+        if !OPERATIONS.contains(&key.as_str()) {
+            continue;
+        }
+        for parameter in operation["parameters"].as_array().into_iter().flatten() {
+            let parameter = resolve(doc, parameter);
+            if parameter["in"] == "query" {
+                names.insert(parameter["name"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn every_endpoint_documents_the_query_parameters_its_handlers_read_and_every_code_they_answer() {
+    let doc = document();
+    for endpoint in ENDPOINTS {
+        let path = endpoint.path;
+        let read: BTreeSet<String> = endpoint.params.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            documented_query_params(&doc, path),
+            read,
+            "{path}: documented query parameters (left), read by the handlers (right)"
+        );
+        // Every code the endpoint can answer is listed under a response of its status.
+        let mut listed: BTreeSet<(u16, String)> = BTreeSet::new();
+        for (key, operation) in doc["paths"][path].as_object().unwrap() {
+            if !OPERATIONS.contains(&key.as_str()) {
+                continue;
+            }
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                let response = resolve(&doc, response);
+                let codes = response
+                    .pointer("/content/application~1json/schema/allOf/1/properties/code/enum");
+                for code in codes.and_then(Value::as_array).into_iter().flatten() {
+                    listed.insert((status.parse().unwrap(), code.as_str().unwrap().to_owned()));
+                }
+            }
+        }
+        for code in endpoint.errors {
+            let entry = (code.status().as_u16(), code.as_str().to_owned());
+            assert!(
+                listed.contains(&entry),
+                "{path}: {entry:?} is not documented"
+            );
+        }
+    }
+}
+
+/// No handler reads a query parameter but through a constant that [`ENDPOINTS`] lists: every
+/// `single_param*(&uri, NAME)` in src/routes names a constant, not a literal, and that
+/// constant's value is among the parameters of some endpoint.
+#[test]
+fn handlers_read_query_parameters_only_through_the_listed_constants() {
+    let listed: BTreeSet<&str> = ENDPOINTS
+        .iter()
+        .flat_map(|e| e.params.iter().copied())
+        .collect();
+    let constants = [
+        ("NUMBER", forkpool::routes::isprime::NUMBER),
+        ("DIRECTORY", forkpool::routes::ls::DIRECTORY),
+    ];
+    let mut files = vec![];
+    let mut dirs = vec![std::path::PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/routes"
+    ))];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            match path.is_dir() {
+                true => dirs.push(path),
+                false => files.push(path),
+            }
+        }
+    }
+    let mut calls = 0;
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        // Unit tests call the readers with made-up names.
+        let text = text.split("#[cfg(test)]").next().unwrap();
+        for (at, _) in text.match_indices("(&uri, ") {
+            let before = &text[..at];
+            if !(before.ends_with("single_param") || before.ends_with("single_param_bytes")) {
+                continue;
+            }
+            let argument = text[at + 7..].split(')').next().unwrap().trim();
+            let known = constants.iter().find(|(name, _)| argument.ends_with(name));
+            let (_, value) = known.unwrap_or_else(|| {
+                panic!(
+                    "{}: a query parameter read as {argument}, not a listed constant",
+                    file.display()
+                )
+            });
+            assert!(listed.contains(value), "{value} is in no endpoint's params");
+            calls += 1;
+        }
+    }
+    assert!(calls >= 2, "the scan found the handlers' reads ({calls})");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Property tests: requests generated from the document's own parameter schemas, answered by a
+// router in this process, each answer checked against the document.
+
+/// `--max-digits` of the in-process server: small, so that the pattern's bound is reachable.
+const PROPERTY_MAX_DIGITS: u32 = 30;
+
+/// An in-process server (its runtime, its public router, its listing root) and the document
+/// it serves, fetched from it: the schemas come from what a client would read.
+struct InProcess {
+    runtime: tokio::runtime::Runtime,
+    router: axum::Router,
+    doc: Value,
+    _root: tempfile::TempDir,
+}
+
+fn in_process() -> &'static InProcess {
+    static SERVER: std::sync::OnceLock<InProcess> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| {
+        let root = ls_root();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let digits = PROPERTY_MAX_DIGITS.to_string();
+        let root_path = root.path().to_str().unwrap();
+        let args = [
+            "forkpool",
+            "--workers",
+            "1",
+            "--max-digits",
+            &digits,
+            "--worker-program",
+            common::BIN,
+            "--ls-root",
+            root_path,
+        ];
+        let cli = <forkpool::cli::Cli as clap::Parser>::try_parse_from(args).unwrap();
+        let settings = cli.flags.resolve().unwrap();
+        let router = runtime.block_on(async {
+            use forkpool::routes::state::AppState;
+            let metrics = forkpool::telemetry::recorder();
+            let pool = forkpool::app::start_pool(&settings, common::BIN.into());
+            let ls = forkpool::routes::ls::Ls::open(&settings.ls_root).unwrap();
+            let state = AppState::from_parts(settings, pool, ls, metrics);
+            state.pool.wait_live().await;
+            forkpool::routes::routers(state).public
+        });
+        let mut server = InProcess {
+            runtime,
+            router,
+            doc: Value::Null,
+            _root: root,
+        };
+        let served = call(&server, axum::http::Request::get("/openapi.json"), b"");
+        server.doc = serde_json::from_slice(&served.body).unwrap();
+        server
+    })
+}
+
+/// The in-process server's answer to `request` with `body`, read in full.
+fn call(server: &InProcess, request: axum::http::request::Builder, body: &[u8]) -> Response {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let request = request.body(axum::body::Body::from(body.to_vec())).unwrap();
+    server.runtime.block_on(async {
+        let response = server.router.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        Response {
+            status,
+            headers,
+            body,
+            complete: true,
+        }
+    })
+}
+
+/// The schema of query parameter `name` of `GET path` in the served document.
+fn query_schema<'a>(doc: &'a Value, path: &str, name: &str) -> &'a Value {
+    let parameters = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+    let parameter = parameters
+        .iter()
+        .map(|p| resolve(doc, p))
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("{path}: no parameter {name}"));
+    &parameter["schema"]
+}
+
+/// Strings matching the `pattern` of `schema` (anchors dropped: the generator does not take
+/// them, and the patterns are whole-value ones), and strings near them or anything at all.
+fn from_pattern(schema: &Value) -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let pattern = schema["pattern"].as_str().expect("a pattern");
+    let inner = pattern
+        .strip_prefix('^')
+        .unwrap()
+        .strip_suffix('$')
+        .unwrap();
+    let valid = proptest::string::string_regex(inner).unwrap();
+    let near = "[ \\t\u{a0}\u{85}\u{feff}\u{1c}]{0,2}[+-]{0,2}0{0,3}[0-9/]{0,34}([.eExX ][0-9a-f+-]{0,3})?[ \u{665}\u{200b}]{0,2}";
+    prop_oneof![
+        4 => valid,
+        2 => proptest::string::string_regex(near).unwrap(),
+        1 => ".{0,40}",
+    ]
+}
+
+/// Percent-encodes every byte that is not unreserved.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(
+            |b| match b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                true => (b as char).to_string(),
+                false => format!("%{b:02X}"),
+            },
+        )
+        .collect()
+}
+
+/// Checks one answer: a request valid by the document is not refused as invalid (a 4xx other
+/// than the `limits` codes the document names), an invalid one gets a 4xx, and the answer is
+/// what the document promises for its status (body, content type, headers).
+fn check_property(
+    doc: &Value,
+    method: &str,
+    request: &str,
+    valid: bool,
+    limits: &[&str],
+    answer: &Response,
+) {
+    let status = answer.status;
+    let body = String::from_utf8_lossy(&answer.body);
+    if valid {
+        let code = match (400..500).contains(&status) {
+            true => answer.json()["code"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            false => String::new(),
+        };
+        assert!(
+            !(400..500).contains(&status) || limits.contains(&code.as_str()),
+            "{method} {request}: valid by the document, refused: {status} {body}"
+        );
+        assert!(status < 500, "{method} {request}: {status} {body}");
+    } else {
+        assert!(
+            (400..500).contains(&status),
+            "{method} {request}: invalid by the document, answered {status} {body}"
+        );
+    }
+    let path = request.split('?').next().unwrap();
+    assert_documented(doc, method, path, answer);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config { cases: 200, ..Default::default() })]
+
+    #[test]
+    fn numbers_from_the_documented_schema_get_what_the_document_promises(
+        number in from_pattern(query_schema(&in_process().doc, "/isprime", "number")),
+    ) {
+        let server = in_process();
+        let doc = &server.doc;
+        let schema = query_schema(doc, "/isprime", "number");
+        let valid = validate(doc, schema, &Value::from(number.clone())).is_ok();
+        let request = format!("/isprime?number={}", encode(&number));
+        let answer = call(server, axum::http::Request::get(&request), b"");
+        check_property(doc, "GET", &request, valid, &[], &answer);
+        // The same value in a JSON body, against the body's schema.
+        let schema = &doc["components"]["schemas"]["IsPrimeRequest"];
+        let body = json!({ "number": number });
+        let valid = validate(doc, schema, &body).is_ok();
+        let post = axum::http::Request::post("/isprime").header("content-type", "application/json");
+        let answer = call(server, post, body.to_string().as_bytes());
+        check_property(doc, "POST", "/isprime", valid, &[], &answer);
+    }
+
+    #[test]
+    fn bare_json_numbers_get_what_the_documented_schema_promises(
+        digits in "0|[1-9][0-9]{0,33}",
+        point in 0usize..4,
+        exponent in -3i32..4,
+        negative in proptest::bool::ANY,
+        zeros in "0{0,2}",
+    ) {
+        // One value in many JSON spellings: digits with a decimal point moved in, then an
+        // exponent that may or may not give back the shift, and trailing zeros.
+        let server = in_process();
+        let doc = &server.doc;
+        let point = point.min(digits.len() - 1);
+        let (whole, fraction) = digits.split_at(digits.len() - point);
+        let mut literal = String::from(if negative { "-" } else { "" });
+        literal.push_str(whole);
+        if !fraction.is_empty() || !zeros.is_empty() {
+            literal.push_str(&format!(".{fraction}{zeros}"));
+        }
+        if exponent != 0 {
+            literal.push_str(&format!("e{exponent}"));
+        }
+        let body = format!("{{\"number\": {literal}}}");
+        let instance: Value = serde_json::from_str(&body).unwrap();
+        // serde_json reads a non-integer literal as an f64: decide validity by exact value.
+        let shift = exponent as i64 - fraction.len() as i64;
+        let significant = digits.trim_start_matches('0');
+        let whole_value = significant.is_empty()
+            || (shift >= 0)
+            || significant.len() as i64 > -shift
+                && significant[(significant.len() as i64 + shift) as usize..].bytes().all(|b| b == b'0');
+        let zero = significant.is_empty();
+        let valid = whole_value && (zero || !negative);
+        if !literal.contains(['.', 'e']) {
+            let schema = &doc["components"]["schemas"]["IsPrimeRequest"];
+            proptest::prop_assert_eq!(validate(doc, schema, &instance).is_ok(), valid, "{}", body);
+        }
+        let post = axum::http::Request::post("/isprime").header("content-type", "application/json");
+        let answer = call(server, post, body.as_bytes());
+        check_property(doc, "POST", "/isprime", valid, &["number_too_long"], &answer);
+    }
+
+    #[test]
+    fn directories_from_the_documented_schema_get_what_the_document_promises(
+        directory in from_pattern(query_schema(&in_process().doc, "/ls", "directory")),
+    ) {
+        let server = in_process();
+        let doc = &server.doc;
+        let schema = query_schema(doc, "/ls", "directory");
+        let valid = validate(doc, schema, &Value::from(directory.clone())).is_ok();
+        let request = format!("/ls?directory={}", encode(&directory));
+        let answer = call(server, axum::http::Request::get(&request), b"");
+        // A name that does not exist is no invalid input; the byte limits the document names
+        // are limits, for names of multi-byte characters that the character counts allow.
+        let bytes_over = directory.len() > 4095 || directory.split('/').any(|c| c.len() > 255);
+        let limits: &[&str] = match bytes_over {
+            true => &["directory_not_found", "directory_too_long", "directory_unresolvable"],
+            false => &["directory_not_found", "outside_root", "permission_denied"],
+        };
+        check_property(doc, "GET", &request, valid, limits, &answer);
+    }
+}
+
+/// Found by schemathesis: a `directory` of exactly the documented `maxLength` (bytes, in
+/// names of 255) was refused 400 `directory_unresolvable`, because the kernel's PATH_MAX
+/// counts the terminating NUL.
+#[test]
+fn a_directory_of_the_documented_length_is_not_refused() {
+    let server = in_process();
+    let schema = query_schema(&server.doc, "/ls", "directory");
+    let max = schema["maxLength"].as_u64().unwrap() as usize;
+    let names = vec!["0".repeat(255); max / 256 + 1].join("/");
+    for directory in [&names[..max], &names[..max - 1]] {
+        assert!(validate(&server.doc, schema, &Value::from(directory)).is_ok());
+        let request = format!("/ls?directory={directory}");
+        let answer = call(server, axum::http::Request::get(&request), b"");
+        assert_eq!(
+            answer.status,
+            404,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_documented(&server.doc, "GET", "/ls", &answer);
     }
 }

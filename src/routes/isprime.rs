@@ -26,6 +26,39 @@ use crate::routes::state::AppState;
 /// starts with a backoff of up to about 10 s, and a fix takes at least that long to show.
 const RETRY_WHEN_NO_WORKER: Duration = Duration::from_secs(5);
 
+/// The query parameter `GET /isprime` reads; [`super::ops::ENDPOINTS`] lists it for the
+/// document's checks.
+pub const NUMBER: &str = "number";
+
+/// Every error code `/isprime` can answer with, beyond those of every route (404, 405, 500
+/// `internal_error`, 503 `shutting_down`, and the refusals before any route): tests/openapi.rs
+/// requires each under the endpoint's documented responses, with its status.
+pub const ERRORS: &[ErrorCode] = &[
+    ErrorCode::ParamRepeated,
+    ErrorCode::ParamNotUtf8,
+    ErrorCode::BodyTooLarge,
+    ErrorCode::BodyTimeout,
+    ErrorCode::BodyUnreadable,
+    ErrorCode::BodyInvalid,
+    ErrorCode::NumberMissing,
+    ErrorCode::NumberEmpty,
+    ErrorCode::NumberNoDigits,
+    ErrorCode::NumberNegative,
+    ErrorCode::NumberMinusZero,
+    ErrorCode::NumberFractional,
+    ErrorCode::NumberExponent,
+    ErrorCode::NumberHex,
+    ErrorCode::NumberInvalidCharacter,
+    ErrorCode::NumberInvalidEscape,
+    ErrorCode::NumberTooLong,
+    ErrorCode::QueueFull,
+    ErrorCode::WorkersUnavailable,
+    ErrorCode::JobTimeout,
+    ErrorCode::WorkerDied,
+    ErrorCode::WorkerProtocolError,
+    ErrorCode::JobFailed,
+];
+
 /// The 200 body. `number` is a string so that no client loses precision.
 #[derive(Debug, Serialize)]
 pub struct IsPrimeResponse {
@@ -82,7 +115,7 @@ pub async fn get(
     uri: Uri,
 ) -> Result<Json<IsPrimeResponse>, AppError> {
     let started = Instant::now();
-    let value = single_param(&uri, "number")?.ok_or(NumberError::Missing)?;
+    let value = single_param(&uri, NUMBER)?.ok_or(NumberError::Missing)?;
     let number = number_from_query(&value, state.settings.max_digits as usize)?;
     let timeout = single_param(&uri, "timeout")?;
     let timeout = timeout.map(|t| timeout_from_text(&t.text)).transpose()?;
@@ -96,7 +129,7 @@ pub async fn post(
     BoundedBody(body): BoundedBody,
 ) -> Result<Json<IsPrimeResponse>, AppError> {
     let started = Instant::now();
-    let raw = number_from_json(&body)?;
+    let raw = number_from_json(&body, state.settings.max_digits as usize)?;
     let number = canonical_number(&raw, state.settings.max_digits as usize)?;
     let timeout = timeout_from_json(&body)?;
     test(&state, &request_id, number, timeout, started).await

@@ -183,8 +183,9 @@ struct NumberBody<'a> {
     number: Option<&'a RawValue>,
 }
 
-/// The text of `number` in a JSON body: a string's content, or a JSON number as written.
-pub fn number_from_json(body: &[u8]) -> Result<String, NumberError> {
+/// The text of `number` in a JSON body: a string's content (for [`canonical_number`]), or
+/// the digits of a bare JSON number's value ([`json_number_value`]).
+pub fn number_from_json(body: &[u8], max_digits: usize) -> Result<String, NumberError> {
     // serde also accepts a struct written as an array (`[7]`); a body must be an object.
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(NumberError::BadBody("expected a JSON object".to_owned()));
@@ -198,11 +199,59 @@ pub fn number_from_json(body: &[u8]) -> Result<String, NumberError> {
             Some(escape) => NumberError::InvalidEscape(escape.to_owned()),
             None => NumberError::BadBody("`number` is not a valid JSON string".to_owned()),
         }),
-        b'-' | b'0'..=b'9' => Ok(raw.to_owned()),
+        b'-' | b'0'..=b'9' => json_number_value(raw, max_digits),
         _ => Err(NumberError::BadBody(format!(
             "`number` must be a string or an integer, not {raw:.20}"
         ))),
     }
+}
+
+/// The digits of the value of `literal`, a JSON number as written, when it is a whole number
+/// of at most `max_digits` digits: a JSON number is its value, as JSON Schema's `integer`
+/// says, so `100`, `1e2`, `100.0` and `1.00e2` are all 100, and `-0` (or `-0.0`) is 0. A
+/// value that is not whole is [`NumberError::Fractional`], a negative one
+/// [`NumberError::Negative`]. The digits are only written out when they fit `max_digits`: an
+/// exponent is never trusted with memory.
+fn json_number_value(literal: &str, max_digits: usize) -> Result<String, NumberError> {
+    // The body's parse checked the grammar: -?digits(.digits)?([eE][+-]?digits)?
+    let (negative, unsigned) = match literal.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, literal),
+    };
+    let (mantissa, exponent) = unsigned.split_once(['e', 'E']).unwrap_or((unsigned, "0"));
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    // An exponent too large for an i64 is too large for any bound anyway.
+    let exponent: i64 = exponent.parse().unwrap_or(match exponent.starts_with('-') {
+        true => i64::MIN,
+        false => i64::MAX,
+    });
+    // The value is `digits` times ten to the `shift`.
+    let shift = exponent.saturating_sub(fraction.len() as i64);
+    let digits = format!("{whole}{fraction}");
+    let digits = digits.trim_start_matches('0');
+    if digits.is_empty() {
+        return Ok("0".to_owned());
+    }
+    if negative {
+        return Err(NumberError::Negative);
+    }
+    if shift < 0 {
+        let cut = shift.unsigned_abs();
+        let kept = (digits.len() as u64).saturating_sub(cut) as usize;
+        let (value, dropped) = digits.split_at(kept);
+        if value.is_empty() || dropped.bytes().any(|b| b != b'0') {
+            return Err(NumberError::Fractional);
+        }
+        return Ok(value.to_owned());
+    }
+    let length = (digits.len() as u64).saturating_add(shift as u64);
+    if length > max_digits as u64 {
+        return Err(NumberError::TooLong {
+            digits: usize::try_from(length).unwrap_or(usize::MAX),
+            max: max_digits,
+        });
+    }
+    Ok(format!("{digits}{}", "0".repeat(shift as usize)))
 }
 
 /// The first `\uXXXX` escape in `literal` (a JSON string as written, quotes included) that is
@@ -323,30 +372,59 @@ mod tests {
     fn json_numbers_keep_every_digit() {
         let big = "123456789012345678901234567890123456789";
         let body = format!("{{\"number\": {big}}}");
-        assert_eq!(number_from_json(body.as_bytes()).unwrap(), big);
-        assert_eq!(number_from_json(br#"{"number": "42"}"#).unwrap(), "42");
-        assert_eq!(number_from_json(br#"{"number": 1.5}"#).unwrap(), "1.5");
-        assert_eq!(number_from_json(br#"{"number": -0}"#).unwrap(), "-0");
-        assert_eq!(number_from_json(br#"{}"#), Err(NumberError::Missing));
+        assert_eq!(number_from_json(body.as_bytes(), 100).unwrap(), big);
+        assert_eq!(number_from_json(br#"{"number": "42"}"#, 100).unwrap(), "42");
+        assert_eq!(number_from_json(br#"{"number": -0}"#, 100).unwrap(), "0");
+        assert_eq!(number_from_json(br#"{}"#, 100), Err(NumberError::Missing));
         assert!(matches!(
-            number_from_json(b"[7]"),
+            number_from_json(b"[7]", 100),
             Err(NumberError::BadBody(_))
         ));
         assert!(matches!(
-            number_from_json(b"{"),
+            number_from_json(b"{", 100),
             Err(NumberError::BadBody(_))
         ));
-        assert_eq!(number_from_json(br#"{"num\u0062er": "7"}"#).unwrap(), "7");
+        assert_eq!(number_from_json(br#"{"num\u0062er": "7"}"#, 100).unwrap(), "7");
         assert!(matches!(
-            number_from_json(br#"{"number": "7", "number": "8"}"#),
+            number_from_json(br#"{"number": "7", "number": "8"}"#, 100),
             Err(NumberError::BadBody(_))
         ));
-        assert_eq!(number_from_json(br#"{"number": null}"#), Err(NumberError::Missing));
+        assert_eq!(number_from_json(br#"{"number": null}"#, 100), Err(NumberError::Missing));
         for other in ["true", "[7]", "{\"n\": 7}"] {
             let body = format!("{{\"number\": {other}}}");
-            let e = number_from_json(body.as_bytes()).unwrap_err();
+            let e = number_from_json(body.as_bytes(), 100).unwrap_err();
             assert!(e.to_string().contains("must be a string or an integer"), "{other}: {e}");
         }
+    }
+
+    #[test]
+    fn bare_json_numbers_are_read_by_their_value() {
+        let value = |literal: &str| json_number_value(literal, 5);
+        for (literal, digits) in [
+            ("7", "7"),
+            ("0.0", "0"),
+            ("-0", "0"),
+            ("-0.0e-5", "0"),
+            ("0e99999999999999999999999", "0"),
+            ("1e2", "100"),
+            ("100.0", "100"),
+            ("1.00E+2", "100"),
+            ("12500e-2", "125"),
+            ("0012.5e1", "125"),
+            ("9.9999e4", "99999"),
+        ] {
+            assert_eq!(value(literal).as_deref(), Ok(digits), "{literal}");
+        }
+        for literal in ["1.5", "1e-1", "0.5", "125e-3", "1e-99999999999999999999999"] {
+            assert_eq!(value(literal), Err(NumberError::Fractional), "{literal}");
+        }
+        for literal in ["-1", "-1e2", "-0.5"] {
+            assert_eq!(value(literal), Err(NumberError::Negative), "{literal}");
+        }
+        assert_eq!(value("1e5"), Err(NumberError::TooLong { digits: 6, max: 5 }));
+        assert!(matches!(value("1e99999999999999999999"), Err(NumberError::TooLong { .. })));
+        assert_eq!(number_from_json(br#"{"number": 0.0}"#, 5).unwrap(), "0");
+        assert_eq!(number_from_json(br#"{"number": 1.5}"#, 5), Err(NumberError::Fractional));
     }
 
     #[test]
@@ -360,10 +438,10 @@ mod tests {
             (r#"{"number": "\n\ud83d"}"#, escape(r"\ud83d")),
         ];
         for (body, expected) in cases {
-            assert_eq!(number_from_json(body.as_bytes()), Err(expected), "{body}");
+            assert_eq!(number_from_json(body.as_bytes(), 100), Err(expected), "{body}");
         }
         // A whole pair is a character (not a digit, so refused for that).
-        let pair = number_from_json(br#"{"number": "\ud83d\ude00"}"#).unwrap();
+        let pair = number_from_json(br#"{"number": "\ud83d\ude00"}"#, 100).unwrap();
         assert_eq!(pair, "\u{1F600}");
         assert_eq!(lone_surrogate(r#""\\ud800""#), None, "an escaped backslash");
     }

@@ -32,6 +32,12 @@ pub struct Endpoint {
     pub audience: Audience,
     /// The index entries: one per method or way of calling it.
     pub usage: &'static [Usage],
+    /// The query parameters its handlers read: the handlers' own constants, which
+    /// tests/openapi.rs holds to the document's parameters (and the source to these constants).
+    pub params: &'static [&'static str],
+    /// The error codes its handlers can answer with beyond those of every route, from the
+    /// handlers' modules; tests/openapi.rs requires each among the documented responses.
+    pub errors: &'static [ErrorCode],
 }
 
 /// Which listener serves an endpoint, given whether `--admin-listen` is set.
@@ -78,6 +84,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
             what: "this index",
             example: "curl {base}/",
         }],
+        params: &[],
+        errors: &[],
     },
     Endpoint {
         path: "/testrequest",
@@ -88,6 +96,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
             what: "answers at once, however busy the workers are",
             example: "curl {base}/testrequest",
         }],
+        params: &[],
+        errors: &[],
     },
     Endpoint {
         path: "/isprime",
@@ -106,6 +116,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
                           {base}/isprime",
             },
         ],
+        params: &[isprime::NUMBER],
+        errors: isprime::ERRORS,
     },
     Endpoint {
         path: "/ls",
@@ -116,6 +128,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
             what: "streams `ls -lash` of D inside the configured root",
             example: "curl '{base}/ls?directory=/'",
         }],
+        params: &[ls::DIRECTORY],
+        errors: ls::ERRORS,
     },
     Endpoint {
         path: "/healthz",
@@ -126,6 +140,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
             what: "200 while the process lives",
             example: "curl {base}/healthz",
         }],
+        params: &[],
+        errors: &[],
     },
     Endpoint {
         path: "/readyz",
@@ -136,6 +152,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
             what: "200 when a worker is up and the server is not shutting down, else 503 and why",
             example: "curl {base}/readyz",
         }],
+        params: &[],
+        errors: NotReady::ERRORS,
     },
     Endpoint {
         path: "/metrics",
@@ -146,6 +164,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
             what: "Prometheus metrics (on the admin address if there is one)",
             example: "curl {base}/metrics",
         }],
+        params: &[],
+        errors: &[],
     },
     Endpoint {
         path: "/status",
@@ -156,6 +176,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
             what: "config and workers, as JSON (on the admin address if there is one)",
             example: "curl {base}/status",
         }],
+        params: &[],
+        errors: &[],
     },
     Endpoint {
         path: "/openapi.json",
@@ -166,6 +188,8 @@ pub const ENDPOINTS: &[Endpoint] = &[
             what: "OpenAPI 3.1 description of every endpoint",
             example: "curl {base}/openapi.json",
         }],
+        params: &[],
+        errors: &[],
     },
 ];
 
@@ -240,9 +264,24 @@ fn reachable(address: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, address.port())
 }
 
-/// `GET /openapi.json`: the document as kept, byte for byte.
-pub async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+/// The `number` patterns' digit bound in [`OPENAPI`]: the default `--max-digits`.
+pub const OPENAPI_MAX_DIGITS: &str = "[0-9]{1,10000}";
+
+/// The document a server with `--max-digits max_digits` serves: [`OPENAPI`] with that bound in
+/// the `number` patterns, so that they say exactly what this server accepts.
+pub fn openapi_document(max_digits: u32) -> std::borrow::Cow<'static, str> {
+    let bound = format!("[0-9]{{1,{max_digits}}}");
+    match bound == OPENAPI_MAX_DIGITS {
+        true => OPENAPI.into(),
+        false => OPENAPI.replace(OPENAPI_MAX_DIGITS, &bound).into(),
+    }
+}
+
+/// `GET /openapi.json`: the document as kept, with this server's `--max-digits` in the
+/// `number` patterns ([`openapi_document`]).
+pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    let document = openapi_document(state.settings.max_digits);
+    ([(header::CONTENT_TYPE, "application/json")], document.into_owned())
 }
 
 pub async fn testrequest() -> &'static str {
@@ -270,6 +309,15 @@ pub enum NotReady {
         /// The error of the latest one.
         last_error: String,
     },
+}
+
+impl NotReady {
+    /// Every code of a not-ready `/readyz`.
+    pub const ERRORS: &[ErrorCode] = &[
+        ErrorCode::ShuttingDown,
+        ErrorCode::NoWorkerAlive,
+        ErrorCode::WorkersUnavailable,
+    ];
 }
 
 impl HttpError for NotReady {

@@ -42,8 +42,10 @@ use rustix::io::Errno;
 
 use super::LsError;
 
-/// Longest accepted `directory`, in bytes (PATH_MAX on Linux).
-const MAX_DIRECTORY_LEN: usize = 4096;
+/// Longest accepted `directory`, in bytes: Linux's PATH_MAX (4096) counts the terminating NUL,
+/// so a path of 4096 bytes is ENAMETOOLONG (found by schemathesis: it was a 400
+/// `directory_unresolvable` where the document promised at most 4096 bytes).
+const MAX_DIRECTORY_LEN: usize = 4095;
 /// How often a walk that raced with a rename (`EAGAIN`) is retried.
 const RETRIES: usize = 8;
 

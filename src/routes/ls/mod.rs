@@ -97,6 +97,25 @@ const QUOTING: &str = "--quoting-style=c-maybe";
 /// `ls` processes running at once per available CPU; see the module doc.
 const RUNNING_PER_CPU: usize = 4;
 
+/// The query parameter `/ls` reads; [`super::ops::ENDPOINTS`] lists it for the document's
+/// checks.
+pub const DIRECTORY: &str = "directory";
+
+/// Every error code `/ls` can answer with, beyond those of every route; see
+/// [`super::isprime::ERRORS`].
+pub const ERRORS: &[ErrorCode] = &[
+    ErrorCode::ParamRepeated,
+    ErrorCode::DirectoryTooLong,
+    ErrorCode::DirectoryNulByte,
+    ErrorCode::DirectoryUnresolvable,
+    ErrorCode::OutsideRoot,
+    ErrorCode::PermissionDenied,
+    ErrorCode::DirectoryNotFound,
+    ErrorCode::LsBusy,
+    ErrorCode::LsTimeout,
+    ErrorCode::LsFailed,
+];
+
 /// Why `/ls` cannot be served at all; reported at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -280,7 +299,7 @@ pub async fn list(
     Extension(request_id): Extension<RequestId>,
     uri: Uri,
 ) -> Result<Response, AppError> {
-    let directory = single_param_bytes(&uri, "directory").inspect_err(|_| count("bad_request"))?;
+    let directory = single_param_bytes(&uri, DIRECTORY).inspect_err(|_| count("bad_request"))?;
     let directory = OsString::from_vec(directory.unwrap_or_default());
     let body = start(&ls, request_id, directory)
         .await
