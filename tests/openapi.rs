@@ -748,6 +748,7 @@ fn handlers_read_query_parameters_only_through_the_listed_constants() {
         .collect();
     let constants = [
         ("NUMBER", forkpool::routes::isprime::NUMBER),
+        ("TIMEOUT", forkpool::routes::isprime::TIMEOUT),
         ("DIRECTORY", forkpool::routes::ls::DIRECTORY),
     ];
     let mut files = vec![];
@@ -829,7 +830,11 @@ fn in_process() -> &'static InProcess {
             use forkpool::routes::state::AppState;
             let metrics = forkpool::telemetry::recorder();
             let pool = forkpool::app::start_pool(&settings, common::BIN.into());
-            let ls = forkpool::routes::ls::Ls::open(&settings.ls_root).unwrap();
+            let ls = forkpool::routes::ls::Ls::open(
+                &settings.ls_root,
+                forkpool::app::ls_limits(&settings),
+            )
+            .unwrap();
             let state = AppState::from_parts(settings, pool, ls, metrics);
             state.pool.wait_live().await;
             forkpool::routes::routers(state).public

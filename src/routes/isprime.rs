@@ -29,6 +29,8 @@ const RETRY_WHEN_NO_WORKER: Duration = Duration::from_secs(5);
 /// The query parameter `GET /isprime` reads; [`super::ops::ENDPOINTS`] lists it for the
 /// document's checks.
 pub const NUMBER: &str = "number";
+/// The query parameter (and JSON field) of the client's own deadline.
+pub const TIMEOUT: &str = "timeout";
 
 /// Every error code `/isprime` can answer with, beyond those of every route (404, 405, 500
 /// `internal_error`, 503 `shutting_down`, and the refusals before any route): tests/openapi.rs
@@ -51,7 +53,9 @@ pub const ERRORS: &[ErrorCode] = &[
     ErrorCode::NumberInvalidCharacter,
     ErrorCode::NumberInvalidEscape,
     ErrorCode::NumberTooLong,
+    ErrorCode::TimeoutInvalid,
     ErrorCode::QueueFull,
+    ErrorCode::DeadlineUnreachable,
     ErrorCode::WorkersUnavailable,
     ErrorCode::JobTimeout,
     ErrorCode::WorkerDied,
@@ -117,7 +121,7 @@ pub async fn get(
     let started = Instant::now();
     let value = single_param(&uri, NUMBER)?.ok_or(NumberError::Missing)?;
     let number = number_from_query(&value, state.settings.max_digits as usize)?;
-    let timeout = single_param(&uri, "timeout")?;
+    let timeout = single_param(&uri, TIMEOUT)?;
     let timeout = timeout.map(|t| timeout_from_text(&t.text)).transpose()?;
     test(&state, &request_id, number, timeout, started).await
 }

@@ -116,7 +116,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
                           {base}/isprime",
             },
         ],
-        params: &[isprime::NUMBER],
+        params: &[isprime::NUMBER, isprime::TIMEOUT],
         errors: isprime::ERRORS,
     },
     Endpoint {
