@@ -5,36 +5,20 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use clap::Parser;
-use forkpool::app::start_pool;
-use forkpool::cli::Cli;
-use forkpool::routes::ls::Ls;
 use forkpool::routes::routers;
 use forkpool::routes::state::AppState;
-use forkpool::settings::Settings;
-use forkpool::telemetry;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
-
-/// The default settings with `flags`, as the binary would resolve them.
-fn settings(flags: &[&str]) -> Settings {
-    let args = [&["forkpool"], flags].concat();
-    Cli::try_parse_from(args).unwrap().flags.resolve().unwrap()
-}
 
 /// A state whose pool runs `worker` (the forkpool binary unless given), /ls on `root`.
 fn state(flags: &[&str], worker: Option<&str>, root: &tempfile::TempDir) -> AppState {
     let root = root.path().to_str().unwrap();
-    let config = settings(&[flags, &["--ls-root", root]].concat());
-    let metrics = telemetry::recorder();
-    let pool = start_pool(&config, PathBuf::from(worker.unwrap_or(common::BIN)));
-    let ls = Ls::open(&config.ls_root, forkpool::app::ls_limits(&config)).unwrap();
-    AppState::from_parts(config, pool, ls, metrics)
+    let flags = [flags, &["--ls-root", root]].concat();
+    common::in_process_state(&flags, worker.unwrap_or(common::BIN))
 }
 
 /// GET `path` on the public router: status and body.

@@ -187,24 +187,9 @@ fn in_process() -> &'static (tokio::runtime::Runtime, axum::Router) {
     SERVER.get_or_init(|| {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let digits = MAX_DIGITS.to_string();
-        let args = ["forkpool", "--workers", "1", "--max-digits", &digits];
-        let args = [
-            &args[..],
-            &["--worker-program", common::BIN, "--ls-root", "/"],
-        ]
-        .concat();
-        let cli = <forkpool::cli::Cli as clap::Parser>::try_parse_from(args).unwrap();
-        let settings = cli.flags.resolve().unwrap();
+        let flags = ["--workers", "1", "--max-digits", &digits, "--ls-root", "/"];
         let router = runtime.block_on(async {
-            use forkpool::routes::state::AppState;
-            let metrics = forkpool::telemetry::recorder();
-            let pool = forkpool::app::start_pool(&settings, common::BIN.into());
-            let ls = forkpool::routes::ls::Ls::open(
-                &settings.ls_root,
-                forkpool::app::ls_limits(&settings),
-            )
-            .unwrap();
-            let state = AppState::from_parts(settings, pool, ls, metrics);
+            let state = common::in_process_state(&flags, common::BIN);
             state.pool.wait_live().await;
             forkpool::routes::routers(state).public
         });

@@ -813,29 +813,16 @@ fn in_process() -> &'static InProcess {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let digits = PROPERTY_MAX_DIGITS.to_string();
         let root_path = root.path().to_str().unwrap();
-        let args = [
-            "forkpool",
+        let flags = [
             "--workers",
             "1",
             "--max-digits",
             &digits,
-            "--worker-program",
-            common::BIN,
             "--ls-root",
             root_path,
         ];
-        let cli = <forkpool::cli::Cli as clap::Parser>::try_parse_from(args).unwrap();
-        let settings = cli.flags.resolve().unwrap();
         let router = runtime.block_on(async {
-            use forkpool::routes::state::AppState;
-            let metrics = forkpool::telemetry::recorder();
-            let pool = forkpool::app::start_pool(&settings, common::BIN.into());
-            let ls = forkpool::routes::ls::Ls::open(
-                &settings.ls_root,
-                forkpool::app::ls_limits(&settings),
-            )
-            .unwrap();
-            let state = AppState::from_parts(settings, pool, ls, metrics);
+            let state = common::in_process_state(&flags, common::BIN);
             state.pool.wait_live().await;
             forkpool::routes::routers(state).public
         });

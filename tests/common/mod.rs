@@ -513,6 +513,23 @@ pub fn require_tool(program: &str, arg: &str) {
     );
 }
 
+/// The state of a server built from parts in the test process, as `app::build` builds one:
+/// the settings the binary resolves from `flags`, a pool whose workers are `worker`, `/ls` on
+/// the settings' root, the process-wide recorder. Call it inside a Tokio runtime; a handler is
+/// then called with `routes::routers(state).public` and `tower::ServiceExt::oneshot`.
+pub fn in_process_state(flags: &[&str], worker: &str) -> forkpool::routes::state::AppState {
+    use forkpool::routes::state::AppState;
+    let args = [&["forkpool"], flags].concat();
+    let cli = <forkpool::cli::Cli as clap::Parser>::try_parse_from(args).unwrap();
+    let settings = cli.flags.resolve().unwrap();
+    // Before the pool: it registers metric handles, which need the recorder in place.
+    let metrics = forkpool::telemetry::recorder();
+    let pool = forkpool::app::start_pool(&settings, worker.into());
+    let limits = forkpool::app::ls_limits(&settings);
+    let ls = forkpool::routes::ls::Ls::open(&settings.ls_root, limits).unwrap();
+    AppState::from_parts(settings, pool, ls, metrics)
+}
+
 /// Sends a signal by name with `kill(1)`, e.g. `signal(pid, "KILL")`.
 pub fn signal(pid: u32, name: &str) {
     let status = Command::new("kill")
