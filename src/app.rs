@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::WorkerArgs;
 use crate::jobs::IsPrimeJob;
-use crate::pool::{Job, PoolConfig, WorkerPool};
+use crate::pool::{ConfigError, Job, PoolConfig, WorkerPool};
 use crate::routes::ls::{self, Ls};
 use crate::routes::routers;
 use crate::routes::state::AppState;
@@ -39,6 +39,8 @@ pub enum StartError {
     Connections(#[from] BudgetError),
     #[error("the listening sockets: {0}")]
     Listeners(io::Error),
+    #[error("the worker pool's settings: {0}")]
+    Pool(#[from] ConfigError),
 }
 
 /// Builds the application on `listeners` and serves it until `signals` say stop (see
@@ -74,16 +76,19 @@ pub fn build(listeners: &Listeners, settings: Settings) -> Result<AppState, Star
     };
     // Before the pool: it registers metric handles, which need the recorder in place.
     let metrics = telemetry::recorder();
-    let pool = start_pool(&settings, program);
+    let pool = start_pool(&settings, program)?;
     Ok(AppState::from_parts(settings, pool, ls, metrics))
 }
 
 /// The `/isprime` pool under `settings`, whose workers are `program` in worker mode (the server's
 /// own binary, or another build of it). Install the recorder first (`telemetry::recorder`),
 /// or the pool's metrics go nowhere.
-pub fn start_pool(settings: &Settings, program: PathBuf) -> WorkerPool<IsPrimeJob> {
+pub fn start_pool(
+    settings: &Settings,
+    program: PathBuf,
+) -> Result<WorkerPool<IsPrimeJob>, ConfigError> {
     let args = WorkerArgs::for_server(settings, IsPrimeJob::KIND).to_args();
-    WorkerPool::start(pool_config(settings), move || {
+    WorkerPool::try_start(pool_config(settings), move || {
         let mut command = std::process::Command::new(&program);
         command.args(&args);
         command

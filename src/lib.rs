@@ -44,7 +44,9 @@
 //!   force, and the pool's own `PoolConfig`.
 //! - [`pool`]: a library of its own (imports nothing from the crate): `WorkerPool<J: Job>`
 //!   (submit with an opaque tag, queue, deadlines, roll, health, `wait_live`, shutdown, drop
-//!   guard), `PoolConfig`, `WorkerCommand` (how the embedding program starts a worker);
+//!   guard), `PoolConfig` (`validate`, and `WorkerPool::try_start`, refuse what a pool cannot
+//!   run with, by a typed `ConfigError`), `WorkerCommand` (how the embedding program starts a
+//!   worker);
 //!   `pool::driver` (the per-slot state machine on the pool's own thread, and its supervisor:
 //!   dispatch in batches of light jobs, every start through the backoff, make-before-break
 //!   replacement for recycling and rolls, restart after a panic); `pool::dispatch` (that

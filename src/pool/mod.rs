@@ -257,6 +257,52 @@ impl PoolConfig {
             broken_after_failed_starts: 5,
         }
     }
+
+    /// Refuses the settings a pool cannot run with, each named: `WorkerPool::try_start` calls
+    /// it, and so does the server at start-up, so that the library and the command line cannot
+    /// disagree on what is possible.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problem = if self.workers == 0 {
+            ConfigError::NoWorkers
+        } else if self.queue == 0 {
+            ConfigError::NoQueue
+        } else if self.job_timeout.is_zero() {
+            ConfigError::NoDeadline
+        } else if self.max_line < MIN_LINE {
+            ConfigError::LineTooShort(self.max_line)
+        } else if self.max_batch == 0 {
+            ConfigError::NoBatch
+        } else if self.broken_after_failed_starts == 0 {
+            ConfigError::BreakerAtZero
+        } else if self.job_slow.is_some_and(|slow| slow >= self.job_timeout) {
+            ConfigError::SlowNotBelowDeadline
+        } else {
+            return Ok(());
+        };
+        Err(problem)
+    }
+}
+
+/// Shortest protocol line a pool accepts as `max_line`: a worker's hello must fit.
+pub const MIN_LINE: usize = 256;
+
+/// A [`PoolConfig`] a pool cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("workers must be at least 1: with none, every job would wait for its deadline")]
+    NoWorkers,
+    #[error("queue must hold at least 1 job")]
+    NoQueue,
+    #[error("job_timeout must be more than zero: every job would time out at once")]
+    NoDeadline,
+    #[error("max_line {0} is below {MIN_LINE} bytes: no worker's hello would fit")]
+    LineTooShort(usize),
+    #[error("max_batch must be at least 1")]
+    NoBatch,
+    #[error("broken_after_failed_starts must be at least 1: the pool would refuse jobs at once")]
+    BreakerAtZero,
+    #[error("job_slow must be below job_timeout: a job is killed at its deadline")]
+    SlowNotBelowDeadline,
 }
 
 /// How the pool starts a worker: a fresh [`Command`](std::process::Command) per worker, whose
@@ -395,10 +441,23 @@ impl<J: Job> Clone for WorkerPool<J> {
 }
 
 impl<J: Job> WorkerPool<J> {
+    /// [`start`](Self::start), for a `config` that [`PoolConfig::validate`] accepts.
+    pub fn try_start(config: PoolConfig, command: impl WorkerCommand) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(Self::start(config, command))
+    }
+
     /// Starts the pool's thread and one driver per slot; each spawns its worker in the
     /// background, so this returns at once ([`wait_live`](Self::wait_live) waits for the first
     /// one). Needs no runtime of the caller's.
+    ///
+    /// # Panics
+    /// If [`PoolConfig::validate`] refuses `config` (use [`try_start`](Self::try_start) to get
+    /// the error instead).
     pub fn start(config: PoolConfig, command: impl WorkerCommand) -> Self {
+        if let Err(error) = config.validate() {
+            panic!("WorkerPool::start: {error}");
+        }
         let spec = SpawnSpec {
             command: Arc::new(command),
             kind: J::KIND,
@@ -576,5 +635,58 @@ impl<J: Job> Inner<J> {
         self.queue.lock().unwrap().close();
         self.job_ready.notify_waiters();
         self.change_life(|life| life.closed = true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_pool_settings_are_refused_each_by_name() {
+        assert_eq!(PoolConfig::new(2).validate(), Ok(()));
+        let refused = |change: fn(&mut PoolConfig)| {
+            let mut config = PoolConfig::new(2);
+            change(&mut config);
+            config.validate().unwrap_err()
+        };
+        assert_eq!(refused(|c| c.workers = 0), ConfigError::NoWorkers);
+        assert_eq!(refused(|c| c.queue = 0), ConfigError::NoQueue);
+        assert_eq!(refused(|c| c.job_timeout = Duration::ZERO), ConfigError::NoDeadline);
+        assert_eq!(refused(|c| c.max_line = 100), ConfigError::LineTooShort(100));
+        assert_eq!(refused(|c| c.max_batch = 0), ConfigError::NoBatch);
+        assert_eq!(
+            refused(|c| c.broken_after_failed_starts = 0),
+            ConfigError::BreakerAtZero
+        );
+        assert_eq!(
+            refused(|c| c.job_slow = Some(c.job_timeout)),
+            ConfigError::SlowNotBelowDeadline
+        );
+    }
+
+    /// A job type for pools that never run one.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Nothing;
+
+    #[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
+    #[error("nothing")]
+    struct NoError;
+
+    impl Job for Nothing {
+        const KIND: &'static str = "nothing";
+        type Output = ();
+        type Error = NoError;
+        fn run(self) -> Result<(), NoError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn try_start_refuses_a_pool_without_workers() {
+        let started = WorkerPool::<Nothing>::try_start(PoolConfig::new(0), || {
+            std::process::Command::new("/bin/false")
+        });
+        assert_eq!(started.err(), Some(ConfigError::NoWorkers));
     }
 }

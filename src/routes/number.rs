@@ -184,7 +184,7 @@ struct NumberBody<'a> {
 }
 
 /// The text of `number` in a JSON body: a string's content (for [`canonical_number`]), or
-/// the digits of a bare JSON number's value ([`json_number_value`]).
+/// the digits of a bare JSON number's value (`json_number_value`).
 pub fn number_from_json(body: &[u8], max_digits: usize) -> Result<String, NumberError> {
     // serde also accepts a struct written as an array (`[7]`); a body must be an object.
     if body.trim_ascii_start().first() != Some(&b'{') {

@@ -524,7 +524,7 @@ pub fn in_process_state(flags: &[&str], worker: &str) -> forkpool::routes::state
     let settings = cli.flags.resolve().unwrap();
     // Before the pool: it registers metric handles, which need the recorder in place.
     let metrics = forkpool::telemetry::recorder();
-    let pool = forkpool::app::start_pool(&settings, worker.into());
+    let pool = forkpool::app::start_pool(&settings, worker.into()).unwrap();
     let limits = forkpool::app::ls_limits(&settings);
     let ls = forkpool::routes::ls::Ls::open(&settings.ls_root, limits).unwrap();
     AppState::from_parts(settings, pool, ls, metrics)
