@@ -291,6 +291,19 @@ impl Notifications {
     }
 }
 
+/// A server the test launched itself: killed and reaped when dropped, so that a failing test
+/// leaves no server behind (a `Child` alone is not killed on drop).
+struct Launched(Child);
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts the binary as a systemd socket unit's service would be: `listener` passed as fd 3
 /// (named after the unit, as systemd names it by default), notifications to `notify`, a
 /// watchdog every 200 ms, and a `--listen` that must be ignored.
@@ -316,7 +329,7 @@ fn a_socket_passed_as_systemd_passes_it_is_served_and_restarts_on_it_lose_no_req
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let notify = Notifications::bind();
-    let mut child = socket_activated(&listener, &notify, &installed.root());
+    let mut child = Launched(socket_activated(&listener, &notify, &installed.root()));
     notify.wait_for("READY=1");
     // Ready means a worker said hello, and the passed socket is the one served.
     let status = common::try_request(addr, "GET", "/status", &[], b"")
@@ -334,11 +347,11 @@ fn a_socket_passed_as_systemd_passes_it_is_served_and_restarts_on_it_lose_no_req
 
     let load = Load::start_mixed(addr);
     for _ in 0..3 {
-        signal(child.id(), "TERM");
+        signal(child.0.id(), "TERM");
         notify.wait_for("STOPPING=1");
-        let exit = child.wait().unwrap();
+        let exit = child.0.wait().unwrap();
         assert!(exit.success(), "{exit:?}");
-        child = socket_activated(&listener, &notify, &installed.root());
+        child = Launched(socket_activated(&listener, &notify, &installed.root()));
         notify.wait_for("READY=1");
     }
     let tally = load.finish();
@@ -349,8 +362,8 @@ fn a_socket_passed_as_systemd_passes_it_is_served_and_restarts_on_it_lose_no_req
         4,
         "every kind of request was served:\n{tally}"
     );
-    signal(child.id(), "TERM");
-    assert!(child.wait().unwrap().success());
+    signal(child.0.id(), "TERM");
+    assert!(child.0.wait().unwrap().success());
 }
 
 #[test]
