@@ -389,16 +389,6 @@ proptest::proptest! {
 // -------------------------------------------------------------------------------------------
 // Client deadlines: `timeout` (issue 20, item 4).
 
-/// `forkpool_jobs_total{outcome}` as /metrics has it (0 when absent).
-fn jobs_total(server: &Server, outcome: &str) -> u64 {
-    let metrics = server.get("/metrics").text();
-    let sample = format!("forkpool_jobs_total{{outcome=\"{outcome}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&sample)?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_deadline_the_queue_already_outlasts_is_refused_at_once() {
     let server = Server::start(&["--workers", "1", "--job-timeout", "60s"]);
@@ -442,7 +432,10 @@ fn a_deadline_the_queue_already_outlasts_is_refused_at_once() {
     let body = r#"{"number": "7", "timeout": "200ms"}"#;
     let (_, code) = server.post_json("/isprime", body).assert_error_code(503);
     assert_eq!(code, "deadline_unreachable");
-    assert_eq!(jobs_total(&server, "rejected_deadline"), 2);
+    assert_eq!(
+        server.outcome_count("forkpool_jobs_total", "rejected_deadline"),
+        2
+    );
     assert_eq!(
         common::status(&server)["queue_depth"],
         2,

@@ -1141,16 +1141,6 @@ fn real_ls() -> PathBuf {
         .expect("ls on PATH")
 }
 
-/// The value of the `forkpool_ls_total` sample with `outcome`, 0 if there is none yet.
-fn ls_total(server: &Server, outcome: &str) -> u64 {
-    let metrics = server.get("/metrics").text();
-    let sample = format!("forkpool_ls_total{{outcome=\"{outcome}\"}} ");
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&sample)?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn ls_exit_1_after_a_whole_listing_is_a_complete_listing_with_a_warning() {
     // GNU `ls` exits 1 when an entry vanished between readdir and lstat: a stand-in that
@@ -1172,8 +1162,11 @@ fn ls_exit_1_after_a_whole_listing_is_a_complete_listing_with_a_warning() {
             response.text()
         );
     }
-    assert_eq!(ls_total(&server, "ok_with_warnings"), 2);
-    assert_eq!(ls_total(&server, "failed"), 0);
+    assert_eq!(
+        server.outcome_count("forkpool_ls_total", "ok_with_warnings"),
+        2
+    );
+    assert_eq!(server.outcome_count("forkpool_ls_total", "failed"), 0);
     server.wait_for_log("the warning with ls's stderr", |log| {
         log.contains("ls finished with warnings") && log.contains("cannot access 'gone.txt'")
     });
@@ -1191,13 +1184,13 @@ fn a_listing_that_writes_nothing_before_its_deadline_is_a_504_not_an_empty_cut_2
     let (message, code) = response.assert_error_code(504);
     assert_eq!(code, "ls_timeout");
     assert!(message.contains("--ls-timeout"), "{message}");
-    assert_eq!(ls_total(&server, "timeout"), 1);
+    assert_eq!(server.outcome_count("forkpool_ls_total", "timeout"), 1);
     // And one that fails before writing anything is a 500, not a 200 cut short.
     let (server, _bin) = start_with_fake_ls(&root, "echo 'ls: trouble' >&2; exit 2", &[]);
     let (message, code) = ls(&server, "/").assert_error_code(500);
     assert_eq!(code, "ls_failed");
     assert!(message.contains("exit status: 2"), "{message}");
-    assert_eq!(ls_total(&server, "failed"), 1);
+    assert_eq!(server.outcome_count("forkpool_ls_total", "failed"), 1);
     assert_no_ls_left(&server);
 }
 
@@ -1263,7 +1256,9 @@ fn listings_of_a_directory_whose_files_are_deleted_meanwhile_are_complete() {
             assert_eq!(response.status, 200, "{}", response.text());
             assert!(response.complete, "round {round}: the listing was cut");
         }
-        if ls_total(&server, "ok_with_warnings") > 0 || std::time::Instant::now() > deadline {
+        if server.outcome_count("forkpool_ls_total", "ok_with_warnings") > 0
+            || std::time::Instant::now() > deadline
+        {
             break;
         }
     }
@@ -1288,7 +1283,7 @@ fn an_ls_that_stalls_is_killed_at_the_idle_bound_and_a_steady_one_is_not() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(ls_total(&server, "idle_timeout"), 1);
+    assert_eq!(server.outcome_count("forkpool_ls_total", "idle_timeout"), 1);
     server.wait_for_log("the idle kill", |log| {
         log.contains("ls killed: wrote nothing for --ls-idle-timeout")
     });
@@ -1299,7 +1294,7 @@ fn an_ls_that_stalls_is_killed_at_the_idle_bound_and_a_steady_one_is_not() {
     let (message, code) = ls(&server, "/").assert_error_code(504);
     assert_eq!(code, "ls_timeout");
     assert!(message.contains("--ls-idle-timeout"), "{message}");
-    assert_eq!(ls_total(&server, "idle_timeout"), 1);
+    assert_eq!(server.outcome_count("forkpool_ls_total", "idle_timeout"), 1);
 
     // Slow but steady: forty gaps of 100 ms, 4 s in all, each well under the bound.
     let steady = "for i in $(seq 40); do echo \"row $i\"; sleep 0.1; done";
@@ -1308,5 +1303,5 @@ fn an_ls_that_stalls_is_killed_at_the_idle_bound_and_a_steady_one_is_not() {
     assert_eq!(response.status, 200);
     assert!(response.complete, "a steady listing must end cleanly");
     assert_eq!(response.text().lines().count(), 40, "{}", response.text());
-    assert_eq!(ls_total(&server, "ok"), 1);
+    assert_eq!(server.outcome_count("forkpool_ls_total", "ok"), 1);
 }

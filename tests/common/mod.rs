@@ -95,6 +95,16 @@ impl Server {
         )
     }
 
+    /// The value of the /metrics sample `family{outcome="OUTCOME"}`, 0 while it is absent.
+    pub fn outcome_count(&self, family: &str, outcome: &str) -> u64 {
+        let metrics = self.get("/metrics").text();
+        let sample = format!("{family}{{outcome=\"{outcome}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&sample)?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// A GET on the `--admin-listen` address; panics if there is none.
     pub fn get_admin(&self, path: &str) -> Response {
         let admin = self.admin.expect("the server has an admin listener");
