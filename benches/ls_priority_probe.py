@@ -3,7 +3,7 @@
 
 Usage: benches/ls_priority_probe.py [BINARY] [--clients-idle]
 
-Starts BINARY (default target/x86_64-unknown-linux-gnu/release/forkpool) on 127.0.0.1 port 0 with 2 workers and
+Starts BINARY (default target/x86_64-unknown-linux-gnu/release/forkpool, from `cargo dist`) on 127.0.0.1 port 0 with 2 workers and
 --ls-root at a temporary directory holding big/ (100,000 empty files), runs 32 `curl` loops
 that list big/ for 12 s, and meanwhile opens a new connection for one GET /testrequest every
 5 ms for 10 s. Prints p50, p99 and max of the probes, also without listings for reference.

@@ -7,7 +7,7 @@
 #
 # The copy of the sources and its own target directory live in $TARGET/upgrade-build/ ($TARGET
 # is $CARGO_TARGET_DIR, else ./target). The first time, that target directory is seeded with
-# the release dependencies already built in $TARGET (`cargo build --release` first), so only
+# the release dependencies already built in $TARGET (`cargo dist` first), so only
 # the forkpool crate itself is compiled (about 1.5 minutes here, for its fat LTO). The last line
 # printed is the binary's path.
 set -eu
@@ -28,9 +28,11 @@ mkdir -p "$src" "$out"
 # The first `version = ` line of the root manifest is the [package] one.
 sed -i "0,/^version = \".*\"\$/s//version = \"$version\"/" "$src/Cargo.toml"
 
-# Dependencies: built for the target (static glibc, .cargo/config.toml) and for the host
-# (proc macros, build scripts). Their fingerprints do not depend on where the sources are.
-for dir in x86_64-unknown-linux-gnu/release release; do
+# Dependencies: built for the target (static glibc, `cargo dist` in .cargo/config.toml) and for
+# the host (proc macros, build scripts). Their fingerprints do not depend on where the sources
+# are.
+host=$(rustc -vV | sed -n 's/^host: //p')
+for dir in "$host/release" release; do
     if [ -d "$target/$dir/deps" ] && [ ! -d "$out/$dir/deps" ]; then
         mkdir -p "$out/$dir"
         for part in .fingerprint build deps; do
@@ -40,9 +42,9 @@ for dir in x86_64-unknown-linux-gnu/release release; do
 done
 
 # Not `-p forkpool`: with the workspace's default members selected, the dependencies' features
-# are unified as in `cargo build --release`, so the seeded ones are used as they are.
-CARGO_TARGET_DIR=$out cargo build --release --manifest-path "$src/Cargo.toml" \
-    --bin forkpool
-binary=$out/x86_64-unknown-linux-gnu/release/forkpool
+# are unified as in `cargo dist`, so the seeded ones are used as they are. The alias is read
+# from the copy's .cargo/config.toml, so from inside the copy.
+(cd "$src" && CARGO_TARGET_DIR=$out cargo dist --bin forkpool)
+binary=$out/$host/release/forkpool
 echo "built $("$binary" --version)" >&2
 echo "$binary"

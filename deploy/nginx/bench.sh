@@ -3,7 +3,7 @@
 # connections, /isprime?number=7 then /testrequest) against one replica directly, then through
 # nginx (deploy/nginx/forkpool.conf, ports filled in) to that one replica, then to two.
 #
-#   cargo build --release && deploy/nginx/bench.sh [RUNS]
+#   cargo dist && deploy/nginx/bench.sh [RUNS]
 #
 # Everything listens on 127.0.0.1 and is stopped on exit. nginx runs as the current user with
 # its files in a temp dir, `worker_processes auto` as in Debian's own nginx.conf. Each replica
@@ -12,12 +12,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-1}
-# The build target is fixed in .cargo/config.toml (static link, see there); a release build at
-# the workspace root (`cargo build --release`) builds both the server and the load tester.
-bin=target/x86_64-unknown-linux-gnu/release/forkpool
-loadtest=target/x86_64-unknown-linux-gnu/release/forkpool-loadtest
+# `cargo dist` (.cargo/config.toml) builds both the server and the load tester, statically
+# linked, into target/<host triple>/release/.
+host=$(rustc -vV | sed -n 's/^host: //p')
+bin=target/$host/release/forkpool
+loadtest=target/$host/release/forkpool-loadtest
 for program in "$bin" "$loadtest"; do
-    [ -x "$program" ] || { echo "no $program: build first with cargo build --release" >&2; exit 1; }
+    [ -x "$program" ] || { echo "no $program: build first with cargo dist" >&2; exit 1; }
 done
 command -v nginx >/dev/null || { echo "nginx is not installed" >&2; exit 1; }
 

@@ -3,7 +3,7 @@
 //!
 //! A program of its own, not a subcommand of the server: its HTTP client, progress bar and
 //! plotting stay out of the binary that every worker execs. `--spawn` starts the `forkpool`
-//! found next to this executable (`cargo build --release` builds both).
+//! found next to this executable (`cargo dist` or `cargo build --release` builds both).
 //!
 //! Scenarios, each bounded in time and request count, loopback only:
 //! - `idle`: sequential /testrequest probes with a small pause.

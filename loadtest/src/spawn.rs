@@ -122,7 +122,7 @@ impl SpawnedServer {
         let built = server_program().map_err(|e| failed("cannot find this executable", e))?;
         if !built.is_file() {
             return Err(LoadtestError::Spawn(format!(
-                "no server at {} (build it with `cargo build --release`)",
+                "no server at {} (build it with `cargo dist`, or `cargo build --release`)",
                 built.display()
             )));
         }
