@@ -207,6 +207,8 @@ struct Exec {
 // SAFETY: the raw pointers point into the `CString`s and `pid_entry` owned by the same value,
 // whose heap buffers do not move when it does.
 unsafe impl Send for Exec {}
+// SAFETY: as for `Send`; and the one write after construction (the child's pid into
+// `pid_entry`) takes `&mut self`, so shared references on several threads only read.
 unsafe impl Sync for Exec {}
 
 /// `LISTEN_PID=` and room for the 10 digits of any pid, plus the terminator.

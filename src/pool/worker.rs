@@ -142,19 +142,25 @@ impl ExitOnOutOfMemory {
 // looks at the returned pointer.
 unsafe impl GlobalAlloc for ExitOnOutOfMemory {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        Self::check(System.alloc(layout))
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on unchanged.
+        Self::check(unsafe { System.alloc(layout) })
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        Self::check(System.alloc_zeroed(layout))
+        // SAFETY: the caller upholds `GlobalAlloc::alloc_zeroed`'s contract, passed on unchanged.
+        Self::check(unsafe { System.alloc_zeroed(layout) })
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        Self::check(System.realloc(ptr, layout, new_size))
+        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract (`ptr` came from this
+        // allocator, hence from `System`, with `layout`), passed on unchanged.
+        Self::check(unsafe { System.realloc(ptr, layout, new_size) })
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
+        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract (`ptr` came from this
+        // allocator, hence from `System`, with `layout`), passed on unchanged.
+        unsafe { System.dealloc(ptr, layout) }
     }
 }
 

@@ -13,9 +13,9 @@ use crate::procfs;
 use crate::settings::Settings;
 
 /// The cap when `--max-connections` is not given (gunicorn's `worker_connections` is 1000).
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+pub(super) const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 /// Connections the admin listener may hold: scrapers and operators, not the public.
-pub const ADMIN_MAX_CONNECTIONS: u32 = 16;
+pub(super) const ADMIN_MAX_CONNECTIONS: u32 = 16;
 /// Descriptors one worker costs the server: stdin, stdout and stderr pipes, and one spare for
 /// the moment of a spawn.
 const FDS_PER_WORKER: u64 = 4;
