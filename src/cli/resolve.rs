@@ -77,7 +77,7 @@ pub enum ResolveError {
 impl Flags {
     /// The settings in force: the worker count from the cores when not given, `--ls-root`
     /// (default: the working directory) made canonical, so that it must exist. Flags that
-    /// contradict each other are refused (see [`Flags::check_pairs`]).
+    /// contradict each other are refused (see `Flags::check_pairs`, below).
     pub fn resolve(self) -> Result<Settings, ResolveError> {
         self.check_pairs()?;
         let workers = self.workers.map(usize::from).unwrap_or_else(|| {
