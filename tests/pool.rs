@@ -57,7 +57,7 @@ fn client_hang_up_kills_the_busy_worker_and_a_fresh_one_serves() {
     assert_serves(&server);
     let (stream, pid) = start_slow_job(&server);
     drop(stream);
-    let gone = wait_until(Duration::from_secs(3), || (!alive(pid)).then_some(()));
+    let gone = wait_until(Duration::from_secs(20), || (!alive(pid)).then_some(()));
     assert!(
         gone.is_some(),
         "worker {pid} still runs after the client left"
@@ -83,7 +83,7 @@ fn deadline_gives_504_and_the_pool_recovers() {
     let response = server.post_json("/isprime", &body);
     let message = response.assert_error(504);
     assert!(message.contains("deadline"), "{message}");
-    let replaced = wait_until(Duration::from_secs(5), || {
+    let replaced = wait_until(Duration::from_secs(20), || {
         let now = server.worker_pids();
         (now.len() == 1 && now != before).then_some(())
     });
@@ -151,7 +151,7 @@ fn full_queue_gives_503_with_retry_after_and_hang_up_leaves_the_queue() {
     server.wait_for_workers(1);
     let (running, _) = start_slow_job(&server);
     let queued = server.send_job(&slow_prime());
-    let depth = wait_until(Duration::from_secs(5), || {
+    let depth = wait_until(Duration::from_secs(20), || {
         (status(&server)["queue_depth"] == 1).then_some(())
     });
     assert!(depth.is_some(), "the second job waits in the queue");
@@ -161,7 +161,7 @@ fn full_queue_gives_503_with_retry_after_and_hang_up_leaves_the_queue() {
     assert_eq!(response.header("retry-after"), Some("1"));
 
     drop(queued);
-    let emptied = wait_until(Duration::from_secs(5), || {
+    let emptied = wait_until(Duration::from_secs(20), || {
         (status(&server)["queue_depth"] == 0).then_some(())
     });
     assert!(
@@ -239,8 +239,9 @@ fn short_jobs_queued_behind_a_long_one_never_wait_for_it() {
 }
 
 /// A fake isprime worker like the real one: it holds its answers until no more jobs arrive
-/// for 0.3 s, then writes them at once; a job for 11 takes a second, one for 13 crashes it,
-/// one for 17 gets a line that is not JSON.
+/// for 0.3 s, then writes them at once; a job for 11 runs until the test opens its gate (the
+/// file `SCRIPT.go`, which the job removes), one for 13 crashes it, one for 17 gets a line that
+/// is not JSON.
 fn batching_fake_worker() -> tempfile::TempPath {
     let hello = hello(env!("CARGO_PKG_VERSION"));
     let script = format!(
@@ -252,7 +253,7 @@ while true; do
     id=${{line#*\"id\":}}; id=${{id%%,*}}
     case $line in
       *'"n":"13"'*) exit 3;;
-      *'"n":"11"'*) sleep 1;;
+      *'"n":"11"'*) until [ -e "$0.go" ]; do sleep 0.01; done; rm -f "$0.go";;
       *'"n":"17"'*) echo garbage; continue;;
     esac
     held+="{{\"id\":$id,\"ms\":0.1,\"ok\":{{\"is_prime\":true,\"method\":\"deterministic\"}}}}"$'\n'
@@ -295,8 +296,8 @@ fn a_worker_dying_with_several_jobs_fails_only_the_job_that_crashes_alone() {
     server.assert_no_zombies();
 }
 
-/// A server with one batching fake worker, busy for a second with a job for 11 (returned,
-/// unread), and the streams of `numbers` sent meanwhile, queued in that order.
+/// A server with one batching fake worker, busy with a job for 11 (returned, unread) until
+/// the streams of `numbers` are queued behind it in that order; then its gate opens.
 fn batch_behind_a_busy_fake(
     fake: &tempfile::TempPath,
     numbers: &[&str],
@@ -305,15 +306,15 @@ fn batch_behind_a_busy_fake(
     server.wait_for_workers(1);
     let first = server.send_job("11");
     wait_busy(&server, 1);
-    let batch = numbers
-        .iter()
-        .map(|&n| {
+    let batch = (1..)
+        .zip(numbers)
+        .map(|(queued, &n)| {
             let stream = server.send_job(n);
-            std::thread::sleep(Duration::from_millis(50));
+            wait_queued(&server, queued);
             stream
         })
         .collect();
-    wait_queued(&server, numbers.len() as u64);
+    std::fs::write(format!("{}.go", fake.display()), "").expect("open the fake's gate");
     (server, first, batch)
 }
 
@@ -359,7 +360,7 @@ fn no_worker_survives_a_sigkilled_server() {
     let (_stream, _) = start_slow_job(&server);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let gone = wait_until(Duration::from_secs(2), || {
+    let gone = wait_until(Duration::from_secs(20), || {
         workers.iter().all(|&pid| !alive(pid)).then_some(())
     });
     assert!(gone.is_some(), "workers outlived the server: {workers:?}");
@@ -373,6 +374,7 @@ fn abandoned_requests_never_shrink_the_pool() {
     // Open and abandon requests in bursts: some are queued, some running, some done.
     for _ in 0..10 {
         let streams: Vec<_> = (0..30).map(|_| server.send_job(&number)).collect();
+        // Not a wait for an event: a burst is abandoned at whatever point it has reached.
         std::thread::sleep(Duration::from_millis(20));
         drop(streams);
     }
@@ -694,6 +696,7 @@ fn recycling_and_a_roll_together_keep_at_most_one_spare_worker() {
             let mut most = 0;
             while !done.load(Ordering::Relaxed) {
                 most = most.max(server.worker_pids().len());
+                // The sampling pace, not a wait for an event.
                 std::thread::sleep(Duration::from_millis(1));
             }
             most
@@ -711,6 +714,7 @@ fn recycling_and_a_roll_together_keep_at_most_one_spare_worker() {
                 })
             })
             .collect();
+        // Not a wait for an event: the roll starts at some point of the clients' run.
         std::thread::sleep(Duration::from_millis(50));
         signal(server.pid(), "HUP");
         for client in clients {
@@ -748,7 +752,7 @@ fn a_worker_that_breaks_the_protocol_is_replaced() {
     let message = server.get("/isprime?number=7").assert_error(502);
     assert!(message.contains("protocol"), "{message}");
     assert!(message.contains("longer than 4096"), "{message}");
-    let replaced = wait_until(Duration::from_secs(5), || {
+    let replaced = wait_until(Duration::from_secs(20), || {
         let now = server.worker_pids();
         (now.len() == 1 && now != before).then_some(())
     });
@@ -1161,7 +1165,9 @@ fn max_address_space(pid: u32) -> String {
 fn workers_run_isolated_at_low_priority_under_a_memory_limit() {
     const SCHED_OTHER: i64 = 0;
     const SCHED_IDLE: i64 = 5;
-    let server = Server::start(&["--workers", "1", "--worker-memory", "512MiB"]);
+    let server = Server::with(&["--workers", "1", "--worker-memory", "512MiB"])
+        .idle_workers()
+        .start();
     let [pid] = server.wait_for_workers(1)[..] else {
         unreachable!()
     };

