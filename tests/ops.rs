@@ -866,11 +866,10 @@ fn config_file_errors_exit_2_naming_the_problem() {
 #[test]
 fn sighup_replaces_every_worker_without_failing_the_running_job() {
     let workers = 2;
-    // The normal scheduling class: under SCHED_IDLE, a machine busy with other work starves
-    // the running job, and the roll waits on it for longer than this test does.
-    let server = Server::start(&["--workers", "2", "--worker-sched", "other"]);
+    // Its job runs until released: in flight when the roll starts, on any machine.
+    let held = common::HeldWorker::new();
+    let server = Server::start(&["--workers", "2", "--worker-program", held.program()]);
     let before = server.wait_for_workers(workers);
-    let body = slow_body();
     let done = AtomicBool::new(false);
     let (response, most, seen) = std::thread::scope(|s| {
         // Samples the live workers as often as it can while the roll runs.
@@ -885,9 +884,14 @@ fn sighup_replaces_every_worker_without_failing_the_running_job() {
             }
             (most, seen)
         });
-        let request = s.spawn(|| server.post_json("/isprime", &body));
+        let request = s.spawn(|| server.post_json("/isprime", r#"{"number": "7"}"#));
         wait_busy(&server, || request.is_finished());
         signal(server.pid(), "HUP");
+        // The idle worker is replaced; the busy one waits for its job.
+        let half = wait_until(Duration::from_secs(30), || {
+            (status(&server)["pool"]["roll"]["pending_slots"] == 1).then_some(())
+        });
+        held.release();
         let rolled = wait_until(Duration::from_secs(30), || {
             let pids = server.worker_pids();
             (pids.len() == workers && pids.iter().all(|p| !before.contains(p))).then_some(pids)
@@ -895,6 +899,11 @@ fn sighup_replaces_every_worker_without_failing_the_running_job() {
         let response = request.join().unwrap();
         done.store(true, Ordering::Relaxed);
         let (most, seen) = sampler.join().unwrap();
+        assert!(
+            half.is_some(),
+            "the roll never replaced the idle worker alone: {}",
+            status(&server)["pool"]
+        );
         assert!(
             rolled.is_some(),
             "not every worker was replaced: before {before:?}, now {:?}",

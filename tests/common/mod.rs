@@ -805,6 +805,60 @@ pub fn wait_writing_to_full_pipe(pid: u32) {
     .unwrap_or_else(|| panic!("{pid} never blocked on a full pipe: wchan {:?}", wchan()));
 }
 
+/// A fake `isprime` worker (for `--worker-program`) whose every job waits until the test
+/// calls [`HeldWorker::release`], then answers "prime": a job in flight for exactly as long as
+/// the test needs, on any machine. (A real `slow_prime` job takes a second on an idle machine
+/// and many on a loaded one, and a test cannot know which.)
+pub struct HeldWorker {
+    /// The script, named `forkpool-held-*` so that [`Server::worker_pids`] counts it.
+    script: tempfile::TempPath,
+}
+
+impl HeldWorker {
+    pub fn new() -> HeldWorker {
+        use std::os::unix::fs::PermissionsExt;
+        let hello = format!(
+            r#"{{\"hello\":{{\"protocol\":{},\"version\":\"{}\",\"pid\":$$,\"kind\":\"isprime\"}}}}"#,
+            forkpool::pool::PROTOCOL_VERSION,
+            env!("CARGO_PKG_VERSION")
+        );
+        // The gate is the file `SCRIPT.go`; waiting for it is the fake's only job.
+        let script = format!(
+            r#"#!/bin/sh
+echo "{hello}"
+while read -r line; do
+  id=${{line#*\"id\":}}; id=${{id%%,*}}
+  until [ -e "$0.go" ]; do sleep 0.01; done
+  echo "{{\"id\":$id,\"ms\":0.1,\"ok\":{{\"is_prime\":true,\"method\":\"deterministic\"}}}}"
+done
+"#
+        );
+        let script = temp_file("forkpool-held-", ".sh", &script);
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        HeldWorker { script }
+    }
+
+    /// The path to give `--worker-program`.
+    pub fn program(&self) -> &str {
+        self.script.to_str().expect("a UTF-8 temporary path")
+    }
+
+    /// Lets every job, waiting now or sent later, be answered.
+    pub fn release(&self) {
+        std::fs::write(self.gate(), "").expect("open the held worker's gate");
+    }
+
+    fn gate(&self) -> std::path::PathBuf {
+        format!("{}.go", self.script.display()).into()
+    }
+}
+
+impl Drop for HeldWorker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.gate());
+    }
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or gives up after `limit`.
 pub fn wait_until<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
