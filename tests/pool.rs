@@ -1278,26 +1278,31 @@ fn reaped(pid: u32) -> bool {
     !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Threads of this process named like the pool's.
-fn pool_threads() -> usize {
+/// Thread ids of this process's threads named like the pool's.
+fn pool_threads() -> std::collections::HashSet<u32> {
     let tasks = std::fs::read_dir("/proc/self/task").unwrap();
     tasks
-        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
-        .filter(|comm| comm.trim() == "forkpool-pool")
-        .count()
+        .map(|t| t.unwrap().path())
+        .filter(|t| {
+            std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "forkpool-pool")
+        })
+        .filter_map(|t| t.file_name()?.to_str()?.parse().ok())
+        .collect()
 }
 
-/// Every test below that counts pool threads holds this, so that another test's pool does
-/// not show up in the count.
-static POOL_THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+use common::POOL_THREADS;
 
 #[test]
 fn dropping_the_last_pool_handle_stops_its_thread_and_kills_its_workers() {
     let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    // Holding POOL_THREADS, no other pool starts meanwhile (pools of other tests may end).
     let before = pool_threads();
     let pool = WorkerPool::<IsPrimeJob>::start(pool_config(2, "dropguard"), isprime_worker());
     let workers = wait_live(&pool, 2);
-    assert_eq!(pool_threads(), before + 1);
+    let started: Vec<u32> = pool_threads().difference(&before).copied().collect();
+    let [thread] = started[..] else {
+        panic!("the pool started threads {started:?}, not one")
+    };
     let clone = pool.clone();
     drop(pool);
     assert!(
@@ -1310,7 +1315,10 @@ fn dropping_the_last_pool_handle_stops_its_thread_and_kills_its_workers() {
         workers.iter().all(|&pid| reaped(pid)),
         "workers {workers:?} outlived the last pool handle"
     );
-    assert_eq!(pool_threads(), before, "the pool's thread outlived it");
+    assert!(
+        !pool_threads().contains(&thread),
+        "the pool's thread outlived it"
+    );
 }
 
 /// The wire shape of an isprime verdict, whose decoding panics when the number is not prime:
@@ -1360,9 +1368,8 @@ struct Observed {
 fn observed() -> &'static Observed {
     static OBSERVED: std::sync::OnceLock<Observed> = std::sync::OnceLock::new();
     OBSERVED.get_or_init(|| {
-        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .unwrap();
+        // The process-wide recorder, which in-process servers of other tests share.
+        let metrics = forkpool::telemetry::recorder();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = log.clone();
         tracing_subscriber::fmt()

@@ -542,6 +542,11 @@ pub fn require_tool(program: &str, arg: &str) {
     );
 }
 
+/// Held by every test that starts a pool in this process (`in_process_state` holds it while
+/// the pool starts), so that a test that looks for the thread its own pool started finds
+/// only that one: the tests of every file share one process.
+pub static POOL_THREADS: Mutex<()> = Mutex::new(());
+
 /// The state of a server built from parts in the test process, as `app::build` builds one:
 /// the settings the binary resolves from `flags`, a pool whose workers are `worker`, `/ls` on
 /// the settings' root, the process-wide recorder. Call it inside a Tokio runtime; a handler is
@@ -553,7 +558,10 @@ pub fn in_process_state(flags: &[&str], worker: &str) -> forkpool::routes::state
     let settings = cli.flags.resolve().unwrap();
     // Before the pool: it registers metric handles, which need the recorder in place.
     let metrics = forkpool::telemetry::recorder();
-    let pool = forkpool::app::start_pool(&settings, worker.into()).unwrap();
+    let pool = {
+        let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+        forkpool::app::start_pool(&settings, worker.into()).unwrap()
+    };
     let limits = forkpool::app::ls_limits(&settings);
     let ls = forkpool::routes::ls::Ls::open(&settings.ls_root, limits).unwrap();
     AppState::from_parts(settings, pool, ls, metrics)
