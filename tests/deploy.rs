@@ -14,7 +14,7 @@
 //! The nginx tests take one lock, so that their figures are not measured against each other.
 //! Traffic goes to 127.0.0.1 only, and every loop is bounded in time.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

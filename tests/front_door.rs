@@ -3,7 +3,7 @@
 //! low descriptor limit, the connection cap, forged request ids, tricky JSON, the end of the
 //! shutdown grace, and the admin listener.
 
-mod common;
+use crate::common;
 
 use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;

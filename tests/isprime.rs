@@ -2,7 +2,7 @@
 //! (The primality vectors themselves are in tests/prime.rs.) Also the regression guard for a
 //! blocked event loop: probes while every worker is busy, with a loose bound.
 
-mod common;
+use crate::common;
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! `/ls` against the real binary over real HTTP: listing, confinement, errors, streaming,
 //! the lifecycle of the `ls` process (timeout, failure, client hang-up) and the concurrency cap.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::net::TcpStream;

@@ -6,7 +6,7 @@
 //!
 //! Tests marked "needs the real src/prime.rs" hold a worker busy with `common::slow_prime()`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

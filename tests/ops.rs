@@ -4,7 +4,7 @@
 //! Tests marked "needs the real src/prime.rs" hold a worker busy with `common::slow_prime()`;
 //! on the placeholder that job returns at once, and they fail saying so.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};

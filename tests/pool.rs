@@ -2,7 +2,7 @@
 //! recycling, broken workers, that no process outlives the server, and the worker side alone.
 //! Then the pool as a library in this process: its drop guard, and a driver that panics.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;

@@ -3,7 +3,7 @@
 //!
 //! (A panicking handler is tested in-process, in `src/server.rs`: no route panics.)
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::time::Duration;
