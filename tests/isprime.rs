@@ -381,20 +381,34 @@ proptest::proptest! {
 
 #[test]
 fn a_deadline_the_queue_already_outlasts_is_refused_at_once() {
-    let server = Server::start(&["--workers", "1", "--job-timeout", "60s"]);
+    // Every job runs until released.
+    let held = common::HeldWorker::new();
+    let args = ["--workers", "1", "--job-timeout", "60s"];
+    let server = Server::start(&[&args[..], &["--worker-program", held.program()]].concat());
     server.wait_for_workers(1);
-    let number = slow_prime();
-    // One slow job run to the end gives the estimate its mean run time.
-    let first = server.post_json("/isprime", &format!("{{\"number\": \"{number}\"}}"));
+    let body = r#"{"number": "7"}"#;
+    // One job run to the end gives the estimate its mean run time: at least 300 ms.
+    let first = std::thread::scope(|s| {
+        let first = s.spawn(|| server.post_json("/isprime", body));
+        wait_until(Duration::from_secs(20), || {
+            (busy_jobs(&server).len() == 1).then_some(())
+        })
+        .expect("the first job runs");
+        // Not a wait for an event: how long the job runs is the point.
+        std::thread::sleep(Duration::from_millis(300));
+        held.release();
+        first.join().unwrap()
+    });
     assert_eq!(first.status, 200, "{}", first.text());
-    // One slow job running and two queued behind it: the wait is two mean run times.
-    let running = server.send_job(&number);
-    wait_until(Duration::from_secs(10), || {
+    // One job running and two queued behind it: the wait is two mean run times, 600 ms or more.
+    held.hold_all();
+    let running = server.send_job("7");
+    wait_until(Duration::from_secs(20), || {
         (busy_jobs(&server).len() == 1).then_some(())
     })
     .expect("the first job runs");
-    let queued: Vec<TcpStream> = (0..2).map(|_| server.send_job(&number)).collect();
-    wait_until(Duration::from_secs(10), || {
+    let queued: Vec<TcpStream> = (0..2).map(|_| server.send_job("7")).collect();
+    wait_until(Duration::from_secs(20), || {
         (common::status(&server)["queue_depth"] == 2).then_some(())
     })
     .expect("two jobs wait");

@@ -211,18 +211,23 @@ fn unanswered(stream: &std::net::TcpStream) -> bool {
 fn short_jobs_queued_behind_a_long_one_never_wait_for_it() {
     // Both workers busy, then a long job and twenty short ones queue up behind it. The first
     // free worker must take the long job alone: short jobs sent along with it would wait the
-    // whole long test in its worker while the other worker sat free.
-    let server = Server::start(&["--workers", "2", "--max-batch", "32"]);
+    // whole long test in its worker while the other worker sat free. The jobs for 3 (busy)
+    // and the long one run until released; the others are answered at once. The long job's
+    // number is big, so that the pool knows it for a long one.
+    let long_number = slow_prime();
+    let held = common::HeldWorker::holding(&["3", &long_number]);
+    let args = ["--workers", "2", "--max-batch", "32"];
+    let server = Server::start(&[&args[..], &["--worker-program", held.program()]].concat());
     server.wait_for_workers(2);
-    let medium = mersenne(4423);
-    let busy: Vec<_> = (0..2).map(|_| server.send_job(&medium)).collect();
+    let busy: Vec<_> = (0..2).map(|_| server.send_job("3")).collect();
     wait_busy(&server, 2);
-    let long = server.send_job(&slow_prime());
+    let long = server.send_job(&long_number);
     wait_queued(&server, 1);
     let shorts: Vec<_> = (0..20)
         .map(|i| server.send_job(&(1_000_003 + 2 * i).to_string()))
         .collect();
     wait_queued(&server, 21);
+    held.release_number("3");
     for (i, short) in shorts.into_iter().enumerate() {
         let response = read_response(short);
         assert_eq!(response.status, 200, "short job {i}: {}", response.text());
@@ -231,6 +236,7 @@ fn short_jobs_queued_behind_a_long_one_never_wait_for_it() {
         unanswered(&long),
         "the long job ended before every short job was answered: some waited behind it"
     );
+    held.release_number(&long_number);
     assert_eq!(read_response(long).json()["isPrime"], true);
     for stream in busy {
         assert_eq!(read_response(stream).status, 200);

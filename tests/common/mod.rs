@@ -813,37 +813,55 @@ pub fn wait_writing_to_full_pipe(pid: u32) {
     .unwrap_or_else(|| panic!("{pid} never blocked on a full pipe: wchan {:?}", wchan()));
 }
 
-/// A fake `isprime` worker (for `--worker-program`) whose every job waits until the test
-/// calls [`HeldWorker::release`], then answers "prime": a job in flight for exactly as long as
-/// the test needs, on any machine. (A real `slow_prime` job takes a second on an idle machine
-/// and many on a loaded one, and a test cannot know which.)
+/// A fake `isprime` worker (for `--worker-program`) that answers "prime" to every job, but
+/// holds the jobs the test says until the test releases them: a job in flight for exactly as
+/// long as the test needs, on any machine. (A real `slow_prime` job takes a second on an idle
+/// machine and many on a loaded one, and a test cannot know which.) Jobs are answered in the
+/// order the worker reads them, so a held job also holds the jobs behind it in its batch.
 pub struct HeldWorker {
-    /// The script, named `forkpool-held-*` so that [`Server::worker_pids`] counts it.
+    /// The script, named `forkpool-held-*` so that [`Server::worker_pids`] counts it. A job
+    /// for N waits while `SCRIPT.hold-K` (K: N's first 16 digits) or `SCRIPT.hold-all` exists.
     script: tempfile::TempPath,
 }
 
 impl HeldWorker {
+    /// Holds every job until [`HeldWorker::release`].
     pub fn new() -> HeldWorker {
+        let held = HeldWorker::holding(&[]);
+        held.hold_all();
+        held
+    }
+
+    /// Holds every job from now on, as [`HeldWorker::new`] does, until the next release.
+    pub fn hold_all(&self) {
+        self.hold("all");
+    }
+
+    /// Holds the jobs for each of `numbers` until [`HeldWorker::release_number`]; answers the
+    /// others at once.
+    pub fn holding(numbers: &[&str]) -> HeldWorker {
         use std::os::unix::fs::PermissionsExt;
         let hello = format!(
             r#"{{\"hello\":{{\"protocol\":{},\"version\":\"{}\",\"pid\":$$,\"kind\":\"isprime\"}}}}"#,
             forkpool::pool::PROTOCOL_VERSION,
             env!("CARGO_PKG_VERSION")
         );
-        // The gate is the file `SCRIPT.go`; waiting for it is the fake's only job.
         let script = format!(
             r#"#!/bin/sh
 echo "{hello}"
 while read -r line; do
   id=${{line#*\"id\":}}; id=${{id%%,*}}
-  until [ -e "$0.go" ]; do sleep 0.01; done
+  n=${{line#*\"n\":\"}}; n=$(printf '%s' "${{n%%\"*}}" | cut -c1-16)
+  while [ -e "$0.hold-all" ] || [ -e "$0.hold-$n" ]; do sleep 0.01; done
   echo "{{\"id\":$id,\"ms\":0.1,\"ok\":{{\"is_prime\":true,\"method\":\"deterministic\"}}}}"
 done
 "#
         );
         let script = temp_file("forkpool-held-", ".sh", &script);
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        HeldWorker { script }
+        let held = HeldWorker { script };
+        numbers.iter().for_each(|n| held.hold(n));
+        held
     }
 
     /// The path to give `--worker-program`.
@@ -851,19 +869,38 @@ done
         self.script.to_str().expect("a UTF-8 temporary path")
     }
 
-    /// Lets every job, waiting now or sent later, be answered.
+    /// Lets every job that [`HeldWorker::new`] holds be answered, now and later.
     pub fn release(&self) {
-        std::fs::write(self.gate(), "").expect("open the held worker's gate");
+        self.release_number("all");
     }
 
-    fn gate(&self) -> std::path::PathBuf {
-        format!("{}.go", self.script.display()).into()
+    /// Lets the jobs for `number` be answered, now and later.
+    pub fn release_number(&self, number: &str) {
+        std::fs::remove_file(self.hold_file(number)).expect("release a held number");
+    }
+
+    fn hold(&self, number: &str) {
+        std::fs::write(self.hold_file(number), "").expect("hold a number");
+    }
+
+    /// The file that holds `number`'s jobs: named by its first 16 digits, as the script
+    /// reads them (a whole `slow_prime` would be too long a file name).
+    fn hold_file(&self, number: &str) -> std::path::PathBuf {
+        let key = &number[..number.len().min(16)];
+        format!("{}.hold-{key}", self.script.display()).into()
     }
 }
 
 impl Drop for HeldWorker {
+    /// Removes the hold files still there.
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.gate());
+        let prefix = format!("{}.hold-", self.script.display());
+        let dir = self.script.parent().expect("a temporary directory");
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.path().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
