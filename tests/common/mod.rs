@@ -4,8 +4,6 @@
 //! The client is deliberately tiny and blocking: tests must be able to do what real clients do
 //! badly (hang up mid-response, read chunk by chunk), which a full client library hides.
 
-// Each test file uses a different part of this module.
-#![allow(dead_code)]
 // The test files are modules of one crate (tests/integration.rs) that reach these items as
 // `common::...`: `pub` is this module's interface to them, and `pub(crate)` on each would say
 // the same thing again.
