@@ -173,7 +173,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         audience: Audience::Operators,
         usage: &[Usage {
             request: "GET  /status",
-            what: "config and workers, as JSON (on the admin address if there is one)",
+            what: "the settings in force and the workers, as JSON (on the admin address if there is one)",
             example: "curl {base}/status",
         }],
         params: &[],
