@@ -1582,3 +1582,111 @@ fn a_newer_roll_kills_and_reaps_a_replacement_still_starting_for_the_older_one()
     assert!(reaped(old), "the old worker {old} outlived the roll");
     assert_eq!(pool.overview().roll.pending_slots, 0);
 }
+
+/// An elastic pool of 1 to 2 workers (or to the CPUs this process may use, if fewer), idle
+/// workers retiring after 300 ms.
+fn elastic_config(metrics_prefix: &str) -> PoolConfig {
+    PoolConfig {
+        workers_min: 1,
+        worker_idle_timeout: Duration::from_millis(300),
+        ..pool_config(2, metrics_prefix)
+    }
+}
+
+/// Waits until the pool's overview shows `live` workers live and as its target.
+fn wait_size<J: Job>(pool: &WorkerPool<J>, live: usize) {
+    let reached = wait_until(Duration::from_secs(20), || {
+        let workers = pool.overview().workers;
+        (workers.live == live && workers.target == live).then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "never {live} live: {:?}",
+        pool.overview()
+    );
+}
+
+/// The value of the one sample `line_start` (name and labels) in a rendered exposition.
+fn sample(metrics: &str, line_start: &str) -> f64 {
+    let line = metrics.lines().find(|l| l.starts_with(line_start));
+    let line = line.unwrap_or_else(|| panic!("no `{line_start}` in\n{metrics}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn an_elastic_pool_grows_under_a_burst_and_shrinks_back_when_idle_failing_no_job() {
+    let observed = observed();
+    let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pool = WorkerPool::<IsPrimeJob>::start(elastic_config("elastic"), isprime_worker());
+    wait_size(&pool, 1);
+    let size = pool.overview().workers;
+    assert_eq!((size.min, size.target), (1, 1), "{size:?}");
+    if size.max < 2 {
+        eprintln!("this process may use one CPU only: the pool cannot grow; skipped");
+        return;
+    }
+    // More jobs than workers, each of a good fraction of a second: every worker busy and jobs
+    // waiting for longer than the pool takes to grow.
+    let burst: Vec<_> = (0..6)
+        .map(|i| {
+            let pool = pool.clone();
+            runtime.spawn(async move {
+                let job = IsPrimeJob { n: mersenne(4423) };
+                pool.submit(job, &format!("burst-{i}")).await
+            })
+        })
+        .collect();
+    wait_size(&pool, 2);
+    for answer in runtime.block_on(futures_util::future::join_all(burst)) {
+        let answer = answer.unwrap();
+        assert!(
+            answer.is_ok(),
+            "a job failed while the pool grew: {answer:?}"
+        );
+    }
+    // Idle for the timeout, the grown worker retires; the minimum stays.
+    wait_size(&pool, 1);
+    let rows = pool.status();
+    let states: Vec<_> = rows.iter().map(|w| w.state.as_str()).collect();
+    assert!(states.contains(&"dormant"), "{states:?}");
+
+    let metrics = observed.metrics.render();
+    assert!(sample(&metrics, "elastic_worker_starts_total{reason=\"grow\"}") >= 1.0);
+    assert!(sample(&metrics, "elastic_worker_exits_total{reason=\"idle\"}") >= 1.0);
+    let log = String::from_utf8_lossy(&observed.log.lock().unwrap()).into_owned();
+    assert!(log.contains("the pool grows"), "{log}");
+    assert!(log.contains("the pool shrinks"), "{log}");
+}
+
+#[test]
+fn an_elastic_pool_at_minimum_zero_is_ready_with_no_worker_and_its_first_job_starts_one() {
+    let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = PoolConfig {
+        workers_min: 0,
+        ..elastic_config("elastic_zero")
+    };
+    let pool = WorkerPool::<IsPrimeJob>::start(config, isprime_worker());
+    runtime.block_on(pool.wait_ready());
+    assert_eq!(pool.health(), PoolHealth::Standby);
+    assert_eq!(pool.live_workers(), 0);
+    let answer = runtime.block_on(pool.submit(IsPrimeJob { n: "7".into() }, "first"));
+    assert!(answer.unwrap().output.is_prime);
+    // Idle, it goes back to none, and is ready as before.
+    wait_size(&pool, 0);
+    assert_eq!(pool.health(), PoolHealth::Standby);
+}
+
+#[test]
+fn a_minimum_above_the_maximum_is_refused_by_name() {
+    let config = PoolConfig {
+        workers_min: 3,
+        ..PoolConfig::new(2)
+    };
+    let refused = WorkerPool::<IsPrimeJob>::try_start(config, isprime_worker()).err();
+    assert_eq!(
+        refused,
+        Some(forkpool::pool::ConfigError::MinAboveMax { min: 3, max: 2 })
+    );
+}

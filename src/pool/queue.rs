@@ -107,7 +107,7 @@ impl<J: Job> Inner<J> {
         admit_within: Option<Duration>,
     ) -> Result<(), PoolError<J::Error>> {
         // Read before the queue's lock, which nothing holds while it changes the pool's life.
-        let live = self.life.borrow().live();
+        let live = self.life.borrow().serving();
         let mean_run = self.run_times.mean();
         {
             let mut queue = self.queue.lock().unwrap();

@@ -49,15 +49,19 @@ pub enum WorkerState {
     Down,
     /// Retired: the pool is closed.
     Stopped,
+    /// No worker wanted: an elastic pool below its maximum (never started, or its worker
+    /// retired idle). It starts one when the pool grows.
+    Dormant,
 }
 
 impl WorkerState {
-    pub const ALL: [WorkerState; 5] = [
+    pub const ALL: [WorkerState; 6] = [
         WorkerState::Starting,
         WorkerState::Idle,
         WorkerState::Busy,
         WorkerState::Down,
         WorkerState::Stopped,
+        WorkerState::Dormant,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +71,7 @@ impl WorkerState {
             WorkerState::Busy => "busy",
             WorkerState::Down => "down",
             WorkerState::Stopped => "stopped",
+            WorkerState::Dormant => "dormant",
         }
     }
 }
@@ -96,10 +101,11 @@ pub(super) struct SlotWorker<'a> {
 }
 
 impl Slot {
-    pub(super) fn new() -> Slot {
+    /// A slot with no worker yet, `state` `starting` or (an elastic pool's spare) `dormant`.
+    pub(super) fn new(state: WorkerState) -> Slot {
         Slot {
             pid: None,
-            state: WorkerState::Starting,
+            state,
             job: None,
             jobs_served: 0,
             started_at: None,

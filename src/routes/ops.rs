@@ -330,7 +330,8 @@ impl HttpError for NotReady {
     }
 }
 
-/// 200 while a worker is live and the server is not shutting down; 503 otherwise, saying why:
+/// 200 while a worker is live (or none is wanted: an elastic pool with `--workers-min 0` at
+/// rest) and the server is not shutting down; 503 otherwise, saying why:
 /// shutting down, no worker yet, or none can be started (with the last start error).
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
     if state.is_shutting_down() {
@@ -339,7 +340,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
     // One reading of the pool, so that the count agrees with the health.
     let pool = state.pool.overview();
     match pool.health {
-        PoolHealth::Live => {}
+        // Standby: no worker is wanted (an elastic pool at `--workers-min 0`), and the next
+        // job starts one; a pool whose starts fail is `Unavailable` instead.
+        PoolHealth::Live | PoolHealth::Standby => {}
         PoolHealth::Unavailable {
             failed_starts,
             last_error,
