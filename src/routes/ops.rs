@@ -366,6 +366,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         let count = workers.iter().filter(|w| w.state == s).count();
         metrics::gauge!(telemetry::POOL_WORKERS, "state" => s.as_str()).set(count as f64);
     }
+    let size = state.pool.overview().workers;
+    for (name, value) in [
+        (telemetry::POOL_WORKERS_TARGET, size.target),
+        (telemetry::POOL_WORKERS_LIVE, size.live),
+        (telemetry::POOL_WORKERS_BUSY, size.busy),
+        (telemetry::POOL_WORKERS_MIN, size.min),
+        (telemetry::POOL_WORKERS_MAX, size.max),
+    ] {
+        metrics::gauge!(name).set(value as f64);
+    }
     metrics::gauge!(telemetry::QUEUE_DEPTH).set(state.pool.queue_depth() as f64);
     state.metrics.run_upkeep();
     let mut text = state.metrics.render();
