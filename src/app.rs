@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::cli::WorkerArgs;
 use crate::jobs::IsPrimeJob;
-use crate::pool::{ConfigError, Job, PoolConfig, WorkerPool};
+use crate::pool::{PoolConfigError, Job, PoolConfig, WorkerPool};
 use crate::routes::ls::{self, Ls};
 use crate::routes::routers;
 use crate::routes::state::AppState;
@@ -40,7 +40,7 @@ pub enum StartError {
     #[error("the listening sockets: {0}")]
     Listeners(io::Error),
     #[error("the worker pool's settings: {0}")]
-    Pool(#[from] ConfigError),
+    Pool(#[from] PoolConfigError),
 }
 
 /// Builds the application on `listeners` and serves it until `signals` say stop (see
@@ -86,7 +86,7 @@ pub fn build(listeners: &Listeners, settings: Settings) -> Result<AppState, Star
 pub fn start_pool(
     settings: &Settings,
     program: PathBuf,
-) -> Result<WorkerPool<IsPrimeJob>, ConfigError> {
+) -> Result<WorkerPool<IsPrimeJob>, PoolConfigError> {
     let args = WorkerArgs::for_server(settings, IsPrimeJob::KIND).to_args();
     WorkerPool::try_start(pool_config(settings), move || {
         let mut command = std::process::Command::new(&program);

@@ -12,11 +12,14 @@
 //! # Layout
 //! `app` sits on top and assembles the rest; imports between these modules form no cycle, and
 //! `pool` imports nothing from the crate at all:
-//! - [`cli`]: the command line, only for the binary and the worker command line: clap
-//!   `Flags` (the flags as given; every flag also `FORKPOOL_*` and a TOML key), subcommands,
-//!   `WorkerArgs` (the `forkpool worker` flags the server spells and parses),
-//!   `Flags::resolve() -> Settings`, `man_page()` (clap_mangen's, with UNITS and ENVIRONMENT
-//!   sections).
+//! - [`cli`]: the command line, only for the binary and the worker command line, one concern
+//!   a file: `cli::flags` (clap's `Flags`, the flags as given; every flag also `FORKPOOL_*` and
+//!   a key of the config file), `cli::load` (`Cli::load_from`: flag > env > config file >
+//!   default, and `Sources`, where each value came from), `cli::config_file` (the TOML reader:
+//!   each key checked by its flag's parser), `cli::resolve` (`Flags::resolve() -> Settings`,
+//!   refusing flags that contradict each other), `cli::worker` (`WorkerArgs`, the
+//!   `forkpool worker` flags the server spells and parses by hand), `cli::man` (`man_page()`,
+//!   clap_mangen's, with UNITS and ENVIRONMENT sections).
 //! - [`app`]: the one place the application is assembled: `build` turns the settings into the
 //!   running parts (the /ls runner, the pool, the metrics recorder) and an `AppState`;
 //!   `serve(listeners, settings, signals)` builds it, makes the routers and runs the server.
@@ -45,7 +48,7 @@
 //! - [`pool`]: a library of its own (imports nothing from the crate): `WorkerPool<J: Job>`
 //!   (submit with an opaque tag, queue, deadlines, roll, health, `wait_live`, shutdown, drop
 //!   guard), `PoolConfig` (`validate`, and `WorkerPool::try_start`, refuse what a pool cannot
-//!   run with, by a typed `ConfigError`), `WorkerCommand` (how the embedding program starts a
+//!   run with, by a typed `PoolConfigError`), `WorkerCommand` (how the embedding program starts a
 //!   worker);
 //!   `pool::driver` (the per-slot state machine on the pool's own thread: events and steps),
 //!   `pool::driver::exchange` (dispatch in batches of light jobs, topped up, answered one by

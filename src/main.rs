@@ -121,7 +121,7 @@ async fn bind(flag: &str, address: SocketAddr, sources: &Sources) -> tokio::net:
     }
 }
 
-/// A configuration that cannot start (address in use, bad `--ls-root`): exit code 2, like a
+/// Settings that cannot start (address in use, bad `--ls-root`): exit code 2, like a
 /// flag that does not parse, with the flag named in the message.
 fn start_error(message: String) -> ! {
     eprintln!("error: {message}");

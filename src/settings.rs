@@ -111,8 +111,10 @@ pub struct Settings {
     pub admin_listen: Option<SocketAddr>,
     /// Log format on stderr.
     pub log_format: LogFormat,
-    /// The TOML file the settings were merged from, if any.
-    pub config: Option<PathBuf>,
+    /// The config file (`--config`, TOML) the settings were merged from, if any. Shown by
+    /// `/status` as `config`, the flag's name.
+    #[serde(rename = "config")]
+    pub config_file: Option<PathBuf>,
 }
 
 impl Settings {

@@ -281,28 +281,28 @@ impl PoolConfig {
     /// Refuses the settings a pool cannot run with, each named: `WorkerPool::try_start` calls
     /// it, and so does the server at start-up, so that the library and the command line cannot
     /// disagree on what is possible.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), PoolConfigError> {
         let problem = if self.workers == 0 {
-            ConfigError::NoWorkers
+            PoolConfigError::NoWorkers
         } else if self.workers_min > self.workers {
-            ConfigError::MinAboveMax {
+            PoolConfigError::MinAboveMax {
                 min: self.workers_min,
                 max: self.workers,
             }
         } else if self.worker_idle_timeout.is_zero() && self.workers_min < self.workers {
-            ConfigError::NoIdleTimeout
+            PoolConfigError::NoIdleTimeout
         } else if self.queue == 0 {
-            ConfigError::NoQueue
+            PoolConfigError::NoQueue
         } else if self.job_timeout.is_zero() {
-            ConfigError::NoDeadline
+            PoolConfigError::NoDeadline
         } else if self.max_line < MIN_LINE {
-            ConfigError::LineTooShort(self.max_line)
+            PoolConfigError::LineTooShort(self.max_line)
         } else if self.max_batch == 0 {
-            ConfigError::NoBatch
+            PoolConfigError::NoBatch
         } else if self.broken_after_failed_starts == 0 {
-            ConfigError::BreakerAtZero
+            PoolConfigError::BreakerAtZero
         } else if self.job_slow.is_some_and(|slow| slow >= self.job_timeout) {
-            ConfigError::SlowNotBelowDeadline
+            PoolConfigError::SlowNotBelowDeadline
         } else {
             return Ok(());
         };
@@ -319,7 +319,7 @@ pub const MIN_LINE: usize = 256;
 
 /// A [`PoolConfig`] a pool cannot run with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
+pub enum PoolConfigError {
     #[error("workers (the maximum) must be at least 1: with none, every job would wait for its deadline")]
     NoWorkers,
     #[error("workers_min {min} is above workers (the maximum) {max}")]
@@ -486,7 +486,7 @@ impl<J: Job> Clone for WorkerPool<J> {
 
 impl<J: Job> WorkerPool<J> {
     /// [`start`](Self::start), for a `config` that [`PoolConfig::validate`] accepts.
-    pub fn try_start(config: PoolConfig, command: impl WorkerCommand) -> Result<Self, ConfigError> {
+    pub fn try_start(config: PoolConfig, command: impl WorkerCommand) -> Result<Self, PoolConfigError> {
         config.validate()?;
         Ok(Self::start(config, command))
     }
@@ -721,29 +721,29 @@ mod tests {
             change(&mut config);
             config.validate().unwrap_err()
         };
-        assert_eq!(refused(|c| c.workers = 0), ConfigError::NoWorkers);
+        assert_eq!(refused(|c| c.workers = 0), PoolConfigError::NoWorkers);
         assert_eq!(
             refused(|c| c.workers_min = 3),
-            ConfigError::MinAboveMax { min: 3, max: 2 }
+            PoolConfigError::MinAboveMax { min: 3, max: 2 }
         );
         assert_eq!(
             refused(|c| {
                 c.workers_min = 0;
                 c.worker_idle_timeout = Duration::ZERO
             }),
-            ConfigError::NoIdleTimeout
+            PoolConfigError::NoIdleTimeout
         );
-        assert_eq!(refused(|c| c.queue = 0), ConfigError::NoQueue);
-        assert_eq!(refused(|c| c.job_timeout = Duration::ZERO), ConfigError::NoDeadline);
-        assert_eq!(refused(|c| c.max_line = 100), ConfigError::LineTooShort(100));
-        assert_eq!(refused(|c| c.max_batch = 0), ConfigError::NoBatch);
+        assert_eq!(refused(|c| c.queue = 0), PoolConfigError::NoQueue);
+        assert_eq!(refused(|c| c.job_timeout = Duration::ZERO), PoolConfigError::NoDeadline);
+        assert_eq!(refused(|c| c.max_line = 100), PoolConfigError::LineTooShort(100));
+        assert_eq!(refused(|c| c.max_batch = 0), PoolConfigError::NoBatch);
         assert_eq!(
             refused(|c| c.broken_after_failed_starts = 0),
-            ConfigError::BreakerAtZero
+            PoolConfigError::BreakerAtZero
         );
         assert_eq!(
             refused(|c| c.job_slow = Some(c.job_timeout)),
-            ConfigError::SlowNotBelowDeadline
+            PoolConfigError::SlowNotBelowDeadline
         );
     }
 
@@ -769,6 +769,6 @@ mod tests {
         let started = WorkerPool::<Nothing>::try_start(PoolConfig::new(0), || {
             std::process::Command::new("/bin/false")
         });
-        assert_eq!(started.err(), Some(ConfigError::NoWorkers));
+        assert_eq!(started.err(), Some(PoolConfigError::NoWorkers));
     }
 }

@@ -216,7 +216,7 @@ pub async fn index(
     index_text(&state.settings, port)
 }
 
-/// The index of `port` under `config` (whose addresses are the ones bound). Outside the
+/// The index of `port` under `settings` (whose addresses are the ones bound). Outside the
 /// handler because [`ENDPOINTS`] names the handler: an `async fn` that read it would need its
 /// own future's type to type-check.
 fn index_text(settings: &Settings, port: Port) -> String {

@@ -286,16 +286,16 @@ struct Serving {
 
 impl Serving {
     fn new(state: &AppState, routers: Routers) -> Serving {
-        let config = &state.settings;
+        let settings = &state.settings;
         Serving {
             public: routers.public,
             admin: routers.admin,
             timeouts: Timeouts {
-                header: config.header_timeout,
-                keepalive: config.keepalive_timeout,
-                send: config.send_timeout,
+                header: settings.header_timeout,
+                keepalive: settings.keepalive_timeout,
+                send: settings.send_timeout,
             },
-            cap: config.max_connections.unwrap_or(1),
+            cap: settings.max_connections.unwrap_or(1),
             phase: state.watch_phase(),
             accepting: Vec::new(),
             registries: Vec::new(),
