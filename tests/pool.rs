@@ -1687,6 +1687,129 @@ fn a_minimum_above_the_maximum_is_refused_by_name() {
     let refused = WorkerPool::<IsPrimeJob>::try_start(config, isprime_worker()).err();
     assert_eq!(
         refused,
-        Some(forkpool::pool::ConfigError::MinAboveMax { min: 3, max: 2 })
+        Some(forkpool::pool::PoolConfigError::MinAboveMax { min: 3, max: 2 })
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The elastic pool through the real binary: `--workers-min`, `--workers-max`,
+// `--worker-idle-timeout`.
+
+/// `/status`'s `pool.workers` once `check` holds for it.
+fn wait_pool_size(server: &Server, check: impl Fn(&Value) -> bool) -> Value {
+    wait_until(Duration::from_secs(20), || {
+        let workers = status(server)["pool"]["workers"].clone();
+        check(&workers).then_some(workers)
+    })
+    .unwrap_or_else(|| panic!("the pool never got there: {}", status(server)["pool"]))
+}
+
+#[test]
+fn under_a_burst_the_server_grows_to_its_maximum_and_shrinks_back_failing_no_request() {
+    let server = Server::start(&[
+        "--workers-min",
+        "1",
+        "--workers-max",
+        "2",
+        "--worker-idle-timeout",
+        "500ms",
+    ]);
+    let at_rest = wait_pool_size(&server, |w| w["live"] == 1);
+    assert_eq!(
+        (at_rest["min"].as_u64(), at_rest["target"].as_u64()),
+        (Some(1), Some(1))
+    );
+    if at_rest["max"] != 2 {
+        eprintln!("this server may use one CPU only ({at_rest}): it cannot grow; skipped");
+        return;
+    }
+    // More jobs of a good fraction of a second than workers, each on its own connection.
+    let burst: Vec<_> = (0..6).map(|_| server.send_job(&mersenne(4423))).collect();
+    let grown = wait_pool_size(&server, |w| w["live"] == 2 && w["busy"] == 2);
+    assert_eq!(grown["target"], 2, "{grown}");
+    for stream in burst {
+        let response = read_response(stream);
+        assert_eq!(
+            response.status,
+            200,
+            "a request failed while the pool grew: {}",
+            response.text()
+        );
+    }
+    wait_pool_size(&server, |w| w["live"] == 1 && w["target"] == 1);
+    let states: Vec<Value> = status(&server)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["state"].clone())
+        .collect();
+    assert!(states.contains(&Value::from("dormant")), "{states:?}");
+    assert_eq!(server.worker_pids().len(), 1, "the retired worker lives on");
+    let metrics = server.get("/metrics").text();
+    for line in [
+        "forkpool_worker_starts_total{reason=\"grow\"} 1",
+        "forkpool_worker_exits_total{reason=\"idle\"} 1",
+        "forkpool_pool_workers_target 1",
+        "forkpool_pool_workers_max 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
+    }
+    server.wait_for_log("the pool shrinking", |log| log.contains("the pool shrinks"));
+    server.assert_no_zombies();
+}
+
+#[test]
+fn with_workers_min_0_the_server_is_ready_with_no_worker_and_its_first_job_starts_one() {
+    let server = Server::start(&["--workers-min", "0", "--workers-max", "1"]);
+    let ready = server.get("/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let pool = status(&server)["pool"].clone();
+    assert_eq!(pool["health"]["state"], "standby", "{pool}");
+    assert_eq!(pool["workers"]["live"], 0, "{pool}");
+    assert!(server.worker_pids().is_empty());
+    assert_serves(&server);
+    assert_eq!(status(&server)["pool"]["workers"]["live"], 1);
+}
+
+#[test]
+fn an_elastic_server_pinned_to_one_cpu_never_grows_past_it_and_says_why() {
+    let server = Server::with(&["--workers-min", "1", "--workers-max", "4"])
+        .on_one_cpu()
+        .start();
+    let size = status(&server)["pool"]["workers"].clone();
+    assert_eq!(
+        (size["max"].as_u64(), size["max_limited_by"].as_str()),
+        (Some(1), Some("affinity")),
+        "{size}"
+    );
+    let log = server.wait_for_log("the elastic pool's size", |log| {
+        log.contains("elastic pool")
+    });
+    let line = log.lines().find(|l| l.contains("elastic pool")).unwrap();
+    assert!(
+        line.contains("effective_max=1") && line.contains("affinity"),
+        "{line}"
+    );
+    // A burst finds every worker busy and jobs waiting, yet no second worker starts.
+    let burst: Vec<_> = (0..3).map(|_| server.send_job(&mersenne(4423))).collect();
+    for stream in burst {
+        assert_eq!(read_response(stream).status, 200);
+    }
+    assert_eq!(status(&server)["pool"]["workers"]["target"], 1);
+    assert_eq!(metric_sum(&server, "forkpool_worker_starts_total"), 1.0);
+}
+
+#[test]
+fn a_minimum_above_the_maximum_is_refused_at_start_naming_both_flags() {
+    let (code, stdout, stderr) =
+        common::run_to_exit(&["--workers-min", "3", "--workers-max", "2"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("--workers-min 3") && stderr.contains("--workers-max 2"),
+        "{stderr}"
     );
 }
