@@ -1813,3 +1813,36 @@ fn a_minimum_above_the_maximum_is_refused_at_start_naming_both_flags() {
         "{stderr}"
     );
 }
+
+#[test]
+fn at_minimum_zero_a_pool_whose_starts_fail_is_ready_until_a_job_trips_the_breaker() {
+    let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = PoolConfig {
+        workers_min: 0,
+        broken_after_failed_starts: 2,
+        ..elastic_config("elastic_broken")
+    };
+    let pool = WorkerPool::<IsPrimeJob>::start(config, || std::process::Command::new("/bin/false"));
+    // Nothing has been tried yet: it can start a worker, as far as anyone knows.
+    runtime.block_on(pool.wait_ready());
+    assert_eq!(pool.health(), PoolHealth::Standby);
+    // The job starts one, which fails, twice: the queued job is refused, not left to its
+    // deadline.
+    let answer = runtime.block_on(pool.submit(IsPrimeJob { n: "7".into() }, "first"));
+    assert!(
+        matches!(
+            answer,
+            Err(PoolError::Unavailable {
+                failed_starts: 2,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    assert!(
+        matches!(pool.health(), PoolHealth::Unavailable { .. }),
+        "{:?}",
+        pool.health()
+    );
+}

@@ -1,5 +1,6 @@
 //! A pool of worker processes for CPU work that must never stall an async program: a fixed
-//! number of workers, a bounded FIFO queue in front of them, one deadline per job, and a
+//! number of workers (or an elastic one, between two bounds), a bounded FIFO queue in front of
+//! them, one deadline per job, and a
 //! driver per worker slot that owns its process.
 //!
 //! This module is a library of its own: it imports nothing from the rest of the crate. A
@@ -29,6 +30,15 @@
 //! - **At most `workers + 1` alive.** A recycled or rolled worker's replacement is started and
 //!   has said hello before the old one retires, so capacity never dips, and one spare permit
 //!   for the whole pool caps the overlap at one process.
+//! - **An elastic size, never a herd.** With [`PoolConfig::workers_min`] below
+//!   [`PoolConfig::workers`], the pool starts one more worker when every worker it wants is
+//!   busy and jobs wait, at most one start per [`GROW_INTERVAL`] and none while another is
+//!   starting, up to `workers` but never past the CPUs this process may use (the affinity mask
+//!   and the cgroup v2 CPU quota, read at start, shown as [`WorkerCounts::max`] with the
+//!   [`MaxLimit`] that set it); a worker idle for [`PoolConfig::worker_idle_timeout`] retires,
+//!   never below the minimum. At minimum 0 the pool is [`PoolHealth::Standby`] with no worker:
+//!   ready ([`WorkerPool::wait_ready`]), the first job starting one. A fixed pool is never
+//!   capped.
 //! - **Rolls never wedge.** [`WorkerPool::roll`] bumps the pool's roll generation and returns
 //!   at once (with a [`Roll`] to await if the caller wants its end). Each slot whose worker is
 //!   older starts a replacement, make-before-break: the old worker serves until the new one
