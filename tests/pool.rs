@@ -1846,3 +1846,28 @@ fn at_minimum_zero_a_pool_whose_starts_fail_is_ready_until_a_job_trips_the_break
         pool.health()
     );
 }
+
+#[test]
+fn a_roll_of_an_elastic_pool_at_rest_is_done_once_its_live_workers_are_replaced() {
+    let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pool = WorkerPool::<IsPrimeJob>::start(elastic_config("elastic_roll"), isprime_worker());
+    let [old] = wait_live(&pool, 1)[..] else {
+        unreachable!()
+    };
+    // The dormant slot has nothing to replace: the roll does not wait for it.
+    let roll = pool.roll();
+    let finished = async { tokio::time::timeout(Duration::from_secs(20), roll.finished()).await };
+    let outcome = runtime.block_on(finished);
+    assert_eq!(
+        outcome.ok(),
+        Some(RollOutcome::Done),
+        "{:?}",
+        pool.overview()
+    );
+    let [new] = wait_live(&pool, 1)[..] else {
+        unreachable!()
+    };
+    assert_ne!(new, old);
+    assert_eq!(pool.overview().workers.target, 1);
+}
