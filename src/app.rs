@@ -25,20 +25,33 @@ use crate::telemetry;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// `/ls` cannot be served: the root cannot be opened, no `ls` is found, or its thread
+    /// cannot start.
     #[error(transparent)]
     Ls(#[from] ls::SetupError),
+    /// `--worker-program` is not set and this process cannot find its own executable
+    /// (`current_exe`: `/proc/self/exe` unreadable).
     #[error("cannot find this executable to start workers from (set --worker-program): {0}")]
     WorkerProgram(io::Error),
+    /// The worker program (given, or this executable) is not a file this user may execute:
+    /// every worker start would fail.
     #[error("--worker-program {path}: cannot run it: {source}")]
     WorkerNotExecutable {
         /// The program given.
         path: PathBuf,
+        /// Why: it does not exist, is not a regular file, or has no execute permission.
         source: io::Error,
     },
+    /// RLIMIT_NOFILE leaves no descriptors for connections once workers, `ls` and the
+    /// listeners have theirs.
     #[error("--max-connections: {0}")]
     Connections(#[from] BudgetError),
+    /// Serving on the listening sockets failed (`server::run`'s I/O error: making them tokio
+    /// listeners, or another error the server cannot serve on after).
     #[error("the listening sockets: {0}")]
     Listeners(io::Error),
+    /// The settings make a [`PoolConfig`] the pool refuses; the command line checks the same
+    /// bounds first, so this means a flag's range and the pool disagree (a bug).
     #[error("the worker pool's settings: {0}")]
     Pool(#[from] PoolConfigError),
 }

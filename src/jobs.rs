@@ -26,6 +26,8 @@ pub struct IsPrimeJob {
 /// A worker's verdict.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct IsPrimeOutput {
+    /// Whether `n` is prime; under [`Method::Bpsw`], a probable prime (no composite passing BPSW
+    /// is known).
     pub is_prime: bool,
     /// Which test decided.
     pub method: Method,
@@ -35,6 +37,8 @@ pub struct IsPrimeOutput {
 #[derive(Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IsPrimeError {
+    /// `n` is not decimal digits (the value, as sent): the server checks numbers before they
+    /// are sent, so only a job sent by hand or a bug gets this (500 `job_failed`).
     #[error("not a number: {0:?}")]
     NotANumber(String),
 }

@@ -97,6 +97,11 @@
 //! The load tester behind the README's figures is a program of its own, `forkpool-loadtest`
 //! (the workspace member in `loadtest/`): none of it is linked into this server.
 
+// No `print!`/`eprint!` in the library (Cargo.toml's lints say why only here): a worker's stdout
+// is the JSON-lines protocol channel, where a stray line ends the worker's exchange, and every
+// message goes through `tracing` so that it has the log format, the level and the request id.
+#![warn(clippy::print_stdout, clippy::print_stderr)]
+
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "forkpool runs on Linux only (kernel 5.6 or newer): it needs prctl(PR_SET_PDEATHSIG), \

@@ -17,6 +17,7 @@ use crate::pool::StatFields;
 /// Why the process figures could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcfsError {
+    /// A `/proc/self` file cannot be read (procfs not mounted, or hidden by `hidepid`).
     #[error("cannot read {path}: {source}")]
     Read {
         /// The procfs file or directory.
@@ -24,6 +25,8 @@ pub enum ProcfsError {
         /// What the read failed with.
         source: std::io::Error,
     },
+    /// A `/proc/self` file lacks a field, or has it in a form not understood (another kernel's
+    /// format).
     #[error("{path} has no readable {field}")]
     Format {
         /// The procfs file.

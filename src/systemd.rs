@@ -45,10 +45,14 @@ pub struct PassedListeners {
 /// Why the passed sockets cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum PassedError {
+    /// `LISTEN_FDS`, `LISTEN_PID` or `LISTEN_FDNAMES` is malformed (sd-notify's error).
     #[error("LISTEN_FDS: {0}")]
     Environment(io::Error),
+    /// The number of sockets passed (the value) is not one, or two with one named `admin`.
     #[error("LISTEN_FDS passes {0} sockets; forkpool serves one, or two with one named `admin`")]
     Count(usize),
+    /// A passed descriptor is not a listening TCP socket (a UDP or Unix socket, a file, a socket
+    /// not listening): the socket unit is misconfigured.
     #[error("LISTEN_FDS: fd {fd} (`{name}`) is not a listening TCP socket")]
     NotListening {
         /// The passed descriptor.
@@ -56,6 +60,7 @@ pub enum PassedError {
         /// Its name in `LISTEN_FDNAMES` (the unit name when none was set).
         name: String,
     },
+    /// Every passed socket is named `admin`: there is none to serve the public routes on.
     #[error("LISTEN_FDNAMES: no passed socket is the public one (all are named `admin`)")]
     NoPublic,
 }
@@ -207,6 +212,8 @@ struct Exec {
 // SAFETY: the raw pointers point into the `CString`s and `pid_entry` owned by the same value,
 // whose heap buffers do not move when it does.
 unsafe impl Send for Exec {}
+// SAFETY: as for `Send`; and the one write after construction (the child's pid into
+// `pid_entry`) takes `&mut self`, so shared references on several threads only read.
 unsafe impl Sync for Exec {}
 
 /// `LISTEN_PID=` and room for the 10 digits of any pid, plus the terminator.

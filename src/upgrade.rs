@@ -38,19 +38,47 @@ use crate::systemd::{self, ADMIN_SOCKET_NAME, PUBLIC_SOCKET_NAME, UPGRADED_FROM}
 /// Why an upgrade did not happen; the server that was asked keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
+    /// SIGUSR2 under systemd (`NOTIFY_SOCKET` set): the new server would be in the old one's
+    /// cgroup and stopped with it, so the upgrade is refused.
     #[error(
         "refused under a service manager (NOTIFY_SOCKET is set): systemd would stop the new \
          server with the old one; use `systemctl restart` with the socket unit instead"
     )]
     ServiceManager,
+    /// The socket on which the new server says `READY=1` cannot be made or read.
     #[error("cannot make the readiness socket in {dir}: {source}")]
-    Socket { dir: PathBuf, source: io::Error },
+    Socket {
+        /// The private directory of the socket, under the temporary directory.
+        dir: PathBuf,
+        /// Why the directory or the datagram socket could not be made, or reading it failed.
+        source: io::Error,
+    },
+    /// The new server cannot be started (its binary missing or not executable, out of memory
+    /// or pids), or waiting for it failed.
     #[error("cannot start {program}: {source}")]
-    Spawn { program: PathBuf, source: io::Error },
+    Spawn {
+        /// The program run: this executable as it is now on disk.
+        program: PathBuf,
+        /// Why it could not be started or waited for.
+        source: io::Error,
+    },
+    /// The new server exited before it said `READY=1` (a bad flag, a port it could not take
+    /// over, a failing worker start).
     #[error("the new server (pid {pid}) exited before it was ready: {status}")]
-    Exited { pid: u32, status: ExitStatus },
+    Exited {
+        /// The new server's pid.
+        pid: u32,
+        /// How it exited (its own error is in the log, on the shared stderr).
+        status: ExitStatus,
+    },
+    /// The new server did not say `READY=1` within `--upgrade-timeout` and was killed.
     #[error("the new server (pid {pid}) was not ready within {timeout:?}; killed it")]
-    NotReady { pid: u32, timeout: Duration },
+    NotReady {
+        /// The new server's pid, killed since.
+        pid: u32,
+        /// `--upgrade-timeout`.
+        timeout: Duration,
+    },
 }
 
 /// What the server needs to start its successor: recorded at start-up, because by the time of

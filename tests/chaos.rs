@@ -14,7 +14,7 @@
 //! PRNG; the seed is printed, and `CHAOS_SEED=N` replays the same decisions (the timing of a
 //! loaded machine still varies between runs).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, ErrorKind, Read, Write};

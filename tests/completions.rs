@@ -2,7 +2,7 @@
 //! load in the shell and name every flag of the clap grammar, so that a flag added later shows
 //! up in both without anyone editing a script by hand.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 

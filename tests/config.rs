@@ -2,7 +2,7 @@
 //! the real binary as an operator would: a bad value stops the start-up with exit code 2 and a
 //! message that names where the value came from.
 
-mod common;
+use crate::common;
 
 use common::{run_to_exit, status, temp_file, Server};
 

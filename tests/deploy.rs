@@ -14,7 +14,7 @@
 //! The nginx tests take one lock, so that their figures are not measured against each other.
 //! Traffic goes to 127.0.0.1 only, and every loop is bounded in time.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -317,6 +317,7 @@ impl Listing {
             .iter()
             .flat_map(Server::children)
             .any(|p| p.name == "ls" && p.state != 'Z');
+        // Not a wait for an event: a slow client, which nginx must not spool to disk for.
         std::thread::sleep(pause);
         stream.read_to_end(&mut raw).unwrap();
         let total = started.elapsed();
@@ -355,7 +356,9 @@ impl std::fmt::Display for Listing {
 fn a_rolling_restart_under_load_fails_no_request() {
     let mut cluster = Cluster::start(&[]);
     let load = Load::start(cluster.nginx.addr);
-    std::thread::sleep(Duration::from_secs(1));
+    // Enough answers before the rolls that each of the three kinds has its 100 (the clients
+    // take the kinds in turn).
+    load.wait_answered(360);
     for replica in 0..2 {
         let roll = cluster.roll(replica);
         println!(
@@ -363,7 +366,8 @@ fn a_rolling_restart_under_load_fails_no_request() {
             roll.exited, roll.ready, roll.in_rotation
         );
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // Served by the rolled replicas too.
+    load.wait_answered(100);
     let tally = load.finish();
     println!("rolling restart of both replicas under load, through nginx:\n{tally}");
     assert!(tally.failed.is_empty(), "{tally}");
@@ -378,10 +382,11 @@ fn a_rolling_restart_under_load_fails_no_request() {
 fn a_replica_killed_under_load_fails_only_requests_nginx_must_not_retry() {
     let cluster = Cluster::start(&[]);
     let load = Load::start(cluster.nginx.addr);
-    std::thread::sleep(Duration::from_secs(1));
+    load.wait_answered(100);
     let killed = cluster.replicas[0].addr;
     signal(cluster.replicas[0].pid(), "KILL");
-    std::thread::sleep(Duration::from_secs(3));
+    // Load on through the kill, served by the other replica.
+    load.wait_answered(300);
     let tally = load.finish();
     let retried = cluster.nginx.retried_requests(killed);
     println!("replica {killed} SIGKILLed under load, through nginx:\n{tally}");

@@ -3,7 +3,7 @@
 //! and the routers called with `tower::ServiceExt::oneshot`. No server process, no socket:
 //! what these check is what a handler answers, not what crosses a process boundary.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@
 //! what counts as one), no process left behind. The README's Lifecycle figures (20 upgrades, 20
 //! restarts) come from the load tester.
 
-mod common;
+use crate::common;
 
 use std::io::ErrorKind;
 use std::net::{TcpListener, UdpSocket};

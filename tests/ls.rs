@@ -1,7 +1,7 @@
 //! `/ls` against the real binary over real HTTP: listing, confinement, errors, streaming,
 //! the lifecycle of the `ls` process (timeout, failure, client hang-up) and the concurrency cap.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::net::TcpStream;
@@ -91,9 +91,9 @@ fn ls_children(server: &Server) -> Vec<common::Proc> {
         .collect()
 }
 
-/// Asserts that within 1 s the server has no `ls` child and no zombie child at all.
+/// Asserts that within 20 s the server has no `ls` child and no zombie child at all.
 fn assert_no_ls_left(server: &Server) {
-    let clean = wait_until(Duration::from_secs(1), || {
+    let clean = wait_until(Duration::from_secs(20), || {
         let children = server.children();
         let left = children.iter().any(|p| p.name == "ls" || p.state == 'Z');
         (!left).then_some(())
@@ -178,7 +178,7 @@ fn open_head(server: &Server, directory: &str) -> (TcpStream, Vec<u8>) {
 
 /// Waits until the server has a live `ls` child and returns its pid.
 fn running_ls(server: &Server) -> u32 {
-    wait_until(Duration::from_secs(5), || {
+    wait_until(Duration::from_secs(20), || {
         ls_children(server)
             .into_iter()
             .find(|p| p.state != 'Z')
@@ -452,7 +452,7 @@ fn body_streams_while_ls_runs() {
     // also shows that the server does not gather the output first.
     let (mut stream, mut raw) = open_listing(&server, "big");
     let pid = running_ls(&server);
-    std::thread::sleep(Duration::from_millis(300));
+    common::wait_writing_to_full_pipe(pid);
     assert!(
         common::alive(pid),
         "ls finished although nobody read its output"
@@ -505,7 +505,7 @@ fn no_ls_survives_a_sigkilled_server() {
     // pipe will ever end this one, only the death signal.
     let (server, _bin) = start_with_fake_ls(&root, "exec sleep 60", &[]);
     let _stream = server.send("GET", "/ls", &[], b"");
-    let pid = wait_until(Duration::from_secs(5), || {
+    let pid = wait_until(Duration::from_secs(20), || {
         server
             .children()
             .into_iter()
@@ -516,11 +516,11 @@ fn no_ls_survives_a_sigkilled_server() {
     assert_dies_with_the_server(server, pid);
 }
 
-/// SIGKILLs the server and asserts that its child `pid` is gone within 2 s.
+/// SIGKILLs the server and asserts that its child `pid` is gone within 20 s.
 fn assert_dies_with_the_server(mut server: Server, pid: u32) {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let gone = wait_until(Duration::from_secs(2), || {
+    let gone = wait_until(Duration::from_secs(20), || {
         (!common::alive(pid)).then_some(())
     });
     assert!(gone.is_some(), "{pid} outlived the server");
@@ -528,13 +528,21 @@ fn assert_dies_with_the_server(mut server: Server, pid: u32) {
 
 #[test]
 fn timeout_aborts_the_body() {
+    // A stand-in `ls` that writes at once and never ends, so that the head comes however slow
+    // the machine (a real `ls` of a big directory, at idle priority on a loaded machine, may
+    // not write its first byte within a short deadline).
     let root = big_root();
-    let server = start(&root, &["--ls-timeout", "500ms"]);
+    let script = "exec yes 'a row of a listing that never ends'";
+    let (server, _bin) = start_with_fake_ls(&root, script, &["--ls-timeout", "2s"]);
 
     // Read the head, then stall: `ls` blocks on the full pipe until the deadline kills it.
     let (mut stream, mut raw) = open_head(&server, "big");
-    let pid = running_ls(&server);
-    std::thread::sleep(Duration::from_millis(1500));
+    let pid = wait_until(Duration::from_secs(20), || {
+        let children = server.children().into_iter();
+        children.filter(|p| p.name == "yes").map(|p| p.pid).next()
+    })
+    .expect("the endless ls runs");
+    common::wait_gone(pid);
     stream.read_to_end(&mut raw).unwrap();
     let response = Response::parse(&raw);
     assert_eq!(response.status, 200);
@@ -542,10 +550,6 @@ fn timeout_aborts_the_body() {
         !response.complete,
         "a timed-out listing must not end cleanly"
     );
-    assert!(!response
-        .text()
-        .contains(&format!("{:06}-", BIG_ENTRIES - 1)));
-    assert!(!common::alive(pid));
     assert_no_ls_left(&server);
     server.wait_for_log("`--ls-timeout expired`", |log| {
         log.contains("--ls-timeout expired")
@@ -676,13 +680,13 @@ fn only_four_ls_per_cpu_run_at_once_and_the_next_listing_waits_for_its_turn() {
     waiting.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
     // (Its stand-in may still be the shell that is about to exec `sleep`.)
-    let refilled = wait_until(Duration::from_secs(5), || {
+    let refilled = wait_until(Duration::from_secs(20), || {
         (live_children(&server, "sleep") == turns).then_some(())
     });
     assert!(refilled.is_some(), "{:?}", server.children());
     drop(held);
     drop(waiting);
-    let clean = wait_until(Duration::from_secs(5), || {
+    let clean = wait_until(Duration::from_secs(20), || {
         (live_children(&server, "sleep") == 0).then_some(())
     });
     assert!(clean.is_some(), "{:?}", server.children());
@@ -1015,40 +1019,17 @@ fn a_stalled_reader_loses_ls_and_its_slot_at_the_deadline() {
         &script,
         &["--ls-timeout", "10s", "--ls-max-concurrent", "1"],
     );
-    let started = std::time::Instant::now();
     // Read the head, then stop reading but keep the connection open.
     let (stalled, _) = open_head(&server, "endless");
-    let pid = wait_until(Duration::from_secs(5), || {
+    let pid = wait_until(Duration::from_secs(20), || {
         let children = server.children().into_iter();
         children.filter(|p| p.name == "yes").map(|p| p.pid).next()
     })
     .expect("the endless ls runs");
     // Every buffer on the way fills, and then the stand-in waits in `write` on a full pipe.
-    let mut blocked = 0;
-    let stuck = wait_until(Duration::from_secs(9), || {
-        std::thread::sleep(Duration::from_millis(300));
-        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
-        blocked = if wchan.contains("pipe_write") {
-            blocked + 1
-        } else {
-            0
-        };
-        (blocked == 3).then(|| started.elapsed())
-    });
-    assert!(
-        stuck.is_some_and(|at| at < Duration::from_secs(9)),
-        "the listing did not stall well before the deadline: {stuck:?}"
-    );
-    // Killed at 10 s; a SIGKILLed idle-priority process may wait a little for the CPU to die.
-    let gone = wait_until(Duration::from_secs(12), || {
-        (!common::alive(pid)).then_some(())
-    });
-    assert!(gone.is_some(), "ls still alive at {:?}", started.elapsed());
-    let elapsed = started.elapsed();
-    assert!(
-        elapsed < Duration::from_secs(12),
-        "ls died only at {elapsed:?}"
-    );
+    common::wait_writing_to_full_pipe(pid);
+    // Killed at 10 s (the metric below says it was the deadline that killed it).
+    common::wait_gone(pid);
     // The slot is free at once, while the stalled client is still connected.
     let response = ls(&server, "/");
     assert_eq!(response.status, 200, "{}", response.text());
@@ -1094,15 +1075,16 @@ fn a_client_that_never_reads_loses_its_connection_at_the_send_timeout() {
     let (server, _bin) = start_with_fake_ls(&root, script, &extra);
     assert_eq!(server.get("/healthz").status, 200);
     // The server closes that connection a moment after the client has read its answer.
-    let before = wait_until(Duration::from_secs(5), || {
+    let before = wait_until(Duration::from_secs(20), || {
         let count = sockets(server.pid());
+        // Not a wait for an event: no event says the count has settled, so it must hold still.
         std::thread::sleep(Duration::from_millis(100));
         (sockets(server.pid()) == count).then_some(count)
     })
     .unwrap();
     let (stalled, _) = open_head(&server, "endless");
     assert!(sockets(server.pid()) > before);
-    let closed = wait_until(Duration::from_secs(8), || {
+    let closed = wait_until(Duration::from_secs(20), || {
         (sockets(server.pid()) == before).then_some(())
     });
     assert!(
@@ -1211,6 +1193,8 @@ fn a_listing_whose_turn_comes_too_late_to_write_anything_is_a_504() {
     let mut held: Vec<TcpStream> = (0..turns).map(|_| open_head(&server, "held").0).collect();
     let started = std::time::Instant::now();
     let waiting = server.send("GET", "/ls?directory=/", &[], b"");
+    // Not a wait for an event: the listing must spend half its deadline waiting for a turn,
+    // which is the scenario.
     std::thread::sleep(Duration::from_millis(1000));
     drop(held.pop());
     let mut raw = Vec::new();
@@ -1219,6 +1203,7 @@ fn a_listing_whose_turn_comes_too_late_to_write_anything_is_a_504() {
     let response = Response::parse(&raw);
     let (_, code) = response.assert_error_code(504);
     assert_eq!(code, "ls_timeout");
+    // A lower bound only, which load cannot break.
     assert!(
         started.elapsed() >= Duration::from_millis(1900),
         "{:?}",
@@ -1245,6 +1230,7 @@ fn listings_of_a_directory_whose_files_are_deleted_meanwhile_are_complete() {
         let deleter = {
             let busy = busy.clone();
             std::thread::spawn(move || {
+                // Not a wait for an event: each round deletes at another moment of the listing.
                 std::thread::sleep(Duration::from_millis(20 * (round % 4)));
                 std::fs::remove_dir_all(&busy).unwrap();
             })
@@ -1273,16 +1259,11 @@ fn an_ls_that_stalls_is_killed_at_the_idle_bound_and_a_steady_one_is_not() {
     let limits = ["--ls-timeout", "30s", "--ls-idle-timeout", "2s"];
     // One line, then silence: broken off at the idle bound, long before --ls-timeout.
     let (server, _bin) = start_with_fake_ls(&root, "echo first; exec sleep 60", &limits);
-    let started = std::time::Instant::now();
+    // That the idle bound, not --ls-timeout, broke it off is in the outcome and the log.
     let response = ls(&server, "/");
     assert_eq!(response.status, 200);
     assert!(!response.complete, "a stalled listing must not end cleanly");
     assert_eq!(response.text(), "first\n");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
     assert_eq!(server.outcome_count("forkpool_ls_total", "idle_timeout"), 1);
     server.wait_for_log("the idle kill", |log| {
         log.contains("ls killed: wrote nothing for --ls-idle-timeout")

@@ -6,7 +6,7 @@
 //!
 //! Tests marked "needs the real src/prime.rs" hold a worker busy with `common::slow_prime()`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -535,7 +535,7 @@ fn readiness_and_shutdown_503s_validate_against_the_document() {
     // balancer that has not noticed the drain yet must not see its requests fail).
     let server = start(&root, &["--shutdown-delay", "5s"]);
     server.terminate();
-    wait_until(Duration::from_secs(5), || {
+    wait_until(Duration::from_secs(20), || {
         (server.get("/readyz").status == 503).then_some(())
     })
     .expect("/readyz never went to 503 after SIGTERM");

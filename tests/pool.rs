@@ -2,7 +2,7 @@
 //! recycling, broken workers, that no process outlives the server, and the worker side alone.
 //! Then the pool as a library in this process: its drop guard, and a driver that panics.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -57,7 +57,7 @@ fn client_hang_up_kills_the_busy_worker_and_a_fresh_one_serves() {
     assert_serves(&server);
     let (stream, pid) = start_slow_job(&server);
     drop(stream);
-    let gone = wait_until(Duration::from_secs(3), || (!alive(pid)).then_some(()));
+    let gone = wait_until(Duration::from_secs(20), || (!alive(pid)).then_some(()));
     assert!(
         gone.is_some(),
         "worker {pid} still runs after the client left"
@@ -83,7 +83,7 @@ fn deadline_gives_504_and_the_pool_recovers() {
     let response = server.post_json("/isprime", &body);
     let message = response.assert_error(504);
     assert!(message.contains("deadline"), "{message}");
-    let replaced = wait_until(Duration::from_secs(5), || {
+    let replaced = wait_until(Duration::from_secs(20), || {
         let now = server.worker_pids();
         (now.len() == 1 && now != before).then_some(())
     });
@@ -151,7 +151,7 @@ fn full_queue_gives_503_with_retry_after_and_hang_up_leaves_the_queue() {
     server.wait_for_workers(1);
     let (running, _) = start_slow_job(&server);
     let queued = server.send_job(&slow_prime());
-    let depth = wait_until(Duration::from_secs(5), || {
+    let depth = wait_until(Duration::from_secs(20), || {
         (status(&server)["queue_depth"] == 1).then_some(())
     });
     assert!(depth.is_some(), "the second job waits in the queue");
@@ -161,7 +161,7 @@ fn full_queue_gives_503_with_retry_after_and_hang_up_leaves_the_queue() {
     assert_eq!(response.header("retry-after"), Some("1"));
 
     drop(queued);
-    let emptied = wait_until(Duration::from_secs(5), || {
+    let emptied = wait_until(Duration::from_secs(20), || {
         (status(&server)["queue_depth"] == 0).then_some(())
     });
     assert!(
@@ -211,18 +211,23 @@ fn unanswered(stream: &std::net::TcpStream) -> bool {
 fn short_jobs_queued_behind_a_long_one_never_wait_for_it() {
     // Both workers busy, then a long job and twenty short ones queue up behind it. The first
     // free worker must take the long job alone: short jobs sent along with it would wait the
-    // whole long test in its worker while the other worker sat free.
-    let server = Server::start(&["--workers", "2", "--max-batch", "32"]);
+    // whole long test in its worker while the other worker sat free. The jobs for 3 (busy)
+    // and the long one run until released; the others are answered at once. The long job's
+    // number is big, so that the pool knows it for a long one.
+    let long_number = slow_prime();
+    let held = common::HeldWorker::holding(&["3", &long_number]);
+    let args = ["--workers", "2", "--max-batch", "32"];
+    let server = Server::start(&[&args[..], &["--worker-program", held.program()]].concat());
     server.wait_for_workers(2);
-    let medium = mersenne(4423);
-    let busy: Vec<_> = (0..2).map(|_| server.send_job(&medium)).collect();
+    let busy: Vec<_> = (0..2).map(|_| server.send_job("3")).collect();
     wait_busy(&server, 2);
-    let long = server.send_job(&slow_prime());
+    let long = server.send_job(&long_number);
     wait_queued(&server, 1);
     let shorts: Vec<_> = (0..20)
         .map(|i| server.send_job(&(1_000_003 + 2 * i).to_string()))
         .collect();
     wait_queued(&server, 21);
+    held.release_number("3");
     for (i, short) in shorts.into_iter().enumerate() {
         let response = read_response(short);
         assert_eq!(response.status, 200, "short job {i}: {}", response.text());
@@ -231,6 +236,7 @@ fn short_jobs_queued_behind_a_long_one_never_wait_for_it() {
         unanswered(&long),
         "the long job ended before every short job was answered: some waited behind it"
     );
+    held.release_number(&long_number);
     assert_eq!(read_response(long).json()["isPrime"], true);
     for stream in busy {
         assert_eq!(read_response(stream).status, 200);
@@ -239,8 +245,9 @@ fn short_jobs_queued_behind_a_long_one_never_wait_for_it() {
 }
 
 /// A fake isprime worker like the real one: it holds its answers until no more jobs arrive
-/// for 0.3 s, then writes them at once; a job for 11 takes a second, one for 13 crashes it,
-/// one for 17 gets a line that is not JSON.
+/// for 0.3 s, then writes them at once; a job for 11 runs until the test opens its gate (the
+/// file `SCRIPT.go`, which the job removes), one for 13 crashes it, one for 17 gets a line that
+/// is not JSON.
 fn batching_fake_worker() -> tempfile::TempPath {
     let hello = hello(env!("CARGO_PKG_VERSION"));
     let script = format!(
@@ -252,7 +259,7 @@ while true; do
     id=${{line#*\"id\":}}; id=${{id%%,*}}
     case $line in
       *'"n":"13"'*) exit 3;;
-      *'"n":"11"'*) sleep 1;;
+      *'"n":"11"'*) until [ -e "$0.go" ]; do sleep 0.01; done; rm -f "$0.go";;
       *'"n":"17"'*) echo garbage; continue;;
     esac
     held+="{{\"id\":$id,\"ms\":0.1,\"ok\":{{\"is_prime\":true,\"method\":\"deterministic\"}}}}"$'\n'
@@ -295,8 +302,8 @@ fn a_worker_dying_with_several_jobs_fails_only_the_job_that_crashes_alone() {
     server.assert_no_zombies();
 }
 
-/// A server with one batching fake worker, busy for a second with a job for 11 (returned,
-/// unread), and the streams of `numbers` sent meanwhile, queued in that order.
+/// A server with one batching fake worker, busy with a job for 11 (returned, unread) until
+/// the streams of `numbers` are queued behind it in that order; then its gate opens.
 fn batch_behind_a_busy_fake(
     fake: &tempfile::TempPath,
     numbers: &[&str],
@@ -305,15 +312,15 @@ fn batch_behind_a_busy_fake(
     server.wait_for_workers(1);
     let first = server.send_job("11");
     wait_busy(&server, 1);
-    let batch = numbers
-        .iter()
-        .map(|&n| {
+    let batch = (1..)
+        .zip(numbers)
+        .map(|(queued, &n)| {
             let stream = server.send_job(n);
-            std::thread::sleep(Duration::from_millis(50));
+            wait_queued(&server, queued);
             stream
         })
         .collect();
-    wait_queued(&server, numbers.len() as u64);
+    std::fs::write(format!("{}.go", fake.display()), "").expect("open the fake's gate");
     (server, first, batch)
 }
 
@@ -359,7 +366,7 @@ fn no_worker_survives_a_sigkilled_server() {
     let (_stream, _) = start_slow_job(&server);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let gone = wait_until(Duration::from_secs(2), || {
+    let gone = wait_until(Duration::from_secs(20), || {
         workers.iter().all(|&pid| !alive(pid)).then_some(())
     });
     assert!(gone.is_some(), "workers outlived the server: {workers:?}");
@@ -373,6 +380,7 @@ fn abandoned_requests_never_shrink_the_pool() {
     // Open and abandon requests in bursts: some are queued, some running, some done.
     for _ in 0..10 {
         let streams: Vec<_> = (0..30).map(|_| server.send_job(&number)).collect();
+        // Not a wait for an event: a burst is abandoned at whatever point it has reached.
         std::thread::sleep(Duration::from_millis(20));
         drop(streams);
     }
@@ -694,6 +702,7 @@ fn recycling_and_a_roll_together_keep_at_most_one_spare_worker() {
             let mut most = 0;
             while !done.load(Ordering::Relaxed) {
                 most = most.max(server.worker_pids().len());
+                // The sampling pace, not a wait for an event.
                 std::thread::sleep(Duration::from_millis(1));
             }
             most
@@ -711,6 +720,7 @@ fn recycling_and_a_roll_together_keep_at_most_one_spare_worker() {
                 })
             })
             .collect();
+        // Not a wait for an event: the roll starts at some point of the clients' run.
         std::thread::sleep(Duration::from_millis(50));
         signal(server.pid(), "HUP");
         for client in clients {
@@ -748,7 +758,7 @@ fn a_worker_that_breaks_the_protocol_is_replaced() {
     let message = server.get("/isprime?number=7").assert_error(502);
     assert!(message.contains("protocol"), "{message}");
     assert!(message.contains("longer than 4096"), "{message}");
-    let replaced = wait_until(Duration::from_secs(5), || {
+    let replaced = wait_until(Duration::from_secs(20), || {
         let now = server.worker_pids();
         (now.len() == 1 && now != before).then_some(())
     });
@@ -1161,7 +1171,9 @@ fn max_address_space(pid: u32) -> String {
 fn workers_run_isolated_at_low_priority_under_a_memory_limit() {
     const SCHED_OTHER: i64 = 0;
     const SCHED_IDLE: i64 = 5;
-    let server = Server::start(&["--workers", "1", "--worker-memory", "512MiB"]);
+    let server = Server::with(&["--workers", "1", "--worker-memory", "512MiB"])
+        .idle_workers()
+        .start();
     let [pid] = server.wait_for_workers(1)[..] else {
         unreachable!()
     };
@@ -1272,26 +1284,31 @@ fn reaped(pid: u32) -> bool {
     !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Threads of this process named like the pool's.
-fn pool_threads() -> usize {
+/// Thread ids of this process's threads named like the pool's.
+fn pool_threads() -> std::collections::HashSet<u32> {
     let tasks = std::fs::read_dir("/proc/self/task").unwrap();
     tasks
-        .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
-        .filter(|comm| comm.trim() == "forkpool-pool")
-        .count()
+        .map(|t| t.unwrap().path())
+        .filter(|t| {
+            std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == "forkpool-pool")
+        })
+        .filter_map(|t| t.file_name()?.to_str()?.parse().ok())
+        .collect()
 }
 
-/// Every test below that counts pool threads holds this, so that another test's pool does
-/// not show up in the count.
-static POOL_THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+use common::POOL_THREADS;
 
 #[test]
 fn dropping_the_last_pool_handle_stops_its_thread_and_kills_its_workers() {
     let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    // Holding POOL_THREADS, no other pool starts meanwhile (pools of other tests may end).
     let before = pool_threads();
     let pool = WorkerPool::<IsPrimeJob>::start(pool_config(2, "dropguard"), isprime_worker());
     let workers = wait_live(&pool, 2);
-    assert_eq!(pool_threads(), before + 1);
+    let started: Vec<u32> = pool_threads().difference(&before).copied().collect();
+    let [thread] = started[..] else {
+        panic!("the pool started threads {started:?}, not one")
+    };
     let clone = pool.clone();
     drop(pool);
     assert!(
@@ -1304,7 +1321,10 @@ fn dropping_the_last_pool_handle_stops_its_thread_and_kills_its_workers() {
         workers.iter().all(|&pid| reaped(pid)),
         "workers {workers:?} outlived the last pool handle"
     );
-    assert_eq!(pool_threads(), before, "the pool's thread outlived it");
+    assert!(
+        !pool_threads().contains(&thread),
+        "the pool's thread outlived it"
+    );
 }
 
 /// The wire shape of an isprime verdict, whose decoding panics when the number is not prime:
@@ -1354,9 +1374,8 @@ struct Observed {
 fn observed() -> &'static Observed {
     static OBSERVED: std::sync::OnceLock<Observed> = std::sync::OnceLock::new();
     OBSERVED.get_or_init(|| {
-        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .unwrap();
+        // The process-wide recorder, which in-process servers of other tests share.
+        let metrics = forkpool::telemetry::recorder();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = log.clone();
         tracing_subscriber::fmt()

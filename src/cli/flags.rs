@@ -13,7 +13,8 @@ use crate::logging::LogFormat;
 use crate::settings::WorkerSched;
 use crate::units::{parse_duration, parse_positive_duration, parse_size};
 
-/// The serve flags as given; [`Flags::resolve`] turns them into the [`Settings`] in force.
+/// The serve flags as given; [`Flags::resolve`] turns them into the
+/// [`Settings`](crate::settings::Settings) in force.
 #[derive(Debug, Clone, PartialEq, Args)]
 pub struct Flags {
     /// Address to listen on; port 0 picks a free port (printed as `listening on http://...` once
@@ -183,7 +184,7 @@ pub struct Flags {
 
     /// Where the values that did not come from a flag came from (an environment variable, a
     /// key of the `--config` file), so that a message about a value names its source. Not a
-    /// flag; filled by [`Cli::load_from`].
+    /// flag; filled by [`Cli::load_from`](super::Cli::load_from).
     #[arg(skip)]
     pub sources: Sources,
 }

@@ -33,8 +33,10 @@ pub use worker::{WorkerArgs, WorkerArgsError};
 #[derive(Debug, Parser)]
 #[command(name = "forkpool", version, about, long_about = None, after_long_help = UNITS)]
 pub struct Cli {
+    /// A subcommand (`completions`, `man`); `None` serves.
     #[command(subcommand)]
     pub command: Option<Command>,
+    /// The serve flags, at the top level (`forkpool --workers 4`).
     #[command(flatten)]
     pub flags: Flags,
 }

@@ -17,6 +17,8 @@ use crate::settings::Settings;
 /// variable or config file key it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
+    /// `--ls-root` (or the working directory, its default) cannot be made canonical: it does
+    /// not exist, or a component cannot be searched.
     #[error("--ls-root {path}{from}: {source}", path = path.display(), from = sources.from("ls-root"))]
     LsRoot {
         /// The root as given.
@@ -26,6 +28,8 @@ pub enum ResolveError {
         /// Why it cannot be made canonical.
         source: std::io::Error,
     },
+    /// `--max-line` is too short for the job line of a `--max-digits` number: such numbers
+    /// would kill their worker (502), and if not even the hello fits, no worker starts.
     #[error(
         "--max-line {max_line} is too small for --max-digits {max_digits}: the job line of the \
          largest number takes up to {needed} bytes, so such numbers would kill their worker; \
@@ -39,6 +43,8 @@ pub enum ResolveError {
         /// The longest job line under `--max-digits`.
         needed: u64,
     },
+    /// `--shutdown-delay` is not shorter than `--shutdown-grace`: the grace would be over by the
+    /// time the listener closes, cutting off every request in flight.
     #[error(
         "--shutdown-delay {delay:?} is not shorter than --shutdown-grace {grace:?}: the grace \
          counts from the signal and includes the delay, so requests still in flight when the \
@@ -55,14 +61,20 @@ pub enum ResolveError {
          cores): the pool could never shrink to its minimum; lower --workers-min or raise \
          --workers-max"
     )]
+    /// `--workers-min` is above `--workers-max` (each the value or its default): the pool
+    /// could never shrink to its minimum.
     MinAboveMax {
         /// `--workers-min`, or its default.
         min: usize,
         /// `--workers-max`, or its default.
         max: usize,
     },
+    /// `--admin-listen` is the `--listen` address (the value), port 0 aside: the second bind
+    /// would fail.
     #[error("--admin-listen {0} is also the --listen address; give the admin listener its own")]
     SameAddress(SocketAddr),
+    /// `--job-slow` is set but not below `--job-timeout`: a job is killed at its deadline, so it
+    /// would never be logged as slow.
     #[error(
         "--job-slow {slow:?} must be below --job-timeout {timeout:?}: a job is killed at its \
          deadline, so it would never be logged as slow"
@@ -92,7 +104,7 @@ impl Flags {
 
     /// The settings in force: the worker count from the cores when not given, `--ls-root`
     /// (default: the working directory) made canonical, so that it must exist. Flags that
-    /// contradict each other are refused (see [`Flags::check_pairs`]).
+    /// contradict each other are refused (see `Flags::check_pairs`, below).
     pub fn resolve(self) -> Result<Settings, ResolveError> {
         self.check_pairs()?;
         let (workers_min, workers_max) = self.pool_size()?;

@@ -43,18 +43,26 @@ pub struct WorkerArgs {
 /// the server spells the flags with [`WorkerArgs::to_args`].
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerArgsError {
+    /// A flag (the value) that `forkpool worker` does not take.
     #[error("forkpool worker: unknown flag `{0}`")]
     Unknown(String),
+    /// A flag (the value) last on the line, without its value.
     #[error("forkpool worker: {0} needs a value")]
     NoValue(String),
+    /// A flag's value that does not parse as its type.
     #[error("forkpool worker: {flag} {value:?}: {reason}")]
     BadValue {
+        /// The flag, e.g. `--nice`.
         flag: String,
+        /// Its value as given.
         value: String,
+        /// The parser's message.
         reason: String,
     },
+    /// A required flag (the value: `--kind` or `--parent-pid`) is not given.
     #[error("forkpool worker: {0} is required")]
     Missing(&'static str),
+    /// An argument (the value) is not UTF-8; no flag or value of a worker can be.
     #[error("forkpool worker: argument {0:?} is not UTF-8")]
     NotUtf8(OsString),
 }

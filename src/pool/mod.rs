@@ -330,8 +330,11 @@ pub const MIN_LINE: usize = 256;
 /// A [`PoolConfig`] a pool cannot run with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoolConfigError {
+    /// `workers` (the maximum) is 0: no worker would ever take a job, so each would wait out
+    /// its deadline.
     #[error("workers (the maximum) must be at least 1: with none, every job would wait for its deadline")]
     NoWorkers,
+    /// `workers_min` is above `workers`: the pool could never shrink to its minimum.
     #[error("workers_min {min} is above workers (the maximum) {max}")]
     MinAboveMax {
         /// `workers_min`.
@@ -339,18 +342,29 @@ pub enum PoolConfigError {
         /// `workers`.
         max: usize,
     },
+    /// `worker_idle_timeout` is zero in an elastic pool: every worker above the minimum would
+    /// retire between two jobs.
     #[error("worker_idle_timeout must be more than zero: every worker above the minimum would retire between two jobs")]
     NoIdleTimeout,
+    /// `queue` is 0: every job would be refused as `QueueFull` before it could wait.
     #[error("queue must hold at least 1 job")]
     NoQueue,
+    /// `job_timeout` is zero: every job would time out as it is submitted.
     #[error("job_timeout must be more than zero: every job would time out at once")]
     NoDeadline,
+    /// `max_line` (the value, in bytes) is below [`MIN_LINE`]: a worker's hello would not fit,
+    /// so every start would fail as a protocol error.
     #[error("max_line {0} is below {MIN_LINE} bytes: no worker's hello would fit")]
     LineTooShort(usize),
+    /// `max_batch` is 0: the driver could never hand a worker a job.
     #[error("max_batch must be at least 1")]
     NoBatch,
+    /// `broken_after_failed_starts` is 0: the pool would count as unavailable before its first
+    /// start, and refuse every job.
     #[error("broken_after_failed_starts must be at least 1: the pool would refuse jobs at once")]
     BreakerAtZero,
+    /// `job_slow` is set but not below `job_timeout`: the job is killed at its deadline before it
+    /// could be logged as slow.
     #[error("job_slow must be below job_timeout: a job is killed at its deadline")]
     SlowNotBelowDeadline,
 }
@@ -375,8 +389,12 @@ impl<F: Fn() -> std::process::Command + Send + Sync + 'static> WorkerCommand for
 /// Why a job did not produce an answer. `E` is the job's own error ([`Job::Error`]).
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError<E> {
+    /// Refused at submission: every worker is busy and `queue` jobs (the value) already wait.
+    /// Nothing ran; worth retrying shortly.
     #[error("all workers are busy and the queue is full ({0} jobs waiting); retry later")]
     QueueFull(usize),
+    /// Refused at submission: the estimated queue wait is already past the job's deadline, so
+    /// it would only time out. Nothing ran; worth retrying once the queue has shrunk.
     #[error(
         "the queue's expected wait, {:?} ({} jobs ahead at {:?} each on average, {} live \
          workers), is already longer than this job's {timeout:?} deadline; retry later or \
@@ -389,10 +407,16 @@ pub enum PoolError<E> {
         /// The job's deadline, from submission.
         timeout: Duration,
     },
+    /// The pool is closing (or closed): refused at submission, or torn down before the job
+    /// was answered. Not worth retrying against this pool.
     #[error("the server is shutting down and takes no new jobs")]
     ShuttingDown,
+    /// The job's deadline (the value, counted from submission: queue wait plus run time)
+    /// passed; a job still queued is taken out, one running has its worker killed and replaced.
     #[error("the job did not finish within the {0:?} deadline")]
     Timeout(Duration),
+    /// The worker running the job ended mid-job (a crash, a signal, the OOM killer, the
+    /// address-space limit); the job is not retried, since it may be what killed it.
     #[error("worker {pid} died mid-job: {cause}")]
     WorkerDied {
         /// The worker's pid.
@@ -400,6 +424,8 @@ pub enum PoolError<E> {
         /// How it ended.
         cause: Exit,
     },
+    /// The worker running the job sent something the protocol does not allow (an over-long or
+    /// malformed line, a reply to another job) and was killed; the job has no answer.
     #[error("worker {pid} broke the protocol: {error}")]
     Protocol {
         /// The worker's pid (killed since).
@@ -407,10 +433,16 @@ pub enum PoolError<E> {
         /// What it sent, or failed to.
         error: ProtocolError,
     },
+    /// The job ran and its worker reported the job's own error ([`Job::Error`]): the worker is
+    /// fine and keeps serving.
     #[error("the job failed: {0}")]
     JobFailed(E),
+    /// A bug: the driver thread of the job's slot panicked (logged). The job is abandoned and
+    /// the slot restarts with a new worker.
     #[error("internal error: the pool's driver running this job panicked (logged); the job was abandoned and its worker replaced")]
     DriverPanic,
+    /// Refused at submission: no worker is alive and the last `broken_after_failed_starts`
+    /// starts failed (the crash-loop breaker is open); starts go on with backoff.
     #[error("no worker is alive and none can be started ({failed_starts} starts failed in a row, the last: {last_error}); retry later")]
     Unavailable {
         /// Failed starts in a row when the job was refused.

@@ -44,18 +44,30 @@ pub(super) struct SpawnSpec {
 /// Why a worker did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
+    /// The program could not be executed (missing, not executable, out of memory or pids);
+    /// the slot retries after its backoff.
     #[error("cannot start {program}: {source}")]
     Exec {
         /// The program that could not be executed.
         program: String,
+        /// The error of `spawn` (from `execve` or `fork`).
         source: std::io::Error,
     },
+    /// The worker said no hello within the handshake time (the value) and was killed: a hung
+    /// program or one that is not a forkpool worker.
     #[error("no hello within {0:?}")]
     HandshakeTimeout(Duration),
+    /// The worker exited before its hello; the value says how (exit code or signal, and what
+    /// it wrote on stderr is in the log).
     #[error("exited before its hello: {0}")]
     DiedEarly(String),
+    /// Its first line was not a valid hello (too long, not JSON, another message), or the pipe
+    /// failed while reading it.
     #[error("bad hello: {0}")]
     BadHello(#[from] ProtocolError),
+    /// The hello names another protocol version (or none): a worker program of another
+    /// release, which this pool cannot talk to. Killed; every later start fails the same way
+    /// until the program is replaced.
     #[error("{}", incompatible(.protocol, .version))]
     Incompatible {
         /// The protocol version the worker speaks; `None` when its hello names none.

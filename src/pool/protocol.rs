@@ -94,6 +94,7 @@ pub struct Hello {
 /// The hello as it travels: `{"hello": {...}}`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HelloLine {
+    /// The worker's announcement, under the `hello` key that tells it from a reply.
     pub hello: Hello,
 }
 
@@ -118,6 +119,7 @@ pub struct Reply<O, E> {
     pub id: u64,
     /// Compute time measured inside the worker, in milliseconds.
     pub ms: f64,
+    /// What the job produced, flattened into the reply as `ok` or `err`.
     #[serde(flatten)]
     pub result: Outcome<O, E>,
 }
@@ -126,7 +128,9 @@ pub struct Reply<O, E> {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome<O, E> {
+    /// The job's output ([`Job::Output`]), under `ok`.
     Ok(O),
+    /// The job's own error ([`Job::Error`]), under `err`: the job failed, the worker did not.
     Err(E),
 }
 
@@ -151,12 +155,18 @@ pub fn decode<T: DeserializeOwned>(line: &[u8]) -> Result<T, ProtocolError> {
 /// What is wrong with what a worker sent.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
+    /// A line ran past the limit (the value, in bytes) without a newline; the rest is not read,
+    /// so the stream cannot be resynchronised and the worker is killed.
     #[error("line longer than {0} bytes")]
     TooLong(usize),
+    /// A line is not the JSON of the expected message; the value is serde's error.
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// A well-formed message that is not the one expected (a reply to another job than the one
+    /// running, a hello whose kind or pid is not the child's); the value says which.
     #[error("unexpected message: {0}")]
     Unexpected(String),
+    /// Reading or writing the pipe failed, or it closed mid-line (the worker died).
     #[error("pipe error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -174,6 +184,7 @@ pub struct LineReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
+    /// Reads lines from `inner`, refusing any longer than `max` bytes (newline excluded).
     pub fn new(inner: R, max: usize) -> Self {
         LineReader {
             inner,

@@ -15,6 +15,7 @@ pub struct WorkerStatus {
     pub slot: usize,
     /// The worker now in the slot; `None` while starting or down.
     pub pid: Option<u32>,
+    /// Where the slot's worker is in its life: starting, idle, busy, down or stopped.
     pub state: WorkerState,
     /// Id of the job running now.
     pub job: Option<u64>,
@@ -55,6 +56,8 @@ pub enum WorkerState {
 }
 
 impl WorkerState {
+    /// Every state, in the order of a worker's life; `/metrics` reports a count for each, zeros
+    /// included, so that a series never disappears.
     pub const ALL: [WorkerState; 6] = [
         WorkerState::Starting,
         WorkerState::Idle,
@@ -64,6 +67,7 @@ impl WorkerState {
         WorkerState::Dormant,
     ];
 
+    /// The state as `/status` and the `state` label of `/metrics` spell it (lowercase).
     pub fn as_str(self) -> &'static str {
         match self {
             WorkerState::Starting => "starting",

@@ -101,16 +101,33 @@ impl JobLog for TagLog {
 /// Why a worker stopped other than by a clean EOF on stdin.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// The server that started this worker is gone (its parent pid changed): the worker
+    /// exits rather than serve no one. Checked at start, as `PR_SET_PDEATHSIG` only covers a
+    /// parent that dies after it is set.
     #[error("parent {expected} is gone (parent is now {actual:?})")]
-    Orphaned { expected: i32, actual: Option<i32> },
+    Orphaned {
+        /// The pid of the server, from `--parent-pid`.
+        expected: i32,
+        /// The parent pid found instead; `None` when `getppid` gives 0 (the parent is outside
+        /// this pid namespace).
+        actual: Option<i32>,
+    },
+    /// A system call of the set-up failed (the parent-death signal, the nice value, the
+    /// address-space limit); the worker exits before its hello, so the pool sees a failed start.
     #[error("cannot set up the worker process: {0}")]
     Setup(#[from] rustix::io::Errno),
+    /// Switching to SCHED_IDLE was refused by the kernel (e.g. a seccomp or container policy);
+    /// `--worker-sched other` avoids the call.
     #[error("cannot switch to SCHED_IDLE: {0}")]
     SchedIdle(std::io::Error),
+    /// A job line ran past `--max-line` (the value, in bytes): the worker exits, as the pipe
+    /// cannot be resynchronised.
     #[error("job line longer than {0} bytes")]
     LineTooLong(u64),
+    /// A job line is not the JSON of a request for this job type; the value is serde's error.
     #[error("bad job line: {0}")]
     BadLine(String),
+    /// Reading stdin or writing stdout failed (the server closed the pipe or died).
     #[error("pipe error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -142,19 +159,25 @@ impl ExitOnOutOfMemory {
 // looks at the returned pointer.
 unsafe impl GlobalAlloc for ExitOnOutOfMemory {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        Self::check(System.alloc(layout))
+        // SAFETY: the caller upholds `GlobalAlloc::alloc`'s contract, passed on unchanged.
+        Self::check(unsafe { System.alloc(layout) })
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        Self::check(System.alloc_zeroed(layout))
+        // SAFETY: the caller upholds `GlobalAlloc::alloc_zeroed`'s contract, passed on unchanged.
+        Self::check(unsafe { System.alloc_zeroed(layout) })
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        Self::check(System.realloc(ptr, layout, new_size))
+        // SAFETY: the caller upholds `GlobalAlloc::realloc`'s contract (`ptr` came from this
+        // allocator, hence from `System`, with `layout`), passed on unchanged.
+        Self::check(unsafe { System.realloc(ptr, layout, new_size) })
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
+        // SAFETY: the caller upholds `GlobalAlloc::dealloc`'s contract (`ptr` came from this
+        // allocator, hence from `System`, with `layout`), passed on unchanged.
+        unsafe { System.dealloc(ptr, layout) }
     }
 }
 

@@ -85,7 +85,10 @@ pub enum Method {
 /// The answer of [`is_prime`], with the method that produced it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
+    /// Whether the number is prime: exact below 2^64, a BPSW probable prime above (no composite
+    /// passing BPSW is known).
     pub is_prime: bool,
+    /// Which test decided, and so how sure the answer is.
     pub method: Method,
 }
 

@@ -24,10 +24,19 @@ use crate::routes::state::AppState;
 /// Why a request body was not read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
+    /// The body is over the limit, by its `Content-Length` or once read that far (413); the
+    /// connection is closed, as the rest of the body may still be coming.
     #[error("the request body is larger than the limit of {limit} bytes")]
-    TooLarge { limit: usize },
+    TooLarge {
+        /// The largest body accepted, in bytes (room for `--max-digits` digits and JSON).
+        limit: usize,
+    },
+    /// The whole body did not arrive within `--body-timeout` (the value) of the handler starting
+    /// to read it (408); the connection is closed.
     #[error("the request body did not arrive within {0:?}")]
     Timeout(Duration),
+    /// The body could not be read: the connection failed or its framing is broken (bad
+    /// chunked encoding) (400); the value is hyper's error.
     #[error("cannot read the request body: {0}")]
     Read(String),
 }

@@ -81,8 +81,12 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 /// What is wrong with a query parameter, whatever the endpoint.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ParamError {
+    /// The parameter (the value, its name) appears more than once: which one is meant is
+    /// ambiguous, so neither is taken (400 `param_repeated`).
     #[error("query parameter `{0}` is given more than once")]
     Repeated(String),
+    /// The parameter (the value, its name) is not UTF-8 once percent-decoded (400
+    /// `param_not_utf8`).
     #[error("query parameter `{0}` is not valid UTF-8")]
     NotUtf8(String),
 }

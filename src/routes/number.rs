@@ -18,22 +18,31 @@ use crate::error::{ErrorCode, HttpError};
 /// What is wrong with a submitted number.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum NumberError {
+    /// Neither the query nor the body has `number`, or it is JSON `null`.
     #[error("missing `number` (or null): use /isprime?number=N or POST {{\"number\": \"N\"}}")]
     Missing,
+    /// `number` is empty or whitespace only.
     #[error("`number` is empty or only whitespace")]
     Empty,
+    /// `number` is only a sign (the value: `+` or `-`).
     #[error("`number` is a lone `{0}` with no digits")]
     NoDigits(char),
+    /// `number` has a minus sign and digits that are not all zero.
     #[error("`number` is negative; only non-negative integers are tested")]
     Negative,
+    /// `number` is zero written with a minus sign (`-0`, `-000`).
     #[error("`number` is zero with a minus sign; send it without the sign")]
     MinusZero,
+    /// `number` has a decimal point (`7.0`, `7.5`), or is a JSON number with a fraction.
     #[error("`number` has a fractional part; only integers are tested")]
     Fractional,
+    /// `number` is in exponent form (`1e9`, `2E3`).
     #[error("`number` is in exponent form; write out every digit")]
     Exponent,
+    /// `number` is hexadecimal (`0x1F`).
     #[error("`number` is hexadecimal; use decimal digits")]
     Hex,
+    /// `number` has a character that is not a decimal digit (other than the cases above).
     #[error(
         "`number` has an invalid character {ch:?} at position {position} (counting from 0); \
          use decimal digits only"
@@ -44,6 +53,8 @@ pub enum NumberError {
         /// Its position in the value, in characters from 0.
         position: usize,
     },
+    /// `number`, from a query string, has a space that the query spelled `+` (which the URL rules
+    /// turn into a space): the client most likely meant a plus sign.
     #[error(
         "`number` has a space at position {position} (counting from 0) where the query has a \
          `+`: in a query string `+` means a space; write a plus sign as %2B"
@@ -52,11 +63,14 @@ pub enum NumberError {
         /// The space's position in the decoded value, in characters from 0.
         position: usize,
     },
+    /// `number`, a JSON string in a body, has a `\u` escape of a lone UTF-16 surrogate (the
+    /// value), which is no character.
     #[error(
         "`number` has the escape `{0}`, half of a UTF-16 surrogate pair without its other half: \
          it stands for no character"
     )]
     InvalidEscape(String),
+    /// `number` has more significant digits (leading zeros not counted) than `--max-digits`.
     #[error("`number` has {digits} digits; the limit is {max}")]
     TooLong {
         /// Its significant digits.
@@ -64,6 +78,8 @@ pub enum NumberError {
         /// `--max-digits`.
         max: usize,
     },
+    /// The POST body is not a JSON object whose `number` is a string or an integer; the value
+    /// is serde's error.
     #[error("the body must be JSON like {{\"number\": \"N\"}}: {0}")]
     BadBody(String),
 }

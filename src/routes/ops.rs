@@ -284,10 +284,14 @@ pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], document.into_owned())
 }
 
+/// `GET /testrequest`: a constant answer that needs no worker, so it comes at once however
+/// busy the workers are: the proof that the event loop stays free.
 pub async fn testrequest() -> &'static str {
     "I am unblocked now"
 }
 
+/// `GET /healthz`: 200 `{"status": "ok"}` while the process can answer at all (liveness);
+/// it does not look at the workers, `/readyz` does.
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
@@ -295,10 +299,15 @@ pub async fn healthz() -> impl IntoResponse {
 /// Why the server is not ready (`/readyz` 503).
 #[derive(Debug, thiserror::Error)]
 pub enum NotReady {
+    /// A shutdown signal came: the server drains and will close (503 `shutting_down`).
     #[error("shutting down")]
     ShuttingDown,
+    /// No worker is live yet (the first is starting, or all are being replaced) (503
+    /// `no_worker_alive`).
     #[error("no worker is alive")]
     NoWorker,
+    /// No worker is alive and the crash-loop breaker is open: starts keep failing (503
+    /// `workers_unavailable`).
     #[error(
         "no worker is alive and none can be started: {failed_starts} starts failed in a row, \
          the last: {last_error}"
@@ -360,6 +369,8 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
     ))
 }
 
+/// `GET /metrics`: every metric in the Prometheus text format (the recorder's families, then
+/// the process figures read from `/proc/self` at this scrape).
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let workers = state.pool.status();
     for s in WorkerState::ALL {
@@ -446,6 +457,8 @@ fn append_process_metrics(text: &mut String, stats: &ProcessStats) {
     }
 }
 
+/// `GET /status`: the server as JSON: pid, version, phase, the settings in force (`config`),
+/// the pool's health and one row per worker slot.
 pub async fn status(State(state): State<AppState>) -> impl IntoResponse {
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),

@@ -14,8 +14,12 @@ use crate::units::parse_positive_duration;
 /// Why `timeout` is refused; every variant is `timeout_invalid` (400).
 #[derive(Debug, thiserror::Error)]
 pub enum TimeoutError {
+    /// The value is not a duration of more than zero; the value is the parser's message, which
+    /// names the forms accepted.
     #[error("`timeout`: {0} (e.g. `200ms`, `2s`, `1m30s`)")]
     Invalid(String),
+    /// In a JSON body, `timeout` is not a string (a number, `null`, an object); the value is the
+    /// raw JSON, shown cut to 20 characters.
     #[error("`timeout` must be a JSON string such as \"2s\", not {0:.20}")]
     NotAString(String),
 }

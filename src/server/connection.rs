@@ -81,7 +81,7 @@ const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// The connection timeouts, from the command line.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub(super) struct Timeouts {
     /// `--header-timeout`: for a complete request head.
     pub header: Duration,
     /// `--keepalive-timeout`: for an idle kept-alive connection; zero turns keep-alive off.
@@ -104,14 +104,14 @@ impl Timeouts {
 /// What a connection is doing, as far as its deadlines are concerned. See the module doc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Phase {
+pub(super) enum Phase {
     Head = 0,
     Active = 1,
     Idle = 2,
 }
 
 /// Shared between a connection's task, its reads, its service and the listener.
-pub struct Tracker {
+pub(super) struct Tracker {
     /// The current [`Phase`] as its `u8`.
     phase: AtomicU8,
     /// When the current phase began, in microseconds since [`epoch`].
@@ -201,7 +201,7 @@ impl Tracker {
 
 /// The live connections of one listener, for eviction and for the drain.
 #[derive(Default)]
-pub struct Registry {
+pub(super) struct Registry {
     /// Every connection still open, by a number that is never reused.
     connections: Mutex<HashMap<u64, Arc<Tracker>>>,
     next_id: AtomicU64,
@@ -215,7 +215,7 @@ impl Registry {
     /// (Registered by its task, a connection taken from the accept queue at stop was not yet
     /// counted when the drain looked, so the pool shut while that connection's request was
     /// still to come, and it got a 503 "shutting down": seen in the rolling-restart test.)
-    pub fn add(self: &Arc<Self>) -> Registered {
+    pub(super) fn add(self: &Arc<Self>) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let tracker = Arc::new(Tracker::new());
         self.connections.lock().unwrap().insert(id, tracker.clone());
@@ -227,7 +227,7 @@ impl Registry {
     }
 
     /// Closes the connection that has been idle the longest, if any is idle.
-    pub fn evict_oldest_idle(&self) {
+    pub(super) fn evict_oldest_idle(&self) {
         let connections = self.connections.lock().unwrap();
         let oldest = connections
             .values()
@@ -244,7 +244,7 @@ impl Registry {
     }
 
     /// Resolves once no connection is open.
-    pub async fn closed(&self) {
+    pub(super) async fn closed(&self) {
         loop {
             // Enabled before the count is read, so that a last connection closing in between
             // still wakes us (`notify_waiters` only reaches futures already waiting).
@@ -260,7 +260,7 @@ impl Registry {
 }
 
 /// A connection's entry in its [`Registry`], removed when the connection's task ends.
-pub struct Registered {
+pub(super) struct Registered {
     registry: Arc<Registry>,
     id: u64,
     tracker: Arc<Tracker>,
@@ -279,7 +279,7 @@ impl Drop for Registered {
 /// Serves one accepted connection until it ends, a deadline passes, the listener evicts it,
 /// or (after `draining` turns true) its last request is answered. `slot` is the listener's
 /// connection permit, released when this returns.
-pub async fn serve(
+pub(super) async fn serve(
     stream: TcpStream,
     router: Router,
     timeouts: Timeouts,

@@ -13,9 +13,9 @@ use crate::procfs;
 use crate::settings::Settings;
 
 /// The cap when `--max-connections` is not given (gunicorn's `worker_connections` is 1000).
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
+pub(super) const DEFAULT_MAX_CONNECTIONS: u32 = 1024;
 /// Connections the admin listener may hold: scrapers and operators, not the public.
-pub const ADMIN_MAX_CONNECTIONS: u32 = 16;
+pub(super) const ADMIN_MAX_CONNECTIONS: u32 = 16;
 /// Descriptors one worker costs the server: stdin, stdout and stderr pipes, and one spare for
 /// the moment of a spawn.
 const FDS_PER_WORKER: u64 = 4;
@@ -28,12 +28,20 @@ const MARGIN: u64 = 32;
 /// Why the connection cap cannot be chosen.
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetError {
+    /// The descriptors the rest of the server needs already fill RLIMIT_NOFILE: not one
+    /// connection could be accepted.
     #[error(
         "RLIMIT_NOFILE is {limit}, and {reserved} descriptors are needed for workers, `ls` and \
          the listeners: no room is left for connections (raise the limit, or lower --workers or \
          --ls-max-concurrent)"
     )]
-    NoRoom { limit: u64, reserved: u64 },
+    NoRoom {
+        /// RLIMIT_NOFILE's soft limit.
+        limit: u64,
+        /// Descriptors set aside for the rest: every worker's pipes, `--ls-max-concurrent` `ls`
+        /// processes' and the listeners.
+        reserved: u64,
+    },
 }
 
 /// Raises the soft descriptor limit to the hard one and returns the connection cap for

@@ -34,7 +34,7 @@ const RESOURCE_BACKOFF: Duration = Duration::from_millis(100);
 const CAP_RECHECK: Duration = Duration::from_millis(50);
 
 /// One listening socket and the connections taken from it.
-pub struct Listener {
+pub(super) struct Listener {
     /// Where connections come from; closed when `run` returns.
     pub listener: TcpListener,
     /// What every connection serves.
@@ -53,7 +53,7 @@ pub struct Listener {
 
 impl Listener {
     /// Accepts until `stop` resolves. Connection tasks outlive this; see the module doc.
-    pub async fn run(self, stop: impl Future<Output = ()>) {
+    pub(super) async fn run(self, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
         let mut errors = ErrorLog::default();
         loop {

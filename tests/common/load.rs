@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -153,6 +153,8 @@ pub struct Load {
     clients: Vec<JoinHandle<Tally>>,
     /// When the load began, for the failures' timestamps and the rate.
     started: Instant,
+    /// Requests answered successfully so far, by every client together.
+    answered: Arc<AtomicU64>,
 }
 
 /// Outcomes of a load run.
@@ -190,20 +192,34 @@ impl Load {
         connections: &[Connection],
     ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
         let clients = connections
             .iter()
             .enumerate()
             .map(|(i, &connection)| {
-                let stop = stop.clone();
-                std::thread::spawn(move || run_client(addr, kinds, i, connection, &stop, started))
+                let (stop, answered) = (stop.clone(), answered.clone());
+                std::thread::spawn(move || {
+                    run_client(addr, kinds, i, connection, &stop, &answered, started)
+                })
             })
             .collect();
         Load {
             stop,
             clients,
             started,
+            answered,
         }
+    }
+
+    /// Waits until the clients have had `n` more requests answered successfully than when
+    /// called (a load under way, however slow the machine); panics after 60 s.
+    pub fn wait_answered(&self, n: u64) {
+        let target = self.answered.load(Ordering::Relaxed) + n;
+        super::wait_until(Duration::from_secs(60), || {
+            (self.answered.load(Ordering::Relaxed) >= target).then_some(())
+        })
+        .unwrap_or_else(|| panic!("the load got fewer than {n} answers in 60 s"));
     }
 
     pub fn finish(self) -> Tally {
@@ -224,13 +240,14 @@ impl Load {
     }
 }
 
-/// One client's loop, until `stop`.
+/// One client's loop, until `stop`; each success also counts in `answered`.
 fn run_client(
     addr: SocketAddr,
     kinds: &[Kind],
     first: usize,
     connection: Connection,
     stop: &AtomicBool,
+    answered: &AtomicU64,
     started: Instant,
 ) -> Tally {
     let mut tally = Tally::default();
@@ -244,12 +261,16 @@ fn run_client(
             Connection::KeptAlive => kept.send(kind),
         };
         match result {
-            Ok(()) => *tally.ok.entry(kind).or_default() += 1,
+            Ok(()) => {
+                *tally.ok.entry(kind).or_default() += 1;
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => tally.failed.push((
                 kind,
                 format!("{e} ({connection:?}, at {:.2?})", started.elapsed()),
             )),
         }
+        // The clients' pace, not a wait for an event.
         std::thread::sleep(Load::PAUSE);
     }
     tally

@@ -4,7 +4,11 @@
 //! The client is deliberately tiny and blocking: tests must be able to do what real clients do
 //! badly (hang up mid-response, read chunk by chunk), which a full client library hides.
 
-#![allow(dead_code)] // each test file uses a different part of this module
+#![allow(dead_code)]
+// each test file uses a different part of this module
+// Each test file is a crate of its own that includes this module: its `pub` items are its
+// interface to the test files, and `pub(crate)` on each would say the same thing again.
+#![allow(unreachable_pub)]
 
 pub mod load;
 
@@ -45,6 +49,7 @@ impl Server {
             bound_by_permissions: false,
             cgroup: None,
             one_cpu: false,
+            idle_workers: false,
         }
     }
 
@@ -192,10 +197,10 @@ impl Server {
         wait_until(limit, || self.child.try_wait().expect("try_wait"))
     }
 
-    /// Asserts that within 2 s no child of the server is a zombie: every worker or `ls` that
+    /// Asserts that within 20 s no child of the server is a zombie: every worker or `ls` that
     /// ended was reaped.
     pub fn assert_no_zombies(&self) {
-        let reaped = wait_until(Duration::from_secs(2), || {
+        let reaped = wait_until(Duration::from_secs(20), || {
             let zombies = self.children().into_iter().filter(|p| p.state == 'Z');
             (zombies.count() == 0).then_some(())
         });
@@ -253,6 +258,9 @@ pub struct Launch<'a> {
     cgroup: Option<std::ffi::CString>,
     /// Whether the server's affinity mask is cut down to one CPU before it execs.
     one_cpu: bool,
+    /// Whether the workers keep the binary's default class, SCHED_IDLE (see
+    /// [`Launch::idle_workers`]).
+    idle_workers: bool,
 }
 
 impl<'a> Launch<'a> {
@@ -296,6 +304,17 @@ impl<'a> Launch<'a> {
         self
     }
 
+    /// Leaves the workers in the binary's default scheduling class, SCHED_IDLE. Without this,
+    /// a test's server runs them in the normal class (`FORKPOOL_WORKER_SCHED=other`, which a
+    /// flag or the test's own environment overrides): on a machine busy with other work (CI, a
+    /// shared 2-core box, the busy loops of the README's flakiness check) an idle-class worker
+    /// gets almost no CPU, and a job the test waits for, such as `slow_prime`, took minutes
+    /// instead of a second, past the client's read timeout.
+    pub fn idle_workers(mut self) -> Self {
+        self.idle_workers = true;
+        self
+    }
+
     /// Makes the server a member of the cgroup whose `cgroup.procs` is `procs` before it execs,
     /// so that every worker it starts is in the cgroup too.
     pub fn in_cgroup(mut self, procs: &std::path::Path) -> Self {
@@ -315,7 +334,11 @@ impl<'a> Launch<'a> {
     pub fn start(self) -> Server {
         use std::os::unix::process::CommandExt;
         let args = [&["--listen", self.listen.as_str()], &self.args[..]].concat();
-        let mut command = command_of(self.program, &args, &self.env);
+        let mut env = self.env.clone();
+        if !self.idle_workers && !env.iter().any(|(name, _)| *name == "FORKPOOL_WORKER_SCHED") {
+            env.insert(0, ("FORKPOOL_WORKER_SCHED", "other"));
+        }
+        let mut command = command_of(self.program, &args, &env);
         let (nofile, bound, cgroup) = (self.nofile, self.bound_by_permissions, self.cgroup);
         let one_cpu = self.one_cpu;
         if nofile.is_some() || bound || cgroup.is_some() || one_cpu {
@@ -553,6 +576,11 @@ pub fn require_tool(program: &str, arg: &str) {
     );
 }
 
+/// Held by every test that starts a pool in this process (`in_process_state` holds it while
+/// the pool starts), so that a test that looks for the thread its own pool started finds
+/// only that one: the tests of every file share one process.
+pub static POOL_THREADS: Mutex<()> = Mutex::new(());
+
 /// The state of a server built from parts in the test process, as `app::build` builds one:
 /// the settings the binary resolves from `flags`, a pool whose workers are `worker`, `/ls` on
 /// the settings' root, the process-wide recorder. Call it inside a Tokio runtime; a handler is
@@ -564,7 +592,10 @@ pub fn in_process_state(flags: &[&str], worker: &str) -> forkpool::routes::state
     let settings = cli.flags.resolve().unwrap();
     // Before the pool: it registers metric handles, which need the recorder in place.
     let metrics = forkpool::telemetry::recorder();
-    let pool = forkpool::app::start_pool(&settings, worker.into()).unwrap();
+    let pool = {
+        let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+        forkpool::app::start_pool(&settings, worker.into()).unwrap()
+    };
     let limits = forkpool::app::ls_limits(&settings);
     let ls = forkpool::routes::ls::Ls::open(&settings.ls_root, limits).unwrap();
     AppState::from_parts(settings, pool, ls, metrics)
@@ -798,6 +829,113 @@ pub fn busy_jobs(server: &Server) -> Vec<(u64, u32)> {
         .filter(|w| w["state"] == "busy")
         .filter_map(|w| Some((w["job"].as_u64()?, w["pid"].as_u64()? as u32)))
         .collect()
+}
+
+/// Waits until `pid` is gone or a zombie; panics after 30 s.
+pub fn wait_gone(pid: u32) {
+    wait_until(Duration::from_secs(30), || (!alive(pid)).then_some(()))
+        .unwrap_or_else(|| panic!("{pid} still alive after 30 s: {:?}", proc_info(pid)));
+}
+
+/// Waits until `pid` sleeps in `write` on a full pipe (its wait channel is `pipe_write`), as
+/// a child whose output nobody reads ends up doing; panics after 30 s.
+pub fn wait_writing_to_full_pipe(pid: u32) {
+    let wchan = || std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    wait_until(Duration::from_secs(30), || {
+        wchan().contains("pipe_write").then_some(())
+    })
+    .unwrap_or_else(|| panic!("{pid} never blocked on a full pipe: wchan {:?}", wchan()));
+}
+
+/// A fake `isprime` worker (for `--worker-program`) that answers "prime" to every job, but
+/// holds the jobs the test says until the test releases them: a job in flight for exactly as
+/// long as the test needs, on any machine. (A real `slow_prime` job takes a second on an idle
+/// machine and many on a loaded one, and a test cannot know which.) Jobs are answered in the
+/// order the worker reads them, so a held job also holds the jobs behind it in its batch.
+pub struct HeldWorker {
+    /// The script, named `forkpool-held-*` so that [`Server::worker_pids`] counts it. A job
+    /// for N waits while `SCRIPT.hold-K` (K: N's first 16 digits) or `SCRIPT.hold-all` exists.
+    script: tempfile::TempPath,
+}
+
+impl HeldWorker {
+    /// Holds every job until [`HeldWorker::release`].
+    pub fn new() -> HeldWorker {
+        let held = HeldWorker::holding(&[]);
+        held.hold_all();
+        held
+    }
+
+    /// Holds every job from now on, as [`HeldWorker::new`] does, until the next release.
+    pub fn hold_all(&self) {
+        self.hold("all");
+    }
+
+    /// Holds the jobs for each of `numbers` until [`HeldWorker::release_number`]; answers the
+    /// others at once.
+    pub fn holding(numbers: &[&str]) -> HeldWorker {
+        use std::os::unix::fs::PermissionsExt;
+        let hello = format!(
+            r#"{{\"hello\":{{\"protocol\":{},\"version\":\"{}\",\"pid\":$$,\"kind\":\"isprime\"}}}}"#,
+            forkpool::pool::PROTOCOL_VERSION,
+            env!("CARGO_PKG_VERSION")
+        );
+        let script = format!(
+            r#"#!/bin/sh
+echo "{hello}"
+while read -r line; do
+  id=${{line#*\"id\":}}; id=${{id%%,*}}
+  n=${{line#*\"n\":\"}}; n=$(printf '%s' "${{n%%\"*}}" | cut -c1-16)
+  while [ -e "$0.hold-all" ] || [ -e "$0.hold-$n" ]; do sleep 0.01; done
+  echo "{{\"id\":$id,\"ms\":0.1,\"ok\":{{\"is_prime\":true,\"method\":\"deterministic\"}}}}"
+done
+"#
+        );
+        let script = temp_file("forkpool-held-", ".sh", &script);
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let held = HeldWorker { script };
+        numbers.iter().for_each(|n| held.hold(n));
+        held
+    }
+
+    /// The path to give `--worker-program`.
+    pub fn program(&self) -> &str {
+        self.script.to_str().expect("a UTF-8 temporary path")
+    }
+
+    /// Lets every job that [`HeldWorker::new`] holds be answered, now and later.
+    pub fn release(&self) {
+        self.release_number("all");
+    }
+
+    /// Lets the jobs for `number` be answered, now and later.
+    pub fn release_number(&self, number: &str) {
+        std::fs::remove_file(self.hold_file(number)).expect("release a held number");
+    }
+
+    fn hold(&self, number: &str) {
+        std::fs::write(self.hold_file(number), "").expect("hold a number");
+    }
+
+    /// The file that holds `number`'s jobs: named by its first 16 digits, as the script
+    /// reads them (a whole `slow_prime` would be too long a file name).
+    fn hold_file(&self, number: &str) -> std::path::PathBuf {
+        let key = &number[..number.len().min(16)];
+        format!("{}.hold-{key}", self.script.display()).into()
+    }
+}
+
+impl Drop for HeldWorker {
+    /// Removes the hold files still there.
+    fn drop(&mut self) {
+        let prefix = format!("{}.hold-", self.script.display());
+        let dir = self.script.parent().expect("a temporary directory");
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.path().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or gives up after `limit`.

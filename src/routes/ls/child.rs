@@ -167,7 +167,7 @@ enum Ending {
 }
 
 /// What a listing holds to run `ls`; both are released once `ls` is reaped.
-pub struct Admission {
+pub(super) struct Admission {
     /// Its `--ls-max-concurrent` slot.
     slot: OwnedSemaphorePermit,
     /// Its turn among the `ls` processes allowed to run at once (see the parent module).
@@ -176,7 +176,7 @@ pub struct Admission {
 
 impl Admission {
     /// A listing's slot and turn, held together until its `ls` is reaped.
-    pub fn new(slot: OwnedSemaphorePermit, turn: OwnedSemaphorePermit) -> Admission {
+    pub(super) fn new(slot: OwnedSemaphorePermit, turn: OwnedSemaphorePermit) -> Admission {
         Admission { slot, turn }
     }
 
@@ -205,7 +205,7 @@ struct Run {
 }
 
 /// Everything one listing needs to run `ls`.
-pub struct Launch {
+pub(super) struct Launch {
     /// The `ls` command line and environment.
     pub command: Command,
     /// The directory `ls` runs in.
@@ -240,14 +240,14 @@ pub struct Launch {
 /// The thread lives as long as the process: it is the parent thread that
 /// `PR_SET_PDEATHSIG` watches, so its exit would kill every `ls`.
 #[derive(Debug, Clone)]
-pub struct Supervisors {
+pub(super) struct Supervisors {
     /// The runtime on that thread.
     handle: tokio::runtime::Handle,
 }
 
 impl Supervisors {
     /// Starts the thread and its runtime.
-    pub fn start() -> io::Result<Supervisors> {
+    pub(super) fn start() -> io::Result<Supervisors> {
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("ls-supervisor".into())
@@ -273,7 +273,7 @@ impl Supervisors {
     /// Spawns `ls` on the supervisors' thread and returns the response body, which a
     /// supervisor task feeds until the deadline at most; see the module doc. An error here
     /// comes before any response.
-    pub async fn spawn(
+    pub(super) async fn spawn(
         &self,
         launch: Launch,
     ) -> Result<impl Stream<Item = Result<Bytes, LsError>> + Send + 'static, LsError> {

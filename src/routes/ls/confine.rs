@@ -51,7 +51,7 @@ const RETRIES: usize = 8;
 
 /// The listing root, held open for the life of the server.
 #[derive(Debug)]
-pub struct Root {
+pub(super) struct Root {
     /// `O_PATH | O_DIRECTORY` fd of the root; every request is resolved from it.
     fd: OwnedFd,
     /// Device and inode of the root, to recognise a request that names the root itself.
@@ -60,7 +60,7 @@ pub struct Root {
 
 /// What a request names, held by fd; `ls` is pointed at it by `fchdir`, not by path.
 #[derive(Debug)]
-pub enum Target {
+pub(super) enum Target {
     /// A directory, listed as `ls -lash -- .` from inside it.
     Directory {
         /// `O_PATH` fd of the directory.
@@ -80,7 +80,7 @@ pub enum Target {
 impl Root {
     /// Opens `path` (already canonical) as the root and checks that this kernel has
     /// `openat2`, so that a missing one is a start-up error and not a 500 on every request.
-    pub fn open(path: &Path) -> io::Result<Root> {
+    pub(super) fn open(path: &Path) -> io::Result<Root> {
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let fd = rustix::fs::open(path, flags, Mode::empty())?;
         open_beneath(fd.as_fd(), b".", OFlags::DIRECTORY)?;
@@ -90,7 +90,7 @@ impl Root {
 
     /// Resolves `directory` inside the root (see the module doc). Blocking: it asks the file
     /// system.
-    pub fn resolve(&self, directory: &OsStr) -> Result<Target, LsError> {
+    pub(super) fn resolve(&self, directory: &OsStr) -> Result<Target, LsError> {
         let bytes = directory.as_bytes();
         if bytes.len() > MAX_DIRECTORY_LEN {
             return Err(LsError::TooLong {
@@ -133,7 +133,7 @@ impl Root {
     /// kernel's names for both (`/proc/self/fd`), the root's stripped from the directory's;
     /// empty for the root itself. Only to show symlink targets relative to their directory
     /// (see `symlinks`): nothing is resolved by this path.
-    pub fn position(&self, dir: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    pub(super) fn position(&self, dir: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
         let root = fd_path(self.fd.as_fd())?;
         let dir = fd_path(dir)?;
         if dir == root {

@@ -119,14 +119,26 @@ pub const ERRORS: &[ErrorCode] = &[
 /// Why `/ls` cannot be served at all; reported at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    /// `--ls-root` cannot be opened as a directory to resolve beneath, or the kernel has no
+    /// `openat2` (before 5.6, or a seccomp filter that refuses it).
     #[error(
         "--ls-root {path}: cannot open it for confined lookups (openat2, Linux 5.6+): {source}"
     )]
-    Root { path: PathBuf, source: io::Error },
+    Root {
+        /// The root, canonical.
+        path: PathBuf,
+        /// Why it cannot be opened (`O_PATH | O_DIRECTORY`), or `ENOSYS` from a kernel without
+        /// `openat2`.
+        source: io::Error,
+    },
+    /// No executable `ls` in PATH's absolute directories (relative ones are skipped: they would
+    /// move with the working directory); the value is the PATH searched.
     #[error(
         "`ls` is not an executable file in any absolute directory of PATH ({0}); /ls needs it"
     )]
     NoLs(String),
+    /// The low-priority thread that starts and watches the `ls` processes could not be spawned
+    /// (out of memory or of threads).
     #[error("cannot start the thread that runs `ls`: {0}")]
     Supervisors(io::Error),
 }
@@ -222,31 +234,68 @@ pub(crate) fn find_program(search: &OsStr, name: &OsStr) -> Option<PathBuf> {
 /// Why a listing is refused or broken off; each knows its HTTP status ([`HttpError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum LsError {
+    /// `directory` is longer than any path the kernel resolves (400 `directory_too_long`);
+    /// refused before any lookup.
     #[error("`directory` is {len} bytes long; the limit is {max}")]
-    TooLong { len: usize, max: usize },
+    TooLong {
+        /// Its length in bytes, percent-decoded.
+        len: usize,
+        /// The longest accepted, in bytes (`PATH_MAX`).
+        max: usize,
+    },
+    /// `directory` has a NUL byte, which no path can contain (400 `directory_nul_byte`).
     #[error("`directory` contains a NUL byte")]
     NulByte,
+    /// `directory` (the value, as given) climbs out of the root by `..` or by a symlink: the
+    /// kernel refused to resolve beyond it (403 `outside_root`).
     #[error("`directory` {0:?} is outside the listing root")]
     OutsideRoot(String),
+    /// `directory` (the value, as given) does not exist, or is not a directory (404
+    /// `directory_not_found`).
     #[error("`directory` {0:?} does not exist")]
     NotFound(String),
+    /// The server's user may not search or read `directory` (the value, as given) (403
+    /// `permission_denied`).
     #[error("`directory` {0:?}: permission denied")]
     PermissionDenied(String),
     /// A name too long for the filesystem, a symlink loop or a `/proc` magic link.
     #[error("`directory` {shown:?} cannot be resolved: {source}")]
-    Unresolvable { shown: String, source: io::Error },
+    Unresolvable {
+        /// The directory as the client gave it.
+        shown: String,
+        /// The lookup's error (`ENAMETOOLONG`, `ELOOP`, `EXDEV`).
+        source: io::Error,
+    },
+    /// `--ls-max-concurrent` listings (the value) are running: refused at once, with
+    /// `Retry-After` (503 `ls_busy`).
     #[error("too many listings are running (at most {0}); retry shortly")]
     Busy(u32),
+    /// Another error of the lookup or open (an I/O error of the filesystem, out of descriptors)
+    /// (500 `ls_failed`).
     #[error("cannot list {shown:?}: {source}")]
-    Io { shown: String, source: io::Error },
+    Io {
+        /// The directory as the client gave it.
+        shown: String,
+        /// The lookup's or the open's error, none of the kinds above.
+        source: io::Error,
+    },
+    /// `ls` could not be started (out of memory, of pids or of descriptors) (500 `ls_failed`).
     #[error("cannot start `ls`: {0}")]
     Spawn(io::Error),
+    /// The whole listing, its wait for a turn included, took longer than `--ls-timeout` (the
+    /// value); `ls` was killed (504 `ls_timeout`, or a truncated body once it had begun).
     #[error("the listing did not finish within --ls-timeout ({0:?}), which counts the wait for its turn to run")]
     Timeout(Duration),
+    /// `ls` wrote nothing for `--ls-idle-timeout` (the value) and was killed: a hung filesystem
+    /// (504 `ls_timeout`, or a truncated body once it had begun).
     #[error("`ls` wrote nothing for --ls-idle-timeout ({0:?}) and was killed")]
     Stalled(Duration),
+    /// `ls` exited unsuccessfully (500 `ls_failed`, or a truncated body once it had begun); the
+    /// status says how, and its stderr is in the log.
     #[error("`ls` failed: {0}")]
     Failed(ExitStatus),
+    /// Reading `ls`'s output pipe failed (500 `ls_failed`, or a truncated body once it had
+    /// begun).
     #[error("cannot read the output of `ls`: {0}")]
     Read(io::Error),
     /// The supervisor stopped without saying how the listing ended (a panic, or the runtime

@@ -44,7 +44,7 @@ const MAX_ROW: usize = 64 * 1024;
 
 /// Where a listing is, to show targets relative to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Place {
+pub(super) struct Place {
     /// The root's canonical absolute path, as components (never empty: a root of `/` has no
     /// `Place`).
     root: Vec<Vec<u8>>,
@@ -56,7 +56,7 @@ pub struct Place {
 impl Place {
     /// `root` is the canonical root, `dir` the listed directory's path relative to it (empty
     /// for the root). `None` for a root of `/`, whose path is no secret.
-    pub fn new(root: &[u8], dir: &[u8]) -> Option<Place> {
+    pub(super) fn new(root: &[u8], dir: &[u8]) -> Option<Place> {
         let root = components(root);
         (!root.is_empty()).then(|| Place {
             root,
@@ -75,7 +75,7 @@ impl Place {
     }
 
     /// How `target` (a symlink's, raw bytes) is shown; `None`: as written. See the module doc.
-    pub fn shown(&self, target: &[u8]) -> Option<Vec<u8>> {
+    pub(super) fn shown(&self, target: &[u8]) -> Option<Vec<u8>> {
         let absolute = target.first() == Some(&b'/');
         let from = self.link_dir();
         let mut path = match absolute {
@@ -135,7 +135,7 @@ fn relative(from: &[Vec<u8>], to: &[Vec<u8>]) -> Vec<u8> {
 
 /// Rewrites the rows of one listing as they stream; see the module doc.
 #[derive(Debug)]
-pub struct Rows {
+pub(super) struct Rows {
     /// `None`: pass everything on as it is.
     place: Option<Place>,
     /// The start of a line whose end has not arrived yet.
@@ -143,7 +143,7 @@ pub struct Rows {
 }
 
 impl Rows {
-    pub fn new(place: Option<Place>) -> Rows {
+    pub(super) fn new(place: Option<Place>) -> Rows {
         Rows {
             place,
             carry: BytesMut::new(),
@@ -152,7 +152,7 @@ impl Rows {
 
     /// The rows of `chunk` (and of what was kept back) that are complete, rewritten; `None` if
     /// none is complete yet.
-    pub fn feed(&mut self, chunk: Bytes) -> Option<Bytes> {
+    pub(super) fn feed(&mut self, chunk: Bytes) -> Option<Bytes> {
         let Some(place) = &self.place else {
             return Some(chunk);
         };
@@ -176,7 +176,7 @@ impl Rows {
     }
 
     /// What was kept back at the end of the output (a last line without its newline).
-    pub fn finish(&mut self) -> Option<Bytes> {
+    pub(super) fn finish(&mut self) -> Option<Bytes> {
         let place = self.place.as_ref()?;
         let rest = self.carry.split().freeze();
         (!rest.is_empty()).then(|| rewrite(place, rest))
