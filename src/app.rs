@@ -143,6 +143,8 @@ pub fn ls_limits(settings: &Settings) -> ls::Limits {
 fn pool_config(settings: &Settings) -> PoolConfig {
     PoolConfig {
         workers: settings.workers,
+        workers_min: settings.workers_min,
+        worker_idle_timeout: settings.worker_idle_timeout,
         queue: settings.queue as usize,
         job_timeout: settings.job_timeout,
         max_line: settings.max_line as usize,

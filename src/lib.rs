@@ -54,7 +54,11 @@
 //!   `pool::driver::exchange` (dispatch in batches of light jobs, topped up, answered one by
 //!   one, memory read after them), `pool::driver::supervise` (every start through the backoff,
 //!   make-before-break replacement for recycling and rolls, restart after a panic),
-//!   `pool::driver::slow` (the slow-job watch); `pool::dispatch` (that thread); `pool::queue`
+//!   `pool::driver::slow` (the slow-job watch), `pool::driver::elastic` (a slot dormant until
+//!   wanted, and an idle worker retired down to the minimum); `pool::scale` (an elastic pool's
+//!   growth: a dormant slot woken when every worker is busy and jobs wait, one start per
+//!   interval); `pool::cpus` (the CPUs this process may use: affinity mask, cgroup v2
+//!   `cpu.max`, which cap the growth); `pool::dispatch` (that thread); `pool::queue`
 //!   (fair shares, requeueing, refusal while no worker can start);
 //!   `pool::estimate` (the moving average of run times and the expected wait that refuses a
 //!   job whose deadline it already passes);

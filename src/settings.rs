@@ -39,8 +39,15 @@ impl From<WorkerSched> for SchedClass {
 pub struct Settings {
     /// Address asked for (port 0 included; the bound address is printed at start-up).
     pub listen: SocketAddr,
-    /// Number of worker processes: `--workers`, or one per available core.
+    /// The most worker processes: `--workers-max`, else `--workers`, else one per available
+    /// core (an elastic pool is further capped by the CPUs it may use: see `/status`).
     pub workers: usize,
+    /// The fewest worker processes, kept even when idle: `--workers-min`, else as `workers`
+    /// (a fixed pool). Below `workers` the pool grows and shrinks between the two.
+    pub workers_min: usize,
+    /// A worker of an elastic pool idle this long retires, down to `workers_min`.
+    #[serde(serialize_with = "as_secs")]
+    pub worker_idle_timeout: Duration,
     /// Jobs that may wait for a worker.
     pub queue: u32,
     /// Deadline of one job, queue wait plus run time.

@@ -18,6 +18,18 @@ pub const HTTP_REQUESTS: &str = "forkpool_http_requests_total";
 pub const HTTP_REQUEST_DURATION: &str = "forkpool_http_request_duration_seconds";
 /// Worker slots by `state`, set at each scrape.
 pub const POOL_WORKERS: &str = "forkpool_pool_workers";
+/// Workers the pool wants now (live, starting or backing off), set at each scrape: the
+/// elastic pool's target, between `POOL_WORKERS_MIN` and `POOL_WORKERS_MAX`.
+pub const POOL_WORKERS_TARGET: &str = "forkpool_pool_workers_target";
+/// Workers that said hello and serve, set at each scrape.
+pub const POOL_WORKERS_LIVE: &str = "forkpool_pool_workers_live";
+/// Workers running a job, set at each scrape.
+pub const POOL_WORKERS_BUSY: &str = "forkpool_pool_workers_busy";
+/// `--workers-min`, set at each scrape.
+pub const POOL_WORKERS_MIN: &str = "forkpool_pool_workers_min";
+/// The effective maximum (`--workers-max` capped by the CPUs this process may use), set at
+/// each scrape.
+pub const POOL_WORKERS_MAX: &str = "forkpool_pool_workers_max";
 /// Jobs waiting for a worker, set at each scrape.
 pub const QUEUE_DEPTH: &str = "forkpool_queue_depth";
 /// `ls` processes running for /ls.
@@ -61,6 +73,17 @@ fn describe() {
     describe_counter!(HTTP_REQUESTS, "HTTP requests by route and status");
     describe_histogram!(HTTP_REQUEST_DURATION, "HTTP request duration by route");
     describe_gauge!(POOL_WORKERS, "Worker slots by state");
+    describe_gauge!(
+        POOL_WORKERS_TARGET,
+        "Workers the pool wants now: live, starting or backing off"
+    );
+    describe_gauge!(POOL_WORKERS_LIVE, "Workers that said hello and serve");
+    describe_gauge!(POOL_WORKERS_BUSY, "Workers running a job");
+    describe_gauge!(POOL_WORKERS_MIN, "Workers kept even when idle (--workers-min)");
+    describe_gauge!(
+        POOL_WORKERS_MAX,
+        "Most workers the pool runs: --workers-max, capped by the CPUs it may use"
+    );
     describe_gauge!(QUEUE_DEPTH, "Jobs waiting for a worker");
     describe_gauge!(LS_RUNNING, "`ls` processes running for /ls");
     describe_counter!(LS_TOTAL, "/ls requests by outcome");

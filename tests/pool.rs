@@ -1601,3 +1601,292 @@ fn a_newer_roll_kills_and_reaps_a_replacement_still_starting_for_the_older_one()
     assert!(reaped(old), "the old worker {old} outlived the roll");
     assert_eq!(pool.overview().roll.pending_slots, 0);
 }
+
+/// An elastic pool of 1 to 2 workers (or to the CPUs this process may use, if fewer), idle
+/// workers retiring after 300 ms.
+fn elastic_config(metrics_prefix: &str) -> PoolConfig {
+    PoolConfig {
+        workers_min: 1,
+        worker_idle_timeout: Duration::from_millis(300),
+        ..pool_config(2, metrics_prefix)
+    }
+}
+
+/// Waits until the pool's overview shows `live` workers live and as its target.
+fn wait_size<J: Job>(pool: &WorkerPool<J>, live: usize) {
+    let reached = wait_until(Duration::from_secs(20), || {
+        let workers = pool.overview().workers;
+        (workers.live == live && workers.target == live).then_some(())
+    });
+    assert!(
+        reached.is_some(),
+        "never {live} live: {:?}",
+        pool.overview()
+    );
+}
+
+/// The value of the one sample `line_start` (name and labels) in a rendered exposition.
+fn sample(metrics: &str, line_start: &str) -> f64 {
+    let line = metrics.lines().find(|l| l.starts_with(line_start));
+    let line = line.unwrap_or_else(|| panic!("no `{line_start}` in\n{metrics}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn an_elastic_pool_grows_under_a_burst_and_shrinks_back_when_idle_failing_no_job() {
+    let observed = observed();
+    let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pool = WorkerPool::<IsPrimeJob>::start(elastic_config("elastic"), isprime_worker());
+    wait_size(&pool, 1);
+    let size = pool.overview().workers;
+    assert_eq!((size.min, size.target), (1, 1), "{size:?}");
+    if size.max < 2 {
+        eprintln!("this process may use one CPU only: the pool cannot grow; skipped");
+        return;
+    }
+    // More jobs than workers, each of a good fraction of a second: every worker busy and jobs
+    // waiting for longer than the pool takes to grow.
+    let burst: Vec<_> = (0..6)
+        .map(|i| {
+            let pool = pool.clone();
+            runtime.spawn(async move {
+                let job = IsPrimeJob { n: mersenne(4423) };
+                pool.submit(job, &format!("burst-{i}")).await
+            })
+        })
+        .collect();
+    wait_size(&pool, 2);
+    for answer in runtime.block_on(futures_util::future::join_all(burst)) {
+        let answer = answer.unwrap();
+        assert!(
+            answer.is_ok(),
+            "a job failed while the pool grew: {answer:?}"
+        );
+    }
+    // Idle for the timeout, the grown worker retires; the minimum stays.
+    wait_size(&pool, 1);
+    let rows = pool.status();
+    let states: Vec<_> = rows.iter().map(|w| w.state.as_str()).collect();
+    assert!(states.contains(&"dormant"), "{states:?}");
+
+    let metrics = observed.metrics.render();
+    assert!(sample(&metrics, "elastic_worker_starts_total{reason=\"grow\"}") >= 1.0);
+    assert!(sample(&metrics, "elastic_worker_exits_total{reason=\"idle\"}") >= 1.0);
+    let log = String::from_utf8_lossy(&observed.log.lock().unwrap()).into_owned();
+    assert!(log.contains("the pool grows"), "{log}");
+    assert!(log.contains("the pool shrinks"), "{log}");
+}
+
+#[test]
+fn an_elastic_pool_at_minimum_zero_is_ready_with_no_worker_and_its_first_job_starts_one() {
+    let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = PoolConfig {
+        workers_min: 0,
+        ..elastic_config("elastic_zero")
+    };
+    let pool = WorkerPool::<IsPrimeJob>::start(config, isprime_worker());
+    runtime.block_on(pool.wait_ready());
+    assert_eq!(pool.health(), PoolHealth::Standby);
+    assert_eq!(pool.live_workers(), 0);
+    let answer = runtime.block_on(pool.submit(IsPrimeJob { n: "7".into() }, "first"));
+    assert!(answer.unwrap().output.is_prime);
+    // Idle, it goes back to none, and is ready as before.
+    wait_size(&pool, 0);
+    assert_eq!(pool.health(), PoolHealth::Standby);
+}
+
+#[test]
+fn a_minimum_above_the_maximum_is_refused_by_name() {
+    let config = PoolConfig {
+        workers_min: 3,
+        ..PoolConfig::new(2)
+    };
+    let refused = WorkerPool::<IsPrimeJob>::try_start(config, isprime_worker()).err();
+    assert_eq!(
+        refused,
+        Some(forkpool::pool::PoolConfigError::MinAboveMax { min: 3, max: 2 })
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The elastic pool through the real binary: `--workers-min`, `--workers-max`,
+// `--worker-idle-timeout`.
+
+/// `/status`'s `pool.workers` once `check` holds for it.
+fn wait_pool_size(server: &Server, check: impl Fn(&Value) -> bool) -> Value {
+    wait_until(Duration::from_secs(20), || {
+        let workers = status(server)["pool"]["workers"].clone();
+        check(&workers).then_some(workers)
+    })
+    .unwrap_or_else(|| panic!("the pool never got there: {}", status(server)["pool"]))
+}
+
+#[test]
+fn under_a_burst_the_server_grows_to_its_maximum_and_shrinks_back_failing_no_request() {
+    let server = Server::start(&[
+        "--workers-min",
+        "1",
+        "--workers-max",
+        "2",
+        "--worker-idle-timeout",
+        "500ms",
+    ]);
+    let at_rest = wait_pool_size(&server, |w| w["live"] == 1);
+    assert_eq!(
+        (at_rest["min"].as_u64(), at_rest["target"].as_u64()),
+        (Some(1), Some(1))
+    );
+    if at_rest["max"] != 2 {
+        eprintln!("this server may use one CPU only ({at_rest}): it cannot grow; skipped");
+        return;
+    }
+    // More jobs of a good fraction of a second than workers, each on its own connection.
+    let burst: Vec<_> = (0..6).map(|_| server.send_job(&mersenne(4423))).collect();
+    let grown = wait_pool_size(&server, |w| w["live"] == 2 && w["busy"] == 2);
+    assert_eq!(grown["target"], 2, "{grown}");
+    for stream in burst {
+        let response = read_response(stream);
+        assert_eq!(
+            response.status,
+            200,
+            "a request failed while the pool grew: {}",
+            response.text()
+        );
+    }
+    wait_pool_size(&server, |w| w["live"] == 1 && w["target"] == 1);
+    let states: Vec<Value> = status(&server)["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["state"].clone())
+        .collect();
+    assert!(states.contains(&Value::from("dormant")), "{states:?}");
+    assert_eq!(server.worker_pids().len(), 1, "the retired worker lives on");
+    let metrics = server.get("/metrics").text();
+    for line in [
+        "forkpool_worker_starts_total{reason=\"grow\"} 1",
+        "forkpool_worker_exits_total{reason=\"idle\"} 1",
+        "forkpool_pool_workers_target 1",
+        "forkpool_pool_workers_max 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no `{line}` in\n{metrics}"
+        );
+    }
+    server.wait_for_log("the pool shrinking", |log| log.contains("the pool shrinks"));
+    server.assert_no_zombies();
+}
+
+#[test]
+fn with_workers_min_0_the_server_is_ready_with_no_worker_and_its_first_job_starts_one() {
+    let server = Server::start(&["--workers-min", "0", "--workers-max", "1"]);
+    let ready = server.get("/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let pool = status(&server)["pool"].clone();
+    assert_eq!(pool["health"]["state"], "standby", "{pool}");
+    assert_eq!(pool["workers"]["live"], 0, "{pool}");
+    assert!(server.worker_pids().is_empty());
+    assert_serves(&server);
+    assert_eq!(status(&server)["pool"]["workers"]["live"], 1);
+}
+
+#[test]
+fn an_elastic_server_pinned_to_one_cpu_never_grows_past_it_and_says_why() {
+    let server = Server::with(&["--workers-min", "1", "--workers-max", "4"])
+        .on_one_cpu()
+        .start();
+    let size = status(&server)["pool"]["workers"].clone();
+    assert_eq!(
+        (size["max"].as_u64(), size["max_limited_by"].as_str()),
+        (Some(1), Some("affinity")),
+        "{size}"
+    );
+    let log = server.wait_for_log("the elastic pool's size", |log| {
+        log.contains("elastic pool")
+    });
+    let line = log.lines().find(|l| l.contains("elastic pool")).unwrap();
+    assert!(
+        line.contains("effective_max=1") && line.contains("affinity"),
+        "{line}"
+    );
+    // A burst finds every worker busy and jobs waiting, yet no second worker starts.
+    let burst: Vec<_> = (0..3).map(|_| server.send_job(&mersenne(4423))).collect();
+    for stream in burst {
+        assert_eq!(read_response(stream).status, 200);
+    }
+    assert_eq!(status(&server)["pool"]["workers"]["target"], 1);
+    assert_eq!(metric_sum(&server, "forkpool_worker_starts_total"), 1.0);
+}
+
+#[test]
+fn a_minimum_above_the_maximum_is_refused_at_start_naming_both_flags() {
+    let (code, stdout, stderr) =
+        common::run_to_exit(&["--workers-min", "3", "--workers-max", "2"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("--workers-min 3") && stderr.contains("--workers-max 2"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn at_minimum_zero_a_pool_whose_starts_fail_is_ready_until_a_job_trips_the_breaker() {
+    let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let config = PoolConfig {
+        workers_min: 0,
+        broken_after_failed_starts: 2,
+        ..elastic_config("elastic_broken")
+    };
+    let pool = WorkerPool::<IsPrimeJob>::start(config, || std::process::Command::new("/bin/false"));
+    // Nothing has been tried yet: it can start a worker, as far as anyone knows.
+    runtime.block_on(pool.wait_ready());
+    assert_eq!(pool.health(), PoolHealth::Standby);
+    // The job starts one, which fails, twice: the queued job is refused, not left to its
+    // deadline.
+    let answer = runtime.block_on(pool.submit(IsPrimeJob { n: "7".into() }, "first"));
+    assert!(
+        matches!(
+            answer,
+            Err(PoolError::Unavailable {
+                failed_starts: 2,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    assert!(
+        matches!(pool.health(), PoolHealth::Unavailable { .. }),
+        "{:?}",
+        pool.health()
+    );
+}
+
+#[test]
+fn a_roll_of_an_elastic_pool_at_rest_is_done_once_its_live_workers_are_replaced() {
+    let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pool = WorkerPool::<IsPrimeJob>::start(elastic_config("elastic_roll"), isprime_worker());
+    let [old] = wait_live(&pool, 1)[..] else {
+        unreachable!()
+    };
+    // The dormant slot has nothing to replace: the roll does not wait for it.
+    let roll = pool.roll();
+    let finished = async { tokio::time::timeout(Duration::from_secs(20), roll.finished()).await };
+    let outcome = runtime.block_on(finished);
+    assert_eq!(
+        outcome.ok(),
+        Some(RollOutcome::Done),
+        "{:?}",
+        pool.overview()
+    );
+    let [new] = wait_live(&pool, 1)[..] else {
+        unreachable!()
+    };
+    assert_ne!(new, old);
+    assert_eq!(pool.overview().workers.target, 1);
+}

@@ -161,14 +161,16 @@ fn sample(t: Duration, elapsed: Duration, conn: ConnKind, phase: &str, ok: bool)
 }
 
 /// Waits until the server's /status lists its workers, all idle (a fresh server is still
-/// starting them). Returns the server pid and the worker pids.
+/// starting them), but for an elastic pool's dormant slots, which have no worker. Returns the
+/// server pid and the worker pids.
 pub async fn wait_idle(target: Target, limit: Duration) -> Result<(u32, Vec<u32>), String> {
     let deadline = Instant::now() + limit;
     loop {
         let status = target.get_json("/status").await;
         if let Ok(status) = &status {
             let workers = status["workers"].as_array().cloned().unwrap_or_default();
-            let all_idle = !workers.is_empty() && workers.iter().all(|w| w["state"] == "idle");
+            let at_rest = |w: &serde_json::Value| w["state"] == "idle" || w["state"] == "dormant";
+            let all_idle = !workers.is_empty() && workers.iter().all(at_rest);
             if all_idle {
                 let pid = status["pid"].as_u64().ok_or("/status has no pid")? as u32;
                 let pids = workers

@@ -26,6 +26,22 @@ pub struct Flags {
     #[arg(long, env = "FORKPOOL_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 
+    /// The fewest worker processes, kept even when idle [default: --workers]; 0 starts none
+    /// until the first job, which then waits for one to start. Below --workers-max the pool
+    /// is elastic.
+    #[arg(long, env = "FORKPOOL_WORKERS_MIN", value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub workers_min: Option<u16>,
+
+    /// The most worker processes [default: --workers]. Above --workers-min the pool starts
+    /// one more when every worker is busy and jobs wait, never past the CPUs this process may
+    /// use (its affinity mask and cgroup CPU quota).
+    #[arg(long, env = "FORKPOOL_WORKERS_MAX", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers_max: Option<u16>,
+
+    /// A worker idle this long retires while the pool is above --workers-min; more than zero.
+    #[arg(long, env = "FORKPOOL_WORKER_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub worker_idle_timeout: Duration,
+
     /// Jobs that may wait for a worker; beyond that a request gets 503 with Retry-After.
     #[arg(long, env = "FORKPOOL_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue: u32,

@@ -56,6 +56,19 @@ pub enum ResolveError {
         /// `--shutdown-grace`.
         grace: Duration,
     },
+    #[error(
+        "--workers-min {min} is above --workers-max {max} (each defaults to --workers, else the \
+         cores): the pool could never shrink to its minimum; lower --workers-min or raise \
+         --workers-max"
+    )]
+    /// `--workers-min` is above `--workers-max` (each the value or its default): the pool
+    /// could never shrink to its minimum.
+    MinAboveMax {
+        /// `--workers-min`, or its default.
+        min: usize,
+        /// `--workers-max`, or its default.
+        max: usize,
+    },
     /// `--admin-listen` is the `--listen` address (the value), port 0 aside: the second bind
     /// would fail.
     #[error("--admin-listen {0} is also the --listen address; give the admin listener its own")]
@@ -75,14 +88,26 @@ pub enum ResolveError {
 }
 
 impl Flags {
+    /// The pool's bounds, (`--workers-min`, `--workers-max`): each `--workers` when not given,
+    /// itself the cores when not given; a minimum above the maximum is refused.
+    fn pool_size(&self) -> Result<(usize, usize), ResolveError> {
+        let workers = self.workers.map(usize::from).unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let min = self.workers_min.map_or(workers, usize::from);
+        let max = self.workers_max.map_or(workers, usize::from);
+        match min > max {
+            true => Err(ResolveError::MinAboveMax { min, max }),
+            false => Ok((min, max)),
+        }
+    }
+
     /// The settings in force: the worker count from the cores when not given, `--ls-root`
     /// (default: the working directory) made canonical, so that it must exist. Flags that
     /// contradict each other are refused (see `Flags::check_pairs`, below).
     pub fn resolve(self) -> Result<Settings, ResolveError> {
         self.check_pairs()?;
-        let workers = self.workers.map(usize::from).unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        });
+        let (workers_min, workers_max) = self.pool_size()?;
         let sources = &self.sources;
         let root = match self.ls_root {
             Some(root) => root,
@@ -99,7 +124,9 @@ impl Flags {
         })?;
         Ok(Settings {
             listen: self.listen,
-            workers,
+            workers: workers_max,
+            workers_min,
+            worker_idle_timeout: self.worker_idle_timeout,
             queue: self.queue,
             job_timeout: self.job_timeout,
             job_slow: self.job_slow,

@@ -29,9 +29,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use super::cpus::MaxLimit;
 use super::lifecycle::{JobOutcome, StartReason};
 use super::process::SpawnError;
 use super::queue::Pending;
+use super::scale::PoolSize;
 use super::{Inner, Job, PoolError};
 
 /// What the pool as a whole is doing; the payload of the pool's watch channel.
@@ -55,13 +57,22 @@ pub(super) struct Life {
     pub(super) retiring: usize,
     /// The pool is closed: it takes no new jobs, and no roll will complete.
     pub(super) closed: bool,
+    /// Per slot, whether it should hold a worker: the first `min` at start; an elastic pool
+    /// grows by setting one (`scale`) and shrinks when an idle worker's driver clears its own.
+    pub(super) wanted: Vec<bool>,
+    /// [`PoolConfig::workers_min`](super::PoolConfig::workers_min): the pool never shrinks
+    /// below it.
+    pub(super) min: usize,
 }
 
 impl Life {
-    pub(super) fn new(slots: usize, broken_after: u32) -> Life {
+    /// A pool of `slots` slots, the first `min` of them wanted at start.
+    pub(super) fn new(slots: usize, min: usize, broken_after: u32) -> Life {
         Life {
             generation: 0,
             slots: vec![None; slots],
+            wanted: (0..slots).map(|slot| slot < min).collect(),
+            min,
             failed_in_a_row: 0,
             last_error: None,
             roll_failures: 0,
@@ -77,10 +88,49 @@ impl Life {
         self.slots.iter().flatten().count()
     }
 
-    /// Slots that do not run a worker of the current generation yet.
+    /// Wanted slots that do not run a worker of the current generation yet. A dormant slot is
+    /// not pending: whatever it starts later is of the generation current then.
     pub(super) fn pending(&self) -> usize {
         let current = Some(self.generation);
-        self.slots.iter().filter(|&&s| s < current).count()
+        self.slots
+            .iter()
+            .zip(&self.wanted)
+            .filter(|&(&s, &wanted)| wanted && s < current)
+            .count()
+    }
+
+    /// Slots that should hold a worker: the pool's target size.
+    pub(super) fn target(&self) -> usize {
+        self.wanted.iter().filter(|&&w| w).count()
+    }
+
+    /// The workers the admission estimate divides the queue by: the live ones, or all the
+    /// slots while the pool has room to grow, since it starts a worker when every live one is
+    /// busy and jobs wait, and a job that the grown pool would serve in time is not refused.
+    pub(super) fn serving(&self) -> usize {
+        match self.target() < self.slots.len() {
+            true => self.slots.len(),
+            false => self.live(),
+        }
+    }
+
+    /// Marks the lowest dormant slot wanted, for the pool to grow; its index, or `None` at
+    /// the maximum.
+    pub(super) fn grow(&mut self) -> Option<usize> {
+        let slot = self.wanted.iter().position(|&w| !w)?;
+        self.wanted[slot] = true;
+        Some(slot)
+    }
+
+    /// Lets `slot`'s idle worker go, unless the pool would drop below its minimum: the slot
+    /// is then dormant and its worker no longer live. True when it may go.
+    pub(super) fn shrink(&mut self, slot: usize) -> bool {
+        if self.target() <= self.min || !self.wanted[slot] {
+            return false;
+        }
+        self.wanted[slot] = false;
+        self.slots[slot] = None;
+        true
     }
 
     pub(super) fn health(&self) -> PoolHealth {
@@ -93,6 +143,8 @@ impl Life {
                 failed_starts: self.failed_in_a_row,
                 last_error: self.last_error.clone().unwrap_or_default(),
             }
+        } else if self.target() == 0 {
+            PoolHealth::Standby
         } else {
             PoolHealth::Starting
         }
@@ -101,7 +153,8 @@ impl Life {
     /// How the roll to `generation` ended, or `None` while it is under way. It is done once
     /// every slot runs a worker at least as new and the workers they replaced have exited.
     fn outcome(&self, generation: u64) -> Option<RollOutcome> {
-        let replaced = self.slots.iter().all(|&s| s >= Some(generation));
+        let replaced = (self.slots.iter().zip(&self.wanted))
+            .all(|(&s, &wanted)| !wanted || s >= Some(generation));
         if replaced && self.retiring == 0 {
             Some(RollOutcome::Done)
         } else if self.generation > generation {
@@ -113,10 +166,19 @@ impl Life {
         }
     }
 
-    pub(super) fn overview(&self) -> PoolOverview {
+    /// The pool as `/status` shows it, for a pool of `size` with `busy` workers running a job.
+    pub(super) fn overview(&self, size: &PoolSize, busy: usize) -> PoolOverview {
         PoolOverview {
             health: self.health(),
             live_workers: self.live(),
+            workers: WorkerCounts {
+                min: size.min,
+                max: size.max,
+                max_limited_by: size.limited_by,
+                target: self.target(),
+                live: self.live(),
+                busy,
+            },
             failed_starts_in_a_row: self.failed_in_a_row,
             roll: RollStatus {
                 generation: self.generation,
@@ -134,6 +196,10 @@ impl Life {
 pub enum PoolHealth {
     /// At least one worker is live.
     Live,
+    /// No worker is live and none is wanted: an elastic pool with
+    /// [`PoolConfig::workers_min`](super::PoolConfig::workers_min) 0, idle. It can serve: the
+    /// next job starts a worker and waits for its hello.
+    Standby,
     /// No worker is live (none said hello yet, or all were lost) and starts are under way;
     /// jobs queue up meanwhile.
     Starting,
@@ -154,13 +220,33 @@ pub enum PoolHealth {
 pub struct PoolOverview {
     /// Whether the pool can run jobs.
     pub health: PoolHealth,
-    /// Slots with a live worker.
+    /// Slots with a live worker (as `workers.live`).
     pub live_workers: usize,
+    /// The pool's size: its bounds and where it is between them.
+    pub workers: WorkerCounts,
     /// Failed starts since the last hello, all slots together: the breaker trips at
     /// `broken_after_failed_starts` with no worker live.
     pub failed_starts_in_a_row: u32,
     /// The latest roll.
     pub roll: RollStatus,
+}
+
+/// The pool's size, as `/status` shows it: fixed when `min` equals `max`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerCounts {
+    /// Workers kept even when idle ([`PoolConfig::workers_min`](super::PoolConfig::workers_min)).
+    pub min: usize,
+    /// The most workers the pool runs: [`PoolConfig::workers`](super::PoolConfig::workers),
+    /// capped for an elastic pool by the CPUs this process may use.
+    pub max: usize,
+    /// What set `max`.
+    pub max_limited_by: MaxLimit,
+    /// Workers the pool wants now: live, starting, or waiting out a backoff to start.
+    pub target: usize,
+    /// Workers that said hello and serve.
+    pub live: usize,
+    /// Workers running a job.
+    pub busy: usize,
 }
 
 /// The latest roll (generation 0: the pool's start), as `/status` shows it.
@@ -423,7 +509,7 @@ mod tests {
 
     #[test]
     fn a_roll_ends_done_once_every_slot_is_as_new_and_superseded_by_a_newer_one_first() {
-        let mut life = Life::new(2, 5);
+        let mut life = Life::new(2, 2, 5);
         life.slots = vec![Some(0), Some(0)];
         life.generation = 1;
         assert_eq!((life.outcome(1), life.pending()), (None, 2));
@@ -443,7 +529,7 @@ mod tests {
 
     #[test]
     fn the_breaker_trips_on_failed_starts_only_with_no_worker_live() {
-        let mut life = Life::new(2, 3);
+        let mut life = Life::new(2, 2, 3);
         assert_eq!(life.health(), PoolHealth::Starting);
         life.failed_in_a_row = 3;
         life.last_error = Some("boom".into());
@@ -456,5 +542,26 @@ mod tests {
         assert_eq!(life.health(), PoolHealth::Live);
         life.closed = true;
         assert_eq!(life.health(), PoolHealth::Closed);
+    }
+
+    #[test]
+    fn an_elastic_pool_grows_to_its_slots_shrinks_to_its_minimum_and_is_standby_at_zero() {
+        let mut life = Life::new(3, 0, 5);
+        assert_eq!((life.target(), life.health()), (0, PoolHealth::Standby));
+        // With room to grow the estimate counts every slot, not the live workers.
+        assert_eq!(life.serving(), 3);
+        assert_eq!((life.grow(), life.grow(), life.grow(), life.grow()), (Some(0), Some(1), Some(2), None));
+        assert_eq!((life.health(), life.serving()), (PoolHealth::Starting, 0));
+        life.slots = vec![Some(0); 3];
+        life.min = 1;
+        assert!(life.shrink(2) && life.shrink(0));
+        assert!(!life.shrink(1), "never below the minimum");
+        assert!(!life.shrink(2), "a dormant slot has nothing to let go");
+        assert_eq!((life.target(), life.live()), (1, 1));
+        // A roll waits only for the wanted slots.
+        life.generation = 1;
+        assert_eq!(life.pending(), 1);
+        life.slots[1] = Some(1);
+        assert_eq!((life.pending(), life.outcome(1)), (0, Some(RollOutcome::Done)));
     }
 }

@@ -17,16 +17,20 @@ use super::protocol::EXIT_OUT_OF_MEMORY;
 pub enum StartReason {
     /// The slot has no worker: at pool start, or after its worker was lost.
     EmptySlot,
+    /// An elastic pool grows: every live worker is busy and jobs wait (see
+    /// [`PoolConfig::workers_min`](super::PoolConfig::workers_min)).
+    Grow,
     /// The slot's worker is due for replacement; it keeps serving until this one said hello.
     Replace(Retirement),
 }
 
 impl StartReason {
-    /// The `reason` label: `empty_slot`, or what the replaced worker retires for (`recycle`
+    /// The `reason` label: `empty_slot`, `grow`, or what the replaced worker retires for (`recycle`
     /// for its job quota, as before there were other reasons; `rss`; `roll`).
     pub fn label(self) -> &'static str {
         match self {
             StartReason::EmptySlot => "empty_slot",
+            StartReason::Grow => "grow",
             StartReason::Replace(Retirement::Jobs) => "recycle",
             StartReason::Replace(retirement) => retirement.label(),
         }
@@ -127,6 +131,10 @@ pub enum WorkerExit {
     KilledCancel,
     /// Killed because it broke the protocol (overlong, malformed or unexpected line).
     Protocol,
+    /// Retired by an elastic pool, idle for
+    /// [`PoolConfig::worker_idle_timeout`](super::PoolConfig::worker_idle_timeout) with more
+    /// workers live than [`PoolConfig::workers_min`](super::PoolConfig::workers_min).
+    Idle,
     /// Killed because the driver that owned it panicked (a bug in the pool or in a `Job`'s
     /// output decoding); the slot was restarted.
     DriverPanic,
@@ -144,6 +152,7 @@ impl WorkerExit {
             WorkerExit::KilledCancel => "killed_cancel",
             WorkerExit::Protocol => "protocol",
             WorkerExit::DriverPanic => "driver_panic",
+            WorkerExit::Idle => "idle",
         }
     }
 

@@ -9,6 +9,7 @@
 //! | `<prefix>_jobs_total` | counter | `outcome` ([`JobOutcome::label`]) |
 //! | `<prefix>_worker_exits_total` | counter | `reason`, and `cause` or `signal` or `code` ([`WorkerExit::labels`]) |
 //! | `<prefix>_worker_spawns_total` | counter | |
+//! | `<prefix>_worker_starts_total` | counter | `reason` ([`StartReason::label`]) |
 //! | `<prefix>_worker_start_failures_total` | counter | `reason` ([`StartReason::label`]) |
 //! | `<prefix>_worker_starts_failed_in_a_row` | gauge | |
 //! | `<prefix>_pool_unavailable` | gauge | |
@@ -26,7 +27,9 @@
 //! `signal` or `code`, but for the two ends that have a reason of their own: `out_of_memory`
 //! (an allocation failed under the worker's address-space limit) and `oom_killed` (the
 //! kernel's OOM killer, see `oom`). The others: `killed_timeout` (the deadline),
-//! `killed_cancel`, `protocol`, `driver_panic`. A slow job (see
+//! `killed_cancel`, `protocol`, `driver_panic`, and `idle` (an elastic pool's worker retired
+//! after its idle timeout). A start is counted once it said hello, by what it was for
+//! (`empty_slot`, `grow`, and a replacement's `recycle`, `rss` or `roll`). A slow job (see
 //! [`PoolConfig::job_slow`](super::PoolConfig::job_slow)) is counted once, when it is logged.
 //!
 //! A job's run time is counted from the previous answer of its worker (or from its hand-over)
@@ -49,6 +52,8 @@ pub(super) struct Metrics {
     worker_exits_total: SharedString,
     /// `<prefix>_worker_start_failures_total`.
     start_failures_total: SharedString,
+    /// `<prefix>_worker_starts_total`.
+    starts_total: SharedString,
     /// Failed starts since the last hello, all slots together.
     failed_in_a_row: Gauge,
     /// 1 while no worker can be started and jobs are refused.
@@ -83,6 +88,7 @@ impl Metrics {
         let spawns = name("worker_spawns_total");
         let driver_panics = name("driver_panics_total");
         let start_failures_total = name("worker_start_failures_total");
+        let starts_total = name("worker_starts_total");
         let failed_in_a_row = name("worker_starts_failed_in_a_row");
         let unavailable = name("pool_unavailable");
         let roll_generation = name("roll_generation");
@@ -95,13 +101,17 @@ impl Metrics {
             worker_exits_total.clone(),
             "Worker exits by reason (recycled with its cause: jobs, rss or roll; crashed with its \
              signal or code; out_of_memory, oom_killed, killed_timeout, killed_cancel, protocol, \
-             driver_panic)"
+             driver_panic, idle)"
         );
         metrics::describe_counter!(
             slow_jobs.clone(),
             "Jobs still running at the slow-job threshold, logged with what their worker was doing"
         );
         metrics::describe_counter!(spawns.clone(), "Worker processes started");
+        metrics::describe_counter!(
+            starts_total.clone(),
+            "Worker processes started, by what for (empty_slot, grow, recycle, rss, roll)"
+        );
         metrics::describe_counter!(
             driver_panics.clone(),
             "Slot drivers that panicked and were restarted (a bug)"
@@ -140,6 +150,7 @@ impl Metrics {
             jobs_total,
             worker_exits_total,
             start_failures_total,
+            starts_total,
         }
     }
 
@@ -150,6 +161,11 @@ impl Metrics {
         self.unavailable.set(if unavailable { 1.0 } else { 0.0 });
         self.roll_generation.set(life.generation as f64);
         self.roll_pending.set(life.pending() as f64);
+    }
+
+    /// The counter of starts for `reason`, incremented once the worker said hello.
+    pub(super) fn starts(&self, reason: StartReason) -> Counter {
+        metrics::counter!(self.starts_total.clone(), "reason" => reason.label())
     }
 
     pub(super) fn start_failed(&self, reason: StartReason) {

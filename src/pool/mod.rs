@@ -1,5 +1,6 @@
 //! A pool of worker processes for CPU work that must never stall an async program: a fixed
-//! number of workers, a bounded FIFO queue in front of them, one deadline per job, and a
+//! number of workers (or an elastic one, between two bounds), a bounded FIFO queue in front of
+//! them, one deadline per job, and a
 //! driver per worker slot that owns its process.
 //!
 //! This module is a library of its own: it imports nothing from the rest of the crate. A
@@ -29,6 +30,15 @@
 //! - **At most `workers + 1` alive.** A recycled or rolled worker's replacement is started and
 //!   has said hello before the old one retires, so capacity never dips, and one spare permit
 //!   for the whole pool caps the overlap at one process.
+//! - **An elastic size, never a herd.** With [`PoolConfig::workers_min`] below
+//!   [`PoolConfig::workers`], the pool starts one more worker when every worker it wants is
+//!   busy and jobs wait, at most one start per [`GROW_INTERVAL`] and none while another is
+//!   starting, up to `workers` but never past the CPUs this process may use (the affinity mask
+//!   and the cgroup v2 CPU quota, read at start, shown as [`WorkerCounts::max`] with the
+//!   [`MaxLimit`] that set it); a worker idle for [`PoolConfig::worker_idle_timeout`] retires,
+//!   never below the minimum. At minimum 0 the pool is [`PoolHealth::Standby`] with no worker:
+//!   ready ([`WorkerPool::wait_ready`]), the first job starting one. A fixed pool is never
+//!   capped.
 //! - **Rolls never wedge.** [`WorkerPool::roll`] bumps the pool's roll generation and returns
 //!   at once (with a [`Roll`] to await if the caller wants its end). Each slot whose worker is
 //!   older starts a replacement, make-before-break: the old worker serves until the new one
@@ -166,6 +176,7 @@
 //! long as the pool. Its files are listed, with the crate's, in one place: the Layout section
 //! of the crate documentation (`src/lib.rs`).
 
+mod cpus;
 mod dispatch;
 mod driver;
 mod estimate;
@@ -177,6 +188,7 @@ mod oom;
 mod process;
 pub mod protocol;
 mod queue;
+mod scale;
 mod status;
 pub mod worker;
 
@@ -192,21 +204,36 @@ use estimate::RunTimes;
 pub use estimate::Wait;
 use health::Life;
 use oom::OomWatch;
-pub use health::{PoolHealth, PoolOverview, Roll, RollOutcome, RollStatus};
+pub use cpus::MaxLimit;
+pub use health::{PoolHealth, PoolOverview, Roll, RollOutcome, RollStatus, WorkerCounts};
 pub use inspect::{rss_bytes, Activity, StatFields};
 pub use lifecycle::{Exit, JobOutcome, Retirement, StartReason, WorkerExit};
 pub use process::SpawnError;
 use process::SpawnSpec;
 pub use protocol::{Job, ProtocolError, Weight, PROTOCOL_VERSION};
 use queue::{Pending, Queue, Unqueue};
+pub use scale::GROW_INTERVAL;
+use scale::PoolSize;
 use status::Slot;
 pub use status::{WorkerState, WorkerStatus};
 
 /// Pool settings.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// Worker processes (slots).
+    /// The most worker processes the pool runs (its slots; `--workers-max` in the server).
+    /// Above [`workers_min`](Self::workers_min) the pool is elastic, and then never grows
+    /// beyond the CPUs this process may use (the affinity mask and the cgroup v2 CPU quota,
+    /// read at start); a fixed pool runs exactly this many.
     pub workers: usize,
+    /// The fewest workers the pool keeps, even idle; 0 starts none until the first job, which
+    /// then waits for a worker's start. Equal to [`workers`](Self::workers): a fixed pool.
+    /// Below it, the pool starts a worker when every live one is busy and jobs wait (at most
+    /// one start per [`GROW_INTERVAL`]), and retires one idle for
+    /// [`worker_idle_timeout`](Self::worker_idle_timeout).
+    pub workers_min: usize,
+    /// How long a worker of an elastic pool may idle before it retires, down to
+    /// [`workers_min`](Self::workers_min).
+    pub worker_idle_timeout: Duration,
     /// Jobs that may wait for a worker; one more is refused with [`PoolError::QueueFull`].
     pub queue: usize,
     /// Deadline of one job, from `submit` to its answer: queue wait plus run time.
@@ -240,12 +267,15 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    /// `workers` slots, a queue of 256, a 60 s deadline, 1 MiB lines, no recycling (by jobs or
-    /// memory), no slow-job log, batches of up to 32 light jobs, metrics named `forkpool_*`,
-    /// unavailable after 5 failed starts.
+    /// `workers` slots, a fixed pool (with a 10 s idle timeout, should it be made elastic), a
+    /// queue of 256, a 60 s deadline, 1 MiB lines, no recycling (by jobs or memory), no
+    /// slow-job log, batches of up to 32 light jobs, metrics named `forkpool_*`, unavailable
+    /// after 5 failed starts.
     pub fn new(workers: usize) -> PoolConfig {
         PoolConfig {
             workers,
+            workers_min: workers,
+            worker_idle_timeout: DEFAULT_IDLE_TIMEOUT,
             queue: 256,
             job_timeout: Duration::from_secs(60),
             max_line: 1 << 20,
@@ -264,6 +294,13 @@ impl PoolConfig {
     pub fn validate(&self) -> Result<(), PoolConfigError> {
         let problem = if self.workers == 0 {
             PoolConfigError::NoWorkers
+        } else if self.workers_min > self.workers {
+            PoolConfigError::MinAboveMax {
+                min: self.workers_min,
+                max: self.workers,
+            }
+        } else if self.worker_idle_timeout.is_zero() && self.workers_min < self.workers {
+            PoolConfigError::NoIdleTimeout
         } else if self.queue == 0 {
             PoolConfigError::NoQueue
         } else if self.job_timeout.is_zero() {
@@ -283,15 +320,32 @@ impl PoolConfig {
     }
 }
 
+/// [`PoolConfig::worker_idle_timeout`] by default: PHP-FPM's `pm.process_idle_timeout`, which
+/// operators of an elastic pool know.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Shortest protocol line a pool accepts as `max_line`: a worker's hello must fit.
 pub const MIN_LINE: usize = 256;
 
 /// A [`PoolConfig`] a pool cannot run with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoolConfigError {
-    /// `workers` is 0: no worker would ever take a job, so each would wait out its deadline.
-    #[error("workers must be at least 1: with none, every job would wait for its deadline")]
+    /// `workers` (the maximum) is 0: no worker would ever take a job, so each would wait out
+    /// its deadline.
+    #[error("workers (the maximum) must be at least 1: with none, every job would wait for its deadline")]
     NoWorkers,
+    /// `workers_min` is above `workers`: the pool could never shrink to its minimum.
+    #[error("workers_min {min} is above workers (the maximum) {max}")]
+    MinAboveMax {
+        /// `workers_min`.
+        min: usize,
+        /// `workers`.
+        max: usize,
+    },
+    /// `worker_idle_timeout` is zero in an elastic pool: every worker above the minimum would
+    /// retire between two jobs.
+    #[error("worker_idle_timeout must be more than zero: every worker above the minimum would retire between two jobs")]
+    NoIdleTimeout,
     /// `queue` is 0: every job would be refused as `QueueFull` before it could wait.
     #[error("queue must hold at least 1 job")]
     NoQueue,
@@ -432,6 +486,10 @@ struct Inner<J: Job> {
     metrics: metrics::Metrics,
     /// The moving average of recent run times, for admission by deadline (see `estimate`).
     run_times: RunTimes,
+    /// How many workers the pool runs: its bounds, the effective maximum being its slots.
+    size: PoolSize,
+    /// Wakes an elastic pool's scaler when a job is queued (see `scale`).
+    pressure: Notify,
     /// Next job id (ids are unique per pool, for the protocol and the status rows).
     next_id: AtomicU64,
 }
@@ -492,11 +550,17 @@ impl<J: Job> WorkerPool<J> {
             max_line: config.max_line,
             oom: Arc::new(OomWatch::find()),
         };
-        let life = Life::new(config.workers, config.broken_after_failed_starts);
+        let size = PoolSize::new(config.workers_min, config.workers);
+        let life = Life::new(size.max, size.min, config.broken_after_failed_starts);
         let inner = Arc::new(Inner {
-            slots: (0..config.workers)
-                .map(|_| Mutex::new(Slot::new()))
+            slots: (0..size.max)
+                .map(|slot| match slot < size.min {
+                    true => Mutex::new(Slot::new(WorkerState::Starting)),
+                    false => Mutex::new(Slot::new(WorkerState::Dormant)),
+                })
                 .collect(),
+            size,
+            pressure: Notify::new(),
             queue: Mutex::new(Queue::new(config.queue)),
             metrics: metrics::Metrics::new(&config.metrics_prefix),
             run_times: RunTimes::default(),
@@ -510,10 +574,14 @@ impl<J: Job> WorkerPool<J> {
             next_id: AtomicU64::new(1),
         });
         inner.metrics.publish(&inner.life.borrow());
-        let supervisors = (0..inner.config.workers)
+        let supervisors = (0..inner.size.max)
             .map(|slot| driver::supervise(inner.clone(), slot))
             .collect();
         *inner.supervisors.lock().unwrap() = supervisors;
+        if inner.size.elastic() {
+            // Detached: it ends when the pool closes, or with the pool's thread.
+            drop(scale::start(inner.clone()));
+        }
         WorkerPool {
             guard: Arc::new(PoolGuard { inner }),
         }
@@ -548,9 +616,9 @@ impl<J: Job> WorkerPool<J> {
     /// and a worker is live).
     pub fn expected_wait(&self) -> Option<Wait> {
         let inner = self.inner();
-        let live = inner.life.borrow().live();
+        let serving = inner.life.borrow().serving();
         let ahead = inner.queue.lock().unwrap().len();
-        estimate::expected_wait(inner.run_times.mean()?, ahead, live)
+        estimate::expected_wait(inner.run_times.mean()?, ahead, serving)
     }
 
     /// Queues `job` with a deadline `timeout` from now (refused by the estimate first when
@@ -571,6 +639,9 @@ impl<J: Job> WorkerPool<J> {
             reply,
             alone: false,
         }, admit.then_some(timeout))?;
+        if inner.size.elastic() {
+            inner.pressure.notify_one();
+        }
         let mut guard = Unqueue::new(inner, id);
         let result = match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(result)) => result,
@@ -603,7 +674,11 @@ impl<J: Job> WorkerPool<J> {
 
     /// The pool as a whole: its health, failed starts, and the latest roll.
     pub fn overview(&self) -> PoolOverview {
-        self.inner().life.borrow().overview()
+        let inner = self.inner();
+        let busy = (inner.slots.iter())
+            .filter(|slot| slot.lock().unwrap().state == WorkerState::Busy)
+            .count();
+        inner.life.borrow().overview(&inner.size, busy)
     }
 
     /// Resolves once at least one worker has said hello (at once if one is live now), woken by
@@ -614,6 +689,16 @@ impl<J: Job> WorkerPool<J> {
         let mut life = self.inner().life.subscribe();
         // An error only means the pool is gone, which a handle prevents.
         let _ = life.wait_for(|life| life.live() > 0).await;
+    }
+
+    /// Resolves once the pool can serve: a worker is live, or none is wanted (an elastic pool
+    /// with [`PoolConfig::workers_min`] 0, whose first job starts one: [`PoolHealth::Standby`]).
+    /// Like [`wait_live`](Self::wait_live) it keeps waiting while no start succeeds.
+    pub async fn wait_ready(&self) {
+        let mut life = self.inner().life.subscribe();
+        let ready = |life: &Life| matches!(life.health(), PoolHealth::Live | PoolHealth::Standby);
+        // An error only means the pool is gone, which a handle prevents.
+        let _ = life.wait_for(ready).await;
     }
 
     /// Jobs waiting for a worker.
@@ -679,6 +764,17 @@ mod tests {
             config.validate().unwrap_err()
         };
         assert_eq!(refused(|c| c.workers = 0), PoolConfigError::NoWorkers);
+        assert_eq!(
+            refused(|c| c.workers_min = 3),
+            PoolConfigError::MinAboveMax { min: 3, max: 2 }
+        );
+        assert_eq!(
+            refused(|c| {
+                c.workers_min = 0;
+                c.worker_idle_timeout = Duration::ZERO
+            }),
+            PoolConfigError::NoIdleTimeout
+        );
         assert_eq!(refused(|c| c.queue = 0), PoolConfigError::NoQueue);
         assert_eq!(refused(|c| c.job_timeout = Duration::ZERO), PoolConfigError::NoDeadline);
         assert_eq!(refused(|c| c.max_line = 100), PoolConfigError::LineTooShort(100));

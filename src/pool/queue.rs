@@ -107,7 +107,7 @@ impl<J: Job> Inner<J> {
         admit_within: Option<Duration>,
     ) -> Result<(), PoolError<J::Error>> {
         // Read before the queue's lock, which nothing holds while it changes the pool's life.
-        let live = self.life.borrow().live();
+        let live = self.life.borrow().serving();
         let mean_run = self.run_times.mean();
         {
             let mut queue = self.queue.lock().unwrap();
@@ -179,9 +179,10 @@ impl<J: Job> Inner<J> {
 
     /// Moves the live light jobs at the front of the queue into `batch` until it holds `most`,
     /// or this slot's fair share of the queue (what waits, `batch` included, split evenly
-    /// between the slots), or a heavy job is next, whichever comes first.
+    /// between the slots: an elastic pool's effective maximum, read without a lock, since the
+    /// queue's is held), or a heavy job is next, whichever comes first.
     fn take_light(&self, queue: &mut Queue<J>, batch: &mut Vec<Pending<J>>, most: usize) {
-        let share = (queue.jobs.len() + batch.len()).div_ceil(self.config.workers);
+        let share = (queue.jobs.len() + batch.len()).div_ceil(self.size.max);
         while batch.len() < most.min(share) {
             match queue.jobs.front() {
                 Some(next) if next.travels_light() => {}

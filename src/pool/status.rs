@@ -50,17 +50,21 @@ pub enum WorkerState {
     Down,
     /// Retired: the pool is closed.
     Stopped,
+    /// No worker wanted: an elastic pool below its maximum (never started, or its worker
+    /// retired idle). It starts one when the pool grows.
+    Dormant,
 }
 
 impl WorkerState {
     /// Every state, in the order of a worker's life; `/metrics` reports a count for each, zeros
     /// included, so that a series never disappears.
-    pub const ALL: [WorkerState; 5] = [
+    pub const ALL: [WorkerState; 6] = [
         WorkerState::Starting,
         WorkerState::Idle,
         WorkerState::Busy,
         WorkerState::Down,
         WorkerState::Stopped,
+        WorkerState::Dormant,
     ];
 
     /// The state as `/status` and the `state` label of `/metrics` spell it (lowercase).
@@ -71,6 +75,7 @@ impl WorkerState {
             WorkerState::Busy => "busy",
             WorkerState::Down => "down",
             WorkerState::Stopped => "stopped",
+            WorkerState::Dormant => "dormant",
         }
     }
 }
@@ -100,10 +105,11 @@ pub(super) struct SlotWorker<'a> {
 }
 
 impl Slot {
-    pub(super) fn new() -> Slot {
+    /// A slot with no worker yet, `state` `starting` or (an elastic pool's spare) `dormant`.
+    pub(super) fn new(state: WorkerState) -> Slot {
         Slot {
             pid: None,
-            state: WorkerState::Starting,
+            state,
             job: None,
             jobs_served: 0,
             started_at: None,

@@ -339,7 +339,8 @@ impl HttpError for NotReady {
     }
 }
 
-/// 200 while a worker is live and the server is not shutting down; 503 otherwise, saying why:
+/// 200 while a worker is live (or none is wanted: an elastic pool with `--workers-min 0` at
+/// rest) and the server is not shutting down; 503 otherwise, saying why:
 /// shutting down, no worker yet, or none can be started (with the last start error).
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, AppError> {
     if state.is_shutting_down() {
@@ -348,7 +349,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
     // One reading of the pool, so that the count agrees with the health.
     let pool = state.pool.overview();
     match pool.health {
-        PoolHealth::Live => {}
+        // Standby: no worker is wanted (an elastic pool at `--workers-min 0`), and the next
+        // job starts one; a pool whose starts fail is `Unavailable` instead.
+        PoolHealth::Live | PoolHealth::Standby => {}
         PoolHealth::Unavailable {
             failed_starts,
             last_error,
@@ -373,6 +376,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     for s in WorkerState::ALL {
         let count = workers.iter().filter(|w| w.state == s).count();
         metrics::gauge!(telemetry::POOL_WORKERS, "state" => s.as_str()).set(count as f64);
+    }
+    let size = state.pool.overview().workers;
+    for (name, value) in [
+        (telemetry::POOL_WORKERS_TARGET, size.target),
+        (telemetry::POOL_WORKERS_LIVE, size.live),
+        (telemetry::POOL_WORKERS_BUSY, size.busy),
+        (telemetry::POOL_WORKERS_MIN, size.min),
+        (telemetry::POOL_WORKERS_MAX, size.max),
+    ] {
+        metrics::gauge!(name).set(value as f64);
     }
     metrics::gauge!(telemetry::QUEUE_DEPTH).set(state.pool.queue_depth() as f64);
     state.metrics.run_upkeep();

@@ -179,10 +179,11 @@ fn print_listening(settings: &Settings) {
     let _ = out.flush();
 }
 
-/// Waits until a worker has said hello; false if `shutdown` came first.
+/// Waits until the pool can serve (a worker has said hello, or with `--workers-min 0` none is
+/// wanted yet); false if `shutdown` came first.
 async fn until_ready(state: &AppState, shutdown: Pin<&mut impl Future<Output = ()>>) -> bool {
     tokio::select! {
-        () = state.pool.wait_live() => true,
+        () = state.pool.wait_ready() => true,
         () = shutdown => false,
     }
 }

@@ -47,6 +47,7 @@ impl Server {
             nofile: None,
             bound_by_permissions: false,
             cgroup: None,
+            one_cpu: false,
             idle_workers: false,
         }
     }
@@ -254,6 +255,8 @@ pub struct Launch<'a> {
     bound_by_permissions: bool,
     /// The `cgroup.procs` of a cgroup the server joins before it execs, if any.
     cgroup: Option<std::ffi::CString>,
+    /// Whether the server's affinity mask is cut down to one CPU before it execs.
+    one_cpu: bool,
     /// Whether the workers keep the binary's default class, SCHED_IDLE (see
     /// [`Launch::idle_workers`]).
     idle_workers: bool,
@@ -319,6 +322,13 @@ impl<'a> Launch<'a> {
         self
     }
 
+    /// Pins the server (and so its workers) to one CPU, the first it may use now, as `taskset`
+    /// would: its affinity mask holds that CPU alone.
+    pub fn on_one_cpu(mut self) -> Self {
+        self.one_cpu = true;
+        self
+    }
+
     /// Starts the server and waits for what [`Launch::unready`] says.
     pub fn start(self) -> Server {
         use std::os::unix::process::CommandExt;
@@ -329,14 +339,34 @@ impl<'a> Launch<'a> {
         }
         let mut command = command_of(self.program, &args, &env);
         let (nofile, bound, cgroup) = (self.nofile, self.bound_by_permissions, self.cgroup);
-        if nofile.is_some() || bound || cgroup.is_some() {
-            // SAFETY: between fork and exec this only makes setrlimit, prctl, open and write
-            // system calls on memory allocated before the fork, which neither allocate nor take
-            // locks.
-            unsafe { command.pre_exec(move || limit_child(nofile, bound, cgroup.as_deref())) };
+        let one_cpu = self.one_cpu;
+        if nofile.is_some() || bound || cgroup.is_some() || one_cpu {
+            // SAFETY: between fork and exec this only makes setrlimit, prctl, open, write and
+            // sched_{get,set}affinity system calls on memory allocated before the fork or on
+            // the stack, which neither allocate nor take locks.
+            unsafe {
+                command.pre_exec(move || {
+                    limit_child(nofile, bound, cgroup.as_deref())?;
+                    if one_cpu {
+                        pin_to_one_cpu()?;
+                    }
+                    Ok(())
+                })
+            };
         }
         Server::launch_until(command, self.until)
     }
+}
+
+/// In the child, before exec: its affinity mask cut down to the first CPU in it.
+fn pin_to_one_cpu() -> std::io::Result<()> {
+    use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
+    let allowed = sched_getaffinity(None)?;
+    let first = (0..CpuSet::MAX_CPU).find(|&cpu| allowed.is_set(cpu));
+    let mut one = CpuSet::new();
+    one.set(first.expect("a process may use at least one CPU"));
+    sched_setaffinity(None, &one)?;
+    Ok(())
 }
 
 /// In the child, before exec: the descriptor limit, root's capabilities dropped, the cgroup

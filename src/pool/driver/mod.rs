@@ -11,6 +11,8 @@
 //! - `supervise`: every start of a worker (the backoff, replacements for recycling and rolls)
 //!   and the supervisor that recovers from a panicking driver.
 //! - `slow`: the slow-job log's watch on the running job.
+//! - `elastic`: an elastic pool's side of a slot: dormant until wanted, and its worker retired
+//!   after the idle timeout while the pool is above its minimum.
 //!
 //! Guarantees: one event at a time per slot, so a slot's worker is only ever talked to by its
 //! own driver; the slot's row in `/status` says `idle` before the pool counts a new worker
@@ -21,6 +23,7 @@
 //! the worker, which is counted and replaced; everything else is the concern of the files
 //! above, whose own docs name theirs.
 
+mod elastic;
 mod exchange;
 mod slow;
 mod supervise;
@@ -76,6 +79,9 @@ struct Tenure {
     over_rss: bool,
     /// Its replacement on the way (recycling, a roll), once one is due.
     replacement: Option<Replacement>,
+    /// When it last finished a batch (or said hello): an elastic pool retires it once idle
+    /// for `PoolConfig::worker_idle_timeout`.
+    idle_since: Instant,
 }
 
 impl Tenure {
@@ -88,6 +94,7 @@ impl Tenure {
             unmeasured: 0,
             over_rss: false,
             replacement: None,
+            idle_since: Instant::now(),
         }
     }
 
@@ -120,6 +127,8 @@ enum Event<J: Job> {
     LifeChanged,
     /// The replacement on its way is ready, or failed to start.
     Replacement(Result<(WorkerProcess, OwnedSemaphorePermit), SpawnError>),
+    /// The worker has been idle for the pool's idle timeout (an elastic pool only).
+    Idle,
 }
 
 /// What happens after an event. Returned once per event and matched at once, so the size gap
@@ -134,6 +143,8 @@ enum Step {
     Lost(WorkerExit),
     /// The pool is closed and its queue empty: retire the worker and stop.
     Retire,
+    /// The pool shrinks: the idle worker retires and the slot goes dormant.
+    Shrink,
 }
 
 impl<J: Job> Driver<J> {
@@ -151,7 +162,11 @@ impl<J: Job> Driver<J> {
     /// until the pool closes.
     async fn run(&mut self) {
         loop {
-            let Some((worker, generation)) = self.start_worker().await else {
+            // A dormant slot (an elastic pool below its maximum) waits until it is wanted.
+            let Some(reason) = self.wait_wanted().await else {
+                return self.set_state(WorkerState::Stopped, None);
+            };
+            let Some((worker, generation)) = self.start_worker(reason).await else {
                 return self.set_state(WorkerState::Stopped, None);
             };
             let mut tenure = self.take_slot(worker, generation);
@@ -159,11 +174,15 @@ impl<J: Job> Driver<J> {
                 match self.step(&mut tenure).await {
                     Step::Continue => {}
                     Step::Replace(ready) => tenure = self.on_replacement(tenure, ready),
-                    Step::Lost(exit) => break exit,
+                    Step::Lost(exit) => break Some(exit),
+                    Step::Shrink => break None,
                     Step::Retire => return self.retire(tenure).await,
                 }
             };
-            self.on_lost(tenure, exit);
+            match exit {
+                Some(exit) => self.on_lost(tenure, exit),
+                None => self.retire_idle(tenure).await,
+            }
         }
     }
 
@@ -182,7 +201,12 @@ impl<J: Job> Driver<J> {
         self.set_state(WorkerState::Idle, Some(t));
         self.ensure_replacement(t);
         match self.next_event(t).await {
-            Event::Jobs(batch) => self.on_batch(t, batch).await,
+            Event::Jobs(batch) => {
+                let step = self.on_batch(t, batch).await;
+                t.idle_since = Instant::now();
+                step
+            }
+            Event::Idle => self.on_idle(t),
             Event::Closed => Step::Retire,
             Event::IdleOutput(line) => on_idle_output(&mut t.worker, line).await,
             Event::LifeChanged => Step::Continue,
@@ -198,17 +222,28 @@ impl<J: Job> Driver<J> {
                 None => std::future::pending().await,
             }
         };
+        let idle_until = t.idle_since + self.pool.config.worker_idle_timeout;
         tokio::select! {
             jobs = self.pool.next_batch() => jobs.map_or(Event::Closed, Event::Jobs),
+            () = tokio::time::sleep_until(idle_until.into()), if self.pool.size.elastic() => {
+                Event::Idle
+            }
             line = worker.next_line() => Event::IdleOutput(line),
             Ok(()) = self.life.changed() => Event::LifeChanged,
             started = replacement => Event::Replacement(started),
         }
     }
 
+    /// The pool is closed and its queue empty: the worker retires, the slot stops.
     async fn retire(&mut self, t: Tenure) {
-        self.set_state(WorkerState::Stopped, None);
         self.pool.worker_gone(self.slot);
+        self.dismiss(t, WorkerState::Stopped).await;
+    }
+
+    /// Lets the worker go while it serves nothing (it exits by itself once its stdin closes),
+    /// the slot's row showing `state` from now on.
+    async fn dismiss(&mut self, t: Tenure, state: WorkerState) {
+        self.set_state(state, None);
         // A replacement on its way is not needed any more.
         drop(t.replacement);
         t.worker.retire().await;

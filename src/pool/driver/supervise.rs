@@ -107,7 +107,9 @@ impl<J: Job> Driver<J> {
         t.replacement = Some(Replacement {
             generation: current,
             reason,
-            start: self.pool.spawn_spare(self.backoff.delay()),
+            start: self
+                .pool
+                .spawn_spare(self.backoff.delay(), StartReason::Replace(reason)),
         });
     }
 
@@ -202,11 +204,15 @@ impl<J: Job> Driver<J> {
         self.backoff.fail();
     }
 
-    /// Starts a worker for the empty slot, waiting out the backoff before each try, until one
-    /// says hello; returns it with the roll generation its start began at. A newer roll cuts a
+    /// Starts a worker for the empty slot (for `reason`: an empty slot or growth), waiting out
+    /// the backoff before each try, until one says hello; returns it with the roll generation
+    /// its start began at. A newer roll cuts a
     /// wait short, and drops a start still on its way for an older generation. `None` when
     /// the pool closed meanwhile.
-    pub(super) async fn start_worker(&mut self) -> Option<(WorkerProcess, u64)> {
+    pub(super) async fn start_worker(
+        &mut self,
+        reason: StartReason,
+    ) -> Option<(WorkerProcess, u64)> {
         loop {
             // Closed but not empty: jobs sent ahead to a lost worker came back, and may have
             // no other slot left to run them.
@@ -219,7 +225,7 @@ impl<J: Job> Driver<J> {
                 continue;
             }
             self.set_state(WorkerState::Starting, None);
-            let spawn = self.pool.spawn_worker();
+            let spawn = self.pool.spawn_worker(reason);
             let started = tokio::select! {
                 started = spawn => Some(started),
                 () = newer_roll(&mut self.life, generation, false) => None,
@@ -229,7 +235,6 @@ impl<J: Job> Driver<J> {
                 Some(Err(error)) => {
                     let retry_in = self.backoff.fail();
                     self.set_state(WorkerState::Down, None);
-                    let reason = StartReason::EmptySlot;
                     self.pool.start_failed(self.slot, reason, &error, retry_in);
                 }
                 None => {
@@ -271,9 +276,9 @@ impl<J: Job> Inner<J> {
     /// roll): after `delay` (the slot's backoff), it waits for the pool's one spare permit,
     /// which travels with it and is released once the old worker has exited. Meanwhile the old
     /// worker keeps serving.
-    fn spawn_spare(&self, delay: Duration) -> Spawning {
+    fn spawn_spare(&self, delay: Duration, reason: StartReason) -> Spawning {
         let spare = self.spare.clone();
-        let spawn = self.spawn_worker();
+        let spawn = self.spawn_worker(reason);
         Box::pin(async move {
             sleep(delay).await;
             let permit = spare
@@ -284,14 +289,20 @@ impl<J: Job> Inner<J> {
         })
     }
 
-    /// Spawns a worker and waits for its hello; counted once it said hello.
-    fn spawn_worker(&self) -> impl Future<Output = Result<WorkerProcess, SpawnError>> + 'static {
+    /// Spawns a worker (for `reason`) and waits for its hello; counted, with its reason, once
+    /// it said hello.
+    fn spawn_worker(
+        &self,
+        reason: StartReason,
+    ) -> impl Future<Output = Result<WorkerProcess, SpawnError>> + 'static {
         let spec = self.spec.clone();
         let spawns = self.metrics.spawns.clone();
+        let starts = self.metrics.starts(reason);
         async move {
             let worker = WorkerProcess::spawn(&spec).await;
             if let Ok(w) = &worker {
                 spawns.increment(1);
+                starts.increment(1);
                 tracing::debug!(pid = w.pid, version = %w.version, "worker started");
             }
             worker
