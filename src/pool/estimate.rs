@@ -41,9 +41,10 @@
 //!   class a mean between the two and a large deviation: the short ones are refused more than
 //!   they need be, the long ones may be admitted and killed. A type without a hint is one class.
 //! - **A class that is refused learns nothing new**: if every request of it has a deadline its
-//!   estimate refuses, no job of it runs, and only a submitter with more time (or none,
-//!   [`WorkerPool::submit`](super::WorkerPool::submit)) refreshes it, after the machine got
-//!   faster again.
+//!   estimate refuses, no job of it runs, and a machine that got faster again would refuse it
+//!   for ever. So a class whose latest sample is older than [`PROBE_AFTER`] has one job started
+//!   against the prediction (a probe), and its run (or its kill at the deadline) refreshes the
+//!   estimate: at most one job per class per [`PROBE_AFTER`] is started to be killed this way.
 //! - **The machine's load changes run times** (workers at `SCHED_IDLE` on a busy host): the
 //!   averages follow within about ten jobs of a class; a job started just as the machine gets
 //!   busier may still be killed.
@@ -58,6 +59,9 @@ const BETA: f32 = 0.25;
 /// How many mean deviations above the mean a job's own run time is taken to be, where it must
 /// fit in a deadline: room for the spread of its class.
 const DEVIATIONS: f32 = 2.0;
+/// A class with no sample for this long has one job admitted against the prediction, to learn
+/// whether its run time has changed (see the failure modes above).
+const PROBE_AFTER: Duration = Duration::from_secs(30);
 /// Cost classes: two per bit of a `u64` hint, and 0 and 1 (see [`class_of`]).
 const CLASSES: usize = 128;
 
@@ -141,6 +145,8 @@ pub(super) struct Estimator {
     epoch: Instant,
     /// Per class, a [`RunTime`] as bits; 0 until the class's first sample.
     classes: Box<[AtomicU64]>,
+    /// Per class, when it last had a sample or a probe (nanoseconds since `epoch`).
+    sampled_at: Box<[AtomicU64]>,
     /// Per slot, when the work it holds is expected to be done (nanoseconds since `epoch`);
     /// 0 when it holds none.
     free_at: Box<[AtomicU64]>,
@@ -152,6 +158,7 @@ impl Estimator {
         Estimator {
             epoch: Instant::now(),
             classes: (0..CLASSES).map(|_| AtomicU64::new(0)).collect(),
+            sampled_at: (0..CLASSES).map(|_| AtomicU64::new(0)).collect(),
             free_at: (0..slots).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -161,6 +168,7 @@ impl Estimator {
         let Some(cell) = self.classes.get(class) else {
             return;
         };
+        self.sampled_at[class].store(self.nanos(Instant::now()), Ordering::Relaxed);
         // A run of zero would read back as "no sample": a nanosecond is as good.
         let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
             let previous = RunTime::from_bits(bits);
@@ -173,6 +181,22 @@ impl Estimator {
             };
             Some(RunTime::after(previous, seconds).to_bits())
         });
+    }
+
+    /// Whether a job of `class` that the prediction refuses is to run anyway, as the class's
+    /// probe: its latest sample (or probe) is older than [`PROBE_AFTER`]. True for one caller
+    /// per period.
+    pub(super) fn probe(&self, class: usize) -> bool {
+        let Some(cell) = self.sampled_at.get(class) else {
+            return false;
+        };
+        let now = self.nanos(Instant::now());
+        let last = cell.load(Ordering::Relaxed);
+        let stale = now.saturating_sub(last) >= PROBE_AFTER.as_nanos() as u64;
+        stale
+            && cell
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// The estimate for a job of `class`: its class's, else the nearest smaller class's (a
@@ -313,6 +337,20 @@ mod tests {
         assert!(close(estimate.expected_run(5), ms(300)), "below the mean: no news");
         estimate.record(5, Sample::AtLeast(ms(1300)));
         assert!(close(estimate.expected_run(5), ms(500)), "300 + 0.2 x 1000");
+    }
+
+    #[test]
+    fn a_class_without_a_sample_for_the_probe_period_gets_one_probe() {
+        let estimate = Estimator::new(1);
+        estimate.record(7, Sample::Finished(ms(10)));
+        assert!(!estimate.probe(7), "just sampled");
+        // `probe` reads the clock itself: the epoch moved a period back makes the sample a
+        // period old, instead of waiting 30 s.
+        let epoch = estimate.epoch.checked_sub(PROBE_AFTER).expect("a monotonic clock 30 s on");
+        let estimate = Estimator { epoch, ..estimate };
+        assert!(estimate.probe(7), "one probe");
+        assert!(!estimate.probe(7), "and only one per period");
+        assert!(estimate.probe(9), "another class has its own");
     }
 
     #[test]

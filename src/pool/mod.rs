@@ -522,9 +522,12 @@ impl<J: Job> WorkerPool<J> {
     /// [`submit`](Self::submit) for a caller with a deadline of its own, `timeout` from now:
     /// the job's deadline is the earlier of it and [`PoolConfig::job_timeout`] (a job past it
     /// is taken out of the queue or has its worker killed, and fails with
-    /// [`PoolError::Timeout`] naming it). When the queue's expected wait (see [`Wait`]) is
-    /// already longer than that deadline, the job is not queued at all: it fails at once with
-    /// [`PoolError::WontFinish`], so that no worker starts a job that cannot finish in time.
+    /// [`PoolError::Timeout`] naming it). When the predicted wait plus the job's own run time
+    /// (see [`Wait`], and [`Job::cost_hint`]) is already longer than that deadline, the job is
+    /// not queued at all: it fails at once with [`PoolError::WontFinish`]. When a driver would
+    /// take it with less of the deadline left than its run time, it fails then with
+    /// [`PoolError::TooLate`]. So no worker starts a job that is predicted not to finish in
+    /// time (a prediction can be wrong: the `estimate` module says where).
     pub async fn submit_with_timeout(&self, job: J, tag: &str, timeout: Duration) -> Answer<J> {
         let timeout = timeout.min(self.inner().config.job_timeout);
         self.run(job, tag, timeout, true).await

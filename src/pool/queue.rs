@@ -155,7 +155,7 @@ impl<J: Job> Inner<J> {
     /// `estimate`), and wakes one idle driver.
     pub(super) fn enqueue(
         &self,
-        job: Pending<J>,
+        mut job: Pending<J>,
         timeout: Duration,
     ) -> Result<(), PoolError<J::Error>> {
         // Read before the queue's lock, which nothing holds while it changes the pool's life.
@@ -176,18 +176,32 @@ impl<J: Job> Inner<J> {
                 self.metrics.job(JobOutcome::RejectedFull);
                 return Err(PoolError::QueueFull(queue.jobs.len()));
             }
-            if job.admit {
-                if let Some(wait) = self.predict(&queue, job.class, live) {
-                    if wait.total() > timeout {
-                        self.metrics.job(JobOutcome::RejectedDeadline);
-                        return Err(PoolError::WontFinish { wait, timeout });
-                    }
+            let wait = self.predict(&queue, job.class, live);
+            if let Some(wait) = wait.filter(|w| job.admit && w.total() > timeout) {
+                // Refused by its own run time alone, it is its class's estimate that may be out
+                // of date; a queue that is too long refreshes it by running.
+                let probe = wait.run > timeout && self.probe(&mut job);
+                if !probe {
+                    self.metrics.job(JobOutcome::RejectedDeadline);
+                    return Err(PoolError::WontFinish { wait, timeout });
                 }
             }
             queue.push_back(job);
         }
         self.job_ready.notify_one();
         Ok(())
+    }
+
+    /// Whether `job`, which the prediction refuses, runs anyway as its class's probe (see
+    /// `estimate`); if so it is checked no more, and keeps only its deadline.
+    fn probe(&self, job: &mut Pending<J>) -> bool {
+        if !self.estimate.probe(job.class) {
+            return false;
+        }
+        tracing::info!(job = job.id, tag = %job.tag, class = job.class,
+            "no run of this job's size for a while: it runs against the prediction, to refresh it");
+        job.admit = false;
+        true
     }
 
     /// The prediction for a job of `class` queued now behind everything in `queue`.
@@ -252,7 +266,7 @@ impl<J: Job> Inner<J> {
     /// The job, if a driver may start it now: `None` when its submitter has stopped waiting
     /// (counted here, once), or when it has a deadline of its own with less left than its run
     /// time (answered [`PoolError::TooLate`] and counted).
-    fn take(&self, job: Pending<J>) -> Option<Pending<J>> {
+    fn take(&self, mut job: Pending<J>) -> Option<Pending<J>> {
         let now = Instant::now();
         if job.reply.is_closed() {
             self.metrics.job(JobOutcome::abandoned(now >= job.deadline));
@@ -261,6 +275,7 @@ impl<J: Job> Inner<J> {
         let run = self.estimate.run_time(job.class).map(RunTime::with_margin);
         let left = job.deadline.saturating_duration_since(now);
         match run.filter(|&run| job.admit && left < run) {
+            Some(_) if self.probe(&mut job) => Some(job),
             Some(run) => {
                 self.metrics.job(JobOutcome::RejectedDispatch);
                 let _ = job.reply.send(Err(PoolError::TooLate { left, run }));
