@@ -62,7 +62,7 @@ impl<J: Job> Pending<J> {
 
 pub(super) struct Queue<J: Job> {
     /// Oldest first. Changed only through `push_back`, `push_front`, `pop_front`, `remove` and
-    /// `drain`, which keep `work` its sum.
+    /// the drain in `set_unavailable`, which keep `work` its sum.
     jobs: VecDeque<Pending<J>>,
     /// The expected run times of the queued jobs ([`Pending::expected`]), summed.
     work: Duration,
