@@ -176,8 +176,10 @@ impl<J: Job> Inner<J> {
                 self.metrics.job(JobOutcome::RejectedFull);
                 return Err(PoolError::QueueFull(queue.jobs.len()));
             }
-            let wait = self.predict(&queue, job.class, live);
-            if let Some(wait) = wait.filter(|w| job.admit && w.total() > timeout) {
+            // Only a job with a deadline of its own is predicted (under the lock: the queue's
+            // work is read there).
+            let wait = job.admit.then(|| self.predict(&queue, job.class, live)).flatten();
+            if let Some(wait) = wait.filter(|w| w.total() > timeout) {
                 // Refused by its own run time alone, it is its class's estimate that may be out
                 // of date; a queue that is too long refreshes it by running.
                 let probe = wait.run > timeout && self.probe(&mut job);
@@ -272,9 +274,12 @@ impl<J: Job> Inner<J> {
             self.metrics.job(JobOutcome::abandoned(now >= job.deadline));
             return None;
         }
+        if !job.admit {
+            return Some(job);
+        }
         let run = self.estimate.run_time(job.class).map(RunTime::with_margin);
         let left = job.deadline.saturating_duration_since(now);
-        match run.filter(|&run| job.admit && left < run) {
+        match run.filter(|&run| left < run) {
             Some(_) if self.probe(&mut job) => Some(job),
             Some(run) => {
                 self.metrics.job(JobOutcome::RejectedDispatch);
