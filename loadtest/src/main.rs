@@ -12,6 +12,9 @@
 //! - `dispatch`: closed-loop requests/s of `/isprime?number=7` and of `/testrequest`.
 //! - `mixed`: short `/isprime` jobs in a closed loop while one heavy job is always in flight;
 //!   their latency shows whether any waits behind it.
+//! - `overload` (not run unless asked for): `/isprime` with a client `timeout`, open loop at
+//!   `--overload-rate`, more than the pool serves; served, refused at admission and at
+//!   dispatch, and wasted jobs (started, then killed at their deadline). See `overload`.
 //! - `ls`: a full /ls of a directory of `--ls-files` files against `ls -lash` run directly, and
 //!   the server's RSS growth meanwhile.
 //! - `upgrade` and `restart` (not run unless asked for; `--spawn` only): `--upgrades` SIGUSR2
@@ -23,13 +26,14 @@
 //! Every probe is made twice, on a new connection and on a kept-alive one. The RSS of the server
 //! and its workers is read from /proc while idle.
 //!
-//! Layout: `client` (hyper connections), `scenarios`, `lifecycle` (with `load`, the steady
+//! Layout: `client` (hyper connections), `scenarios`, `overload`, `lifecycle` (with `load`, the steady
 //! mixed load, and `procs`, processes in /proc), `report` (data, JSON and table), `plot` (SVG),
 //! `spawn` (`--spawn`).
 
 mod client;
 mod lifecycle;
 mod load;
+mod overload;
 mod plot;
 mod probe;
 mod procs;
@@ -47,6 +51,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use client::Target;
 use forkpool::units::parse_duration;
+use overload::OverloadPlan;
 use report::Report;
 use scenarios::{LifecyclePlan, Plan, Run};
 use spawn::{Install, ServerSetup, SpawnedServer};
@@ -107,6 +112,14 @@ pub struct LoadtestArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
 
+    /// Overload scenario: requests per second (half heavy, half light), sent for `--duration`.
+    #[arg(long, default_value_t = 16.0, value_parser = overload_rate)]
+    pub overload_rate: f64,
+
+    /// Overload scenario: the `timeout` every request carries.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub overload_timeout: Duration,
+
     /// Ls scenario: files in the listed directory.
     #[arg(long, default_value_t = 100_000)]
     pub ls_files: usize,
@@ -159,6 +172,7 @@ pub enum Scenario {
     Dispatch,
     Mixed,
     Ls,
+    Overload,
     Upgrade,
     Restart,
 }
@@ -352,6 +366,18 @@ async fn measure(
             Err(e) => report.errors.push(format!("ls: {e}")),
         }
     }
+    if wants(Scenario::Overload) {
+        let plan = OverloadPlan {
+            rate: args.overload_rate,
+            duration: args.duration,
+            heavy_exponent: args.heavy_exponent,
+            timeout: args.overload_timeout,
+        };
+        match overload::overload(run.target, &plan, &run.bar).await {
+            Ok(overload) => report.overload = Some(overload),
+            Err(e) => report.errors.push(format!("overload: {e}")),
+        }
+    }
     run_lifecycle(&mut run, &args.scenarios, &mut report).await;
     report.duration_s = run.clock.elapsed().as_secs_f64();
     report.samples = run.samples;
@@ -382,6 +408,17 @@ fn server_ls_root(status: &serde_json::Value, pid: u32) -> Result<PathBuf, Strin
     }
     std::fs::read_link(format!("/proc/{pid}/cwd"))
         .map_err(|e| format!("cannot find the server's ls root (its working directory): {e}"))
+}
+
+/// `--overload-rate`: requests per second, from 0.1 to 1000 (the scenario sends at most
+/// rate x duration requests, each on a connection of its own).
+fn overload_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.1..=1000.0).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate from 0.1 to 1000 requests per second"
+        )),
+    }
 }
 
 /// A spinner with the current step on stderr; nothing at all when stderr is not a terminal.

@@ -27,6 +27,8 @@ pub struct Report {
     pub dispatch: Option<Dispatch>,
     pub mixed: Option<Mixed>,
     pub ls: Option<Ls>,
+    /// The overload scenario: wasted work under client deadlines.
+    pub overload: Option<super::overload::Overload>,
     /// The upgrade scenario: SIGUSR2 in-place upgrades under load.
     pub upgrade: Option<Lifecycle>,
     /// The restart scenario: restarts on a launcher-held socket under load.
@@ -470,6 +472,9 @@ impl Report {
                 mib(ls.rss_peak_kib),
                 ls.rss_growth_kib
             );
+        }
+        if let Some(overload) = &self.overload {
+            overload.rows(&mut out);
         }
         for lifecycle in [&self.upgrade, &self.restart].into_iter().flatten() {
             lifecycle_rows(&mut out, lifecycle);
