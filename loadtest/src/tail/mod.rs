@@ -176,11 +176,17 @@ fn series(addr: SocketAddr, n: usize, spacing: Duration) -> Series {
     s
 }
 
-/// Runs [`series`] on a blocking thread.
+/// Runs [`series`] on a thread of its own named `lean-probe`, so that its run-queue wait shows
+/// by name in the thread table (and in `perf sched`).
 async fn probe_series(addr: SocketAddr, plan: &TailPlan) -> Series {
     let (n, spacing) = (plan.probes, plan.spacing);
-    tokio::task::spawn_blocking(move || series(addr, n, spacing))
+    let thread = std::thread::Builder::new()
+        .name("lean-probe".into())
+        .spawn(move || series(addr, n, spacing))
+        .expect("a thread can be started");
+    tokio::task::spawn_blocking(move || thread.join())
         .await
+        .expect("the joining thread does not panic")
         .expect("the probe thread does not panic")
 }
 

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Who held the CPU while a thread waited for it: reads `perf sched script` output (from
+`perf sched record -a`) and, for every wake-up of the chosen threads that took longer than
+`--over` ms to get a CPU, names the tasks that ran on the target CPU meanwhile.
+
+Usage:
+  perf sched record -a -o sched.data -- forkpool-loadtest --spawn --scenarios tail ...
+  perf sched script -i sched.data -F comm,tid,cpu,time,event,trace > sched.txt
+  python3 benches/sched_delays.py sched.txt --tids 123,124 [--over 1.0]
+
+Prints the delay distribution per thread (p50, p99, max, count over the threshold) and, for
+the delays over it, the CPU time of each task (name[tid]) seen on that CPU during the wait, summed by
+task and scheduling priority (prio 120 is nice 0 SCHED_OTHER; SCHED_IDLE tasks show as
+their nice's prio, see the thread table of the load tester). A trace, not a benchmark: the
+counts hold on a loaded machine, the delays do not.
+"""
+import argparse
+import re
+import sys
+from collections import defaultdict
+
+LINE = re.compile(r"^\s*(?P<comm>.+?)\s+(?P<tid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<time>[\d.]+):\s+sched:(?P<event>\w+):\s+(?P<trace>.*)$")
+SWITCH = re.compile(r"prev_comm=(?P<pc>.+?) prev_pid=(?P<pp>\d+) prev_prio=(?P<pprio>\d+) prev_state=\S+ ==> next_comm=(?P<nc>.+?) next_pid=(?P<np>\d+) next_prio=(?P<nprio>\d+)")
+WAKE = re.compile(r"comm=(?P<c>.+?) pid=(?P<p>\d+) prio=\d+ target_cpu=(?P<cpu>\d+)")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("script")
+    ap.add_argument("--tids", required=True, help="comma-separated thread ids to follow")
+    ap.add_argument("--over", type=float, default=1.0, help="delay threshold, ms")
+    args = ap.parse_args()
+    tids = {int(t) for t in args.tids.split(",")}
+    woken = {}  # tid -> (time, cpu)
+    running = {}  # cpu -> (comm, prio, since)
+    spans = defaultdict(list)  # cpu -> [(start, end, comm, prio)]
+    delays = defaultdict(list)  # tid -> [(delay_ms, woke, cpu, ran_at)]
+    for line in open(args.script, errors="replace"):
+        m = LINE.match(line)
+        if not m:
+            continue
+        t, ev, cpu = float(m["time"]), m["event"], int(m["cpu"])
+        if ev in ("sched_waking", "sched_wakeup", "sched_wakeup_new"):
+            w = WAKE.search(m["trace"])
+            if w and int(w["p"]) in tids:
+                woken.setdefault(int(w["p"]), (t, int(w["cpu"])))
+        elif ev == "sched_switch":
+            s = SWITCH.search(m["trace"])
+            if not s:
+                continue
+            prev = running.get(cpu)
+            if prev:
+                spans[cpu].append((prev[2], t, prev[0], prev[1]))
+            running[cpu] = (f'{s["nc"]}[{s["np"]}]', int(s["nprio"]), t)
+            nxt = int(s["np"])
+            if nxt in tids and nxt in woken:
+                wt, wcpu = woken.pop(nxt)
+                delays[nxt].append(((t - wt) * 1e3, wt, cpu, t))
+    report(delays, spans, args.over)
+
+
+def report(delays, spans, over):
+    for tid, ds in sorted(delays.items()):
+        ms = sorted(d[0] for d in ds)
+        pick = lambda p: ms[min(len(ms) - 1, int(p / 100 * len(ms)))]
+        big = [d for d in ds if d[0] > over]
+        print(f"tid {tid}: {len(ms)} wake-ups, delay p50 {pick(50):.3f} p99 {pick(99):.3f} max {ms[-1]:.3f} ms, {len(big)} over {over} ms")
+        held = defaultdict(float)
+        for _, woke, cpu, ran in big:
+            for start, end, comm, prio in spans[cpu]:
+                lo, hi = max(start, woke), min(end, ran)
+                if hi > lo:
+                    held[(comm, prio)] += (hi - lo) * 1e3
+        for (comm, prio), total in sorted(held.items(), key=lambda kv: -kv[1])[:8]:
+            print(f"    {comm:<28} prio {prio:>3}  {total:9.2f} ms on the CPU during those waits")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
