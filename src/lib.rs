@@ -47,10 +47,12 @@
 //!   guard), `PoolConfig` (`validate`, and `WorkerPool::try_start`, refuse what a pool cannot
 //!   run with, by a typed `ConfigError`), `WorkerCommand` (how the embedding program starts a
 //!   worker);
-//!   `pool::driver` (the per-slot state machine on the pool's own thread, and its supervisor:
-//!   dispatch in batches of light jobs, every start through the backoff, make-before-break
-//!   replacement for recycling and rolls, restart after a panic); `pool::dispatch` (that
-//!   thread); `pool::queue` (fair shares, requeueing, refusal while no worker can start);
+//!   `pool::driver` (the per-slot state machine on the pool's own thread: events and steps),
+//!   `pool::driver::exchange` (dispatch in batches of light jobs, topped up, answered one by
+//!   one, memory read after them), `pool::driver::supervise` (every start through the backoff,
+//!   make-before-break replacement for recycling and rolls, restart after a panic),
+//!   `pool::driver::slow` (the slow-job watch); `pool::dispatch` (that thread); `pool::queue`
+//!   (fair shares, requeueing, refusal while no worker can start);
 //!   `pool::estimate` (the moving average of run times and the expected wait that refuses a
 //!   job whose deadline it already passes);
 //!   `pool::health` (the pool as a whole, watched: roll generations and the `Roll` handle,
