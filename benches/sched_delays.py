@@ -29,7 +29,10 @@ def main():
     ap.add_argument("script")
     ap.add_argument("--tids", required=True, help="comma-separated thread ids to follow")
     ap.add_argument("--over", type=float, default=1.0, help="delay threshold, ms")
+    ap.add_argument("--blame", default="", help="comma-separated tids (e.g. the workers): "
+                    "count the waits over the threshold during which one of them held the CPU")
     args = ap.parse_args()
+    blame = {int(t) for t in args.blame.split(",") if t}
     tids = {int(t) for t in args.tids.split(",")}
     woken = {}  # tid -> (time, cpu)
     running = {}  # cpu -> (comm, prio, since)
@@ -56,23 +59,43 @@ def main():
             if nxt in tids and nxt in woken:
                 wt, wcpu = woken.pop(nxt)
                 delays[nxt].append(((t - wt) * 1e3, wt, cpu, t))
-    report(delays, spans, args.over)
+    report(delays, spans, args.over, blame)
 
 
-def report(delays, spans, over):
+def held_by(spans, cpu, woke, ran):
+    """CPU time of each task on `cpu` between `woke` and `ran`, ms, by (task, prio)."""
+    held = defaultdict(float)
+    for start, end, comm, prio in spans[cpu]:
+        lo, hi = max(start, woke), min(end, ran)
+        if hi > lo:
+            held[(comm, prio)] += (hi - lo) * 1e3
+    return held
+
+
+def report(delays, spans, over, blame):
     for tid, ds in sorted(delays.items()):
         ms = sorted(d[0] for d in ds)
         pick = lambda p: ms[min(len(ms) - 1, int(p / 100 * len(ms)))]
         big = [d for d in ds if d[0] > over]
         print(f"tid {tid}: {len(ms)} wake-ups, delay p50 {pick(50):.3f} p99 {pick(99):.3f} max {ms[-1]:.3f} ms, {len(big)} over {over} ms")
         held = defaultdict(float)
+        blamed, blamed_ms, longest = 0, 0.0, 0.0
         for _, woke, cpu, ran in big:
-            for start, end, comm, prio in spans[cpu]:
-                lo, hi = max(start, woke), min(end, ran)
-                if hi > lo:
-                    held[(comm, prio)] += (hi - lo) * 1e3
+            these = held_by(spans, cpu, woke, ran)
+            ours = sum(ms for (comm, _), ms in these.items() if tid_of(comm) in blame)
+            blamed, blamed_ms = blamed + (ours > 0), blamed_ms + ours
+            longest = max(longest, ours)
+            for key, ms in these.items():
+                held[key] += ms
+        if blame:
+            print(f"    {blamed} of them with a --blame task on the CPU meanwhile, for {blamed_ms:.2f} ms in all, at most {longest:.2f} ms in one wait")
         for (comm, prio), total in sorted(held.items(), key=lambda kv: -kv[1])[:8]:
             print(f"    {comm:<28} prio {prio:>3}  {total:9.2f} ms on the CPU during those waits")
+
+
+def tid_of(task):
+    """The tid of a `name[tid]` task label."""
+    return int(task.rsplit("[", 1)[1].rstrip("]"))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,9 @@ pub fn probe(addr: SocketAddr, limit: Duration) -> Result<Timing, ProbeError> {
     let started = Instant::now();
     let mut stream = TcpStream::connect(addr).map_err(io("connect"))?;
     let connect = started.elapsed();
-    stream.set_read_timeout(Some(limit)).map_err(io("setsockopt"))?;
+    stream
+        .set_read_timeout(Some(limit))
+        .map_err(io("setsockopt"))?;
     stream.write_all(REQUEST).map_err(io("write"))?;
     let mut buf = [0u8; BUF];
     let mut len = stream.read(&mut buf).map_err(io("read"))?;
@@ -101,8 +103,13 @@ fn response_complete(bytes: &[u8]) -> Result<bool, ProbeError> {
         .split(|&b| b == b'\n')
         .find_map(|line| {
             let (name, value) = line.split_at(line.iter().position(|&b| b == b':')?);
-            name.eq_ignore_ascii_case(b"content-length")
-                .then(|| std::str::from_utf8(&value[1..]).ok()?.trim().parse::<usize>().ok())?
+            name.eq_ignore_ascii_case(b"content-length").then(|| {
+                std::str::from_utf8(&value[1..])
+                    .ok()?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })?
         })
         .ok_or(ProbeError::Unexpected)?;
     Ok(bytes.len() >= head_end + 4 + length)
@@ -167,7 +174,10 @@ mod tests {
         let responder = Responder::start(3).unwrap();
         for _ in 0..3 {
             let t = probe(responder.addr, Duration::from_secs(5)).unwrap();
-            assert!(t.connect <= t.first_byte && t.first_byte <= t.total, "{t:?}");
+            assert!(
+                t.connect <= t.first_byte && t.first_byte <= t.total,
+                "{t:?}"
+            );
         }
         responder.join();
     }
@@ -189,8 +199,20 @@ mod tests {
 
     #[test]
     fn a_closed_port_is_an_io_error() {
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let err = probe(addr, Duration::from_secs(1)).unwrap_err();
-        assert!(matches!(err, ProbeError::Io { step: "connect", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ProbeError::Io {
+                    step: "connect",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -322,7 +322,11 @@ impl Tail {
         );
         for p in self.probe_alone.iter().chain(&self.phases) {
             let (c, f, t) = (&p.connect, &p.first_byte, &p.total);
-            let busy = if p.all_busy { "" } else { "  (workers NOT all busy)" };
+            let busy = if p.all_busy {
+                ""
+            } else {
+                "  (workers NOT all busy)"
+            };
             let _ = writeln!(
                 out,
                 "  {:<14} {:>5} {:>4}  {:>7.3} {:>7.3} {:>7.3}  {:>7.3} {:>7.3} {:>7.3}  {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3}  {:>7.1} {:>8.2}{busy}",

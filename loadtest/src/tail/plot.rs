@@ -26,7 +26,9 @@ pub fn write_svg(tail: &Tail, path: &Path) -> Result<(), LoadtestError> {
 fn draw(tail: &Tail, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let phases: Vec<&TailPhase> = tail.probe_alone.iter().chain(&tail.phases).collect();
     let all = phases.iter().flat_map(|p| p.totals_ms.iter().copied());
-    let (lo, hi) = all.fold((f64::INFINITY, 0.0f64), |(lo, hi), ms| (lo.min(ms), hi.max(ms)));
+    let (lo, hi) = all.fold((f64::INFINITY, 0.0f64), |(lo, hi), ms| {
+        (lo.min(ms), hi.max(ms))
+    });
     let (y_lo, y_hi) = (decade(lo.min(0.1), f64::floor), decade(hi * 1.5, f64::ceil));
     let root = SVGBackend::new(path, (360 * phases.len().max(1) as u32, 520)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -35,7 +37,11 @@ fn draw(tail: &Tail, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         tail.probes, tail.spacing_ms
     );
     let root = root.titled(&caption, ("sans-serif", 20))?;
-    for (area, phase) in root.split_evenly((1, phases.len().max(1))).iter().zip(&phases) {
+    for (area, phase) in root
+        .split_evenly((1, phases.len().max(1)))
+        .iter()
+        .zip(&phases)
+    {
         panel(area, phase, (y_lo, y_hi))?;
     }
     root.present()?;
