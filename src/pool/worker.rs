@@ -190,8 +190,9 @@ fn harden(args: &WorkerSettings) -> Result<(), WorkerError> {
     Ok(())
 }
 
-/// Moves this (single-threaded) process to SCHED_IDLE: it runs only on CPU time that no
-/// normal task wants, and a waking normal task preempts it at once instead of at the next tick.
+/// Moves this (single-threaded) process to SCHED_IDLE: the smallest weight, and a normal task
+/// that wakes on its CPU preempts it at once. Not a strict priority: a normal task already
+/// queued can still wait behind it (see [`YieldTimer`]).
 /// Neither rustix nor nix wraps `sched_setscheduler`, so this is the one direct libc call.
 fn set_sched_idle() -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
