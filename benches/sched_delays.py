@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Who held the CPU while a thread waited for it: reads `perf sched script` output (from
-`perf sched record -a`) and, for every wake-up of the chosen threads that took longer than
-`--over` ms to get a CPU, names the tasks that ran on the target CPU meanwhile.
+`perf sched record -a`) and, for every wait of the chosen threads for a CPU (from a wake-up,
+or from being preempted, to running again) longer than `--over` ms, names the tasks that ran
+on that CPU meanwhile.
 
 Usage:
   perf sched record -a -o sched.data -- forkpool-loadtest --spawn --scenarios tail ...
@@ -55,6 +56,14 @@ def main():
             if prev:
                 spans[cpu].append((prev[2], t, prev[0], prev[1]))
             running[cpu] = (f'{s["nc"]}[{s["np"]}]', int(s["nprio"]), t)
+            # A thread switched out while runnable (preempted) waits from now; one that went to
+            # sleep voids any waking seen before (it raced with the thread still running).
+            prv = int(s["pp"])
+            if prv in tids:
+                if s.group(0).split("prev_state=")[1].startswith("R"):
+                    woken[prv] = (t, cpu)
+                else:
+                    woken.pop(prv, None)
             nxt = int(s["np"])
             if nxt in tids and nxt in woken:
                 wt, wcpu = woken.pop(nxt)
@@ -77,7 +86,7 @@ def report(delays, spans, over, blame):
         ms = sorted(d[0] for d in ds)
         pick = lambda p: ms[min(len(ms) - 1, int(p / 100 * len(ms)))]
         big = [d for d in ds if d[0] > over]
-        print(f"tid {tid}: {len(ms)} wake-ups, delay p50 {pick(50):.3f} p99 {pick(99):.3f} max {ms[-1]:.3f} ms, {len(big)} over {over} ms")
+        print(f"tid {tid}: {len(ms)} waits for a CPU, p50 {pick(50):.3f} p99 {pick(99):.3f} max {ms[-1]:.3f} ms, {len(big)} over {over} ms")
         held = defaultdict(float)
         blamed, blamed_ms, longest = 0, 0.0, 0.0
         for _, woke, cpu, ran in big:
