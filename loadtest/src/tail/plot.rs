@@ -1,7 +1,8 @@
 //! `--tail-svg FILE`: the tail scenario's phases side by side, one panel each (the probe
-//! alone, idle, then each number of heavy jobs), every probe's total time in probe order on
-//! the same log scale, with the p99 and the maximum drawn across, so that idle and saturated
-//! tails compare at a glance.
+//! alone, idle, then each number of heavy jobs): every probe's total time, sorted, against its
+//! percentile on a "nines" scale (p90, p99, p99.9 equally spaced, so the tail gets the room),
+//! latency on one log scale for all panels, with the p99 and the maximum drawn across, so that
+//! idle and saturated tails compare at a glance. One path per panel keeps the file small.
 
 use std::path::Path;
 
@@ -33,7 +34,7 @@ fn draw(tail: &Tail, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let root = SVGBackend::new(path, (360 * phases.len().max(1) as u32, 520)).into_drawing_area();
     root.fill(&WHITE)?;
     let caption = format!(
-        "forkpool /testrequest, new connection per probe, {} probes {:.1} ms apart (ms, log scale)",
+        "forkpool /testrequest, new connection per probe, {} probes {:.1} ms apart (ms, log scale; green p99, red max)",
         tail.probes, tail.spacing_ms
     );
     let root = root.titled(&caption, ("sans-serif", 20))?;
@@ -53,7 +54,12 @@ fn panel(
     phase: &TailPhase,
     (y_lo, y_hi): (f64, f64),
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let n = phase.totals_ms.len().max(1) as f64;
+    let mut sorted = phase.totals_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len().max(1) as f64;
+    // Percentile p as nines: -log10(1 - p); the slowest probe sits at p = 1 - 1/(2n).
+    let nines = |i: usize| -(1.0 - (i as f64 + 0.5) / n).log10();
+    let x_hi = nines(sorted.len().saturating_sub(1)).max(1.0) * 1.05;
     let title = format!(
         "{}: p99 {:.2}, max {:.2}",
         phase.label, phase.total.p99, phase.total.max
@@ -63,26 +69,38 @@ fn panel(
         .margin(8)
         .x_label_area_size(30)
         .y_label_area_size(45)
-        .build_cartesian_2d(0f64..n, (y_lo..y_hi).log_scale())?;
+        .build_cartesian_2d(0f64..x_hi, (y_lo..y_hi).log_scale())?;
     chart
         .configure_mesh()
-        .x_desc("probe")
+        .x_desc("percentile")
+        .x_labels(5)
+        .x_label_formatter(
+            &|x| match (x.round() as i32, (x - x.round()).abs() < 0.01) {
+                (_, false) => String::new(),
+                (0, true) => "p0".into(),
+                (k, true) => {
+                    let digits = (k - 2).max(0) as usize;
+                    format!("p{:.digits$}", 100.0 - 100.0 * 10f64.powi(-k))
+                }
+            },
+        )
         .label_style(("sans-serif", 13))
         .y_label_formatter(&|v| format!("{v}"))
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
-    chart.draw_series(
-        phase
-            .totals_ms
-            .iter()
-            .enumerate()
-            .map(|(i, &ms)| Circle::new((i as f64, ms.max(y_lo)), 1, DOTS.mix(0.6).filled())),
-    )?;
+    let curve = sorted
+        .iter()
+        .enumerate()
+        .map(|(i, &ms)| (nines(i), ms.max(y_lo)));
+    chart.draw_series(std::iter::once(PathElement::new(
+        curve.collect::<Vec<_>>(),
+        DOTS.stroke_width(2),
+    )))?;
     for (value, colour) in [(phase.total.p99, P99), (phase.total.max, MAX)] {
         let y = value.max(y_lo);
         chart.draw_series(std::iter::once(PathElement::new(
-            vec![(0.0, y), (n, y)],
-            colour.stroke_width(2),
+            vec![(0.0, y), (x_hi, y)],
+            colour.stroke_width(1),
         )))?;
     }
     Ok(())
