@@ -15,6 +15,10 @@
 //! - `overload` (not run unless asked for): `/isprime` with a client `timeout`, open loop at
 //!   `--overload-rate`, more than the pool serves; served, refused at admission and at
 //!   dispatch, and wasted jobs (started, then killed at their deadline). See `overload`.
+//! - `tail`: the lean probe (raw socket, new connection each, fixed spacing, its own cost
+//!   measured against a responder in this process), idle and with `--tail-jobs` heavy jobs in
+//!   flight: connect / first byte / total percentiles and every thread's run-queue wait. See
+//!   `tail`.
 //! - `ls`: a full /ls of a directory of `--ls-files` files against `ls -lash` run directly, and
 //!   the server's RSS growth meanwhile.
 //! - `upgrade` and `restart` (not run unless asked for; `--spawn` only): `--upgrades` SIGUSR2
@@ -26,7 +30,8 @@
 //! Every probe is made twice, on a new connection and on a kept-alive one. The RSS of the server
 //! and its workers is read from /proc while idle.
 //!
-//! Layout: `client` (hyper connections), `scenarios`, `overload`, `lifecycle` (with `load`, the steady
+//! Layout: `client` (hyper connections), `scenarios`, `overload`, `tail` (the lean probe),
+//! `lifecycle` (with `load`, the steady
 //! mixed load, and `procs`, processes in /proc), `report` (data, JSON and table), `plot` (SVG),
 //! `spawn` (`--spawn`).
 
@@ -40,6 +45,7 @@ mod procs;
 mod report;
 mod scenarios;
 mod spawn;
+mod tail;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -82,7 +88,7 @@ pub struct LoadtestArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "idle,saturated,dispatch,mixed,ls"
+        default_value = "idle,saturated,tail,dispatch,mixed,ls"
     )]
     pub scenarios: Vec<Scenario>,
 
@@ -119,6 +125,22 @@ pub struct LoadtestArgs {
     /// Overload scenario: the `timeout` every request carries.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub overload_timeout: Duration,
+
+    /// Tail scenario: probes in each phase.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub tail_probes: u32,
+
+    /// Tail scenario: time from the start of one probe to the start of the next.
+    #[arg(long, default_value = "2ms", value_parser = parse_duration)]
+    pub tail_spacing: Duration,
+
+    /// Tail scenario: heavy jobs kept in flight in each saturated phase.
+    #[arg(long, value_delimiter = ',', default_value = "4,8")]
+    pub tail_jobs: Vec<usize>,
+
+    /// Also write the tail scenario's phases side by side as SVG.
+    #[arg(long, value_name = "FILE")]
+    pub tail_svg: Option<PathBuf>,
 
     /// Ls scenario: files in the listed directory.
     #[arg(long, default_value_t = 100_000)]
@@ -171,6 +193,7 @@ pub enum Scenario {
     Saturated,
     Dispatch,
     Mixed,
+    Tail,
     Ls,
     Overload,
     Upgrade,
@@ -267,6 +290,9 @@ pub fn run(args: LoadtestArgs) -> Result<(), LoadtestError> {
     if let Some(path) = &args.svg {
         plot::write_svg(&report, path)?;
     }
+    if let (Some(path), Some(tail)) = (&args.tail_svg, &report.tail) {
+        tail::plot::write_svg(tail, path)?;
+    }
     Ok(())
 }
 
@@ -346,6 +372,15 @@ async fn measure(
     }
     if wants(Scenario::Saturated) {
         report.saturated = Some(run.saturated().await);
+    }
+    if wants(Scenario::Tail) {
+        let plan = tail::TailPlan {
+            probes: args.tail_probes as usize,
+            spacing: args.tail_spacing,
+            jobs: args.tail_jobs.clone(),
+            worker_pids,
+        };
+        report.tail = Some(run.tail(&plan).await);
     }
     if wants(Scenario::Dispatch) {
         report.dispatch = Some(run.dispatch().await);
