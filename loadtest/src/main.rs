@@ -31,9 +31,8 @@
 //! and its workers is read from /proc while idle.
 //!
 //! Layout: `client` (hyper connections), `scenarios`, `overload`, `tail` (the lean probe),
-//! `lifecycle` (with `load`, the steady
-//! mixed load, and `procs`, processes in /proc), `report` (data, JSON and table), `plot` (SVG),
-//! `spawn` (`--spawn`).
+//! `lifecycle` (with `load`, the steady mixed load, and `procs`, processes in /proc), `report`
+//! (data, JSON and table), `plot` (SVG), `spawn` (`--spawn`).
 
 mod client;
 mod lifecycle;
