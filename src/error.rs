@@ -98,8 +98,8 @@ error_codes! {
     TimeoutInvalid = ("timeout_invalid", BAD_REQUEST),
     /// Every worker is busy and the queue is full (with `Retry-After`).
     QueueFull = ("queue_full", SERVICE_UNAVAILABLE),
-    /// The queue's expected wait is already longer than the request's `timeout` (with
-    /// `Retry-After`).
+    /// The predicted wait and run are already longer than the request's `timeout`, at
+    /// submission or when a worker would take the job (with `Retry-After`).
     DeadlineUnreachable = ("deadline_unreachable", SERVICE_UNAVAILABLE),
     /// No worker is alive and none could be started lately (with `Retry-After` on jobs).
     WorkersUnavailable = ("workers_unavailable", SERVICE_UNAVAILABLE),

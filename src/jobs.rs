@@ -80,6 +80,13 @@ impl Job for IsPrimeJob {
             false => Weight::Heavy,
         }
     }
+
+    /// The digit count: the test's run time grows with it by orders of magnitude (a 10-digit
+    /// number takes microseconds, one of 3000 digits about a second), so that admission by
+    /// deadline predicts short and long numbers apart.
+    fn cost_hint(&self) -> u64 {
+        self.n.len() as u64
+    }
 }
 
 /// How the server's workers log a job: the pool's tag is the HTTP request id, logged as

@@ -60,8 +60,8 @@
 //!   interval); `pool::cpus` (the CPUs this process may use: affinity mask, cgroup v2
 //!   `cpu.max`, which cap the growth); `pool::dispatch` (that thread); `pool::queue`
 //!   (fair shares, requeueing, refusal while no worker can start);
-//!   `pool::estimate` (the moving average of run times and the expected wait that refuses a
-//!   job whose deadline it already passes);
+//!   `pool::estimate` (run times per cost class and the work each slot holds: the predicted
+//!   wait and run that refuse a job, at submission or at dispatch, whose deadline they pass);
 //!   `pool::health` (the pool as a whole, watched: roll generations and the `Roll` handle,
 //!   failed starts and the crash-loop breaker, `PoolHealth`, the one `Backoff`);
 //!   `pool::lifecycle` (`StartReason`, `Exit`, `WorkerExit`, `JobOutcome`: why workers start,

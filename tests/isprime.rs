@@ -444,6 +444,104 @@ fn a_deadline_the_queue_already_outlasts_is_refused_at_once() {
     drop((running, queued));
 }
 
+/// POSTs a job for `number` with the client deadline `timeout` on a connection of its own and
+/// returns it, unread.
+fn send_with_timeout(server: &Server, number: &str, timeout: &str) -> TcpStream {
+    let body = format!("{{\"number\": \"{number}\", \"timeout\": \"{timeout}\"}}");
+    let json = [("content-type", "application/json")];
+    server.send("POST", "/isprime", &json, body.as_bytes())
+}
+
+/// Reads the whole response from a connection returned by `send_with_timeout` or `send_job`.
+fn read_response(mut stream: TcpStream) -> common::Response {
+    use std::io::Read;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    common::Response::parse(&raw)
+}
+
+#[test]
+fn a_job_that_would_start_too_late_is_refused_at_dispatch_not_killed() {
+    let server = Server::start(&["--workers", "1", "--job-timeout", "60s"]);
+    server.wait_for_workers(1);
+    // 2^23209 - 1 (6987 digits) takes far longer than 3 s in a test build: the first job is
+    // killed at its deadline, which teaches its class a run time of at least 3 s (mean 3 s,
+    // margin 6 s).
+    let number = mersenne(23209);
+    let first = send_with_timeout(&server, &number, "3s");
+    wait_until(Duration::from_secs(10), || {
+        (busy_jobs(&server).len() == 1).then_some(())
+    })
+    .expect("the first job runs");
+    // Nothing is known yet, so the second is admitted; it waits behind the first, whose kill
+    // leaves it less than its 8 s deadline minus the 3 s the first ran: below the margin.
+    let second = send_with_timeout(&server, &number, "8s");
+    wait_until(Duration::from_secs(10), || {
+        (common::status(&server)["queue_depth"] == 1).then_some(())
+    })
+    .expect("the second job waits");
+
+    let (message, code) = read_response(first).assert_error_code(504);
+    assert_eq!(code, "job_timeout", "{message}");
+    let response = read_response(second);
+    let (message, code) = response.assert_error_code(503);
+    assert_eq!(code, "deadline_unreachable", "{message}");
+    assert!(message.contains("was not started"), "{message}");
+    assert!(response.header("retry-after").is_some());
+    let count = |family, outcome| server.outcome_count(family, outcome);
+    assert_eq!(count("forkpool_jobs_total", "rejected_dispatch"), 1);
+    // Only the first job was killed: the second never reached a worker.
+    let metrics = server.get("/metrics").text();
+    assert!(
+        metrics.contains("forkpool_worker_exits_total{reason=\"killed_timeout\"} 1\n"),
+        "{metrics}"
+    );
+    assert_eq!(count("forkpool_jobs_total", "timeout"), 1);
+}
+
+#[test]
+fn a_job_whose_client_hangs_up_while_queued_never_reaches_a_worker() {
+    let server = Server::start(&["--workers", "1", "--job-timeout", "60s"]);
+    server.wait_for_workers(1);
+    let running = server.send_job(&slow_prime());
+    wait_until(Duration::from_secs(10), || {
+        (busy_jobs(&server).len() == 1).then_some(())
+    })
+    .expect("the first job runs");
+    let queued = send_with_timeout(&server, &slow_prime(), "30s");
+    wait_until(Duration::from_secs(10), || {
+        (common::status(&server)["queue_depth"] == 1).then_some(())
+    })
+    .expect("the second job waits");
+    drop(queued);
+    wait_until(Duration::from_secs(10), || {
+        (server.outcome_count("forkpool_jobs_total", "cancelled") == 1).then_some(())
+    })
+    .expect("the hang-up is counted");
+    assert_eq!(common::status(&server)["queue_depth"], 0);
+    // The worker is freed (its client hangs up too: it is killed and replaced). Had the second
+    // job still been queued, the fresh worker would take it now; it goes idle instead.
+    let before = server.worker_pids();
+    drop(running);
+    wait_until(Duration::from_secs(20), || {
+        let row = common::status(&server)["workers"][0].clone();
+        let fresh = row["pid"]
+            .as_u64()
+            .is_some_and(|pid| !before.contains(&(pid as u32)));
+        (fresh && row["state"] == "idle").then_some(())
+    })
+    .expect("a fresh worker goes idle");
+    assert_eq!(common::status(&server)["queue_depth"], 0);
+    // Every job a worker is handed is timed in the queue-wait histogram: only the first was.
+    let metrics = server.get("/metrics").text();
+    let handed = "forkpool_job_queue_wait_seconds_count ";
+    let handed: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(handed))
+        .collect();
+    assert_eq!(handed, ["1"], "{metrics}");
+}
+
 #[test]
 fn a_job_past_its_clients_deadline_is_killed_at_that_deadline() {
     let server = Server::start(&["--workers", "1", "--job-timeout", "1500ms"]);
@@ -468,8 +566,11 @@ fn a_job_past_its_clients_deadline_is_killed_at_that_deadline() {
         // the deadline in force was the one applied is in the message above.
         assert!(elapsed >= deadline, "{timeout}: answered after {elapsed:?}");
     }
-    // A query's `timeout` too, on a server with a long --job-timeout of its own.
-    let response = server.get(&format!("/isprime?number={number}&timeout=300ms"));
+    // A query's `timeout` too, on a server with a long --job-timeout of its own. The number
+    // above is known by now to take more than 300 ms (it would be refused at once: see the test
+    // below); one of fewer digits is not.
+    let shorter = mersenne(9689);
+    let response = server.get(&format!("/isprime?number={shorter}&timeout=300ms"));
     let (message, _) = response.assert_error_code(504);
     assert!(message.contains("300ms"), "{message}");
 }

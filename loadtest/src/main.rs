@@ -12,6 +12,13 @@
 //! - `dispatch`: closed-loop requests/s of `/isprime?number=7` and of `/testrequest`.
 //! - `mixed`: short `/isprime` jobs in a closed loop while one heavy job is always in flight;
 //!   their latency shows whether any waits behind it.
+//! - `overload` (not run unless asked for): `/isprime` with a client `timeout`, open loop at
+//!   `--overload-rate`, more than the pool serves; served, refused at admission and at
+//!   dispatch, and wasted jobs (started, then killed at their deadline). See `overload`.
+//! - `tail`: the lean probe (raw socket, new connection each, fixed spacing, its own cost
+//!   measured against a responder in this process), idle and with `--tail-jobs` heavy jobs in
+//!   flight: connect / first byte / total percentiles and every thread's run-queue wait. See
+//!   `tail`.
 //! - `ls`: a full /ls of a directory of `--ls-files` files against `ls -lash` run directly, and
 //!   the server's RSS growth meanwhile.
 //! - `upgrade` and `restart` (not run unless asked for; `--spawn` only): `--upgrades` SIGUSR2
@@ -23,19 +30,21 @@
 //! Every probe is made twice, on a new connection and on a kept-alive one. The RSS of the server
 //! and its workers is read from /proc while idle.
 //!
-//! Layout: `client` (hyper connections), `scenarios`, `lifecycle` (with `load`, the steady
-//! mixed load, and `procs`, processes in /proc), `report` (data, JSON and table), `plot` (SVG),
-//! `spawn` (`--spawn`).
+//! Layout: `client` (hyper connections), `scenarios`, `overload`, `tail` (the lean probe),
+//! `lifecycle` (with `load`, the steady mixed load, and `procs`, processes in /proc), `report`
+//! (data, JSON and table), `plot` (SVG), `spawn` (`--spawn`).
 
 mod client;
 mod lifecycle;
 mod load;
+mod overload;
 mod plot;
 mod probe;
 mod procs;
 mod report;
 mod scenarios;
 mod spawn;
+mod tail;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -47,6 +56,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use client::Target;
 use forkpool::units::parse_duration;
+use overload::OverloadPlan;
 use report::Report;
 use scenarios::{LifecyclePlan, Plan, Run};
 use spawn::{Install, ServerSetup, SpawnedServer};
@@ -77,7 +87,7 @@ pub struct LoadtestArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "idle,saturated,dispatch,mixed,ls"
+        default_value = "idle,saturated,tail,dispatch,mixed,ls"
     )]
     pub scenarios: Vec<Scenario>,
 
@@ -106,6 +116,30 @@ pub struct LoadtestArgs {
     /// Dispatch and mixed scenarios: requests in flight (one kept-alive connection each).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
+
+    /// Overload scenario: requests per second (half heavy, half light), sent for `--duration`.
+    #[arg(long, default_value_t = 16.0, value_parser = overload_rate)]
+    pub overload_rate: f64,
+
+    /// Overload scenario: the `timeout` every request carries.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub overload_timeout: Duration,
+
+    /// Tail scenario: probes in each phase.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub tail_probes: u32,
+
+    /// Tail scenario: time from the start of one probe to the start of the next.
+    #[arg(long, default_value = "2ms", value_parser = parse_duration)]
+    pub tail_spacing: Duration,
+
+    /// Tail scenario: heavy jobs kept in flight in each saturated phase.
+    #[arg(long, value_delimiter = ',', default_value = "4,8")]
+    pub tail_jobs: Vec<usize>,
+
+    /// Also write the tail scenario's phases side by side as SVG.
+    #[arg(long, value_name = "FILE")]
+    pub tail_svg: Option<PathBuf>,
 
     /// Ls scenario: files in the listed directory.
     #[arg(long, default_value_t = 100_000)]
@@ -158,7 +192,9 @@ pub enum Scenario {
     Saturated,
     Dispatch,
     Mixed,
+    Tail,
     Ls,
+    Overload,
     Upgrade,
     Restart,
 }
@@ -253,6 +289,9 @@ pub fn run(args: LoadtestArgs) -> Result<(), LoadtestError> {
     if let Some(path) = &args.svg {
         plot::write_svg(&report, path)?;
     }
+    if let (Some(path), Some(tail)) = (&args.tail_svg, &report.tail) {
+        tail::plot::write_svg(tail, path)?;
+    }
     Ok(())
 }
 
@@ -333,6 +372,15 @@ async fn measure(
     if wants(Scenario::Saturated) {
         report.saturated = Some(run.saturated().await);
     }
+    if wants(Scenario::Tail) {
+        let plan = tail::TailPlan {
+            probes: args.tail_probes as usize,
+            spacing: args.tail_spacing,
+            jobs: args.tail_jobs.clone(),
+            worker_pids,
+        };
+        report.tail = Some(run.tail(&plan).await);
+    }
     if wants(Scenario::Dispatch) {
         report.dispatch = Some(run.dispatch().await);
     }
@@ -350,6 +398,18 @@ async fn measure(
                 Err(e) => report.errors.push(format!("ls: {e}")),
             },
             Err(e) => report.errors.push(format!("ls: {e}")),
+        }
+    }
+    if wants(Scenario::Overload) {
+        let plan = OverloadPlan {
+            rate: args.overload_rate,
+            duration: args.duration,
+            heavy_exponent: args.heavy_exponent,
+            timeout: args.overload_timeout,
+        };
+        match overload::overload(run.target, &plan, &run.bar).await {
+            Ok(overload) => report.overload = Some(overload),
+            Err(e) => report.errors.push(format!("overload: {e}")),
         }
     }
     run_lifecycle(&mut run, &args.scenarios, &mut report).await;
@@ -382,6 +442,17 @@ fn server_ls_root(status: &serde_json::Value, pid: u32) -> Result<PathBuf, Strin
     }
     std::fs::read_link(format!("/proc/{pid}/cwd"))
         .map_err(|e| format!("cannot find the server's ls root (its working directory): {e}"))
+}
+
+/// `--overload-rate`: requests per second, from 0.1 to 1000 (the scenario sends at most
+/// rate x duration requests, each on a connection of its own).
+fn overload_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if (0.1..=1000.0).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate from 0.1 to 1000 requests per second"
+        )),
+    }
 }
 
 /// A spinner with the current step on stderr; nothing at all when stderr is not a terminal.

@@ -27,10 +27,14 @@ pub struct Report {
     pub dispatch: Option<Dispatch>,
     pub mixed: Option<Mixed>,
     pub ls: Option<Ls>,
+    /// The overload scenario: wasted work under client deadlines.
+    pub overload: Option<super::overload::Overload>,
     /// The upgrade scenario: SIGUSR2 in-place upgrades under load.
     pub upgrade: Option<Lifecycle>,
     /// The restart scenario: restarts on a launcher-held socket under load.
     pub restart: Option<Lifecycle>,
+    /// The tail scenario: the lean probe idle and saturated.
+    pub tail: Option<crate::tail::Tail>,
     pub errors: Vec<String>,
     /// Every /testrequest probe, in order, for the plot.
     pub samples: Vec<Sample>,
@@ -88,13 +92,7 @@ impl Stats {
     pub fn of(times: &[Duration], errors: usize) -> Stats {
         let mut ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1e3).collect();
         ms.sort_by(f64::total_cmp);
-        let rank = |p: f64| -> f64 {
-            if ms.is_empty() {
-                return 0.0;
-            }
-            let index = ((p / 100.0) * ms.len() as f64).ceil() as usize;
-            ms[index.clamp(1, ms.len()) - 1]
-        };
+        let rank = |p: f64| nearest_rank(&ms, p);
         Stats {
             count: ms.len(),
             errors,
@@ -107,6 +105,15 @@ impl Stats {
             },
         }
     }
+}
+
+/// The nearest-rank `p`th percentile of `sorted` (ascending); 0 when empty.
+pub fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[index.clamp(1, sorted.len()) - 1]
 }
 
 #[derive(Debug, Serialize)]
@@ -470,6 +477,12 @@ impl Report {
                 mib(ls.rss_peak_kib),
                 ls.rss_growth_kib
             );
+        }
+        if let Some(overload) = &self.overload {
+            overload.rows(&mut out);
+        }
+        if let Some(tail) = &self.tail {
+            out.push_str(&tail.table());
         }
         for lifecycle in [&self.upgrade, &self.restart].into_iter().flatten() {
             lifecycle_rows(&mut out, lifecycle);

@@ -317,7 +317,7 @@ impl Run {
 
     /// Polls /status until `want` workers are busy; false if the jobs finished first or 10 s
     /// passed (e.g. the heavy number is too small to keep a worker busy).
-    async fn wait_busy(&self, want: usize, remaining: &AtomicUsize) -> bool {
+    pub async fn wait_busy(&self, want: usize, remaining: &AtomicUsize) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline && remaining.load(Ordering::Relaxed) >= want {
             if let Ok(status) = self.target.get_json("/status").await {

@@ -199,6 +199,54 @@ fn lifecycle_scenarios_run_end_to_end() {
 }
 
 #[test]
+fn the_overload_scenario_counts_every_request_once_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("overload.json");
+    let output = Command::new(BIN)
+        .args(["--spawn", "--workers", "1", "--scenarios", "overload"])
+        .args(["--duration", "2s", "--overload-rate", "10"])
+        .args(["--heavy-exponent", "9689", "--overload-timeout", "300ms"])
+        .arg("--json")
+        .arg(&json_path)
+        .output()
+        .expect("run forkpool-loadtest");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("overload: 10 requests/s"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let overload = &json["overload"];
+    let n = |path: &[&str]| {
+        let value = path.iter().fold(overload, |v, key| &v[*key]);
+        value
+            .as_u64()
+            .unwrap_or_else(|| panic!("{path:?}: {overload}"))
+    };
+    let sent = n(&["sent"]);
+    assert!(sent > 0, "{overload}");
+    let answered =
+        ["ok", "refused", "timed_out", "other", "unanswered"].map(|status| n(&["clients", status]));
+    assert_eq!(answered.iter().sum::<u64>(), sent, "{overload}");
+    // What the clients saw is what the server counted: 200 served, 503 refused (at admission,
+    // at dispatch, or for a full queue), 504 killed at the deadline or expired in the queue.
+    assert_eq!(
+        n(&["clients", "ok"]),
+        n(&["server", "served"]),
+        "{overload}"
+    );
+    let refused = ["refused_admission", "refused_dispatch", "refused_full"]
+        .map(|outcome| n(&["server", outcome]));
+    assert_eq!(
+        n(&["clients", "refused"]),
+        refused.iter().sum::<u64>(),
+        "{overload}"
+    );
+    let timed_out = n(&["server", "wasted"]) + n(&["server", "expired_queued"]);
+    assert_eq!(n(&["clients", "timed_out"]), timed_out, "{overload}");
+}
+
+#[test]
 fn a_server_that_cannot_start_is_shown_with_its_command_line_and_its_stderr() {
     let output = Command::new(BIN)
         .args(["--spawn", "--workers", "1", "--scenarios", "idle"])

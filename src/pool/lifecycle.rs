@@ -195,8 +195,12 @@ pub enum JobOutcome {
     Crashed,
     /// The queue was full.
     RejectedFull,
-    /// Refused because the queue's expected wait already passed the submitter's deadline.
+    /// Refused at submission: the predicted wait and run already passed the submitter's own
+    /// deadline.
     RejectedDeadline,
+    /// Refused when a driver would have taken it: less of the submitter's own deadline was
+    /// left than the job's run time. Never started.
+    RejectedDispatch,
     /// Refused, or dropped from the queue, because no worker can be started (the breaker).
     Unavailable,
     /// The driver running it panicked.
@@ -214,6 +218,7 @@ impl JobOutcome {
             JobOutcome::Crashed => "crashed",
             JobOutcome::RejectedFull => "rejected_full",
             JobOutcome::RejectedDeadline => "rejected_deadline",
+            JobOutcome::RejectedDispatch => "rejected_dispatch",
             JobOutcome::Unavailable => "unavailable",
             JobOutcome::DriverPanic => "driver_panic",
         }

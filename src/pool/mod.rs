@@ -13,11 +13,14 @@
 //! - **One deadline covers queue and run.** [`PoolConfig::job_timeout`] starts at
 //!   [`WorkerPool::submit`]: a job still queued at the deadline leaves the queue, a running one
 //!   has its worker killed, and the caller gets [`PoolError::Timeout`] either way.
-//! - **A caller's own deadline, and no job queued to miss it.**
+//! - **A caller's own deadline, and no job started to miss it.**
 //!   [`WorkerPool::submit_with_timeout`] takes the earlier of the caller's timeout and the
-//!   pool's; and when the expected wait (the moving average of recent run times, times the
-//!   jobs queued ahead, over the live workers: [`Wait`]) is already longer, the job is refused
-//!   at once with [`PoolError::WontFinish`] instead of being queued to time out.
+//!   pool's. When the predicted wait plus the job's own run time ([`Wait`]: the work the
+//!   workers hold and the queue holds, over the live workers, and a run-time estimate per
+//!   class of [`Job::cost_hint`]; see the `estimate` module for the model and where it fails)
+//!   is already longer, the job is refused at once with [`PoolError::WontFinish`]; and when a
+//!   driver would take it with less of its deadline left than its run time, it is refused then
+//!   with [`PoolError::TooLate`], never started.
 //! - **Hanging up kills.** Dropping the future returned by `submit` (an HTTP client went away)
 //!   takes the job out of the queue, or kills the worker running it; the slot gets a fresh one.
 //!   An abandoned job never keeps a core busy. A light job already handed to a worker is the
@@ -200,7 +203,7 @@ use tokio::sync::{oneshot, watch, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
 use dispatch::Dispatcher;
-use estimate::RunTimes;
+use estimate::{class_of, Estimator};
 pub use estimate::Wait;
 use health::Life;
 use oom::OomWatch;
@@ -396,16 +399,29 @@ pub enum PoolError<E> {
     /// Refused at submission: the estimated queue wait is already past the job's deadline, so
     /// it would only time out. Nothing ran; worth retrying once the queue has shrunk.
     #[error(
-        "the queue's expected wait, {:?} ({} jobs ahead at {:?} each on average, {} live \
-         workers), is already longer than this job's {timeout:?} deadline; retry later or \
-         allow more time",
-        wait.expected, wait.ahead, wait.mean_run, wait.live
+        "the queue's expected wait, {:?} ({} jobs ahead, {} live workers), plus this job's \
+         expected run time, {:?}, is already longer than its {timeout:?} deadline; retry later \
+         or allow more time",
+        wait.expected, wait.ahead, wait.live, wait.run
     )]
     WontFinish {
         /// The estimate that refused it.
         wait: Wait,
         /// The job's deadline, from submission.
         timeout: Duration,
+    },
+    /// At dispatch: when a worker was free for the job, less of its client's deadline was
+    /// left than its expected run time, so it was not started (never a job started only to be
+    /// killed at its deadline).
+    #[error(
+        "when a worker was free for this job, {left:?} of its deadline was left, less than its \
+         expected run time of {run:?}; it was not started; retry later or allow more time"
+    )]
+    TooLate {
+        /// What was left of the deadline.
+        left: Duration,
+        /// The job's expected run time, with the margin for its class's spread (see [`Wait::run`]).
+        run: Duration,
     },
     /// The pool is closing (or closed): refused at submission, or torn down before the job
     /// was answered. Not worth retrying against this pool.
@@ -484,8 +500,9 @@ struct Inner<J: Job> {
     supervisors: Mutex<Vec<JoinHandle<()>>>,
     dispatcher: Dispatcher,
     metrics: metrics::Metrics,
-    /// The moving average of recent run times, for admission by deadline (see `estimate`).
-    run_times: RunTimes,
+    /// Run times per cost class and the work each slot holds, for admission by deadline (see
+    /// `estimate`).
+    estimate: Estimator,
     /// How many workers the pool runs: its bounds, the effective maximum being its slots.
     size: PoolSize,
     /// Wakes an elastic pool's scaler when a job is queued (see `scale`).
@@ -563,7 +580,7 @@ impl<J: Job> WorkerPool<J> {
             pressure: Notify::new(),
             queue: Mutex::new(Queue::new(config.queue)),
             metrics: metrics::Metrics::new(&config.metrics_prefix),
-            run_times: RunTimes::default(),
+            estimate: Estimator::new(config.workers),
             config,
             spec,
             job_ready: Notify::new(),
@@ -604,32 +621,36 @@ impl<J: Job> WorkerPool<J> {
     /// [`submit`](Self::submit) for a caller with a deadline of its own, `timeout` from now:
     /// the job's deadline is the earlier of it and [`PoolConfig::job_timeout`] (a job past it
     /// is taken out of the queue or has its worker killed, and fails with
-    /// [`PoolError::Timeout`] naming it). When the queue's expected wait (see [`Wait`]) is
-    /// already longer than that deadline, the job is not queued at all: it fails at once with
-    /// [`PoolError::WontFinish`], so that no worker starts a job that cannot finish in time.
+    /// [`PoolError::Timeout`] naming it). When the predicted wait plus the job's own run time
+    /// (see [`Wait`], and [`Job::cost_hint`]) is already longer than that deadline, the job is
+    /// not queued at all: it fails at once with [`PoolError::WontFinish`]. When a driver would
+    /// take it with less of the deadline left than its run time, it fails then with
+    /// [`PoolError::TooLate`]. So no worker starts a job that is predicted not to finish in
+    /// time (a prediction can be wrong: the `estimate` module says where).
     pub async fn submit_with_timeout(&self, job: J, tag: &str, timeout: Duration) -> Answer<J> {
         let timeout = timeout.min(self.inner().config.job_timeout);
         self.run(job, tag, timeout, true).await
     }
 
-    /// The expected wait of a job submitted now, if there is an estimate (a job has finished
-    /// and a worker is live).
-    pub fn expected_wait(&self) -> Option<Wait> {
+    /// The prediction for `job` if it were submitted now, if there is one (a job has run and a
+    /// worker is live).
+    pub fn expected_wait(&self, job: &J) -> Option<Wait> {
         let inner = self.inner();
         let serving = inner.life.borrow().serving();
-        let ahead = inner.queue.lock().unwrap().len();
-        estimate::expected_wait(inner.run_times.mean()?, ahead, serving)
+        let queue = inner.queue.lock().unwrap();
+        inner.predict(&queue, class_of(job.cost_hint()), serving)
     }
 
-    /// Queues `job` with a deadline `timeout` from now (refused by the estimate first when
-    /// `admit` is set) and waits for its answer.
+    /// Queues `job` with a deadline `timeout` from now (refused by the prediction first, and
+    /// checked again at dispatch, when `admit` is set) and waits for its answer.
     async fn run(&self, job: J, tag: &str, timeout: Duration, admit: bool) -> Answer<J> {
         let inner = self.inner();
         let now = Instant::now();
         let deadline = now + timeout;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
-        inner.enqueue(Pending {
+        let class = class_of(job.cost_hint());
+        let pending = Pending {
             id,
             tag: tag.to_owned(),
             weight: job.weight(),
@@ -638,7 +659,11 @@ impl<J: Job> WorkerPool<J> {
             enqueued: now,
             reply,
             alone: false,
-        }, admit.then_some(timeout))?;
+            class,
+            expected: inner.estimate.expected_run(class),
+            admit,
+        };
+        inner.enqueue(pending, timeout)?;
         if inner.size.elastic() {
             inner.pressure.notify_one();
         }

@@ -58,6 +58,18 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     fn weight(&self) -> Weight {
         Weight::Heavy
     }
+
+    /// A number that grows with this job's run time, as far as the submitter can tell before
+    /// it runs: its input's size (digits, bytes, items). The pool predicts run times per class
+    /// of hints (one class per half power of two) for admission by deadline
+    /// ([`WorkerPool::submit_with_timeout`](super::WorkerPool::submit_with_timeout)), so that
+    /// jobs whose hints are orders of magnitude apart are predicted apart. The default, 0, puts
+    /// every job of the type in one class: right when they all take about as long. Asked once
+    /// per job, in `submit`; a hint that does not grow with the run time only makes the
+    /// prediction worse (see the `estimate` module's failure modes), never a job fail.
+    fn cost_hint(&self) -> u64 {
+        0
+    }
 }
 
 /// A job's cost hint ([`Job::weight`]), which decides whether it may queue inside a worker.

@@ -1,5 +1,9 @@
 //! The bounded FIFO queue in front of the drivers, and how a job leaves it early: its
-//! submitter went away or its deadline passed (both seen by the dropped reply channel).
+//! submitter went away or its deadline passed (both seen by the dropped reply channel), or, for
+//! a submitter with a deadline of its own, too little of it is left for the job's run time
+//! when a driver would take it (refused then, see `estimate`, rather than started to be
+//! killed). A job taken by a driver has been checked for all three at that moment, so no job
+//! whose submitter has gone is ever started.
 //!
 //! The queue is a `VecDeque` behind a mutex, held only for a push or a pop: a driver wakes on
 //! [`Notify`](tokio::sync::Notify) and takes the front job itself, together with the light jobs
@@ -12,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::estimate::expected_wait;
+use super::estimate::{RunTime, Sample, Wait};
 use super::lifecycle::JobOutcome;
 use super::protocol::Weight;
 use super::{Answer, Inner, Job, PoolError};
@@ -36,6 +40,17 @@ pub(super) struct Pending<J: Job> {
     /// Sent to a worker that died while it held several jobs: which one crashed it is
     /// unknown, so this one runs alone from now on, and a crash then is its own.
     pub(super) alone: bool,
+    /// Its cost class ([`Job::cost_hint`], asked once in `submit`, see `estimate`).
+    pub(super) class: usize,
+    /// Its class's mean run time when it was queued: what it adds to the queue's work while
+    /// it waits, and to its slot's once taken.
+    pub(super) expected: Duration,
+    /// Submitted with a deadline of its own ([`WorkerPool::submit_with_timeout`]): refused
+    /// rather than queued, or taken, to miss it. Without one, the pool's deadline applies as
+    /// it always did: 504 at the deadline.
+    ///
+    /// [`WorkerPool::submit_with_timeout`]: super::WorkerPool::submit_with_timeout
+    pub(super) admit: bool,
 }
 
 impl<J: Job> Pending<J> {
@@ -46,8 +61,11 @@ impl<J: Job> Pending<J> {
 }
 
 pub(super) struct Queue<J: Job> {
-    /// Oldest first.
+    /// Oldest first. Changed only through `push_back`, `push_front`, `pop_front`, `remove` and
+    /// the drain in `set_unavailable`, which keep `work` its sum.
     jobs: VecDeque<Pending<J>>,
+    /// The expected run times of the queued jobs ([`Pending::expected`]), summed.
+    work: Duration,
     /// Most jobs waiting at once.
     capacity: usize,
     /// Set at shutdown: no new jobs; drivers finish what is queued, then retire.
@@ -61,6 +79,7 @@ impl<J: Job> Queue<J> {
     pub(super) fn new(capacity: usize) -> Queue<J> {
         Queue {
             jobs: VecDeque::with_capacity(capacity),
+            work: Duration::ZERO,
             capacity,
             closed: false,
             unavailable: None,
@@ -69,6 +88,35 @@ impl<J: Job> Queue<J> {
 
     pub(super) fn len(&self) -> usize {
         self.jobs.len()
+    }
+
+    /// The expected run times of the queued jobs, summed.
+    pub(super) fn work(&self) -> Duration {
+        self.work
+    }
+
+    fn push_back(&mut self, job: Pending<J>) {
+        self.work = self.work.saturating_add(job.expected);
+        self.jobs.push_back(job);
+    }
+
+    fn push_front(&mut self, job: Pending<J>) {
+        self.work = self.work.saturating_add(job.expected);
+        self.jobs.push_front(job);
+    }
+
+    fn pop_front(&mut self) -> Option<Pending<J>> {
+        let job = self.jobs.pop_front()?;
+        self.work = self.work.saturating_sub(job.expected);
+        Some(job)
+    }
+
+    /// Takes out the job numbered `id`, if it is queued.
+    fn remove(&mut self, id: u64) -> Option<Pending<J>> {
+        let pos = self.jobs.iter().position(|p| p.id == id)?;
+        let job = self.jobs.remove(pos)?;
+        self.work = self.work.saturating_sub(job.expected);
+        Some(job)
     }
 
     pub(super) fn close(&mut self) {
@@ -87,7 +135,10 @@ impl<J: Job> Queue<J> {
         let refusing = why.is_some();
         self.unavailable = why;
         match refusing {
-            true => self.jobs.drain(..).collect(),
+            true => {
+                self.work = Duration::ZERO;
+                self.jobs.drain(..).collect()
+            }
             false => Vec::new(),
         }
     }
@@ -99,16 +150,16 @@ impl<J: Job> Queue<J> {
 }
 
 impl<J: Job> Inner<J> {
-    /// Queues a job, or says why not (closed, no worker can start, full, or, with `admit_within`,
-    /// the expected wait already past that: see `estimate`), and wakes one idle driver.
+    /// Queues a job, or says why not (closed, no worker can start, full, or, for a job with a
+    /// deadline of its own, `timeout`, the predicted wait and run already past it: see
+    /// `estimate`), and wakes one idle driver.
     pub(super) fn enqueue(
         &self,
-        job: Pending<J>,
-        admit_within: Option<Duration>,
+        mut job: Pending<J>,
+        timeout: Duration,
     ) -> Result<(), PoolError<J::Error>> {
         // Read before the queue's lock, which nothing holds while it changes the pool's life.
         let live = self.life.borrow().serving();
-        let mean_run = self.run_times.mean();
         {
             let mut queue = self.queue.lock().unwrap();
             if queue.closed {
@@ -125,17 +176,39 @@ impl<J: Job> Inner<J> {
                 self.metrics.job(JobOutcome::RejectedFull);
                 return Err(PoolError::QueueFull(queue.jobs.len()));
             }
-            let wait = mean_run.and_then(|mean| expected_wait(mean, queue.jobs.len(), live));
-            if let (Some(wait), Some(timeout)) = (wait, admit_within) {
-                if wait.expected > timeout {
+            // Only a job with a deadline of its own is predicted (under the lock: the queue's
+            // work is read there).
+            let wait = job.admit.then(|| self.predict(&queue, job.class, live)).flatten();
+            if let Some(wait) = wait.filter(|w| w.total() > timeout) {
+                // Refused by its own run time alone, it is its class's estimate that may be out
+                // of date; a queue that is too long refreshes it by running.
+                let probe = wait.run > timeout && self.probe(&mut job);
+                if !probe {
                     self.metrics.job(JobOutcome::RejectedDeadline);
                     return Err(PoolError::WontFinish { wait, timeout });
                 }
             }
-            queue.jobs.push_back(job);
+            queue.push_back(job);
         }
         self.job_ready.notify_one();
         Ok(())
+    }
+
+    /// Whether `job`, which the prediction refuses, runs anyway as its class's probe (see
+    /// `estimate`); if so it is checked no more, and keeps only its deadline.
+    fn probe(&self, job: &mut Pending<J>) -> bool {
+        if !self.estimate.probe(job.class) {
+            return false;
+        }
+        tracing::info!(job = job.id, tag = %job.tag, class = job.class,
+            "no run of this job's size for a while: it runs against the prediction, to refresh it");
+        job.admit = false;
+        true
+    }
+
+    /// The prediction for a job of `class` queued now behind everything in `queue`.
+    pub(super) fn predict(&self, queue: &Queue<J>, class: usize, live: usize) -> Option<Wait> {
+        self.estimate.wait(class, queue.work(), queue.len(), live)
     }
 
     /// Waits for work: the next live job and, when it is light, the light jobs right behind
@@ -149,10 +222,10 @@ impl<J: Job> Inner<J> {
             notified.as_mut().enable();
             {
                 let mut queue = self.queue.lock().unwrap();
-                while let Some(job) = queue.jobs.pop_front() {
-                    if self.abandoned(&job) {
+                while let Some(job) = queue.pop_front() {
+                    let Some(job) = self.take(job) else {
                         continue;
-                    }
+                    };
                     let light = job.travels_light();
                     let mut batch = vec![job];
                     if light {
@@ -188,21 +261,34 @@ impl<J: Job> Inner<J> {
                 Some(next) if next.travels_light() => {}
                 _ => return,
             }
-            let job = queue.jobs.pop_front().expect("the front was just seen");
-            if !self.abandoned(&job) {
-                batch.push(job);
-            }
+            let job = queue.pop_front().expect("the front was just seen");
+            batch.extend(self.take(job));
         }
     }
 
-    /// Whether the job's submitter has stopped waiting; such a job is counted here, once.
-    fn abandoned(&self, job: &Pending<J>) -> bool {
-        if !job.reply.is_closed() {
-            return false;
+    /// The job, if a driver may start it now: `None` when its submitter has stopped waiting
+    /// (counted here, once), or when it has a deadline of its own with less left than its run
+    /// time (answered [`PoolError::TooLate`] and counted).
+    fn take(&self, mut job: Pending<J>) -> Option<Pending<J>> {
+        let now = Instant::now();
+        if job.reply.is_closed() {
+            self.metrics.job(JobOutcome::abandoned(now >= job.deadline));
+            return None;
         }
-        let past = Instant::now() >= job.deadline;
-        self.metrics.job(JobOutcome::abandoned(past));
-        true
+        if !job.admit {
+            return Some(job);
+        }
+        let run = self.estimate.run_time(job.class).map(RunTime::with_margin);
+        let left = job.deadline.saturating_duration_since(now);
+        match run.filter(|&run| left < run) {
+            Some(_) if self.probe(&mut job) => Some(job),
+            Some(run) => {
+                self.metrics.job(JobOutcome::RejectedDispatch);
+                let _ = job.reply.send(Err(PoolError::TooLate { left, run }));
+                None
+            }
+            None => Some(job),
+        }
     }
 
     /// Puts jobs back at the front of the queue, in their order: they were sent ahead to a
@@ -212,10 +298,36 @@ impl<J: Job> Inner<J> {
         {
             let mut queue = self.queue.lock().unwrap();
             for job in jobs.rev() {
-                queue.jobs.push_front(job);
+                queue.push_front(job);
             }
         }
         self.job_ready.notify_waiters();
+    }
+}
+
+impl<J: Job> Inner<J> {
+    /// Slot `slot` is done with `job`: what its run says about its class's run time is
+    /// recorded, and the slot holds `running` now.
+    pub(super) fn ran(
+        &self,
+        slot: usize,
+        job: &Pending<J>,
+        sample: Option<Sample>,
+        running: &VecDeque<Pending<J>>,
+    ) {
+        if let Some(sample) = sample {
+            self.estimate.record(job.class, sample);
+        }
+        self.hold(slot, running);
+    }
+
+    /// Slot `slot` holds `running` (its running job first), expected to take their expected
+    /// run times, summed, from now.
+    pub(super) fn hold(&self, slot: usize, running: &VecDeque<Pending<J>>) {
+        let work = running
+            .iter()
+            .fold(Duration::ZERO, |sum, job| sum.saturating_add(job.expected));
+        self.estimate.holds(slot, work);
     }
 }
 
@@ -244,8 +356,7 @@ impl<'a, J: Job> Unqueue<'a, J> {
     pub(super) fn remove_if_queued(&mut self, outcome: JobOutcome) {
         self.armed = false;
         let mut queue = self.inner.queue.lock().unwrap();
-        if let Some(pos) = queue.jobs.iter().position(|p| p.id == self.id) {
-            queue.jobs.remove(pos);
+        if queue.remove(self.id).is_some() {
             self.inner.metrics.job(outcome);
         }
     }

@@ -10,7 +10,12 @@
 //!   A failed allocation then ends the worker with [`EXIT_OUT_OF_MEMORY`] (see
 //!   [`ExitOnOutOfMemory`]), so that the submitter's error says "ran out of memory".
 //! - A nice value, and SCHED_IDLE when asked ([`SchedClass::Idle`]), so that the parent's
-//!   front end wins the CPU when both want it.
+//!   front end wins the CPU when both want it. Under SCHED_IDLE the worker also yields the CPU
+//!   every [`YIELD_EVERY`] while it runs a heavy job ([`YieldTimer`]): the kernel's EEVDF scheduler
+//!   gives SCHED_IDLE a tiny weight, not a strict priority, so it can pick the worker over a
+//!   normal thread that is already queued on that CPU (one whose lag is negative), and nothing
+//!   then preempts the worker before the next scheduler tick (4 ms at HZ=250): the saturated
+//!   worst case of the front end was that tick (README, Performance).
 //!
 //! The parent-pid check compares with the pid the parent passed, not with the thread: the
 //! death signal fires when the parent's *thread* that spawned us exits, which is why the pool
@@ -25,13 +30,13 @@ use std::fmt::Display;
 use std::io::{BufRead, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Resource, Rlimit, Signal};
 
 use super::protocol::{
-    decode, encode, encode_into, Hello, HelloLine, Job, Outcome, Reply, Request, EXIT_OUT_OF_MEMORY,
-    PROTOCOL_VERSION,
+    decode, encode, encode_into, Hello, HelloLine, Job, Outcome, Reply, Request, Weight,
+    EXIT_OUT_OF_MEMORY, PROTOCOL_VERSION,
 };
 
 /// The scheduling class a worker runs in.
@@ -208,8 +213,9 @@ fn harden(args: &WorkerSettings) -> Result<(), WorkerError> {
     Ok(())
 }
 
-/// Moves this (single-threaded) process to SCHED_IDLE: it runs only on CPU time that no
-/// normal task wants, and a waking normal task preempts it at once instead of at the next tick.
+/// Moves this (single-threaded) process to SCHED_IDLE: the smallest weight, and a normal task
+/// that wakes on its CPU preempts it at once. Not a strict priority: a normal task already
+/// queued can still wait behind it (see [`YieldTimer`]).
 /// Neither rustix nor nix wraps `sched_setscheduler`, so this is the one direct libc call.
 fn set_sched_idle() -> std::io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
@@ -221,10 +227,79 @@ fn set_sched_idle() -> std::io::Result<()> {
     }
 }
 
+/// How often a SCHED_IDLE worker with jobs to run gives the scheduler a chance to pick a
+/// waiting normal thread. Short against the tick (4 ms) and the front end's idle worst case
+/// (about 1 ms); long against the cost of a signal and a `sched_yield` (about 2 µs: under 1%
+/// of a job's time).
+pub const YIELD_EVERY: Duration = Duration::from_micros(250);
+
+/// A `SIGALRM` every [`YIELD_EVERY`] (an `ITIMER_REAL` timer, so high-resolution) whose
+/// handler calls `sched_yield`; armed only while the worker has a heavy job (light ones take
+/// microseconds), so an idle worker is never woken. The handler is installed with `SA_RESTART`: the worker's reads and writes
+/// resume after it. A job that itself waits on a syscall without `SA_RESTART` semantics
+/// (`nanosleep`, `poll`) would see `EINTR`; the server's jobs compute only.
+struct YieldTimer {
+    armed: bool,
+}
+
+impl YieldTimer {
+    /// Installs the handler; the timer starts disarmed.
+    fn install() -> std::io::Result<YieldTimer> {
+        extern "C" fn on_alarm(_: libc::c_int) {
+            // SAFETY: `sched_yield` has no preconditions and is async-signal-safe.
+            unsafe { libc::sched_yield() };
+        }
+        // SAFETY: an all-zero `sigaction` is a valid value (empty mask, no flags) that the
+        // fields below complete; the handler is an `extern "C" fn(c_int)` that only makes an
+        // async-signal-safe call.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = on_alarm as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        // SAFETY: `action` is initialised and outlives the call; the old action is not wanted.
+        match unsafe { libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut()) } {
+            0 => Ok(YieldTimer { armed: false }),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+
+    /// Starts (`true`) or stops the periodic alarm, unless it already is in that state.
+    fn set(&mut self, on: bool) -> std::io::Result<()> {
+        if self.armed == on {
+            return Ok(());
+        }
+        let every = match on {
+            true => libc::timeval {
+                tv_sec: 0,
+                tv_usec: YIELD_EVERY.as_micros() as libc::suseconds_t,
+            },
+            false => libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            },
+        };
+        let timer = libc::itimerval {
+            it_interval: every,
+            it_value: every,
+        };
+        // SAFETY: `timer` is initialised and outlives the call; the old value is not wanted.
+        match unsafe { libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut()) } {
+            0 => {
+                self.armed = on;
+                Ok(())
+            }
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+}
+
 /// The worker's main loop for job type `J`: harden, hello, then one reply per job line until
 /// EOF on stdin (a clean exit: the pool retired this worker).
 pub fn run<J: Job>(settings: &WorkerSettings, log: &dyn JobLog) -> Result<(), WorkerError> {
     harden(settings)?;
+    let mut yields = match settings.sched {
+        SchedClass::Idle => Some(YieldTimer::install().map_err(WorkerError::SchedIdle)?),
+        SchedClass::Other => None,
+    };
     // Our own buffer on stdin rather than `Stdin`'s, whose fill level is not public: answers
     // are written when it is empty (see `protocol`).
     let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
@@ -234,7 +309,19 @@ pub fn run<J: Job>(settings: &WorkerSettings, log: &dyn JobLog) -> Result<(), Wo
     let mut output = stdout.lock();
     say_hello::<J>(&mut output)?;
     let mut line = Vec::new();
-    while let Some(request) = read_request::<J>(&mut input, &mut line, settings.max_line)? {
+    loop {
+        // About to block for more jobs: no alarms while there is nothing to yield.
+        if let (Some(timer), true) = (&mut yields, input.buffer().is_empty()) {
+            timer.set(false)?;
+        }
+        let Some(request) = read_request::<J>(&mut input, &mut line, settings.max_line)? else {
+            break;
+        };
+        // Light jobs take microseconds: arming for them would only add two system calls to
+        // each batch (measured: +50% of a worker's calls per request on /isprime?number=7).
+        if let (Some(timer), Weight::Heavy) = (&mut yields, request.job.weight()) {
+            timer.set(true)?;
+        }
         let started = Instant::now();
         let result = request.job.run();
         let ms = started.elapsed().as_secs_f64() * 1e3;
@@ -301,4 +388,32 @@ fn read_request<J: Job>(
     decode(line)
         .map(Some)
         .map_err(|e| WorkerError::BadLine(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interval_us() -> i64 {
+        // SAFETY: an all-zero `itimerval` is valid; `getitimer` fills it.
+        let mut timer: libc::itimerval = unsafe { std::mem::zeroed() };
+        // SAFETY: `timer` is a valid, writable `itimerval` that outlives the call.
+        assert_eq!(unsafe { libc::getitimer(libc::ITIMER_REAL, &mut timer) }, 0);
+        timer.it_interval.tv_sec * 1_000_000 + timer.it_interval.tv_usec
+    }
+
+    #[test]
+    fn the_yield_timer_runs_only_while_armed_and_its_alarms_are_harmless() {
+        let mut timer = YieldTimer::install().unwrap();
+        assert_eq!(interval_us(), 0, "installed disarmed");
+        timer.set(true).unwrap();
+        assert_eq!(interval_us(), YIELD_EVERY.as_micros() as i64);
+        // Work through a few dozen alarms: without the handler SIGALRM ends the process.
+        let started = Instant::now();
+        while started.elapsed() < 40 * YIELD_EVERY {
+            std::hint::spin_loop();
+        }
+        timer.set(false).unwrap();
+        assert_eq!(interval_us(), 0, "disarmed");
+    }
 }

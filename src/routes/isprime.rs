@@ -85,7 +85,9 @@ impl<E: std::fmt::Display> HttpError for PoolError<E> {
     fn code(&self) -> ErrorCode {
         match self {
             PoolError::QueueFull(_) => ErrorCode::QueueFull,
-            PoolError::WontFinish { .. } => ErrorCode::DeadlineUnreachable,
+            PoolError::WontFinish { .. } | PoolError::TooLate { .. } => {
+                ErrorCode::DeadlineUnreachable
+            }
             PoolError::ShuttingDown => ErrorCode::ShuttingDown,
             PoolError::Unavailable { .. } => ErrorCode::WorkersUnavailable,
             PoolError::Timeout(_) => ErrorCode::JobTimeout,
@@ -97,19 +99,25 @@ impl<E: std::fmt::Display> HttpError for PoolError<E> {
     }
 
     /// A full queue is worth retrying shortly, a pool with no worker a little later, a job
-    /// that would wait past its deadline once the wait has shrunk by the difference; a server
-    /// shutting down is not.
+    /// that would miss its deadline once the wait has shrunk by the difference (at submission,
+    /// or at dispatch); a server shutting down is not.
     fn retry_after(&self) -> Option<Duration> {
         match self {
             PoolError::QueueFull(_) => Some(RETRY_WHEN_BUSY),
             PoolError::WontFinish { wait, timeout } => {
-                let over = wait.expected.saturating_sub(*timeout).as_secs_f64();
-                Some(Duration::from_secs(over.ceil() as u64))
+                Some(whole_seconds(wait.total().saturating_sub(*timeout)))
             }
+            PoolError::TooLate { left, run } => Some(whole_seconds(run.saturating_sub(*left))),
             PoolError::Unavailable { .. } => Some(RETRY_WHEN_NO_WORKER),
             _ => None,
         }
     }
+}
+
+/// `excess` rounded up to whole seconds, at least one: the `Retry-After` of a deadline that
+/// cannot be met.
+fn whole_seconds(excess: Duration) -> Duration {
+    Duration::from_secs((excess.as_secs_f64().ceil() as u64).max(1))
 }
 
 /// `GET /isprime?number=N`

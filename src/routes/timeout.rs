@@ -1,7 +1,7 @@
 //! `/isprime`'s `timeout`: the client's own deadline for its job, as a query parameter (GET) or
 //! a JSON field (POST), in the flags' duration syntax (`200ms`, `2s`, `1m30s`; see
-//! `crate::units`). The pool caps it at `--job-timeout` and refuses at once a job whose wait
-//! alone would outlast it (`deadline_unreachable`).
+//! `crate::units`). The pool caps it at `--job-timeout` and refuses a job whose predicted wait
+//! and run would outlast it, at once or when a worker would take it (`deadline_unreachable`).
 
 use std::time::Duration;
 

@@ -16,10 +16,11 @@
 //! dies holding several: none fails, each runs again alone). A worker with no job that writes
 //! or closes its stdout is lost the same way (`on_idle_output`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 
+use super::super::estimate::Sample;
 use super::super::inspect::rss_bytes;
 use super::super::lifecycle::{JobOutcome, WorkerExit};
 use super::super::process::WorkerProcess;
@@ -39,6 +40,18 @@ enum RunEnd<J: Job> {
     /// The worker's pipes closed: it died.
     Died,
     Protocol(ProtocolError),
+}
+
+impl<J: Job> RunEnd<J> {
+    /// What the run says about the job's run time (see `estimate`); nothing after a crash or a
+    /// hang-up.
+    fn sample(&self, run: Duration) -> Option<Sample> {
+        match self {
+            RunEnd::Replied(_) => Some(Sample::Finished(run)),
+            RunEnd::Deadline => Some(Sample::AtLeast(run)),
+            RunEnd::Cancelled | RunEnd::Died | RunEnd::Protocol(_) => None,
+        }
+    }
 }
 
 /// What a finished run leaves behind.
@@ -75,7 +88,7 @@ impl<J: Job> Driver<J> {
             let job = self.running.pop_front().expect("the running job is the front one");
             let now = Instant::now();
             self.pool.metrics.run_time.record((now - started).as_secs_f64());
-            self.pool.run_times.record(now - started);
+            self.pool.ran(self.slot, &job, end.sample(now - started), &self.running);
             started = now;
             if let Some(exit) = self.answer(&mut t.worker, end, job).await {
                 self.requeue_sent_ahead(false);
@@ -153,6 +166,7 @@ impl<J: Job> Driver<J> {
             encode_into((&mut *outbox).writer(), &request);
             self.running.push_back(job);
         }
+        self.pool.hold(self.slot, &self.running);
     }
 
     /// Sends queued light jobs after the light ones the worker has, up to `max_batch` in all,

@@ -1,0 +1,202 @@
+//! Where the CPU went during a phase: for every thread of the server, its workers and this
+//! program, the run time, the run-queue wait and the number of times it ran, from
+//! `/proc/PID/task/TID/schedstat` read before and after; with its name (`comm`), scheduling
+//! class and nice value (`stat`) and the CPUs it may run on (`status`).
+//!
+//! The waits are counts kept by the kernel, so they hold on a noisy machine where the tail
+//! latencies do not. Failure modes: a thread that ended during the phase is left out; one
+//! that started counts from zero; a kernel without schedstats (`CONFIG_SCHEDSTATS` off leaves
+//! the file absent) gives no rows.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+/// Which process a thread belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Owner {
+    /// The forkpool server.
+    Server,
+    /// One of its worker processes.
+    Worker,
+    /// This load tester (its probe thread among them).
+    Loadtest,
+}
+
+/// One thread's counters at one moment.
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    run_ns: u64,
+    wait_ns: u64,
+    slices: u64,
+}
+
+/// What one thread did during a phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadWait {
+    /// Its process.
+    pub owner: Owner,
+    /// Process id.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// The thread's name (`/proc/.../comm`).
+    pub name: String,
+    /// Scheduling class: `other`, `fifo`, `rr`, `batch`, `idle` or `deadline`.
+    pub class: &'static str,
+    /// Nice value.
+    pub nice: i32,
+    /// CPUs it may run on (`Cpus_allowed_list`).
+    pub cpus: String,
+    /// CPU time during the phase.
+    pub run_ms: f64,
+    /// Time runnable but waiting for a CPU during the phase.
+    pub wait_ms: f64,
+    /// Times it was put on a CPU during the phase.
+    pub slices: u64,
+}
+
+/// The counters of every thread of the given processes, taken at the start of a phase.
+pub struct Snapshot {
+    threads: HashMap<u32, Counters>,
+    procs: Vec<(Owner, u32)>,
+}
+
+impl Snapshot {
+    /// Reads the counters of every thread of `procs` now.
+    pub fn take(procs: &[(Owner, u32)]) -> Snapshot {
+        let threads = procs
+            .iter()
+            .flat_map(|&(_, pid)| tids(pid).into_iter().map(move |tid| (pid, tid)))
+            .filter_map(|(pid, tid)| Some((tid, counters(pid, tid)?)))
+            .collect();
+        Snapshot {
+            threads,
+            procs: procs.to_vec(),
+        }
+    }
+
+    /// What each thread did since [`Snapshot::take`], busiest waiters first.
+    pub fn since(&self) -> Vec<ThreadWait> {
+        let mut rows: Vec<ThreadWait> = self
+            .procs
+            .iter()
+            .flat_map(|&(owner, pid)| tids(pid).into_iter().map(move |tid| (owner, pid, tid)))
+            .filter_map(|(owner, pid, tid)| self.row(owner, pid, tid))
+            .collect();
+        rows.sort_by(|a, b| b.wait_ms.total_cmp(&a.wait_ms));
+        rows
+    }
+
+    fn row(&self, owner: Owner, pid: u32, tid: u32) -> Option<ThreadWait> {
+        let now = counters(pid, tid)?;
+        let zero = Counters {
+            run_ns: 0,
+            wait_ns: 0,
+            slices: 0,
+        };
+        let before = self.threads.get(&tid).copied().unwrap_or(zero);
+        let (class, nice) = class_and_nice(pid, tid)?;
+        let task = format!("/proc/{pid}/task/{tid}");
+        Some(ThreadWait {
+            owner,
+            pid,
+            tid,
+            name: std::fs::read_to_string(format!("{task}/comm"))
+                .ok()?
+                .trim()
+                .to_owned(),
+            class,
+            nice,
+            cpus: cpus_allowed(&task).unwrap_or_default(),
+            run_ms: now.run_ns.saturating_sub(before.run_ns) as f64 / 1e6,
+            wait_ms: now.wait_ns.saturating_sub(before.wait_ns) as f64 / 1e6,
+            slices: now.slices.saturating_sub(before.slices),
+        })
+    }
+}
+
+/// The thread ids of `pid` (none if it is gone).
+fn tids(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn counters(pid: u32, tid: u32) -> Option<Counters> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<u64>().ok());
+    Some(Counters {
+        run_ns: fields.next()??,
+        wait_ns: fields.next()??,
+        slices: fields.next()??,
+    })
+}
+
+/// Class and nice from `stat` (fields 41 and 19, counted after the parenthesised name, which
+/// may itself hold spaces).
+fn class_and_nice(pid: u32, tid: u32) -> Option<(&'static str, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let rest: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    // `rest[0]` is field 3 (state).
+    let nice = rest.get(19 - 3)?.parse().ok()?;
+    let class = match rest.get(41 - 3)?.parse::<u32>().ok()? {
+        0 => "other",
+        1 => "fifo",
+        2 => "rr",
+        3 => "batch",
+        5 => "idle",
+        6 => "deadline",
+        _ => "?",
+    };
+    Some((class, nice))
+}
+
+fn cpus_allowed(task: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("{task}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(|v| v.trim().to_owned())
+}
+
+/// This thread's run-queue wait so far, from `/proc/thread-self/schedstat`.
+pub fn own_wait_ns() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sees_this_process_threads_and_their_cpu_time() {
+        let me = std::process::id();
+        let snapshot = Snapshot::take(&[(Owner::Loadtest, me)]);
+        let (spun, done) = std::sync::mpsc::channel();
+        let spin = std::thread::Builder::new()
+            .name("spinner".into())
+            .spawn(move || {
+                // Spins until it has had 30 ms of CPU, however long the machine takes to give it.
+                while crate::tail::lean::thread_cpu() < std::time::Duration::from_millis(30) {
+                    std::hint::spin_loop();
+                }
+                spun.send(()).unwrap();
+                std::thread::park();
+            })
+            .unwrap();
+        done.recv().unwrap();
+        let rows = snapshot.since();
+        spin.thread().unpark();
+        spin.join().unwrap();
+        let spinner = rows.iter().find(|r| r.name == "spinner").expect("listed");
+        assert_eq!((spinner.class, spinner.owner), ("other", Owner::Loadtest));
+        assert!(spinner.run_ms >= 25.0, "{spinner:?}");
+        assert!(spinner.slices >= 1 && !spinner.cpus.is_empty());
+    }
+}

@@ -1,0 +1,82 @@
+//! The `tail` scenario end to end with tiny bounds: the probe alone, idle and one saturated
+//! phase are each reported with their percentiles, the server's threads are listed with their
+//! scheduling class, and the side-by-side plot is written. Figures are not judged here (the
+//! README's Performance section holds them); only that each phase measured what it says.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_forkpool-loadtest");
+
+#[test]
+fn tail_scenario_reports_every_phase_and_the_threads_that_waited() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json_path, svg_path) = (dir.path().join("t.json"), dir.path().join("t.svg"));
+    let output = Command::new(BIN)
+        .args(["--spawn", "--workers", "2", "--scenarios", "tail"])
+        .args([
+            "--tail-probes",
+            "30",
+            "--tail-spacing",
+            "2ms",
+            "--tail-jobs",
+            "4",
+        ])
+        .args(["--heavy-exponent", "9689"])
+        .arg("--json")
+        .arg(&json_path)
+        .arg("--tail-svg")
+        .arg(&svg_path)
+        .output()
+        .expect("run forkpool-loadtest");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}\n{stdout}", output.status);
+    for line in ["tail: lean probe", "probe alone", "idle", "4 heavy jobs"] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}");
+    }
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let tail = &json["tail"];
+    let alone = &tail["probe_alone"];
+    assert_eq!(alone["totals_ms"].as_array().unwrap().len(), 30, "{alone}");
+    let phases = tail["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 2, "idle and one saturated phase: {tail}");
+    assert_eq!(
+        (phases[0]["jobs"].as_u64(), phases[1]["jobs"].as_u64()),
+        (Some(0), Some(4))
+    );
+    let saturated = &phases[1];
+    assert_eq!(saturated["all_busy"], true, "{saturated}");
+    assert_eq!(saturated["errors"], 0, "{saturated}");
+    assert!(saturated["heavy_ok"].as_u64().unwrap() >= 1, "{saturated}");
+    for phase in phases {
+        assert_eq!(phase["totals_ms"].as_array().unwrap().len(), 30, "{phase}");
+        let (c, f, t) = (&phase["connect"], &phase["first_byte"], &phase["total"]);
+        assert!(c["p50"].as_f64().unwrap() > 0.0, "{phase}");
+        assert!(f["p50"].as_f64() <= t["p50"].as_f64(), "{phase}");
+        assert!(t["p50"].as_f64() <= t["max"].as_f64(), "{phase}");
+    }
+    // The workers ran under SCHED_IDLE while saturated; the server's runtime threads are listed.
+    let threads = saturated["threads"].as_array().unwrap();
+    let of = |owner: &'static str| threads.iter().filter(move |t| t["owner"] == owner);
+    assert!(of("worker").all(|t| t["class"] == "idle"), "{threads:?}");
+    assert!(
+        of("worker").any(|t| t["run_ms"].as_f64().unwrap() > 0.0),
+        "{threads:?}"
+    );
+    assert!(
+        of("server").any(|t| t["name"] == "tokio-rt-worker" && t["class"] == "other"),
+        "{threads:?}"
+    );
+    // The probe thread has ended by then: its own CPU time and wait are reported apart.
+    assert!(
+        saturated["probe_cpu_us"].as_f64().unwrap() > 0.0,
+        "{saturated}"
+    );
+
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("4 heavy jobs"),
+        "{svg:.200}"
+    );
+}
