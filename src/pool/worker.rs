@@ -11,7 +11,7 @@
 //!   [`ExitOnOutOfMemory`]), so that the submitter's error says "ran out of memory".
 //! - A nice value, and SCHED_IDLE when asked ([`SchedClass::Idle`]), so that the parent's
 //!   front end wins the CPU when both want it. Under SCHED_IDLE the worker also yields the CPU
-//!   every [`YIELD_EVERY`] while it runs a heavy job ([`YieldTimer`]): the kernel's EEVDF scheduler
+//!   every [`YIELD_EVERY`] while it runs a heavy job (`YieldTimer`): the kernel's EEVDF scheduler
 //!   gives SCHED_IDLE a tiny weight, not a strict priority, so it can pick the worker over a
 //!   normal thread that is already queued on that CPU (one whose lag is negative), and nothing
 //!   then preempts the worker before the next scheduler tick (4 ms at HZ=250): the saturated
