@@ -69,7 +69,8 @@
 //! - [`jobs`]: the server's job types (`IsPrimeJob`) and how its workers log them; no HTTP, so
 //!   worker mode needs only this and the pool.
 //! - [`prime`]: primality, pure functions (and `mersenne`, the heavy job of tests and load);
-//!   `prime::montgomery` and `prime::plain`, the two arithmetics BPSW runs on.
+//!   `prime::montgomery` (schoolbook, up to 100 limbs) and `prime::product_redc` (REDC by
+//!   products, above), the two arithmetics BPSW runs on; `prime::plain`, the tests' reference.
 //! - [`procfs`]: this process's CPU, memory, fd and start-time figures from `/proc/self` (its
 //!   `stat` line split by the pool's `StatFields`).
 //! - [`error`]: `AppError`, the one JSON error shape (`error`, `code`, `status`), `ErrorCode`,

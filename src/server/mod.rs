@@ -115,7 +115,7 @@ pub async fn run(
     }
     tokio::spawn(drain_histograms(state.metrics.clone()));
     tokio::spawn(systemd::keep_watchdog_fed());
-    tokio::spawn(trim::give_back_after_bursts());
+    tokio::spawn(trim::give_back_after_bursts(state.metrics.clone()));
     let shutdown = shutdown_requested(signals.terminate, signals.interrupt);
     let upgrades = signals.upgrades;
     let mut serving = Serving::new(&state, routers);
