@@ -38,7 +38,10 @@ fn the_server_gives_a_bursts_memory_back_once_it_is_over() {
         (server.outcome_count("forkpool_jobs_total", "ok") >= BURST_JOBS).then_some(())
     });
     let tally = load.finish();
-    assert!(sent.is_some(), "the burst did not reach {BURST_JOBS} jobs:\n{tally}");
+    assert!(
+        sent.is_some(),
+        "the burst did not reach {BURST_JOBS} jobs:\n{tally}"
+    );
     assert!(tally.failed.is_empty(), "{tally}");
     let peak = anon_kib(server.pid());
     // Without growth the rest would pass for any server: the burst must be big enough.
