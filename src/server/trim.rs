@@ -3,11 +3,11 @@
 //! Why: glibc's malloc keeps what a burst freed. The runtime's threads each allocate from an
 //! arena of their own, and freed chunks in the middle of an arena (connection buffers, request
 //! and response bodies) are never returned; only the top of the main heap is trimmed on `free`.
-//! Measured (issue 24): the server held 5 MiB idle, 12–20 MiB after a 5 s burst of 64
-//! connections, and still as much 20 s later.
+//! Measured (issue 24, and README, Performance): the server held 5 MiB idle, 10–20 MB after a
+//! 5 s burst of 64 connections, and as much 5 s (and, per the issue, 20 s) later.
 //!
-//! What: every [`TICK`] the server's CPU time is read (`CLOCK_PROCESS_CPUTIME_ID`, no
-//! syscall beyond the vDSO). Once it has used at least [`BUSY`] of CPU since the last trim and
+//! What: every [`TICK`] the server's CPU time is read (`CLOCK_PROCESS_CPUTIME_ID`, one
+//! syscall). Once it has used at least [`BUSY`] of CPU since the last trim and
 //! then less than [`QUIET`] in one tick, the burst is over: the histogram samples the burst
 //! recorded are folded into their buckets first (the exporter keeps each sample until an
 //! upkeep, otherwise every 5 s, and a trim before it would leave their pages behind: 0.35 MiB
@@ -21,8 +21,8 @@
 //! hundred free chunks of 6 KiB on average between them), which no trim can return.
 //!
 //! Guarantees: nothing is freed that is in use (malloc_trim only releases free chunks); the
-//! trim runs on a runtime thread and takes every arena's lock in turn, for well under a
-//! millisecond at these sizes, once per burst.
+//! trim runs on a runtime thread and takes every arena's lock in turn, once per burst and only
+//! after it (its own duration was not measured separately).
 //!
 //! Failure modes: none that reach a request. A failed clock read skips the tick. Under a
 //! steady load that never goes quiet nothing is trimmed (the memory is then in use, at its
