@@ -1,10 +1,10 @@
 //! Memory after a burst (issue 24): what a burst of kept-alive connections made the server
 //! allocate goes back to the kernel once the burst is over. The test waits for that event
-//! (anonymous RSS back under a bound) and asserts no time: how soon and how far it comes back, in the release
-//! build, is `benches/memory_after_burst.py`'s figure (README, Performance). A file of its own,
-//! so that no other test's load shares the server's quiet spell.
+//! (anonymous RSS back under a bound) and asserts no time: how soon and how far it comes back,
+//! in the release build, is `benches/memory_after_burst.py`'s figure (README, Performance). The
+//! server is a process of its own, so the other tests' load cannot keep it from going quiet.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
