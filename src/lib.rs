@@ -28,7 +28,8 @@
 //!   `server::listener` (the accept loop and the connection cap), `server::connection` (one
 //!   connection: header, keep-alive and drain handling over hyper), `server::refusal` (hyper's
 //!   own answers to heads it cannot parse, given the JSON error body on their way out),
-//!   `server::fd_budget` (the cap sized from `RLIMIT_NOFILE`).
+//!   `server::fd_budget` (the cap sized from `RLIMIT_NOFILE`), `server::trim` (the heap memory
+//!   of a burst returned to the kernel once it is over).
 //! - [`routes`]: `routers(state) -> Routers` (public and admin), pure: nothing in `routes`
 //!   starts a process or binds a socket, so a test calls a router in its own process
 //!   (tests/handlers.rs). Endpoints, one file per family: `isprime`, `ls`, `ops`;
@@ -77,7 +78,8 @@
 //! - [`jobs`]: the server's job types (`IsPrimeJob`) and how its workers log them; no HTTP, so
 //!   worker mode needs only this and the pool.
 //! - [`prime`]: primality, pure functions (and `mersenne`, the heavy job of tests and load);
-//!   `prime::montgomery` and `prime::plain`, the two arithmetics BPSW runs on.
+//!   `prime::montgomery` (schoolbook, up to 100 limbs) and `prime::product_redc` (REDC by
+//!   products, above), the two arithmetics BPSW runs on; `prime::plain`, the tests' reference.
 //! - [`procfs`]: this process's CPU, memory, fd and start-time figures from `/proc/self` (its
 //!   `stat` line split by the pool's `StatFields`).
 //! - [`error`]: `AppError`, the one JSON error shape (`error`, `code`, `status`), `ErrorCode`,

@@ -18,6 +18,7 @@ mod handlers;
 mod isprime;
 mod lifecycle;
 mod ls;
+mod memory;
 mod openapi;
 mod ops;
 mod pool;

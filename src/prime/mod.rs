@@ -44,24 +44,29 @@
 //! carries `U`, `V` and `Q^k`, four products and four reductions per bit.
 //!
 //! Both tests run against `Residues`, an interface to arithmetic modulo
-//! `n`, in one of two forms chosen by the size of `n`:
+//! `n`, in Montgomery form (Montgomery, Math. Comp. 44 (1985)) in one of two
+//! implementations chosen by the size of `n`:
 //!
-//! * up to `MONTGOMERY_MAX_LIMBS` limbs, `Montgomery` form (Montgomery,
-//!   Math. Comp. 44 (1985)): REDC instead of a division after each product,
-//!   schoolbook products and REDC four limbs per pass up to 100 limbs (no
-//!   allocation per step), malachite's Toom products above. The base-2 test
-//!   is then a square-and-double ladder: `2^d` needs one square per bit, each
-//!   multiplication by 2 being a shift and a conditional subtraction (past
-//!   100 limbs malachite's `mod_pow`, whose REDC is subquadratic, is faster);
-//! * above it, `Plain` naturals reduced by malachite's division, and
-//!   malachite's `mod_pow` for `2^d`: subquadratic division wins there.
+//! * up to `SCHOOLBOOK_MAX_LIMBS` limbs, `Montgomery`: schoolbook products
+//!   and REDC four limbs per pass into one reused buffer (no allocation per
+//!   step);
+//! * above it, `ProductRedc`: malachite's Toom or FFT products, and a REDC
+//!   made of two products (a low half for the quotient, a whole one for
+//!   `q·n`), which beats both the quadratic REDC and malachite's division
+//!   there (at 10,000 digits 111 µs per reduction against 129 µs for `%`).
+//!
+//! The base-2 test is a square-and-double ladder in either: `2^d` needs one
+//! square per bit, each multiplication by 2 being a shift and a conditional
+//! subtraction. `Plain` (residues reduced by malachite's `%`) is the
+//! reference both are tested against.
 //!
 //! Measured in CPU time against gmpy2's `is_bpsw_prp` (GMP 6.3) on this
-//! project's machine: 0.79–0.80x at 1000 digits, 0.98–0.99x at 3000 digits,
-//! 0.93x at 10,000 digits (README, Performance).
+//! project's machine: see README, Performance.
 
 mod montgomery;
+#[cfg(test)]
 mod plain;
+mod product_redc;
 
 use malachite_base::num::arithmetic::traits::{CheckedSqrt, JacobiSymbol, PowerOf2, Square};
 use malachite_base::num::basic::traits::{One, Zero};
@@ -70,7 +75,9 @@ use malachite_base::num::factorization::traits::IsPrime;
 use malachite_base::num::logic::traits::{BitAccess, SignificantBits};
 use malachite_nz::natural::Natural;
 use montgomery::Montgomery;
+#[cfg(test)]
 use plain::Plain;
+use product_redc::ProductRedc;
 
 /// How a verdict was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -137,15 +144,15 @@ const SMALL_PRIMES: [u64; 54] = [
 /// it with no factor in `SMALL_PRIMES` is prime.
 const TRIAL_DIVISION_LIMIT: u64 = 257 * 257;
 
-/// Above this many limbs [`Plain`]'s divide-and-conquer division beats
-/// [`Montgomery`]'s quadratic REDC. Whole BPSW test, CPU time: 156 limbs (3000
-/// digits) 0.73 s in Montgomery form against 0.75 s plain; 519 limbs (10,000
-/// digits) 19.0 s against 15.2 s.
-const MONTGOMERY_MAX_LIMBS: usize = 200;
+/// Above this many limbs [`ProductRedc`]'s subquadratic REDC beats
+/// [`Montgomery`]'s schoolbook arithmetic (per reduction, CPU time: 100 limbs
+/// 7.1 µs schoolbook; 156 limbs 17.4 µs schoolbook against 16.7 µs by
+/// products, and malachite's Toom square 7.9 µs against 9.1 µs schoolbook).
+const SCHOOLBOOK_MAX_LIMBS: usize = 100;
 
 /// Arithmetic modulo a fixed odd `n > 1` on residues in some representation.
 /// The Baillie–PSW ladders are written once against it; [`Montgomery`] and
-/// [`Plain`] implement it.
+/// [`ProductRedc`] implement it, and `Plain`, the reference of the tests.
 trait Residues {
     /// A residue modulo `n`, in a canonical form (so `==` is congruence).
     type Residue: Clone + PartialEq;
@@ -159,16 +166,11 @@ trait Residues {
     fn sub(&self, x: &mut Self::Residue, y: &Self::Residue);
     /// `x ← 2x mod n`.
     fn double(&self, x: &mut Self::Residue);
-
-    /// `2^e mod n` for `e ≥ 1`: a left-to-right binary ladder whose
-    /// multiplications by 2 are doublings (a shift and a conditional
-    /// subtraction), so one modular square per bit and nothing else.
-    fn power_of_2(&mut self, e: &Natural) -> Self::Residue {
-        square_and_double(self, e)
-    }
 }
 
-/// `2^e mod n` for `e ≥ 1` by the left-to-right square-and-double ladder.
+/// `2^e mod n` for `e ≥ 1` by the left-to-right square-and-double ladder:
+/// its multiplications by 2 are doublings (a shift and a conditional
+/// subtraction), so one modular square per bit and nothing else.
 fn square_and_double<R: Residues + ?Sized>(ring: &mut R, e: &Natural) -> R::Residue {
     let mut x = ring.residue(&Natural::from(2u32)); // the top bit of e
     for i in (0..e.significant_bits() - 1).rev() {
@@ -186,10 +188,10 @@ pub fn is_bpsw_probable_prime(n: &Natural) -> bool {
         return verdict;
     }
     // Past trial division n is odd, coprime to 2·3·…·251 and ≥ 257².
-    if n.significant_bits() <= 64 * MONTGOMERY_MAX_LIMBS as u64 {
+    if n.significant_bits() <= 64 * SCHOOLBOOK_MAX_LIMBS as u64 {
         bpsw_after_trial_division(&mut Montgomery::new(n), n)
     } else {
-        bpsw_after_trial_division(&mut Plain { n }, n)
+        bpsw_after_trial_division(&mut ProductRedc::new(n), n)
     }
 }
 
@@ -234,7 +236,7 @@ fn strong_probable_prime_base_2<R: Residues>(ring: &mut R, n: &Natural) -> bool 
     let s = n_minus_1.trailing_zeros().unwrap_or(0); // n − 1 > 0
     let d = &n_minus_1 >> s;
     let (one, minus_one) = (ring.residue(&Natural::ONE), ring.residue(&n_minus_1));
-    let mut x = ring.power_of_2(&d);
+    let mut x = square_and_double(ring, &d);
     if x == one || x == minus_one {
         return true;
     }
@@ -327,7 +329,7 @@ fn lucas_p(n: &Natural) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use malachite_base::num::arithmetic::traits::Pow;
+    use malachite_base::num::arithmetic::traits::{ModPow, Pow};
 
     #[test]
     fn small_primes_table_is_the_primes_below_256() {
@@ -335,19 +337,21 @@ mod tests {
         assert_eq!(SMALL_PRIMES.to_vec(), expected);
     }
 
-    /// The Lucas test in Montgomery and in plain form, which must agree.
+    /// The Lucas test in all three forms, which must agree.
     fn lucas_test(n: &Natural) -> bool {
-        let montgomery = almost_extra_strong_lucas_probable_prime(&mut Montgomery::new(n), n);
         let plain = almost_extra_strong_lucas_probable_prime(&mut Plain { n }, n);
-        assert_eq!(montgomery, plain, "Lucas test of {n}");
+        let montgomery = almost_extra_strong_lucas_probable_prime(&mut Montgomery::new(n), n);
+        let by_products = almost_extra_strong_lucas_probable_prime(&mut ProductRedc::new(n), n);
+        assert_eq!((montgomery, by_products), (plain, plain), "Lucas test of {n}");
         plain
     }
 
-    /// The strong base-2 test in Montgomery and in plain form, which must agree.
+    /// The strong base-2 test in all three forms, which must agree.
     fn base_2_test(n: &Natural) -> bool {
-        let montgomery = strong_probable_prime_base_2(&mut Montgomery::new(n), n);
         let plain = strong_probable_prime_base_2(&mut Plain { n }, n);
-        assert_eq!(montgomery, plain, "base-2 test of {n}");
+        let montgomery = strong_probable_prime_base_2(&mut Montgomery::new(n), n);
+        let by_products = strong_probable_prime_base_2(&mut ProductRedc::new(n), n);
+        assert_eq!((montgomery, by_products), (plain, plain), "base-2 test of {n}");
         plain
     }
 
@@ -414,19 +418,22 @@ mod tests {
         // V_0 = 2, V_1 = P, V_{k+1} = P·V_k − V_{k−1} (Q = 1), here P = 5 mod 1_000_003.
         let n = Natural::from(1_000_003u32);
         let (mut montgomery, mut plain) = (Montgomery::new(&n), Plain { n: &n });
+        let mut by_products = ProductRedc::new(&n);
         let (mut previous, mut current) = (2u64, 5u64);
         for k in 1u64..200 {
             let k_big = Natural::from(k);
             assert_eq!(lucas_v(&mut plain, 5, &k_big), current, "V_{k}");
             let expected = montgomery.residue(&Natural::from(current));
             assert_eq!(lucas_v(&mut montgomery, 5, &k_big), expected, "V_{k}");
+            let expected = by_products.residue(&Natural::from(current));
+            assert_eq!(lucas_v(&mut by_products, 5, &k_big), expected, "V_{k}");
             let next = (5 * current + 1_000_003 - previous) % 1_000_003;
             (previous, current) = (current, next);
         }
     }
 
-    /// Odd moduli of 1 to 9 limbs, and of 101 and 157 (malachite's products
-    /// instead of the schoolbook ones), at the edges of REDC: all ones (just
+    /// Odd moduli of 1 to 9 limbs, and of 101 and 157 (where production uses
+    /// the REDC by products), at the edges of REDC: all ones (just
     /// under a power of 2^64), just over half a power, and a pseudo-random one.
     fn edge_moduli() -> Vec<Natural> {
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -450,65 +457,83 @@ mod tests {
         moduli
     }
 
+    /// Every operation of `ring` (modulo `m`) against [`Plain`]'s, on values
+    /// at the edges of the residues.
+    fn agrees_with_plain<R: Residues>(ring: &mut R, m: &Natural)
+    where
+        R::Residue: std::fmt::Debug,
+    {
+        let mut plain = Plain { n: m };
+        let two = Natural::from(2u32);
+        let values = [
+            Natural::ZERO,
+            Natural::ONE,
+            m - Natural::ONE,
+            m - &two,
+            m >> 1u32,
+            (m >> 1u32) + Natural::ONE,
+            Natural::from(3u32).pow(80) % m,
+        ];
+        for x in &values {
+            for y in &values {
+                let (xm, ym) = (ring.residue(x), ring.residue(y));
+                let mut product = xm.clone();
+                ring.mul(&xm, &ym, &mut product);
+                let mut expected = Natural::ZERO;
+                plain.mul(x, y, &mut expected);
+                assert_eq!(product, ring.residue(&expected), "{x}·{y} mod {m}");
+                let mut difference = xm.clone();
+                ring.sub(&mut difference, &ym);
+                let mut expected = x.clone();
+                plain.sub(&mut expected, y);
+                assert_eq!(difference, ring.residue(&expected), "{x}−{y} mod {m}");
+            }
+            let mut square = ring.residue(x);
+            ring.square(&mut square);
+            let mut expected = x.clone();
+            plain.square(&mut expected);
+            assert_eq!(square, ring.residue(&expected), "{x}² mod {m}");
+            let mut doubled = ring.residue(x);
+            ring.double(&mut doubled);
+            assert_eq!(doubled, ring.residue(&((x << 1u32) % m)), "2·{x} mod {m}");
+        }
+    }
+
     #[test]
     fn montgomery_arithmetic_agrees_with_plain_arithmetic_on_edge_moduli() {
         for m in edge_moduli() {
-            let (mut montgomery, mut plain) = (Montgomery::new(&m), Plain { n: &m });
-            let two = Natural::from(2u32);
-            let values = [
-                Natural::ZERO,
-                Natural::ONE,
-                &m - Natural::ONE,
-                &m - &two,
-                &m >> 1u32,
-                (&m >> 1u32) + Natural::ONE,
-                Natural::from(3u32).pow(80) % &m,
-            ];
-            for x in &values {
-                for y in &values {
-                    let (xm, ym) = (montgomery.residue(x), montgomery.residue(y));
-                    let mut product = xm.clone();
-                    montgomery.mul(&xm, &ym, &mut product);
-                    let mut expected = Natural::ZERO;
-                    plain.mul(x, y, &mut expected);
-                    assert_eq!(product, montgomery.residue(&expected), "{x}·{y} mod {m}");
-                    let mut difference = xm.clone();
-                    montgomery.sub(&mut difference, &ym);
-                    let mut expected = x.clone();
-                    plain.sub(&mut expected, y);
-                    assert_eq!(difference, montgomery.residue(&expected), "{x}−{y} mod {m}");
-                }
-                let mut square = montgomery.residue(x);
-                montgomery.square(&mut square);
-                let mut expected = x.clone();
-                plain.square(&mut expected);
-                assert_eq!(square, montgomery.residue(&expected), "{x}² mod {m}");
-                let mut doubled = montgomery.residue(x);
-                montgomery.double(&mut doubled);
-                assert_eq!(doubled, montgomery.residue(&((x << 1u32) % &m)), "2·{x} mod {m}");
-            }
+            agrees_with_plain(&mut Montgomery::new(&m), &m);
+        }
+    }
+
+    #[test]
+    fn redc_by_products_agrees_with_plain_arithmetic_on_edge_moduli() {
+        for m in edge_moduli() {
+            agrees_with_plain(&mut ProductRedc::new(&m), &m);
         }
     }
 
     #[test]
     fn powers_of_two_agree_in_every_form_and_size() {
-        // Small, schoolbook and Toom-sized moduli; the ladder, malachite's
-        // mod_pow (plain, and Montgomery past the schoolbook sizes) and
-        // repeated doubling must give the same 2^e.
+        // Small, schoolbook and Toom-sized moduli: the ladder in each form
+        // against malachite's mod_pow.
         let e = Natural::power_of_2(70) + Natural::from(0x1234_5678u32);
         for m in edge_moduli() {
-            let (mut montgomery, mut plain) = (Montgomery::new(&m), Plain { n: &m });
-            let expected = plain.power_of_2(&e);
-            assert_eq!(square_and_double(&mut plain, &e), expected, "mod {m}");
+            let expected = Natural::from(2u32).mod_pow(&e, &m);
+            assert_eq!(square_and_double(&mut Plain { n: &m }, &e), expected, "mod {m}");
+            let mut montgomery = Montgomery::new(&m);
             let in_montgomery_form = montgomery.residue(&expected);
-            assert_eq!(montgomery.power_of_2(&e), in_montgomery_form, "mod {m}");
             let ladder = square_and_double(&mut montgomery, &e);
+            assert_eq!(ladder, in_montgomery_form, "mod {m}");
+            let mut by_products = ProductRedc::new(&m);
+            let in_montgomery_form = by_products.residue(&expected);
+            let ladder = square_and_double(&mut by_products, &e);
             assert_eq!(ladder, in_montgomery_form, "mod {m}");
         }
     }
 
     #[test]
-    fn both_forms_agree_on_bpsw_across_limb_counts() {
+    fn every_form_agrees_on_bpsw_across_limb_counts() {
         // 2^b ± k for b around each limb boundary: both tests run to the end
         // on the primes among them and on the base-2 pseudoprimes alike.
         for bits in [64u64, 65, 127, 128, 129, 191, 192, 255, 256, 257, 320, 521, 607] {

@@ -1,5 +1,6 @@
 //! Montgomery arithmetic modulo a fixed odd `m` on little-endian `u64` limbs,
-//! for the Baillie–PSW ladders in the parent module. Safe code only.
+//! for the Baillie–PSW ladders in the parent module, up to about 100 limbs
+//! (above, [`super::product_redc`]'s subquadratic REDC wins). Safe code only.
 //!
 //! A residue `x` is held as `x·R mod m` with `R = 2^(64·k)`, `k` the limb
 //! count of `m`, always fully reduced (`< m`) and exactly `k` limbs long, so
@@ -7,19 +8,18 @@
 //! (P. L. Montgomery, "Modular multiplication without trial division", Math.
 //! Comp. 44 (1985) 519–521), done four limbs at a time: the four quotient limbs
 //! come from a 4×4 triangle, then one pass adds `q·m` (GMP's `mpn_redc_2` does
-//! the same with two). Up to [`SCHOOLBOOK_MAX_LIMBS`] the products are
-//! schoolbook, the square computing each cross product once (Menezes, van
-//! Oorschot & Vanstone, "Handbook of Applied Cryptography", algorithm 14.16),
-//! the rows again four at a time, into one reused buffer (no allocation per
-//! operation); above, malachite's Toom products. Four rows per pass matter:
+//! the same with two). The products are schoolbook, the square computing each
+//! cross product once (Menezes, van Oorschot & Vanstone, "Handbook of Applied
+//! Cryptography", algorithm 14.16), the rows again four at a time, into one
+//! reused buffer (no allocation per operation). Four rows per pass matter:
 //! at 52 limbs REDC one row at a time took 2.7 µs, two 2.2 µs, four 2.0 µs
 //! (malachite's division: 2.7 µs).
 //!
 //! Failure modes: none at run time; a modulus that is even, zero or one is a
 //! caller bug and panics in [`Montgomery::new`].
 
-use super::{square_and_double, Residues};
-use malachite_base::num::arithmetic::traits::{ModPow, ModPowerOf2Inverse, Parity, Square};
+use super::Residues;
+use malachite_base::num::arithmetic::traits::{ModPowerOf2Inverse, Parity};
 use malachite_nz::natural::Natural;
 
 /// Multiplication modulo a fixed odd modulus in Montgomery representation.
@@ -65,36 +65,15 @@ impl Residues for Montgomery {
         limbs
     }
 
-    /// Past the schoolbook sizes malachite's own Montgomery `mod_pow` (its
-    /// REDC is subquadratic) beats the square-and-double ladder.
-    fn power_of_2(&mut self, e: &Natural) -> Self::Residue {
-        if self.modulus.len() > SCHOOLBOOK_MAX_LIMBS {
-            let m = Natural::from_limbs_asc(&self.modulus);
-            self.residue(&Natural::from(2u32).mod_pow(e, &m))
-        } else {
-            square_and_double(self, e)
-        }
-    }
-
     /// `x ← x² / R mod m`, the Montgomery square.
     fn square(&mut self, x: &mut Self::Residue) {
-        if x.len() > SCHOOLBOOK_MAX_LIMBS {
-            let x_big = Natural::from_limbs_asc(x);
-            copy_padded(&mut self.product, &(&x_big).square());
-        } else {
-            square_schoolbook(&mut self.product, x);
-        }
+        square_schoolbook(&mut self.product, x);
         redc(x, &mut self.product, &self.modulus, self.inverse);
     }
 
     /// `out ← x·y / R mod m`, the Montgomery product.
     fn mul(&mut self, x: &Self::Residue, y: &Self::Residue, out: &mut Self::Residue) {
-        if x.len() > SCHOOLBOOK_MAX_LIMBS {
-            let product = Natural::from_limbs_asc(x) * Natural::from_limbs_asc(y);
-            copy_padded(&mut self.product, &product);
-        } else {
-            mul_schoolbook(&mut self.product, x, y);
-        }
+        mul_schoolbook(&mut self.product, x, y);
         redc(out, &mut self.product, &self.modulus, self.inverse);
     }
 
@@ -111,19 +90,6 @@ impl Residues for Montgomery {
         if carry || !less_than(x, &self.modulus) {
             sub_in_place(x, &self.modulus);
         }
-    }
-}
-
-/// Above this many limbs malachite's Toom products beat the schoolbook ones
-/// (52 limbs: schoolbook square 1.3 µs, Toom 1.4 µs; whole BPSW test at 156
-/// limbs: 0.82 s schoolbook, 0.73 s Toom).
-const SCHOOLBOOK_MAX_LIMBS: usize = 100;
-
-/// `out ← x`'s limbs, zero-padded to `out.len()`.
-fn copy_padded(out: &mut [u64], x: &Natural) {
-    out.fill(0);
-    for (o, limb) in out.iter_mut().zip(x.limbs()) {
-        *o = limb;
     }
 }
 

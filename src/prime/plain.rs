@@ -1,11 +1,12 @@
 //! Residues modulo `n` as plain [`Natural`]s below `n`, each product reduced
-//! by malachite's division (Toom products, divide-and-conquer division). Above
-//! about 100 limbs this beats the schoolbook Montgomery arithmetic of
-//! [`super::montgomery`], and it is the reference the Montgomery code is tested
-//! against. No failure modes: every operation is total on residues below `n`.
+//! by malachite's division: the simplest arithmetic, built for the tests only,
+//! as the reference that [`super::montgomery`] and [`super::product_redc`] are
+//! checked against (it was the production form above 200 limbs until the
+//! subquadratic REDC beat its division). No failure modes: every operation is
+//! total on residues below `n`.
 
 use super::Residues;
-use malachite_base::num::arithmetic::traits::{ModPow, Square};
+use malachite_base::num::arithmetic::traits::Square;
 use malachite_nz::natural::Natural;
 
 /// Arithmetic modulo `n` on reduced [`Natural`]s.
@@ -34,13 +35,6 @@ impl Residues for Plain<'_> {
             *x += self.n;
         }
         *x -= y;
-    }
-
-    /// malachite's `mod_pow` (Montgomery form inside, sliding windows): at
-    /// 10,000 digits it beats the square-and-double ladder over `%` (15.15 s
-    /// against 16.04 s for the whole BPSW test, one run each).
-    fn power_of_2(&mut self, e: &Natural) -> Natural {
-        Natural::from(2u32).mod_pow(e, self.n)
     }
 
     fn double(&self, x: &mut Natural) {

@@ -6,12 +6,14 @@
 //!
 //! Connections are accepted by our own loop (`listener`) over hyper's HTTP/1.1 connection
 //! (`connection`), not by `axum::serve`, which has no header, body or idle timeouts and no
-//! connection cap. `fd_budget` sizes the cap from `RLIMIT_NOFILE`.
+//! connection cap. `fd_budget` sizes the cap from `RLIMIT_NOFILE`. `trim` gives the heap
+//! memory of a burst back to the kernel once the burst is over.
 
 mod connection;
 mod fd_budget;
 mod listener;
 mod refusal;
+mod trim;
 
 use std::future::Future;
 use std::io::{self, Write};
@@ -113,6 +115,7 @@ pub async fn run(
     }
     tokio::spawn(drain_histograms(state.metrics.clone()));
     tokio::spawn(systemd::keep_watchdog_fed());
+    tokio::spawn(trim::give_back_after_bursts(state.metrics.clone()));
     let shutdown = shutdown_requested(signals.terminate, signals.interrupt);
     let upgrades = signals.upgrades;
     let mut serving = Serving::new(&state, routers);

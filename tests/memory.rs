@@ -1,0 +1,64 @@
+//! Memory after a burst (issue 24): what a burst of kept-alive connections made the server
+//! allocate goes back to the kernel once the burst is over. The test waits for that event
+//! (anonymous RSS back under a bound) and asserts no time: how soon and how far it comes back,
+//! in the release build, is `benches/memory_after_burst.py`'s figure (README, Performance). The
+//! server is a process of its own, so the other tests' load cannot keep it from going quiet.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::load::{Connection, Kind, Load};
+use common::{wait_until, Server};
+
+/// Jobs the burst sends, over 64 kept-alive connections.
+const BURST_JOBS: u64 = 20_000;
+
+/// Anonymous resident memory of `pid` in KiB (RssAnon: the heap, stacks and other private
+/// memory, not the binary's code pages, which a burst also pages in and no trim gives back).
+fn anon_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("RssAnon in /proc/PID/status")
+}
+
+#[test]
+fn the_server_gives_a_bursts_memory_back_once_it_is_over() {
+    let server = Server::start(&["--workers", "2"]);
+    let idle = anon_kib(server.pid());
+    let load = Load::start_with(
+        server.addr,
+        &[Kind::IsPrimeGet],
+        &[Connection::KeptAlive; 64],
+    );
+    let sent = wait_until(Duration::from_secs(120), || {
+        (server.outcome_count("forkpool_jobs_total", "ok") >= BURST_JOBS).then_some(())
+    });
+    let tally = load.finish();
+    assert!(
+        sent.is_some(),
+        "the burst did not reach {BURST_JOBS} jobs:\n{tally}"
+    );
+    assert!(tally.failed.is_empty(), "{tally}");
+    let peak = anon_kib(server.pid());
+    // Without growth the rest would pass for any server: the burst must be big enough.
+    assert!(
+        peak >= idle + 2048,
+        "the burst grew the heap by less than 2 MiB ({idle} -> {peak} KiB): make it bigger"
+    );
+    // A third of the growth at least goes back: glibc alone returns none of it, and the rest
+    // is pages that live objects pin (about half of it here, two thirds in the release build).
+    let bound = peak - (peak - idle) / 3;
+    let back = wait_until(Duration::from_secs(30), || {
+        let now = anon_kib(server.pid());
+        (now <= bound).then_some(now)
+    });
+    assert!(
+        back.is_some(),
+        "anonymous RSS {idle} KiB idle, {peak} KiB after the burst, still {} KiB 30 s later (bound {bound} KiB)",
+        anon_kib(server.pid())
+    );
+}
