@@ -1030,7 +1030,13 @@ fn a_stalled_reader_loses_ls_and_its_slot_at_the_deadline() {
     common::wait_writing_to_full_pipe(pid);
     // Killed at 10 s (the metric below says it was the deadline that killed it).
     common::wait_gone(pid);
-    // The slot is free at once, while the stalled client is still connected.
+    // The slot is freed (a moment after the kill: the pid can be gone first), while the
+    // stalled client is still connected.
+    wait_until(Duration::from_secs(20), || {
+        let metrics = server.get("/metrics").text();
+        metrics.contains("forkpool_ls_running 0\n").then_some(())
+    })
+    .expect("the slot of the killed ls is freed");
     let response = ls(&server, "/");
     assert_eq!(response.status, 200, "{}", response.text());
     assert!(response.complete);

@@ -1556,7 +1556,9 @@ fn a_pool_that_cannot_start_a_worker_refuses_jobs_at_once_and_recovers_by_itself
 fn a_newer_roll_kills_and_reaps_a_replacement_still_starting_for_the_older_one() {
     let _alone = POOL_THREADS.lock().unwrap_or_else(|e| e.into_inner());
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    // While `hang` is set, a worker never says hello: `sleep` stands in for a stuck binary.
+    // While `hang` is set, a worker never says hello: `sleep` stands in for a stuck binary. Its
+    // odd argument tells it apart from any other `sleep` child of this process (the tests of
+    // tests/lifecycle.rs make the shared test process a subreaper, which adopts theirs).
     let hang = std::sync::Arc::new(AtomicBool::new(false));
     let working = isprime_worker();
     let command = {
@@ -1564,7 +1566,7 @@ fn a_newer_roll_kills_and_reaps_a_replacement_still_starting_for_the_older_one()
         move || match hang.load(Ordering::Relaxed) {
             true => {
                 let mut sleep = std::process::Command::new("sleep");
-                sleep.arg("30");
+                sleep.arg("30.017");
                 sleep
             }
             false => working(),
@@ -1576,11 +1578,15 @@ fn a_newer_roll_kills_and_reaps_a_replacement_still_starting_for_the_older_one()
     };
     hang.store(true, Ordering::Relaxed);
     let stuck = pool.roll();
-    let starting = wait_until(Duration::from_secs(10), || {
+    let ours = |pid: u32| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        cmdline.ends_with(b"\x0030.017\x00")
+    };
+    let starting = wait_until(Duration::from_secs(20), || {
         let children = common::children_of(std::process::id());
         let sleeping = children
             .iter()
-            .find(|p| p.name == "sleep" && p.state != 'Z');
+            .find(|p| p.name == "sleep" && p.state != 'Z' && ours(p.pid));
         sleeping.map(|p| p.pid)
     })
     .expect("the stuck replacement never started");
