@@ -135,14 +135,21 @@ impl Installed {
         server
     }
 
-    /// SIGUSR2 to the server `old`; waits until the pid file names another server and `old`
-    /// has exited, and returns the new pid.
-    fn upgrade(&self, old: u32) -> u32 {
+    /// SIGUSR2 to the server `old` (started as `server`, whose log a failure shows); waits until
+    /// the pid file names another server and `old` has exited, and returns the new pid.
+    fn upgrade(&self, server: &Server, old: u32) -> u32 {
         signal(old, "USR2");
-        let new = wait_until(Duration::from_secs(30), || {
+        // Longer than the default --upgrade-timeout (30 s), so that a new server too slow to be
+        // ready shows in the log as the old server giving up on it, not as this wait's end.
+        let new = wait_until(Duration::from_secs(45), || {
             self.serving().filter(|&p| p != old)
         })
-        .unwrap_or_else(|| panic!("no new server named in the pid file after SIGUSR2 to {old}"));
+        .unwrap_or_else(|| {
+            panic!(
+                "no new server named in the pid file after SIGUSR2 to {old}:\n{}",
+                server.log()
+            )
+        });
         assert!(
             reap(old, Duration::from_secs(30)),
             "the old server {old} did not exit"
@@ -166,7 +173,7 @@ fn sigusr2_upgrades_to_the_binary_now_installed_under_load_without_a_failed_requ
         previous = Some(serving);
         let workers: Vec<u32> = common::children_of(serving).iter().map(|p| p.pid).collect();
         installed.replace_with(Path::new(BIN));
-        serving = installed.upgrade(serving);
+        serving = installed.upgrade(&server, serving);
         assert!(
             workers.iter().all(|&w| !alive(w)),
             "a worker of the old server lives on"
@@ -247,7 +254,7 @@ fn a_new_binary_that_fails_or_is_not_ready_in_time_is_killed_and_the_old_server_
 
     // Fixed: the next SIGUSR2 hands over.
     installed.replace_with(Path::new(BIN));
-    let new = installed.upgrade(old);
+    let new = installed.upgrade(&server, old);
     let _new = Reaped(new);
     assert!(common::try_request(server.addr, "GET", "/testrequest", &[], b"").is_ok());
 }
