@@ -82,7 +82,7 @@ impl Job for IsPrimeJob {
     }
 
     /// The expected run time in nanoseconds (of a release build on an idle core; only ratios
-    /// count, see [`Job::cost_hint`]): [`U64_TEST_NS`] up to 19 digits, BPSW's power law of
+    /// count, see [`Job::cost_hint`]): `U64_TEST_NS` up to 19 digits, BPSW's power law of
     /// the digit count above, never below the former.
     fn cost_hint(&self) -> u64 {
         let digits = self.n.len();
