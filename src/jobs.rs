@@ -81,13 +81,35 @@ impl Job for IsPrimeJob {
         }
     }
 
-    /// The digit count: the test's run time grows with it by orders of magnitude (a 10-digit
-    /// number takes microseconds, one of 3000 digits about a second), so that admission by
-    /// deadline predicts short and long numbers apart.
+    /// The expected run time in nanoseconds (of a release build on an idle core; only ratios
+    /// count, see [`Job::cost_hint`]): `U64_TEST_NS` up to 19 digits, BPSW's power law of
+    /// the digit count above, never below the former.
     fn cost_hint(&self) -> u64 {
-        self.n.len() as u64
+        let digits = self.n.len();
+        if digits <= 19 {
+            return U64_TEST_NS;
+        }
+        let bpsw = BPSW_NS_SCALE * (digits as f64).powf(BPSW_EXPONENT);
+        // `as` saturates: a hint past u64::MAX is u64::MAX.
+        (bpsw as u64).max(U64_TEST_NS)
     }
 }
+
+/// What the pool measures for a number of at most 19 digits, nanoseconds: the exact `u64`
+/// test takes about a microsecond, the round trip through the worker's pipes most of the rest.
+const U64_TEST_NS: u64 = 10_000;
+
+/// BPSW on n digits takes about `BPSW_NS_SCALE * n^BPSW_EXPONENT` ns: one modular
+/// exponentiation of n digits, n squarings of n-digit numbers, each n^1.6 with malachite's
+/// Karatsuba and Toom multiplication. Fitted to README's measurements of a prime (CPU time,
+/// criterion, release build): 1000 digits 32.1 ms, 10,000 digits 15.15 s (2.67 = log10 of
+/// their ratio, 472); 3000 digits, 730 ms measured, comes out at 600 ms. A worker at
+/// `SCHED_IDLE` on a busy machine takes longer, but so does every class: only the ratio
+/// between two sizes is used.
+const BPSW_EXPONENT: f64 = 2.67;
+
+/// See [`BPSW_EXPONENT`]: 32.1 ms / 1000^2.67.
+const BPSW_NS_SCALE: f64 = 0.31;
 
 /// How the server's workers log a job: the pool's tag is the HTTP request id, logged as
 /// `request_id` like the server's own request lines, so that one search finds both.
@@ -112,6 +134,17 @@ mod tests {
     use super::*;
     use crate::pool::protocol::{Hello, HelloLine, Outcome, Reply};
     use crate::routes::MAX_REQUEST_ID_LEN;
+
+    #[test]
+    fn the_cost_hint_follows_the_run_time_measured_in_readme() {
+        let hint = |digits: usize| IsPrimeJob { n: "9".repeat(digits) }.cost_hint();
+        assert_eq!((hint(1), hint(19), hint(20)), (U64_TEST_NS, U64_TEST_NS, U64_TEST_NS));
+        // 32.1 ms at 1000 digits, 15.15 s at 10,000 (a ratio of 472), within 10%.
+        let ms = |digits| hint(digits) as f64 / 1e6;
+        assert!((ms(1000) - 32.1).abs() < 3.2, "{}", ms(1000));
+        assert!((ms(10_000) / ms(1000) - 472.0).abs() < 47.0);
+        assert_eq!(hint(100_000_000), u64::MAX, "saturates");
+    }
 
     #[test]
     fn the_longest_job_line_is_as_computed_and_longer_than_any_other_line() {

@@ -619,3 +619,34 @@ fn bad_timeouts_are_400_timeout_invalid() {
     let ok = server.post_json("/isprime", r#"{"number": "7", "timeout": "2s"}"#);
     assert_eq!(ok.status, 200, "{}", ok.text());
 }
+
+#[test]
+fn a_far_larger_number_than_any_run_yet_is_refused_by_its_scaled_estimate_not_killed() {
+    let server = Server::start(&["--workers", "1", "--job-timeout", "60s"]);
+    server.wait_for_workers(1);
+    // Light jobs run: their class (the exact u64 test) is the only one with a sample.
+    for _ in 0..5 {
+        let response = server.get("/isprime?number=1000000007");
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    // 2^23209 - 1 (6987 digits) has never run: its estimate is the light jobs' scaled by the
+    // ratio of hints (about 6 x 10^5), seconds even if a light job took a microsecond. Without
+    // the scaling it would borrow a light job's run time, start, and be killed at 500 ms.
+    let body = format!(
+        "{{\"number\": \"{}\", \"timeout\": \"500ms\"}}",
+        mersenne(23209)
+    );
+    let (message, code) = server.post_json("/isprime", &body).assert_error_code(503);
+    assert_eq!(code, "deadline_unreachable", "{message}");
+    let count = |outcome| server.outcome_count("forkpool_jobs_total", outcome);
+    assert_eq!(count("rejected_deadline"), 1, "refused at admission");
+    assert_eq!((count("rejected_dispatch"), count("timeout")), (0, 0));
+    let metrics = server.get("/metrics").text();
+    let killed = metrics.lines().find_map(|line| {
+        line.strip_prefix("forkpool_worker_exits_total{reason=\"killed_timeout\"} ")
+    });
+    assert!(
+        matches!(killed, None | Some("0")),
+        "no worker killed: {metrics}"
+    );
+}

@@ -6,14 +6,19 @@
 //! to be killed).
 //!
 //! # The model
-//! - **Run time, per cost class.** A job's [`Job::cost_hint`](super::Job::cost_hint) (its
-//!   input's size: digits, bytes) puts it in a class: hints in one half of a power of two (at
-//!   most 1.5 apart) share one, so that `/isprime` of 10 digits (microseconds) and of 3000
-//!   digits (a second) are predicted apart. Each class keeps a moving average of
-//!   its jobs' run times ([`ALPHA`] the weight of the newest) and of their deviation from it
-//!   ([`BETA`]), as TCP estimates a round trip (Jacobson, 1988). A class with no sample yet
-//!   borrows the nearest smaller class's estimate, a lower bound if run time grows with the
-//!   hint; with none below, the job's run time is unknown and counts as zero.
+//! - **Run time, per cost class.** A job's [`Job::cost_hint`](super::Job::cost_hint) (an
+//!   estimate proportional to its run time, in any unit) puts it in a class: hints in one half
+//!   of a power of two (at most 1.5 apart) share one, so that `/isprime` of 10 digits
+//!   (microseconds) and of 3000 digits (a second) are predicted apart. Each class keeps a
+//!   moving average of its jobs' run times ([`ALPHA`] the weight of the newest) and of their
+//!   deviation from it ([`BETA`]), as TCP estimates a round trip (Jacobson, 1988).
+//! - **A class with no sample yet is scaled from the nearest one with a sample** (below or
+//!   above, below first at equal distance): its mean and deviation times the ratio of the two
+//!   classes' hints (their least hints, [`least_hint`]). So the first 3000-digit job after a
+//!   start, after only 10-digit ones have run, is predicted from them at the ratio of their
+//!   hints (about 10^4 for `/isprime`), not at a 10-digit job's run time. Class 0 (hint 0: the
+//!   type gives none) is never scaled to or from: a type without hints is one class, unknown
+//!   until its first run. With no sample anywhere, the job's run time counts as zero.
 //! - **A job killed at its deadline is a sample too.** It ran at least that long: when that is
 //!   more than its class's mean, it is recorded as a run of that length. Without this, a class
 //!   whose every job is killed would never have an estimate and would be admitted forever.
@@ -31,9 +36,16 @@
 //! queue's lock, which a submission takes anyway.
 //!
 //! # Failure modes
-//! - **Before a class's first sample** (and with none below it) the job's own run time counts
-//!   as zero: the first heavy jobs after a start may be admitted and killed. Before any job has
-//!   finished, or with no worker live, there is no wait estimate and every job is admitted.
+//! - **Before any job has finished**, or with no worker live, there is no wait estimate and
+//!   every job is admitted, and the first heavy jobs after a start may be admitted and killed.
+//! - **A class scaled from another is as good as the hints' ratio.** A hint that grows too
+//!   slowly (or a distant class whose run time is mostly fixed overhead, which the ratio
+//!   scales too) predicts too short, and the job may be admitted and killed; that kill is the
+//!   class's first sample, so it happens once per class. A hint that grows too fast predicts
+//!   too long: the class is refused until its probe (below; the first comes [`PROBE_AFTER`]
+//!   after the pool's start at most, since a class never sampled counts as sampled then), and
+//!   the probe's run replaces the guess. The error grows with the distance between the
+//!   classes, so any sample of a nearer class narrows it.
 //! - **A job that runs past its estimate** counts as free from then on (its slot's expected end
 //!   is past), so the wait is underestimated until it ends: errs towards admitting, and the
 //!   check at dispatch is what then keeps a job from starting too late.
@@ -76,6 +88,18 @@ pub(super) fn class_of(hint: u64) -> usize {
     2 * top + half as usize
 }
 
+/// The least hint of cost class `class` (the inverse of [`class_of`] on class bounds): what
+/// stands for the class's hints when an estimate is scaled from one class to another. Within a
+/// class hints differ by less than 1.5, so a scaled estimate is off by that much at most, on
+/// top of the hint's own error.
+fn least_hint(class: usize) -> u64 {
+    if class < 2 {
+        return class as u64;
+    }
+    let (top, half) = (class / 2, (class % 2) as u64);
+    (2 + half) << (top - 1)
+}
+
 /// A class's run-time estimate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct RunTime {
@@ -94,6 +118,14 @@ impl RunTime {
     /// The run time a deadline must leave room for: the mean plus [`DEVIATIONS`] deviations.
     pub(super) fn with_margin(self) -> Duration {
         seconds(self.mean + DEVIATIONS * self.deviation)
+    }
+
+    /// This estimate for a job `ratio` times as costly: mean and deviation alike.
+    fn scaled(self, ratio: f32) -> RunTime {
+        RunTime {
+            mean: self.mean * ratio,
+            deviation: self.deviation * ratio,
+        }
     }
 
     /// After a run of `sample` seconds (Jacobson's update: the deviation moves towards the new
@@ -199,13 +231,27 @@ impl Estimator {
                 .is_ok()
     }
 
-    /// The estimate for a job of `class`: its class's, else the nearest smaller class's (a
-    /// lower bound), else `None`.
+    /// The estimate for a job of `class`: its class's; else, for a class with a hint, the
+    /// nearest class with a sample (below or above, below first at equal distance; never class
+    /// 0, which has no hint) scaled by the ratio of their hints; else `None`.
     pub(super) fn run_time(&self, class: usize) -> Option<RunTime> {
-        self.classes[..=class.min(CLASSES - 1)]
-            .iter()
-            .rev()
-            .find_map(|cell| RunTime::from_bits(cell.load(Ordering::Relaxed)))
+        let class = class.min(CLASSES - 1);
+        let read = |c: usize| RunTime::from_bits(self.classes[c].load(Ordering::Relaxed));
+        if let Some(own) = read(class) {
+            return Some(own);
+        }
+        if class == 0 {
+            return None;
+        }
+        let scaled = |seen: usize| {
+            let ratio = least_hint(class) as f32 / least_hint(seen) as f32;
+            read(seen).map(|run| run.scaled(ratio))
+        };
+        (1..CLASSES).find_map(|distance| {
+            let below = class.checked_sub(distance).filter(|&c| c > 0);
+            let above = Some(class + distance).filter(|&c| c < CLASSES);
+            below.and_then(scaled).or_else(|| above.and_then(scaled))
+        })
     }
 
     /// The mean run time of a job of `class`, zero when unknown: what it adds to the queue.
@@ -271,7 +317,8 @@ pub struct Wait {
     /// The expected wait before a worker takes the job.
     pub expected: Duration,
     /// The job's own run time as the deadline must leave room for it: its class's mean plus
-    /// two mean deviations; zero while its class (and every smaller one) has no sample.
+    /// two mean deviations (scaled from the nearest class with a sample while its own has
+    /// none); zero while no class with a hint has one.
     pub run: Duration,
     /// Jobs queued ahead.
     pub ahead: usize,
@@ -311,13 +358,11 @@ mod tests {
     }
 
     #[test]
-    fn a_class_averages_its_own_runs_and_borrows_from_below_until_it_has_one() {
+    fn a_class_averages_its_own_runs() {
         let estimate = Estimator::new(1);
         let (light, heavy) = (class_of(10), class_of(3000));
         assert_eq!(estimate.run_time(heavy), None);
         estimate.record(light, Sample::Finished(ms(1)));
-        assert!(close(estimate.expected_run(heavy), ms(1)), "borrowed from below");
-        assert_eq!(estimate.run_time(0), None, "never from above");
         estimate.record(heavy, Sample::Finished(ms(1000)));
         estimate.record(heavy, Sample::Finished(ms(0)));
         // 1000 + 0.2 x (0 - 1000) = 800; the light class is untouched.
@@ -326,6 +371,47 @@ mod tests {
         // Deviation: 500 at first, then 500 + 0.25 x (1000 - 500) = 625; margin 800 + 1250.
         let margin = estimate.run_time(heavy).unwrap().with_margin();
         assert!(close(margin, ms(2050)), "{margin:?}");
+    }
+
+    #[test]
+    fn least_hints_are_the_bounds_of_the_classes() {
+        for class in 1..CLASSES {
+            let least = least_hint(class);
+            assert_eq!(class_of(least), class, "{least}");
+            assert_eq!(class_of(least - 1), class - 1, "{least}");
+        }
+    }
+
+    #[test]
+    fn an_unseen_class_is_scaled_from_the_nearest_seen_one_by_the_ratio_of_hints() {
+        let estimate = Estimator::new(1);
+        // Hints 2^10 and 2^20: 1024 times as costly.
+        let (light, heavy) = (class_of(1 << 10), class_of(1 << 20));
+        estimate.record(light, Sample::Finished(ms(1)));
+        let run = estimate.run_time(heavy).unwrap();
+        assert!(close(run.mean(), ms(1024)), "{run:?}");
+        // The light class's deviation (half its first sample) is scaled alike: 1024 + 2 x 512.
+        assert!(close(run.with_margin(), ms(2048)), "{run:?}");
+        // From above too, and the nearest seen class wins: 2^15 at 32 ms is nearer to 2^17
+        // than 2^10 is.
+        estimate.record(class_of(1 << 15), Sample::Finished(ms(32)));
+        assert!(close(estimate.expected_run(class_of(1 << 12)), ms(4)), "8 x 1 ms, below");
+        assert!(close(estimate.expected_run(class_of(1 << 14)), ms(16)), "32 ms / 2, above");
+        assert!(close(estimate.expected_run(class_of(1 << 17)), ms(128)), "32 ms x 4");
+        // A class's own sample replaces the scaled guess.
+        estimate.record(heavy, Sample::Finished(ms(300)));
+        assert!(close(estimate.expected_run(heavy), ms(300)));
+    }
+
+    #[test]
+    fn a_type_without_hints_is_one_class_never_scaled() {
+        let estimate = Estimator::new(1);
+        estimate.record(0, Sample::Finished(ms(5)));
+        assert_eq!(estimate.run_time(1), None, "not from class 0");
+        assert!(close(estimate.expected_run(0), ms(5)));
+        let estimate = Estimator::new(1);
+        estimate.record(class_of(100), Sample::Finished(ms(5)));
+        assert_eq!(estimate.run_time(0), None, "nor to it");
     }
 
     #[test]

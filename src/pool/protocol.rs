@@ -59,14 +59,19 @@ pub trait Job: Serialize + DeserializeOwned + Send + 'static {
         Weight::Heavy
     }
 
-    /// A number that grows with this job's run time, as far as the submitter can tell before
-    /// it runs: its input's size (digits, bytes, items). The pool predicts run times per class
-    /// of hints (one class per half power of two) for admission by deadline
+    /// An estimate proportional to this job's run time, as far as the submitter can tell
+    /// before it runs: a job with twice the hint is expected to run twice as long. The unit is
+    /// free (nanoseconds on the machine it was measured on is the natural one), since only the
+    /// ratio of two hints is used. The pool predicts run times per class of hints (one class
+    /// per half power of two) for admission by deadline
     /// ([`WorkerPool::submit_with_timeout`](super::WorkerPool::submit_with_timeout)), so that
-    /// jobs whose hints are orders of magnitude apart are predicted apart. The default, 0, puts
-    /// every job of the type in one class: right when they all take about as long. Asked once
-    /// per job, in `submit`; a hint that does not grow with the run time only makes the
-    /// prediction worse (see the `estimate` module's failure modes), never a job fail.
+    /// jobs whose hints are orders of magnitude apart are predicted apart; a class that has
+    /// not run yet is predicted from the nearest class that has, times the ratio of their
+    /// hints. So a hint of the input's size (digits, bytes) is right only for a job linear in
+    /// it: for one quadratic in it, square the size. The default, 0, means no hint: every job
+    /// of the type is in one class, never scaled, right when they all take about as long.
+    /// Asked once per job, in `submit`; a hint that is off only makes the prediction worse
+    /// (see the `estimate` module's failure modes), never a job fail.
     fn cost_hint(&self) -> u64 {
         0
     }
