@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    alive, busy_jobs, run_to_exit, signal, slow_prime, status, temp_file, wait_until, Response,
-    Server,
+    alive, busy_jobs, run_to_exit, signal, slow_prime, status, temp_file, wait_until, Http,
+    Response, Server,
 };
 use serde_json::Value;
 
@@ -283,8 +283,12 @@ fn refuse_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 
 #[test]
 fn readyz_is_200_with_live_workers_and_healthz_always_200() {
-    let server = Server::start(&["--workers", "2"]);
-    server.wait_for_workers(2);
+    let server = common::App::start(&["--workers", "2", "--ls-root", "/"]);
+    let both = wait_until(Duration::from_secs(20), || {
+        let ready = server.get("/readyz");
+        (ready.status == 200 && ready.json()["live_workers"] == 2).then_some(())
+    });
+    assert!(both.is_some(), "{}", server.get("/readyz").text());
     let ready = server.get("/readyz");
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(ready.json()["live_workers"], 2);
