@@ -297,17 +297,18 @@ fn readyz_is_200_with_live_workers_and_healthz_always_200() {
 
 #[test]
 fn readyz_is_503_when_no_worker_can_start() {
-    let server = Server::with(&["--workers", "2", "--worker-program", "/bin/false"])
-        .unready()
-        .start();
+    let flags = ["--workers", "2", "--ls-root", "/"];
+    let server = common::App::with_worker(&flags, "/bin/false");
     // After a few failed starts it still must not report ready.
-    server.wait_for_log("two failed starts", |log| {
-        log.matches("worker failed to start").count() >= 2
+    let failed = wait_until(Duration::from_secs(20), || {
+        let pool = server.get("/status").json()["pool"].clone();
+        (pool["failed_starts_in_a_row"].as_u64() >= Some(2)).then_some(())
     });
+    assert!(failed.is_some(), "{}", server.get("/status").text());
     let message = server.get("/readyz").assert_error(503);
     assert!(message.contains("no worker"), "{message}");
     assert_eq!(server.get("/healthz").status, 200);
-    let workers = status(&server)["workers"].clone();
+    let workers = server.get("/status").json()["workers"].clone();
     assert_eq!(workers.as_array().unwrap().len(), 2);
     for w in workers.as_array().unwrap() {
         assert!(
