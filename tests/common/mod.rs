@@ -222,10 +222,12 @@ pub trait Http {
     /// One request, its response read to the end; panics when there is none.
     fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response;
 
+    /// `GET path`, no body.
     fn get(&self, path: &str) -> Response {
         self.request("GET", path, &[], b"")
     }
 
+    /// `POST path` with `body` as `application/json`.
     fn post_json(&self, path: &str, body: &str) -> Response {
         let json = [("content-type", "application/json")];
         self.request("POST", path, &json, body.as_bytes())
