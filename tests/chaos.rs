@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{mersenne, open_fds, request_bytes, rss_kib, slow_prime, Response, Server};
+use common::{mersenne, open_fds, request_bytes, rss_kib, slow_prime, Http, Response, Server};
 use common::{read_framed_response, wait_until, SplitMix64};
 use rustix::process::{kill_process, Pid, Signal};
 

@@ -9,7 +9,7 @@ use std::io::{BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{open_fds, read_framed_response, rss_kib, signal, wait_until, Response, Server};
+use common::{open_fds, read_framed_response, rss_kib, signal, wait_until, Http, Response, Server};
 
 /// Opens a connection with a read timeout of `timeout`.
 fn connect(server: &Server, timeout: Duration) -> TcpStream {

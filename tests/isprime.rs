@@ -1,23 +1,27 @@
-//! `/isprime` over HTTP: answers, the reply's shape, and every kind of bad input.
+//! `/isprime`: answers, the reply's shape, and every kind of bad input.
 //! (The primality vectors themselves are in tests/prime.rs.) Also the regression guard for a
 //! blocked event loop: probes while every worker is busy, with a loose bound.
+//!
+//! The parsing and error-shape tests call the router in the test process ([`common::App`]):
+//! what they check is the handler's answer. The documented shape end to end, deadlines and
+//! saturation start the binary.
 
 use crate::common;
 
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{busy_jobs, mersenne, slow_prime, wait_until, Server};
+use common::{busy_jobs, mersenne, slow_prime, wait_until, App, Http, Server};
 
-fn server() -> Server {
-    let server = Server::start(&["--workers", "2", "--max-digits", "50"]);
-    server.wait_for_workers(2);
-    server
+/// The router in the test process, with a 50-digit cap and a live worker.
+fn app() -> App {
+    App::start(&["--workers", "2", "--max-digits", "50", "--ls-root", "/"])
 }
 
 #[test]
 fn answers_get_and_post_with_the_documented_shape() {
-    let server = server();
+    let server = Server::start(&["--workers", "2", "--max-digits", "50"]);
+    server.wait_for_workers(2);
     let response = server.get("/isprime?number=1000000007");
     assert_eq!(response.status, 200);
     assert_eq!(response.header("content-type"), Some("application/json"));
@@ -53,7 +57,7 @@ fn answers_get_and_post_with_the_documented_shape() {
 
 #[test]
 fn accepts_whitespace_plus_and_leading_zeros_and_answers_canonically() {
-    let server = server();
+    let server = app();
     for (raw, number, prime) in [
         ("%20%2B0097%20", "97", true),
         ("0000", "0", false),
@@ -71,7 +75,7 @@ fn accepts_whitespace_plus_and_leading_zeros_and_answers_canonically() {
 
 #[test]
 fn bad_numbers_get_400_saying_what_is_wrong() {
-    let server = server();
+    let server = app();
     for (query, expected) in [
         ("", "missing"),
         ("?number=", "empty"),
@@ -114,7 +118,7 @@ fn bad_numbers_get_400_saying_what_is_wrong() {
 
 #[test]
 fn numbers_over_the_digit_cap_get_413() {
-    let server = server();
+    let server = app();
     let fifty = "9".repeat(50);
     assert_eq!(server.get(&format!("/isprime?number={fifty}")).status, 200);
     // Leading zeros do not count towards the cap.
@@ -170,50 +174,28 @@ fn testrequest_answers_while_every_worker_is_busy() {
 /// `--max-digits` of the in-process server: small, so that 413 is easy to reach.
 const MAX_DIGITS: usize = 30;
 
-/// The runtime and the public router of one in-process server, shared by the tests here.
-fn in_process() -> &'static (tokio::runtime::Runtime, axum::Router) {
-    static SERVER: std::sync::OnceLock<(tokio::runtime::Runtime, axum::Router)> =
-        std::sync::OnceLock::new();
-    SERVER.get_or_init(|| {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let digits = MAX_DIGITS.to_string();
-        let flags = ["--workers", "1", "--max-digits", &digits, "--ls-root", "/"];
-        let router = runtime.block_on(async {
-            let state = common::in_process_state(&flags, common::BIN);
-            state.pool.wait_live().await;
-            forkpool::routes::routers(state).public
-        });
-        (runtime, router)
-    })
+/// One in-process server, shared by the property tests here.
+fn in_process() -> &'static App {
+    static SERVER: std::sync::OnceLock<App> = std::sync::OnceLock::new();
+    let digits = MAX_DIGITS.to_string();
+    SERVER
+        .get_or_init(|| App::start(&["--workers", "1", "--max-digits", &digits, "--ls-root", "/"]))
 }
 
 /// A response of the in-process server: status and JSON body.
-fn call(request: axum::http::Request<axum::body::Body>) -> (u16, serde_json::Value) {
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-    let (runtime, router) = in_process();
-    runtime.block_on(async {
-        let response = router.clone().oneshot(request).await.unwrap();
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        let json = serde_json::from_slice(&body)
-            .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {body:?}"));
-        (status, json)
-    })
+fn call(response: common::Response) -> (u16, serde_json::Value) {
+    let json = serde_json::from_slice(&response.body)
+        .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {:?}", response.status, response.text()));
+    (response.status, json)
 }
 
 fn get_query(query: &str) -> (u16, serde_json::Value) {
-    let uri = format!("/isprime?{query}");
-    call(
-        axum::http::Request::get(uri)
-            .body(Default::default())
-            .unwrap(),
-    )
+    call(in_process().get(&format!("/isprime?{query}")))
 }
 
 fn post_body(body: Vec<u8>) -> (u16, serde_json::Value) {
-    let request = axum::http::Request::post("/isprime").header("content-type", "application/json");
-    call(request.body(body.into()).unwrap())
+    let json = [("content-type", "application/json")];
+    call(in_process().request("POST", "/isprime", &json, &body))
 }
 
 /// Asserts an error answer with `code`; returns its message.
@@ -586,7 +568,7 @@ fn a_job_past_its_clients_deadline_is_killed_at_that_deadline() {
 
 #[test]
 fn bad_timeouts_are_400_timeout_invalid() {
-    let server = server();
+    let server = app();
     let bad = [
         "", "0", "0s", "-1s", "2x", "soon", "1s2m", "1.2.3s", "%20", "2%00s", "1e3",
     ];

@@ -22,7 +22,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::load::{Load, LISTED};
-use common::{alive, open_fds, signal, status, wait_until, Server, BIN};
+use common::{alive, open_fds, signal, status, wait_until, Http, Server, BIN};
 use forkpool::systemd::command_with_listeners;
 use rustix::process::{Pid, WaitOptions};
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{wait_until, Response, Server};
+use common::{wait_until, Http, Response, Server};
 
 /// A temporary directory (tempfile's) under its canonical path, removed on drop.
 struct TempDir {

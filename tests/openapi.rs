@@ -1,8 +1,11 @@
 //! Issue 13: the OpenAPI 3.1 document (docs/openapi.json, served at /openapi.json) is held to
 //! the real server: every route the router serves is in it with exactly the methods it serves
 //! (routes from `forkpool::routes::ops::ENDPOINTS`, the table the router is built from; methods
-//! probed on the live binary), and real responses of every endpoint, successes and errors,
+//! probed on the router in the test process), and real responses of every endpoint, successes and errors,
 //! validate against the schema the document gives for their status and content type.
+//!
+//! What needs no process boundary (the document served, the methods routed, the property
+//! tests) calls the router in the test process ([`App`]); the rest starts the binary.
 //!
 //! Tests marked "needs the real src/prime.rs" hold a worker busy with `common::slow_prime()`.
 
@@ -13,7 +16,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{signal, slow_prime, wait_until, Response, Server};
+use common::{signal, slow_prime, wait_until, App, Http, Response, Server};
 use forkpool::routes::ops::{openapi_document, ENDPOINTS, OPENAPI, OPENAPI_MAX_DIGITS};
 use serde_json::{json, Value};
 
@@ -139,7 +142,7 @@ fn assert_matches(doc: &Value, documented: &Value, request: &str, response: &Res
 
 /// Sends the request, asserts its status, and asserts that the response is documented.
 fn check(
-    server: &Server,
+    server: &impl Http,
     doc: &Value,
     (method, path, body): (&str, &str, &str),
     status: u16,
@@ -181,6 +184,12 @@ fn ls_root() -> tempfile::TempDir {
     root
 }
 
+/// The router in the test process, for what the handlers answer.
+fn app(root: &tempfile::TempDir, extra: &[&str]) -> App {
+    let root = root.path().to_str().unwrap();
+    App::start(&[&["--ls-root", root, "--workers", "1"], extra].concat())
+}
+
 fn start(root: &tempfile::TempDir, extra: &[&str]) -> Server {
     let root = root.path().to_str().unwrap();
     let args = [&["--ls-root", root, "--workers", "1"], extra].concat();
@@ -207,14 +216,14 @@ fn the_document_is_openapi_3_1_served_verbatim_and_listed_in_the_index() {
     assert_eq!(doc["openapi"], "3.1.0");
     assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
     let root = ls_root();
-    let server = start(&root, &[]);
+    let server = app(&root, &[]);
     let response = check(&server, &doc, ("GET", "/openapi.json", ""), 200);
     assert_eq!(
         response.body,
         OPENAPI.as_bytes(),
         "the default --max-digits: as kept"
     );
-    let other = start(&root, &["--max-digits", "25"]);
+    let other = app(&root, &["--max-digits", "25"]);
     let served: Value = other.get("/openapi.json").json();
     let pattern = served
         .pointer("/components/parameters/number/schema/pattern")
@@ -252,7 +261,7 @@ fn every_route_the_router_serves_is_in_the_document_with_exactly_the_methods_it_
     );
 
     let root = ls_root();
-    let server = start(&root, &[]);
+    let server = app(&root, &[]);
     for endpoint in ENDPOINTS {
         let path = endpoint.path;
         // Every answer, 405 or not, must itself be documented.
@@ -797,11 +806,10 @@ fn handlers_read_query_parameters_only_through_the_listed_constants() {
 /// `--max-digits` of the in-process server: small, so that the pattern's bound is reachable.
 const PROPERTY_MAX_DIGITS: u32 = 30;
 
-/// An in-process server (its runtime, its public router, its listing root) and the document
-/// it serves, fetched from it: the schemas come from what a client would read.
+/// An in-process server (its listing root kept alive with it) and the document it serves,
+/// fetched from it: the schemas come from what a client would read.
 struct InProcess {
-    runtime: tokio::runtime::Runtime,
-    router: axum::Router,
+    app: App,
     doc: Value,
     _root: tempfile::TempDir,
 }
@@ -810,7 +818,6 @@ fn in_process() -> &'static InProcess {
     static SERVER: std::sync::OnceLock<InProcess> = std::sync::OnceLock::new();
     SERVER.get_or_init(|| {
         let root = ls_root();
-        let runtime = tokio::runtime::Runtime::new().unwrap();
         let digits = PROPERTY_MAX_DIGITS.to_string();
         let root_path = root.path().to_str().unwrap();
         let flags = [
@@ -821,48 +828,12 @@ fn in_process() -> &'static InProcess {
             "--ls-root",
             root_path,
         ];
-        let router = runtime.block_on(async {
-            let state = common::in_process_state(&flags, common::BIN);
-            state.pool.wait_live().await;
-            forkpool::routes::routers(state).public
-        });
-        let mut server = InProcess {
-            runtime,
-            router,
-            doc: Value::Null,
+        let app = App::start(&flags);
+        let doc = serde_json::from_slice(&app.get("/openapi.json").body).unwrap();
+        InProcess {
+            app,
+            doc,
             _root: root,
-        };
-        let served = call(&server, axum::http::Request::get("/openapi.json"), b"");
-        server.doc = serde_json::from_slice(&served.body).unwrap();
-        server
-    })
-}
-
-/// The in-process server's answer to `request` with `body`, read in full.
-fn call(server: &InProcess, request: axum::http::request::Builder, body: &[u8]) -> Response {
-    use http_body_util::BodyExt;
-    use tower::ServiceExt;
-    let request = request.body(axum::body::Body::from(body.to_vec())).unwrap();
-    server.runtime.block_on(async {
-        let response = server.router.clone().oneshot(request).await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap().to_owned()))
-            .collect();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec();
-        Response {
-            status,
-            headers,
-            body,
-            complete: true,
         }
     })
 }
@@ -958,14 +929,13 @@ proptest::proptest! {
         let schema = query_schema(doc, "/isprime", "number");
         let valid = validate(doc, schema, &Value::from(number.clone())).is_ok();
         let request = format!("/isprime?number={}", encode(&number));
-        let answer = call(server, axum::http::Request::get(&request), b"");
+        let answer = server.app.get(&request);
         check_property(doc, "GET", &request, valid, &[], &answer);
         // The same value in a JSON body, against the body's schema.
         let schema = &doc["components"]["schemas"]["IsPrimeRequest"];
         let body = json!({ "number": number });
         let valid = validate(doc, schema, &body).is_ok();
-        let post = axum::http::Request::post("/isprime").header("content-type", "application/json");
-        let answer = call(server, post, body.to_string().as_bytes());
+        let answer = server.app.post_json("/isprime", &body.to_string());
         check_property(doc, "POST", "/isprime", valid, &[], &answer);
     }
 
@@ -1006,8 +976,7 @@ proptest::proptest! {
             let schema = &doc["components"]["schemas"]["IsPrimeRequest"];
             proptest::prop_assert_eq!(validate(doc, schema, &instance).is_ok(), valid, "{}", body);
         }
-        let post = axum::http::Request::post("/isprime").header("content-type", "application/json");
-        let answer = call(server, post, body.as_bytes());
+        let answer = server.app.post_json("/isprime", &body);
         check_property(doc, "POST", "/isprime", valid, &["number_too_long"], &answer);
     }
 
@@ -1020,7 +989,7 @@ proptest::proptest! {
         let schema = query_schema(doc, "/ls", "directory");
         let valid = validate(doc, schema, &Value::from(directory.clone())).is_ok();
         let request = format!("/ls?directory={}", encode(&directory));
-        let answer = call(server, axum::http::Request::get(&request), b"");
+        let answer = server.app.get(&request);
         // A name that does not exist is no invalid input; the byte limits the document names
         // are limits, for names of multi-byte characters that the character counts allow.
         let bytes_over = directory.len() > 4095 || directory.split('/').any(|c| c.len() > 255);
@@ -1044,7 +1013,7 @@ fn a_directory_of_the_documented_length_is_not_refused() {
     for directory in [&names[..max], &names[..max - 1]] {
         assert!(validate(&server.doc, schema, &Value::from(directory)).is_ok());
         let request = format!("/ls?directory={directory}");
-        let answer = call(server, axum::http::Request::get(&request), b"");
+        let answer = server.app.get(&request);
         assert_eq!(
             answer.status,
             404,

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    alive, busy_jobs, run_to_exit, signal, slow_prime, status, temp_file, wait_until, Response,
-    Server,
+    alive, busy_jobs, run_to_exit, signal, slow_prime, status, temp_file, wait_until, Http,
+    Response, Server,
 };
 use serde_json::Value;
 
@@ -283,8 +283,12 @@ fn refuse_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 
 #[test]
 fn readyz_is_200_with_live_workers_and_healthz_always_200() {
-    let server = Server::start(&["--workers", "2"]);
-    server.wait_for_workers(2);
+    let server = common::App::start(&["--workers", "2", "--ls-root", "/"]);
+    let both = wait_until(Duration::from_secs(20), || {
+        let ready = server.get("/readyz");
+        (ready.status == 200 && ready.json()["live_workers"] == 2).then_some(())
+    });
+    assert!(both.is_some(), "{}", server.get("/readyz").text());
     let ready = server.get("/readyz");
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert_eq!(ready.json()["live_workers"], 2);
@@ -293,17 +297,18 @@ fn readyz_is_200_with_live_workers_and_healthz_always_200() {
 
 #[test]
 fn readyz_is_503_when_no_worker_can_start() {
-    let server = Server::with(&["--workers", "2", "--worker-program", "/bin/false"])
-        .unready()
-        .start();
+    let flags = ["--workers", "2", "--ls-root", "/"];
+    let server = common::App::with_worker(&flags, "/bin/false");
     // After a few failed starts it still must not report ready.
-    server.wait_for_log("two failed starts", |log| {
-        log.matches("worker failed to start").count() >= 2
+    let failed = wait_until(Duration::from_secs(20), || {
+        let pool = server.get("/status").json()["pool"].clone();
+        (pool["failed_starts_in_a_row"].as_u64() >= Some(2)).then_some(())
     });
+    assert!(failed.is_some(), "{}", server.get("/status").text());
     let message = server.get("/readyz").assert_error(503);
     assert!(message.contains("no worker"), "{message}");
     assert_eq!(server.get("/healthz").status, 200);
-    let workers = status(&server)["workers"].clone();
+    let workers = server.get("/status").json()["workers"].clone();
     assert_eq!(workers.as_array().unwrap().len(), 2);
     for w in workers.as_array().unwrap() {
         assert!(

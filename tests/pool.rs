@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    alive, busy_jobs, mersenne, signal, slow_prime, status, temp_file, wait_until, Server,
+    alive, busy_jobs, mersenne, signal, slow_prime, status, temp_file, wait_until, Http, Server,
 };
 use forkpool::error::AppError;
 use forkpool::jobs::IsPrimeJob;

@@ -1,5 +1,6 @@
-//! The HTTP front end of the real binary: /testrequest, the JSON error shape, request
-//! ids, graceful shutdown on SIGTERM, start-up errors, --help and the index.
+//! The HTTP front end: /testrequest, the JSON error shape, request ids (the router, in the
+//! test process: [`common::App`]); graceful shutdown on SIGTERM, start-up errors, --help and
+//! the index (the real binary).
 //!
 //! (A panicking handler is tested in-process, in `src/server.rs`: no route panics.)
 
@@ -9,12 +10,17 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use clap::CommandFactory;
-use common::{alive, run_to_exit, status, wait_until, HeldWorker, Server};
+use common::{alive, run_to_exit, status, wait_until, App, HeldWorker, Http, Server};
 use forkpool::routes::MAX_REQUEST_ID_LEN;
+
+/// The router in the test process, for what a handler or a layer of the router answers.
+fn app() -> App {
+    App::start(&["--workers", "1", "--ls-root", "/"])
+}
 
 #[test]
 fn testrequest_answers_plain_text() {
-    let server = Server::start(&["--workers", "1"]);
+    let server = app();
     let response = server.get("/testrequest");
     assert_eq!(response.status, 200);
     assert_eq!(response.text(), "I am unblocked now");
@@ -24,7 +30,7 @@ fn testrequest_answers_plain_text() {
 
 #[test]
 fn unknown_paths_and_methods_get_the_json_error_shape() {
-    let server = Server::start(&["--workers", "1"]);
+    let server = app();
     for path in ["/nope", "/testrequest/extra", "/isprime/7", "/%ff"] {
         let (message, code) = server.get(path).assert_error_code(404);
         assert!(message.contains("GET /"), "{path}: {message}");
@@ -44,7 +50,7 @@ fn unknown_paths_and_methods_get_the_json_error_shape() {
 
 #[test]
 fn request_ids_are_echoed_or_generated() {
-    let server = Server::start(&["--workers", "1"]);
+    let server = app();
     let given = server.request(
         "GET",
         "/testrequest",

@@ -9,7 +9,10 @@
 // the same thing again.
 #![allow(unreachable_pub)]
 
+pub mod app;
 pub mod load;
+
+pub use app::App;
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -87,19 +90,6 @@ impl Server {
         self.child.id()
     }
 
-    pub fn get(&self, path: &str) -> Response {
-        self.request("GET", path, &[], b"")
-    }
-
-    pub fn post_json(&self, path: &str, body: &str) -> Response {
-        self.request(
-            "POST",
-            path,
-            &[("content-type", "application/json")],
-            body.as_bytes(),
-        )
-    }
-
     /// The value of the /metrics sample `family{outcome="OUTCOME"}`, 0 while it is absent.
     pub fn outcome_count(&self, family: &str, outcome: &str) -> u64 {
         let metrics = self.get("/metrics").text();
@@ -114,18 +104,6 @@ impl Server {
     pub fn get_admin(&self, path: &str) -> Response {
         let admin = self.admin.expect("the server has an admin listener");
         try_request(admin, "GET", path, &[], b"").unwrap_or_else(|e| panic!("GET {path}: {e}"))
-    }
-
-    /// One request on a fresh connection (`Connection: close`), read to the end.
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-    ) -> Response {
-        try_request(self.addr, method, path, headers, body)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     /// Sends a request and returns the open connection, for tests that read slowly or hang up.
@@ -234,6 +212,33 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What a test sends requests to: the real binary over a socket ([`Server`]) or the router in
+/// the test process ([`App`]). A helper that only reads answers takes `&impl Http`, so one
+/// helper serves tests of both kinds.
+pub trait Http {
+    /// One request, its response read to the end; panics when there is none.
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response;
+
+    /// `GET path`, no body.
+    fn get(&self, path: &str) -> Response {
+        self.request("GET", path, &[], b"")
+    }
+
+    /// `POST path` with `body` as `application/json`.
+    fn post_json(&self, path: &str, body: &str) -> Response {
+        let json = [("content-type", "application/json")];
+        self.request("POST", path, &json, body.as_bytes())
+    }
+}
+
+impl Http for Server {
+    /// On a fresh connection (`Connection: close`).
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        try_request(self.addr, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 }
 
@@ -581,7 +586,8 @@ pub fn require_tool(program: &str, arg: &str) {
 pub static POOL_THREADS: Mutex<()> = Mutex::new(());
 
 /// The state of a server built from parts in the test process, as `app::build` builds one:
-/// the settings the binary resolves from `flags`, a pool whose workers are `worker`, `/ls` on
+/// the settings the binary resolves from `flags` (with the connection cap in force; the
+/// listen addresses stay as given, since nothing is bound), a pool whose workers are `worker`, `/ls` on
 /// the settings' root, the process-wide recorder. Call it inside a Tokio runtime; a handler is
 /// then called with `routes::routers(state).public` and `tower::ServiceExt::oneshot`.
 pub fn in_process_state(flags: &[&str], worker: &str) -> forkpool::routes::state::AppState {
@@ -589,6 +595,13 @@ pub fn in_process_state(flags: &[&str], worker: &str) -> forkpool::routes::state
     let args = [&["forkpool"], flags].concat();
     let cli = <forkpool::cli::Cli as clap::Parser>::try_parse_from(args).unwrap();
     let settings = cli.flags.resolve().unwrap();
+    // The cap in force, as `app::build` sets it, so that /status shows what the binary's does.
+    // (It raises this process's soft descriptor limit to the hard one, as the binary does.)
+    let cap = forkpool::server::connection_cap(&settings).unwrap();
+    let settings = forkpool::settings::Settings {
+        max_connections: Some(cap),
+        ..settings
+    };
     // Before the pool: it registers metric handles, which need the recorder in place.
     let metrics = forkpool::telemetry::recorder();
     let pool = {
