@@ -13,6 +13,8 @@
 //! - A notification that cannot be delivered (the service manager, or an upgrading
 //!   predecessor, has gone) is logged at debug level and otherwise ignored: nobody is left to
 //!   tell.
+//! - A manager that does not read its socket never stalls the server: notifications are sent
+//!   from a thread of their own, and dropped (logged) once 16 wait (`notify`).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -130,10 +132,65 @@ fn accepts_connections(fd: RawFd) -> bool {
 }
 
 /// Tells the service manager (or the predecessor that started this server) about a state
-/// change; without `NOTIFY_SOCKET`, does nothing.
-pub fn notify(state: &[NotifyState]) {
-    if let Err(error) = sd_notify::notify(state) {
-        tracing::debug!(%error, ?state, "service manager notification not delivered");
+/// change; without `NOTIFY_SOCKET`, does nothing. Never blocks the caller: see [`Notifier`].
+pub fn notify(state: &[NotifyState<'static>]) {
+    static NOTIFIER: std::sync::OnceLock<Option<Notifier>> = std::sync::OnceLock::new();
+    let notifier = NOTIFIER.get_or_init(|| {
+        std::env::var_os("NOTIFY_SOCKET")
+            .is_some()
+            .then(Notifier::start)
+            .flatten()
+    });
+    if let Some(notifier) = notifier {
+        notifier.send(state.to_vec());
+    }
+}
+
+/// The thread that sends notifications, in order, and the queue to it. A send to the
+/// manager's datagram socket blocks while that socket's queue is full (`net.unix.max_dgram_qlen`
+/// datagrams, 10 by default): a manager that is slow to read, or a launcher that stopped
+/// reading. Made on a runtime thread, that send stalled the server: a test's launcher that no
+/// longer read left a server unable to finish its drain after SIGTERM, its one runtime thread
+/// blocked in a `WATCHDOG=1`. Here only this thread waits; a process that exits does not wait
+/// for it; and while it is stuck, at most [`Notifier::QUEUE`] notifications wait, the newer
+/// ones are dropped (and logged).
+struct Notifier {
+    /// The queue to the sending thread.
+    queue: std::sync::mpsc::SyncSender<Vec<NotifyState<'static>>>,
+}
+
+impl Notifier {
+    /// Notifications that may wait while a send is stuck.
+    const QUEUE: usize = 16;
+
+    /// Starts the sending thread; `None` (logged) when the thread cannot be started.
+    fn start() -> Option<Notifier> {
+        let (queue, states) = std::sync::mpsc::sync_channel::<Vec<NotifyState<'static>>>(Self::QUEUE);
+        let sender = std::thread::Builder::new().name("sd-notify".into()).spawn(move || {
+            for state in states {
+                if let Err(error) = sd_notify::notify(&state) {
+                    tracing::debug!(%error, ?state, "service manager notification not delivered");
+                }
+            }
+        });
+        match sender {
+            Ok(_) => Some(Notifier { queue }),
+            Err(error) => {
+                tracing::warn!(%error, "no thread for service manager notifications; none are sent");
+                None
+            }
+        }
+    }
+
+    /// Queues `state` for the thread, or drops it when [`Notifier::QUEUE`] are waiting.
+    fn send(&self, state: Vec<NotifyState<'static>>) {
+        if let Err(error) = self.queue.try_send(state) {
+            let state = match error {
+                std::sync::mpsc::TrySendError::Full(state)
+                | std::sync::mpsc::TrySendError::Disconnected(state) => state,
+            };
+            tracing::warn!(?state, "the service manager reads no notifications; this one is dropped");
+        }
     }
 }
 

@@ -373,6 +373,35 @@ fn a_socket_passed_as_systemd_passes_it_is_served_and_restarts_on_it_lose_no_req
     assert!(child.0.wait().unwrap().success());
 }
 
+/// A launcher (or a service manager) that stops reading its notification socket must not
+/// stall the server: with the socket's queue full, a send there blocks, and a server whose
+/// runtime thread made it could not finish its drain after SIGTERM (seen under load: the
+/// server hung in a `WATCHDOG=1` until the test was killed).
+#[test]
+fn a_notify_socket_nobody_reads_does_not_keep_the_server_from_stopping() {
+    let installed = Installed::new(); // only for its /ls root
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let notify = Notifications::bind();
+    let mut child = Launched(socket_activated(&listener, &notify, &installed.root()));
+    notify.wait_for("READY=1");
+    // From now on nobody reads: fill the queue (the kernel's `max_dgram_qlen`) so that the
+    // server's next notification cannot be delivered.
+    let probe = UnixDatagram::unbound().unwrap();
+    probe.set_nonblocking(true).unwrap();
+    let full = wait_until(Duration::from_secs(30), || {
+        match probe.send_to(b"FILLER=1\n", &notify.path) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Some(()),
+            Err(e) => panic!("filling the notify socket: {e}"),
+            Ok(_) => None,
+        }
+    });
+    assert!(full.is_some(), "the notify socket's queue never filled");
+    signal(child.0.id(), "TERM");
+    let exit = wait_until(Duration::from_secs(30), || child.0.try_wait().unwrap());
+    let exit = exit.expect("the server did not exit within 30 s of SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+}
+
 #[test]
 fn a_passed_descriptor_that_is_not_a_listening_socket_is_a_start_up_error_naming_it() {
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
