@@ -385,10 +385,16 @@ fn a_replica_killed_under_load_fails_only_requests_nginx_must_not_retry() {
     load.wait_answered(100);
     let killed = cluster.replicas[0].addr;
     signal(cluster.replicas[0].pid(), "KILL");
-    // Load on through the kill, served by the other replica.
+    // Load on through the kill, served by the other replica, until nginx has moved a request
+    // from the dead one: the first failure takes it out of rotation for fail_timeout (2 s), so
+    // the move may come only once nginx tries it again (a refused connection, moved on).
     load.wait_answered(300);
+    let moved = wait_until(Duration::from_secs(30), || {
+        let retried = cluster.nginx.retried_requests(killed);
+        (!retried.is_empty()).then_some(retried)
+    });
     let tally = load.finish();
-    let retried = cluster.nginx.retried_requests(killed);
+    let retried = moved.unwrap_or_default();
     println!("replica {killed} SIGKILLed under load, through nginx:\n{tally}");
     println!("  requests nginx moved from the killed replica to the other: {retried:?}");
     for (kind, failure) in &tally.failed {
