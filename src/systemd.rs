@@ -132,7 +132,7 @@ fn accepts_connections(fd: RawFd) -> bool {
 }
 
 /// Tells the service manager (or the predecessor that started this server) about a state
-/// change; without `NOTIFY_SOCKET`, does nothing. Never blocks the caller: see [`Notifier`].
+/// change; without `NOTIFY_SOCKET`, does nothing. Never blocks the caller: see `Notifier`.
 pub fn notify(state: &[NotifyState<'static>]) {
     static NOTIFIER: std::sync::OnceLock<Option<Notifier>> = std::sync::OnceLock::new();
     let notifier = NOTIFIER.get_or_init(|| {

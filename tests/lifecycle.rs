@@ -315,7 +315,21 @@ impl Drop for Launched {
 /// (named after the unit, as systemd names it by default), notifications to `notify`, a
 /// watchdog every 200 ms, and a `--listen` that must be ignored.
 fn socket_activated(listener: &TcpListener, notify: &Notifications, root: &Path) -> Child {
-    let args = ["--workers", "1", "--listen", "127.0.0.1:1", "--ls-root"].map(Into::into);
+    // Workers in the normal class and a drain that waits for what is in flight however slow a
+    // loaded machine makes it (at SCHED_IDLE and the default 10 s grace, a heavy job of the
+    // load was answered 503 `shutting_down` under a busy loop on every core).
+    let args = [
+        "--workers",
+        "1",
+        "--worker-sched",
+        "other",
+        "--shutdown-grace",
+        "120s",
+        "--listen",
+        "127.0.0.1:1",
+        "--ls-root",
+    ]
+    .map(Into::into);
     let args = [&args[..], &[root.as_os_str().to_owned()]].concat();
     let env = [
         ("NOTIFY_SOCKET", notify.path.as_os_str()),
