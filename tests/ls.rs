@@ -571,7 +571,13 @@ fn start_with_fake_ls(root: &TempDir, script: &str, extra: &[&str]) -> (Server, 
     use std::os::unix::fs::PermissionsExt;
     let bin = TempDir::new("bin");
     let ls = bin.path().join("ls");
-    std::fs::write(&ls, format!("#!/bin/sh\n{script}\n")).unwrap();
+    // The stand-in leaves the idle scheduling class the server starts `ls` in (allowed to any
+    // process at its own nice, 19), as the test servers' workers do: under SCHED_IDLE, a busy
+    // loop on every core starved it for seconds, and the steady listing of
+    // `an_ls_that_stalls_is_killed_at_the_idle_bound_and_a_steady_one_is_not` was cut by its
+    // idle bound. What the tests here check is what the server does with the output.
+    let script = format!("#!/bin/sh\nchrt --other --pid 0 $$ 2>/dev/null\n{script}\n");
+    std::fs::write(&ls, script).unwrap();
     std::fs::set_permissions(&ls, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!(
         "{}:{}",
