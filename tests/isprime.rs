@@ -363,9 +363,11 @@ proptest::proptest! {
 
 #[test]
 fn a_deadline_the_queue_already_outlasts_is_refused_at_once() {
-    // Every job runs until released.
+    // Every job runs until released, and each is sent to the worker alone (`--max-batch 1`):
+    // light jobs sent ahead to a busy worker leave the queue, and the two below were once not
+    // both seen queued (in the 20-run check under busy loops).
     let held = common::HeldWorker::new();
-    let args = ["--workers", "1", "--job-timeout", "60s"];
+    let args = ["--workers", "1", "--job-timeout", "60s", "--max-batch", "1"];
     let server = Server::start(&[&args[..], &["--worker-program", held.program()]].concat());
     server.wait_for_workers(1);
     let body = r#"{"number": "7"}"#;
