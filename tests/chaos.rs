@@ -923,9 +923,6 @@ fn start(root: &Path) -> Server {
     Server::start(&[
         "--workers",
         "2",
-        // SCHED_IDLE workers starve on a busy machine, and every job would time out.
-        "--worker-sched",
-        "other",
         "--ls-root",
         root.to_str().unwrap(),
         "--ls-max-concurrent",

@@ -315,14 +315,12 @@ impl Drop for Launched {
 /// (named after the unit, as systemd names it by default), notifications to `notify`, a
 /// watchdog every 200 ms, and a `--listen` that must be ignored.
 fn socket_activated(listener: &TcpListener, notify: &Notifications, root: &Path) -> Child {
-    // Workers in the normal class and a drain that waits for what is in flight however slow a
-    // loaded machine makes it (at SCHED_IDLE and the default 10 s grace, a heavy job of the
-    // load was answered 503 `shutting_down` under a busy loop on every core).
+    // A drain that waits for what is in flight however slow a loaded machine makes it (at the
+    // default 10 s grace, a heavy job of the load was answered 503 `shutting_down` under a busy
+    // loop on every core), and workers in the normal class as every test's server has them.
     let args = [
         "--workers",
         "1",
-        "--worker-sched",
-        "other",
         "--shutdown-grace",
         "120s",
         "--listen",
@@ -331,7 +329,9 @@ fn socket_activated(listener: &TcpListener, notify: &Notifications, root: &Path)
     ]
     .map(Into::into);
     let args = [&args[..], &[root.as_os_str().to_owned()]].concat();
+    let (sched, class) = common::WORKERS_IN_NORMAL_CLASS;
     let env = [
+        (sched, std::ffi::OsStr::new(class)),
         ("NOTIFY_SOCKET", notify.path.as_os_str()),
         ("WATCHDOG_USEC", "200000".as_ref()),
     ];

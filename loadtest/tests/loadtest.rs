@@ -1,14 +1,15 @@
-//! `forkpool-loadtest --spawn` end to end with tiny bounds, its saturated scenario held to the
-//! loose p99 bound of the server's event-loop guard (tests/isprime.rs). The real targets are
-//! measured by the load tester itself in a release build, not here.
+//! `forkpool-loadtest --spawn` end to end with tiny bounds: each scenario runs, reports what it
+//! says and leaves nothing behind. No figure is judged here: the real targets are measured by
+//! the load tester itself in a release build (README, Performance).
 //!
 //! `--spawn` runs the `forkpool` next to the load tester: `cargo test` at the workspace root
 //! builds both (`cargo test -p forkpool-loadtest` alone may find a stale or missing server).
 
-use std::io::Read;
-use std::process::Command;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_forkpool-loadtest");
+use std::io::Read;
+
+use common::loadtest;
 
 /// True while `pid` exists and is not a zombie. The test's own reading of /proc, independent
 /// of the load tester's clean-up that it checks.
@@ -26,7 +27,7 @@ fn alive(pid: u32) -> bool {
 fn loadtest_spawn_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let (json_path, svg_path) = (dir.path().join("lt.json"), dir.path().join("lt.svg"));
-    let output = Command::new(BIN)
+    let output = loadtest()
         .args(["--spawn", "--workers", "2"])
         .args(["--scenarios", "idle,saturated,dispatch,mixed,ls"])
         .args([
@@ -40,9 +41,6 @@ fn loadtest_spawn_runs_end_to_end() {
         .args(["--duration", "1s", "--concurrency", "8"])
         .args(["--ls-files", "300", "--ls-runs", "1"])
         .arg("--server-arg=--queue=64")
-        // Workers in the normal class, as in the server's tests: at SCHED_IDLE (the default),
-        // other work on a loaded machine starved the heavy jobs past their 60 s deadline.
-        .arg("--server-arg=--worker-sched=other")
         .arg("--json")
         .arg(&json_path)
         .arg("--svg")
@@ -151,8 +149,8 @@ fn loadtest_spawn_runs_end_to_end() {
 fn lifecycle_scenarios_run_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("lt.json");
-    let server = std::path::Path::new(BIN).with_file_name("forkpool");
-    let output = Command::new(BIN)
+    let server = std::path::Path::new(common::BIN).with_file_name("forkpool");
+    let output = loadtest()
         .args([
             "--spawn",
             "--workers",
@@ -165,12 +163,8 @@ fn lifecycle_scenarios_run_end_to_end() {
         .args(["--load-clients", "4", "--lifecycle-pause", "200ms"])
         // However slow a loaded machine makes the heavy jobs in flight, each drain waits for
         // them: with the default 10 s grace, a machine with a busy loop on every core answered
-        // one 503 `shutting_down` and closed two kept-alive requests at the grace's end. The
-        // workers run in the normal class, as in the server tests, for the same reason.
-        .args([
-            "--server-arg=--shutdown-grace=120s",
-            "--server-arg=--worker-sched=other",
-        ])
+        // one 503 `shutting_down` and closed two kept-alive requests at the grace's end.
+        .arg("--server-arg=--shutdown-grace=120s")
         .arg("--json")
         .arg(&json_path)
         .output()
@@ -213,7 +207,7 @@ fn lifecycle_scenarios_run_end_to_end() {
 fn the_overload_scenario_counts_every_request_once_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let json_path = dir.path().join("overload.json");
-    let output = Command::new(BIN)
+    let output = loadtest()
         .args(["--spawn", "--workers", "1", "--scenarios", "overload"])
         .args(["--duration", "2s", "--overload-rate", "10"])
         .args(["--heavy-exponent", "9689", "--overload-timeout", "300ms"])
@@ -259,7 +253,7 @@ fn the_overload_scenario_counts_every_request_once_on_both_sides() {
 
 #[test]
 fn a_server_that_cannot_start_is_shown_with_its_command_line_and_its_stderr() {
-    let output = Command::new(BIN)
+    let output = loadtest()
         .args(["--spawn", "--workers", "1", "--scenarios", "idle"])
         .arg("--server-arg=--queue=0")
         .output()
@@ -281,7 +275,7 @@ fn server_args_take_the_server_s_spellings_and_may_set_the_listen_address() {
         .local_addr()
         .unwrap()
         .port();
-    let output = Command::new(BIN)
+    let output = loadtest()
         .args([
             "--spawn",
             "--workers",

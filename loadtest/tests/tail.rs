@@ -3,15 +3,17 @@
 //! scheduling class, and the side-by-side plot is written. Figures are not judged here (the
 //! README's Performance section holds them); only that each phase measured what it says.
 
-use std::process::Command;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_forkpool-loadtest");
+use common::{loadtest, WORKER_SCHED};
 
 #[test]
 fn tail_scenario_reports_every_phase_and_the_threads_that_waited() {
     let dir = tempfile::tempdir().unwrap();
     let (json_path, svg_path) = (dir.path().join("t.json"), dir.path().join("t.svg"));
-    let output = Command::new(BIN)
+    let output = loadtest()
+        // The phases report the workers' class: this test checks the default, SCHED_IDLE.
+        .env_remove(WORKER_SCHED)
         .args(["--spawn", "--workers", "2", "--scenarios", "tail"])
         .args([
             "--tail-probes",

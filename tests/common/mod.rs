@@ -267,6 +267,14 @@ pub struct Launch<'a> {
     idle_workers: bool,
 }
 
+/// The environment variable every test's server gets unless the test asks otherwise: workers
+/// in the normal scheduling class (a flag or the test's own environment overrides it). On a
+/// machine busy with other work (CI, a shared 2-core box, the busy loops of the README's
+/// flakiness check) a worker in the binary's default class, SCHED_IDLE, gets almost no CPU,
+/// and a job the test waits for, such as `slow_prime`, took minutes instead of a second, past
+/// the client's read timeout. Servers a test launches without [`Launch`] set it themselves.
+pub const WORKERS_IN_NORMAL_CLASS: (&str, &str) = ("FORKPOOL_WORKER_SCHED", "other");
+
 impl<'a> Launch<'a> {
     /// Adds `env` to the server's environment.
     pub fn env(mut self, env: &[(&'a str, &'a str)]) -> Self {
@@ -309,11 +317,7 @@ impl<'a> Launch<'a> {
     }
 
     /// Leaves the workers in the binary's default scheduling class, SCHED_IDLE. Without this,
-    /// a test's server runs them in the normal class (`FORKPOOL_WORKER_SCHED=other`, which a
-    /// flag or the test's own environment overrides): on a machine busy with other work (CI, a
-    /// shared 2-core box, the busy loops of the README's flakiness check) an idle-class worker
-    /// gets almost no CPU, and a job the test waits for, such as `slow_prime`, took minutes
-    /// instead of a second, past the client's read timeout.
+    /// a test's server runs them in the normal class ([`WORKERS_IN_NORMAL_CLASS`]).
     pub fn idle_workers(mut self) -> Self {
         self.idle_workers = true;
         self
@@ -339,8 +343,12 @@ impl<'a> Launch<'a> {
         use std::os::unix::process::CommandExt;
         let args = [&["--listen", self.listen.as_str()], &self.args[..]].concat();
         let mut env = self.env.clone();
-        if !self.idle_workers && !env.iter().any(|(name, _)| *name == "FORKPOOL_WORKER_SCHED") {
-            env.insert(0, ("FORKPOOL_WORKER_SCHED", "other"));
+        if !self.idle_workers
+            && !env
+                .iter()
+                .any(|(name, _)| *name == WORKERS_IN_NORMAL_CLASS.0)
+        {
+            env.insert(0, WORKERS_IN_NORMAL_CLASS);
         }
         let mut command = command_of(self.program, &args, &env);
         let (nofile, bound, cgroup) = (self.nofile, self.bound_by_permissions, self.cgroup);

@@ -199,10 +199,12 @@ mod tests {
 
     #[test]
     fn a_closed_port_is_an_io_error() {
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // A port bound but not listening refuses connections, and stays ours while the test
+        // runs: a listener dropped at once freed its port for the next test to bind (it did,
+        // once, and the probe connected and was reset instead).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
         let err = probe(addr, Duration::from_secs(1)).unwrap_err();
         assert!(
             matches!(
