@@ -16,6 +16,8 @@
 //! - The new server exits before it is ready (a broken binary, a bad setting), or is not ready
 //!   within `--upgrade-timeout` (its workers cannot start): it is killed (it has accepted
 //!   nothing, so nothing is lost), the log says why, and the old server keeps serving.
+//! - The new binary is still open for writing by some process (`ETXTBSY`): the start is
+//!   retried every 50 ms for up to `--upgrade-timeout`, then fails as above.
 //! - SIGTERM or SIGINT during an upgrade: the new server is killed, and the old one drains.
 //! - Under a service manager (`NOTIFY_SOCKET` set by systemd), SIGUSR2 is refused: systemd
 //!   would take the old server's exit for the service's end and stop the new one with it. There,
@@ -128,7 +130,7 @@ impl Upgrader {
         }
         let readiness = Readiness::open()?;
         let mut successor = Successor {
-            child: self.spawn(&readiness)?,
+            child: self.spawn_once_not_busy(&readiness).await?,
             ready: false,
         };
         let pid = successor.child.id().unwrap_or_default();
@@ -150,6 +152,36 @@ impl Upgrader {
             Err(_) => successor.kill().await,
         }
         outcome
+    }
+
+    /// Starts the successor, waiting while its binary is busy (`ETXTBSY`): some process still
+    /// has the file open for writing. That is an installer finishing its copy, or any process
+    /// that forked while one had it open and has not exec'd yet (a close-on-exec descriptor
+    /// lives in the child until its exec): moments, so it is retried every 50 ms for up to
+    /// `--upgrade-timeout` instead of failing the upgrade (it did, in a test process that
+    /// installed the binary while its other threads started servers).
+    async fn spawn_once_not_busy(
+        &self,
+        readiness: &Readiness,
+    ) -> Result<tokio::process::Child, UpgradeError> {
+        let give_up = tokio::time::Instant::now() + self.ready_timeout;
+        let mut logged = false;
+        loop {
+            let spawned = self.spawn(readiness);
+            let busy = matches!(&spawned, Err(UpgradeError::Spawn { source, .. })
+                if source.raw_os_error() == Some(rustix::io::Errno::TXTBSY.raw_os_error()));
+            if !busy || tokio::time::Instant::now() >= give_up {
+                return spawned;
+            }
+            if !std::mem::replace(&mut logged, true) {
+                tracing::warn!(
+                    program = %self.program.display(),
+                    "the new binary is open for writing by another process (text file busy); \
+                     retrying until --upgrade-timeout"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn spawn(&self, readiness: &Readiness) -> Result<tokio::process::Child, UpgradeError> {

@@ -18,7 +18,7 @@ use std::net::{TcpListener, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::load::{Load, LISTED};
@@ -89,19 +89,21 @@ impl Installed {
         self.dir.path().join("root")
     }
 
-    /// Installs `from` as `install(1)` does: a new file, renamed over the old one.
+    /// Installs `from` as `install(1)` does: a new file, renamed over the old one. `cp` writes
+    /// it, so that no child this process forks meanwhile holds it open for writing (see
+    /// `common::write_executable`).
     fn replace_with(&self, from: &Path) {
         let new = self.dir.path().join("forkpool.new");
-        std::fs::copy(from, &new).unwrap();
+        let copied = Command::new("cp").arg(from).arg(&new).status().unwrap();
+        assert!(copied.success(), "cp {from:?} {new:?}: {copied}");
         std::fs::rename(&new, self.program()).unwrap();
     }
 
     /// Installs a shell script in place of the binary.
     fn replace_with_script(&self, script: &str) {
-        let file = common::temp_file("forkpool-new-", ".sh", script);
-        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
-        self.replace_with(&file);
+        let new = self.dir.path().join("forkpool.new");
+        common::write_executable(&new, script.as_bytes());
+        std::fs::rename(&new, self.program()).unwrap();
     }
 
     /// The pid in the pid file, once it is there.
@@ -139,6 +141,12 @@ impl Installed {
     /// the pid file names another server and `old` has exited, and returns the new pid.
     fn upgrade(&self, server: &Server, old: u32) -> u32 {
         signal(old, "USR2");
+        self.successor(server, old)
+    }
+
+    /// Waits until the pid file names a server other than `old` and `old` has exited, and
+    /// returns the new pid; a failure shows `server`'s log.
+    fn successor(&self, server: &Server, old: u32) -> u32 {
         // Longer than the default --upgrade-timeout (30 s), so that a new server too slow to be
         // ready shows in the log as the old server giving up on it, not as this wait's end.
         let new = wait_until(Duration::from_secs(45), || {
@@ -212,6 +220,38 @@ fn sigusr2_upgrades_to_the_binary_now_installed_under_load_without_a_failed_requ
     let log = server.log();
     assert_eq!(log.matches("handing over and draining").count(), 3, "{log}");
     drop(last);
+}
+
+#[test]
+fn an_upgrade_waits_while_the_new_binary_is_still_open_for_writing() {
+    become_subreaper();
+    let installed = Installed::new();
+    let server = installed.start(&[]);
+    let old = server.pid();
+    installed.replace_with(Path::new(BIN));
+    // A process holding the new binary open for writing, as a child forked while an installer
+    // had it open does until it execs: starting the binary fails with ETXTBSY meanwhile.
+    let program = installed.program();
+    let mut holder = Command::new("sh")
+        .args(["-c", r#"exec 3>>"$0"; read -r line"#])
+        .arg(&program)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let holds = wait_until(Duration::from_secs(20), || {
+        let fd = std::fs::read_link(format!("/proc/{}/fd/3", holder.id())).ok()?;
+        (fd == program).then_some(())
+    });
+    assert!(holds.is_some(), "the holder never opened {program:?}");
+    signal(old, "USR2");
+    server.wait_for_log("the start retried while the binary is busy", |log| {
+        log.contains("open for writing by another process")
+    });
+    drop(holder.stdin.take()); // the holder reads end of file, exits and closes the binary
+    holder.wait().unwrap();
+    let new = installed.successor(&server, old);
+    assert_eq!(status(&server)["pid"], new);
+    drop(Reaped(new));
 }
 
 #[test]

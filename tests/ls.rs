@@ -568,7 +568,6 @@ fn timeout_aborts_the_body() {
 /// Starts a server whose `ls` is a shell script with body `script`, first on its PATH. Keep
 /// the returned directory (the script's) alive as long as the server.
 fn start_with_fake_ls(root: &TempDir, script: &str, extra: &[&str]) -> (Server, TempDir) {
-    use std::os::unix::fs::PermissionsExt;
     let bin = TempDir::new("bin");
     let ls = bin.path().join("ls");
     // The stand-in leaves the idle scheduling class the server starts `ls` in (allowed to any
@@ -577,8 +576,7 @@ fn start_with_fake_ls(root: &TempDir, script: &str, extra: &[&str]) -> (Server, 
     // `an_ls_that_stalls_is_killed_at_the_idle_bound_and_a_steady_one_is_not` was cut by its
     // idle bound. What the tests here check is what the server does with the output.
     let script = format!("#!/bin/sh\nchrt --other --pid 0 $$ 2>/dev/null\n{script}\n");
-    std::fs::write(&ls, script).unwrap();
-    std::fs::set_permissions(&ls, std::fs::Permissions::from_mode(0o755)).unwrap();
+    common::write_executable(&ls, script.as_bytes());
     let path = format!(
         "{}:{}",
         bin.str(),

@@ -560,14 +560,12 @@ fn readiness_and_shutdown_503s_validate_against_the_document() {
 
 #[test]
 fn a_busy_ls_503_validates_against_the_document() {
-    use std::os::unix::fs::PermissionsExt;
     let doc = document();
     let root = ls_root();
     // A stand-in `ls` that holds the only listing slot for a while.
     let bin = tempfile::tempdir().unwrap();
     let ls = bin.path().join("ls");
-    std::fs::write(&ls, "#!/bin/sh\nexec sleep 5\n").unwrap();
-    std::fs::set_permissions(&ls, std::fs::Permissions::from_mode(0o755)).unwrap();
+    common::write_executable(&ls, b"#!/bin/sh\nexec sleep 5\n");
     let path = format!(
         "{}:{}",
         bin.path().display(),

@@ -5,13 +5,13 @@
 use crate::common;
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    alive, busy_jobs, mersenne, signal, slow_prime, status, temp_file, wait_until, Http, Server,
+    alive, busy_jobs, mersenne, signal, slow_prime, status, temp_executable, wait_until, Http,
+    Server,
 };
 use forkpool::error::AppError;
 use forkpool::jobs::IsPrimeJob;
@@ -271,9 +271,7 @@ while true; do
 done
 "#
     );
-    let path = temp_file("forkpool-batching-", ".sh", &script);
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    temp_executable("forkpool-batching-", ".sh", &script)
 }
 
 #[test]
@@ -549,8 +547,7 @@ impl FakeWorker {
     fn new(name: &str, hello: &str, reply: &str) -> FakeWorker {
         // Named `forkpool-*`, so that `Server::worker_pids` counts it as a worker.
         let script = format!("#!/bin/sh\necho \"{hello}\"\nwhile read line; do {reply}; done\n");
-        let path = temp_file(&format!("forkpool-{name}-"), ".sh", &script);
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = temp_executable(&format!("forkpool-{name}-"), ".sh", &script);
         FakeWorker { path }
     }
 }
@@ -860,8 +857,7 @@ impl SwitchedWorker {
             on.display(),
             common::BIN
         );
-        let path = temp_file("forkpool-switch-", ".sh", &script);
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = temp_executable("forkpool-switch-", ".sh", &script);
         let worker = SwitchedWorker { path, dir };
         worker.set(working);
         worker
@@ -949,9 +945,7 @@ os.execv("{bin}", ["{bin}"] + sys.argv[1:])
 "#,
         bin = common::BIN
     );
-    let path = temp_file("forkpool-version-", ".py", &script);
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    temp_executable("forkpool-version-", ".py", &script)
 }
 
 #[test]

@@ -246,8 +246,7 @@ fn every_start_up_failure_exits_2_with_one_line_naming_its_cause_and_never_claim
 fn listening_is_printed_once_a_worker_has_said_hello() {
     // A worker that takes half a second to start: the line must wait for it.
     let script = format!("#!/bin/sh\nsleep 0.5\nexec {} \"$@\"\n", common::BIN);
-    let slow = common::temp_file("forkpool-slow-worker-", ".sh", &script);
-    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let slow = common::temp_executable("forkpool-slow-worker-", ".sh", &script);
     let server = Server::start(&["--workers", "1", "--worker-program", slow.to_str().unwrap()]);
     let ready = server.get("/readyz");
     assert_eq!(

@@ -17,6 +17,7 @@ pub use app::App;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -829,6 +830,36 @@ pub fn temp_file(prefix: &str, suffix: &str, text: &str) -> tempfile::TempPath {
     file.into_temp_path()
 }
 
+/// Writes `text` to `path` as an executable (mode 755), through a child (`sh -c 'cat > ...'`)
+/// so that the test process itself never has the file open for writing. The tests of this
+/// binary start servers from several threads at once, and a child forked while another thread
+/// held the file open keeps that descriptor (close-on-exec, but open until the child's exec):
+/// meanwhile running the file fails with ETXTBSY, "Text file busy". That failed an upgrade test
+/// in the 20-run check (README, Testing); a worker or `ls` script would fail the same way.
+pub fn write_executable(path: &std::path::Path, text: &[u8]) {
+    let mut writer = Command::new("sh")
+        .args(["-c", r#"cat > "$0" && chmod 755 "$0""#])
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start sh to write an executable");
+    let mut stdin = writer.stdin.take().unwrap();
+    stdin.write_all(text).expect("write an executable");
+    drop(stdin);
+    assert!(writer.wait().unwrap().success(), "cannot write {path:?}");
+}
+
+/// A script in a new temporary file named `prefix`, a unique part and `suffix`, written by
+/// [`write_executable`]; removed when dropped.
+pub fn temp_executable(prefix: &str, suffix: &str, text: &str) -> tempfile::TempPath {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}{}-{n}{suffix}", std::process::id());
+    let path = std::env::temp_dir().join(name);
+    write_executable(&path, text.as_bytes());
+    tempfile::TempPath::try_from_path(path).expect("an absolute path")
+}
+
 /// The server's /status, which must answer 200.
 pub fn status(server: &Server) -> serde_json::Value {
     // With `--admin-listen`, /status is served there only.
@@ -894,7 +925,6 @@ impl HeldWorker {
     /// Holds the jobs for each of `numbers` until [`HeldWorker::release_number`]; answers the
     /// others at once.
     pub fn holding(numbers: &[&str]) -> HeldWorker {
-        use std::os::unix::fs::PermissionsExt;
         let hello = format!(
             r#"{{\"hello\":{{\"protocol\":{},\"version\":\"{}\",\"pid\":$$,\"kind\":\"isprime\"}}}}"#,
             forkpool::pool::PROTOCOL_VERSION,
@@ -911,8 +941,7 @@ while read -r line; do
 done
 "#
         );
-        let script = temp_file("forkpool-held-", ".sh", &script);
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = temp_executable("forkpool-held-", ".sh", &script);
         let held = HeldWorker { script };
         numbers.iter().for_each(|n| held.hold(n));
         held
