@@ -440,3 +440,47 @@ fn a_max_line_just_long_enough_serves_the_largest_number_with_the_longest_reques
     assert_eq!(response.json()["isPrime"], false);
     assert_eq!(server.get("/readyz").status, 200);
 }
+
+/// The slice the kernel holds for a thread of `pid`, ns (`/proc/PID/task/TID/sched`, present
+/// with the scheduler's debug statistics).
+fn thread_slices(pid: u32, name: &str) -> Vec<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let task_dirs = tasks.map(|t| t.unwrap().path());
+    let named = task_dirs
+        .filter(|t| std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == name));
+    named
+        .filter_map(|t| {
+            let sched = std::fs::read_to_string(t.join("sched")).ok()?;
+            let line = sched.lines().find(|l| l.starts_with("se.slice"))?;
+            line.split(':').nth(1)?.trim().parse().ok()
+        })
+        .collect()
+}
+
+#[test]
+fn runtime_slice_is_the_slice_of_every_http_thread() {
+    // Slices per thread came with Linux 6.12; `/proc/PID/sched` shows them with the
+    // scheduler's debug statistics.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>());
+    let version = (
+        numbers.next().unwrap().unwrap(),
+        numbers.next().unwrap().unwrap(),
+    );
+    let sched = std::fs::read_to_string("/proc/self/sched").unwrap_or_default();
+    if version < (6, 12) || !sched.contains("se.slice") {
+        eprintln!("skipped: kernel {version:?} takes or shows no slice per thread");
+        return;
+    }
+    let short = Server::start(&["--workers", "1", "--runtime-slice", "0.1ms"]);
+    let slices = thread_slices(short.pid(), "tokio-rt-worker");
+    assert!(!slices.is_empty(), "no tokio-rt-worker thread");
+    assert!(slices.iter().all(|&ns| ns == 100_000), "{slices:?}");
+    let config = short.get("/status").json()["config"].clone();
+    assert_eq!(config["runtime_slice"], 0.0001, "{config}");
+    let default = Server::start(&["--workers", "1"]);
+    let slices = thread_slices(default.pid(), "tokio-rt-worker");
+    assert!(slices.iter().all(|&ns| ns != 100_000), "{slices:?}");
+}

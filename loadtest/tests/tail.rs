@@ -89,7 +89,9 @@ fn tail_scenario_reports_every_phase_and_the_threads_that_waited() {
 /// 2 ms, each with its start on the monotonic clock and the probe thread named for a trace.
 fn own_waits_are_parts_of_their_probes(phase: &serde_json::Value) {
     let floats = |key: &str| -> Vec<f64> {
-        let list = phase[key].as_array().unwrap_or_else(|| panic!("{key}: {phase}"));
+        let list = phase[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key}: {phase}"));
         list.iter().map(|v| v.as_f64().unwrap()).collect()
     };
     let (totals, own) = (floats("totals_ms"), floats("own_wait_ms"));
@@ -108,4 +110,5 @@ fn own_waits_are_parts_of_their_probes(phase: &serde_json::Value) {
         assert!(p["own_wait_ms"].is_f64(), "{p}");
     }
     assert!(phase["probe_tid"].as_u64().unwrap() > 0, "{phase}");
+    assert!(phase["steal_ms"].as_f64().unwrap() >= 0.0, "{phase}");
 }

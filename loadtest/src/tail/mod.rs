@@ -102,6 +102,9 @@ pub struct TailPhase {
     pub probe_cpu_us: f64,
     /// The probe thread's run-queue wait over the phase, ms (part of the figures above).
     pub probe_wait_ms: f64,
+    /// CPU time the hypervisor took from the machine's CPUs during the phase, ms (all CPUs, in
+    /// 10 ms ticks; `None` without a steal count): stalls no thread's run-queue wait shows.
+    pub steal_ms: Option<f64>,
     /// The probe thread's id (gone by the time the thread table is read), for a trace.
     pub probe_tid: u32,
     /// Every total, in probe order, ms (for the plot).
@@ -248,7 +251,13 @@ async fn probe_series(addr: SocketAddr, plan: &TailPlan) -> Series {
 }
 
 impl TailPhase {
-    fn of(label: String, jobs: usize, s: Series, threads: Vec<ThreadWait>) -> TailPhase {
+    fn of(
+        label: String,
+        jobs: usize,
+        s: Series,
+        threads: Vec<ThreadWait>,
+        steal_ms: Option<f64>,
+    ) -> TailPhase {
         let ms = |f: fn(&Sample) -> Duration| -> Vec<f64> {
             s.samples.iter().map(|t| f(t).as_secs_f64() * 1e3).collect()
         };
@@ -266,6 +275,7 @@ impl TailPhase {
             own_wait_ms: ms(|t| t.own_wait),
             slow: slow_probes(&s.samples),
             probe_tid: s.tid,
+            steal_ms,
             errors: s.errors,
             error_reasons: s.reasons,
             late: s.late,
@@ -323,7 +333,7 @@ impl Run {
         let procs = [(Owner::Loadtest, std::process::id())];
         let snapshot = Snapshot::take(&procs);
         let s = probe_series(responder.addr, plan).await;
-        let threads = snapshot.since();
+        let (threads, steal) = (snapshot.since(), snapshot.stolen_ms());
         // Connections the probe never made (errors) leave the responder waiting: let it go.
         for _ in 0..s.errors {
             let _ = std::net::TcpStream::connect(responder.addr);
@@ -331,7 +341,7 @@ impl Run {
         tokio::task::spawn_blocking(move || responder.join())
             .await
             .ok()?;
-        Some(TailPhase::of("probe alone".into(), 0, s, threads))
+        Some(TailPhase::of("probe alone".into(), 0, s, threads, steal))
     }
 
     /// One phase: `jobs` heavy jobs kept in flight (none: idle) while the probes run.
@@ -345,13 +355,13 @@ impl Run {
         procs.extend(plan.worker_pids.iter().map(|&p| (Owner::Worker, p)));
         let snapshot = Snapshot::take(&procs);
         let s = probe_series(self.target.addr, plan).await;
-        let threads = snapshot.since();
+        let (threads, steal) = (snapshot.since(), snapshot.stolen_ms());
         stop.store(true, Ordering::Relaxed);
         let label = match jobs {
             0 => "idle".to_owned(),
             n => format!("{n} heavy jobs"),
         };
-        let mut phase = TailPhase::of(label, jobs, s, threads);
+        let mut phase = TailPhase::of(label, jobs, s, threads, steal);
         phase.all_busy = all_busy;
         for (ok, failed) in loops.join_all().await {
             phase.heavy_ok += ok;
@@ -393,10 +403,10 @@ impl Tail {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\ntail: lean probe, /testrequest on a new connection, {} probes {:.1} ms apart; heavy job {} digits (ms)\n  {:<14} {:>5} {:>4}  {:>23}  {:>23}  {:>37}  {:>7} {:>8}  {:>5} {:>6}",
+            "\ntail: lean probe, /testrequest on a new connection, {} probes {:.1} ms apart; heavy job {} digits (ms)\n  {:<14} {:>5} {:>4}  {:>23}  {:>23}  {:>37}  {:>7} {:>8}  {:>5} {:>6} {:>6}",
             self.probes, self.spacing_ms, self.heavy_digits, "phase", "ok", "err",
             "connect p50 p99 max", "first byte p50 p99 max", "total p50 p90 p99 p99.9 max",
-            "cpu/µs", "wait ms", "slow", "own"
+            "cpu/µs", "wait ms", "slow", "own", "steal"
         );
         for p in self.probe_alone.iter().chain(&self.phases) {
             let (c, f, t) = (&p.connect, &p.first_byte, &p.total);
@@ -408,15 +418,15 @@ impl Tail {
             let own = p.slow.iter().filter(|s| s.own_wait_ms * 2.0 > s.total_ms);
             let _ = writeln!(
                 out,
-                "  {:<14} {:>5} {:>4}  {:>7.3} {:>7.3} {:>7.3}  {:>7.3} {:>7.3} {:>7.3}  {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3}  {:>7.1} {:>8.2}  {:>5} {:>6}{busy}",
+                "  {:<14} {:>5} {:>4}  {:>7.3} {:>7.3} {:>7.3}  {:>7.3} {:>7.3} {:>7.3}  {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3}  {:>7.1} {:>8.2}  {:>5} {:>6} {:>6}{busy}",
                 p.label, p.totals_ms.len(), p.errors, c.p50, c.p99, c.max, f.p50, f.p99, f.max,
                 t.p50, t.p90, t.p99, t.p999, t.max, p.probe_cpu_us, p.probe_wait_ms,
-                p.slow.len(), own.count()
+                p.slow.len(), own.count(), p.steal_ms.map_or("-".into(), |ms| format!("{ms:.0}"))
             );
         }
         let _ = writeln!(
             out,
-            "  (cpu/µs and wait ms: the probe thread's own CPU time per probe and its run-queue wait over the phase;\n   slow: probes over {} ms; own: those of them during which the probe thread was runnable but not running for\n   more than half the total, whether behind another task or preempted by the server thread answering it)",
+            "  (cpu/µs and wait ms: the probe thread's own CPU time per probe and its run-queue wait over the phase;\n   slow: probes over {} ms; own: those of them during which the probe thread was runnable but not running for\n   more than half the total, whether behind another task or preempted by the server thread answering it;\n   steal: ms the hypervisor took from this machine's CPUs during the phase, in 10 ms ticks)",
             SLOW.as_millis()
         );
         for p in &self.phases {

@@ -61,6 +61,8 @@ pub struct ThreadWait {
 pub struct Snapshot {
     threads: HashMap<u32, Counters>,
     procs: Vec<(Owner, u32)>,
+    /// The machine's steal time then, ns (`None` where `/proc/stat` has no steal column).
+    steal_ns: Option<u64>,
 }
 
 impl Snapshot {
@@ -74,7 +76,16 @@ impl Snapshot {
         Snapshot {
             threads,
             procs: procs.to_vec(),
+            steal_ns: steal_ns(),
         }
+    }
+
+    /// CPU time the hypervisor took from this virtual machine's CPUs since [`Snapshot::take`],
+    /// ms, all CPUs together: time a thread seemed to run (or a CPU seemed idle) while its
+    /// virtual CPU was not running at all. No thread's run-queue wait shows it. The kernel
+    /// counts it in ticks (10 ms at USER_HZ 100), so a phase's figure is that coarse.
+    pub fn stolen_ms(&self) -> Option<f64> {
+        Some(steal_ns()?.saturating_sub(self.steal_ns?) as f64 / 1e6)
     }
 
     /// What each thread did since [`Snapshot::take`], busiest waiters first.
@@ -115,6 +126,21 @@ impl Snapshot {
             slices: now.slices.saturating_sub(before.slices),
         })
     }
+}
+
+/// The steal time of all CPUs so far, ns: the eighth number of `/proc/stat`'s `cpu` line, in
+/// USER_HZ ticks.
+fn steal_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: u64 = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .nth(8)?
+        .parse()
+        .ok()?;
+    let per_s = rustix::param::clock_ticks_per_second();
+    Some(ticks * 1_000_000_000 / per_s)
 }
 
 /// The thread ids of `pid` (none if it is gone).
@@ -222,7 +248,10 @@ mod tests {
     #[test]
     fn own_wait_reads_the_thread_that_opened_it_wherever_it_is_read() {
         let mine = OwnWait::open().expect("schedstats are on");
-        let (pid, tid) = (std::process::id(), rustix::thread::gettid().as_raw_nonzero());
+        let (pid, tid) = (
+            std::process::id(),
+            rustix::thread::gettid().as_raw_nonzero(),
+        );
         // This thread is blocked in `join` while the other one reads, so its counters stand
         // still: both readings must be the same number, this thread's, not the reader's.
         let reader = std::thread::spawn(move || {
