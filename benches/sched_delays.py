@@ -31,6 +31,7 @@ from collections import defaultdict
 
 LINE = re.compile(r"^\s*(?P<comm>.+?)\s+(?P<tid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<time>[\d.]+):\s+sched:(?P<event>\w+):\s+(?P<trace>.*)$")
 SWITCH = re.compile(r"prev_comm=(?P<pc>.+?) prev_pid=(?P<pp>\d+) prev_prio=(?P<pprio>\d+) prev_state=\S+ ==> next_comm=(?P<nc>.+?) next_pid=(?P<np>\d+) next_prio=(?P<nprio>\d+)")
+RUNTIME = re.compile(r"pid=(?P<p>\d+) runtime=(?P<ns>\d+)")
 WAKE = re.compile(r"comm=(?P<c>.+?) pid=(?P<p>\d+) prio=\d+ target_cpu=(?P<cpu>\d+)")
 
 
@@ -51,7 +52,8 @@ def main():
     tids |= probe_tids
     woken = {}  # tid -> (time, cpu)
     running = {}  # cpu -> (comm, prio, since)
-    spans = defaultdict(list)  # cpu -> [(start, end, comm, prio)]
+    ran = defaultdict(int)  # cpu -> run time the kernel accounted to the running task so far, ns
+    spans = defaultdict(list)  # cpu -> [(start, end, comm, prio, accounted_ns)]
     delays = defaultdict(list)  # tid -> [(delay_ms, woke, cpu, ran_at)]
     for line in open(args.script, errors="replace"):
         m = LINE.match(line)
@@ -62,14 +64,18 @@ def main():
             w = WAKE.search(m["trace"])
             if w and int(w["p"]) in tids:
                 woken.setdefault(int(w["p"]), (t, int(w["cpu"])))
+        elif ev == "sched_stat_runtime":
+            r = RUNTIME.search(m["trace"])
+            if r and cpu in running and tid_of(running[cpu][0]) == int(r["p"]):
+                ran[cpu] += int(r["ns"])
         elif ev == "sched_switch":
             s = SWITCH.search(m["trace"])
             if not s:
                 continue
             prev = running.get(cpu)
             if prev:
-                spans[cpu].append((prev[2], t, prev[0], prev[1]))
-            running[cpu] = (f'{s["nc"]}[{s["np"]}]', int(s["nprio"]), t)
+                spans[cpu].append((prev[2], t, prev[0], prev[1], ran[cpu]))
+            running[cpu], ran[cpu] = (f'{s["nc"]}[{s["np"]}]', int(s["nprio"]), t), 0
             # A thread switched out while runnable (preempted) waits from now; one that went to
             # sleep voids any waking seen before (it raced with the thread still running).
             prv = int(s["pp"])
@@ -96,8 +102,8 @@ def held_by(spans, cpu, woke, ran):
     held = defaultdict(float)
     these = spans[cpu]
     if len(ENDS.get(cpu, ())) != len(these):
-        ENDS[cpu] = [end for _, end, _, _ in these]
-    for start, end, comm, prio in these[bisect.bisect_right(ENDS[cpu], woke):]:
+        ENDS[cpu] = [span[1] for span in these]
+    for start, end, comm, prio, _ in these[bisect.bisect_right(ENDS[cpu], woke):]:
         if start >= ran:
             break
         lo, hi = max(start, woke), min(end, ran)
@@ -125,6 +131,23 @@ def report(delays, spans, over, blame):
             print(f"    {blamed} of them with a --blame task on the CPU meanwhile, for {blamed_ms:.2f} ms in all, at most {longest:.2f} ms in one wait")
         for (comm, prio), total in sorted(held.items(), key=lambda kv: -kv[1])[:8]:
             print(f"    {comm:<28} prio {prio:>3}  {total:9.2f} ms on the CPU during those waits")
+
+
+def stolen(spans, cpu, lo, hi):
+    """Time `cpu` seemed busy between `lo` and `hi` but its virtual CPU was not running, ms:
+    for each task's span there, the part of its wall time the kernel did not account to it as
+    run time (with CONFIG_PARAVIRT_TIME_ACCOUNTING the scheduler's clock leaves steal out of
+    `sched_stat_runtime`), spread evenly over the span. Idle (swapper) spans are left out."""
+    held_by(spans, cpu, lo, hi)  # builds ENDS[cpu]
+    total = 0.0
+    for start, end, comm, _, accounted in spans[cpu][bisect.bisect_right(ENDS[cpu], lo):]:
+        if start >= hi:
+            break
+        if comm.startswith("swapper") or end <= start:
+            continue
+        share = max(0.0, 1.0 - accounted / 1e9 / (end - start))
+        total += (min(end, hi) - max(start, lo)) * 1e3 * share
+    return total
 
 
 def probe_phases(path):
@@ -158,15 +181,22 @@ def report_probes(phase, delays, spans, blame):
                                 sorted(these.items(), key=lambda kv: -kv[1])[:3])
                 print(f"    {who} thread {tid} queued {inside:.2f} ms of it on CPU {cpu} ({ms:.2f} ms in all), behind: {top}")
                 ours = sum(t for (c, _), t in these.items() if tid_of(c) in blame)
+                gone = stolen(spans, cpu, max(woke, lo), min(ran, hi))
+                if gone > 0.05:
+                    print(f"      of which {gone:.2f} ms the virtual CPU was not running (steal)")
                 if worst is None or inside > worst[0]:
-                    worst = (inside, who, ours > inside / 2)
+                    worst = (inside, who, ours > inside / 2, gone > inside / 2)
         for cpu in sorted(spans):
             ran = held_by(spans, cpu, lo, hi)
             top = ", ".join(f"{c} prio {pr} {t:.2f}" for (c, pr), t in
                             sorted(ran.items(), key=lambda kv: -kv[1])[:4])
-            print(f"    CPU {cpu} ran: {top}")
-        verdict = "no wait over 0.05 ms" if worst is None else \
-            f"{worst[1]} thread queued" + (" behind a worker" if worst[2] else " behind others")
+            gone = stolen(spans, cpu, lo, hi)
+            print(f"    CPU {cpu} ran: {top}" + (f"; steal {gone:.2f}" if gone > 0.05 else ""))
+        if worst is None:
+            verdict = "no wait over 0.05 ms"
+        else:
+            behind = " behind a worker" if worst[2] else " behind others"
+            verdict = f"{worst[1]} thread queued{behind}" + (", mostly steal" if worst[3] else "")
         summary[verdict] += 1
     for verdict, n in sorted(summary.items(), key=lambda kv: -kv[1]):
         print(f"  {n:4} slow probes: longest wait in them: {verdict}")

@@ -29,8 +29,7 @@
 //!   connection: header, keep-alive and drain handling over hyper), `server::refusal` (hyper's
 //!   own answers to heads it cannot parse, given the JSON error body on their way out),
 //!   `server::fd_budget` (the cap sized from `RLIMIT_NOFILE`), `server::trim` (the heap memory
-//!   of a burst returned to the kernel once it is over), `server::slice` (the scheduler time
-//!   slice the HTTP threads ask for, `--runtime-slice`).
+//!   of a burst returned to the kernel once it is over).
 //! - [`routes`]: `routers(state) -> Routers` (public and admin), pure: nothing in `routes`
 //!   starts a process or binds a socket, so a test calls a router in its own process
 //!   (tests/handlers.rs). Endpoints, one file per family: `isprime`, `ls`, `ops`;

@@ -71,14 +71,7 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
         .resolve()
         .unwrap_or_else(|e| start_error(e.to_string()));
     logging::init(settings.log_format);
-    let slice = settings.runtime_slice;
-    // The main thread runs `block_on`'s future, the others the spawned tasks: all serve HTTP.
-    set_slice(slice);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .on_thread_start(move || set_slice(slice))
-        .build()
-        .context("cannot start the Tokio runtime")?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
     runtime.block_on(async {
         // Installed before anyone can know our address (see `Signals`).
         let signals = Signals::install().context("cannot install the signal handlers")?;
@@ -88,17 +81,6 @@ fn serve(flags: Flags) -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-/// `--runtime-slice` for the calling thread (nothing at 0); a refusal is logged, and the thread
-/// keeps the kernel's slice.
-fn set_slice(slice: std::time::Duration) {
-    if slice.is_zero() {
-        return;
-    }
-    if let Err(e) = forkpool::server::slice::set_thread_slice(slice) {
-        tracing::warn!(error = %e, "--runtime-slice: cannot set the thread's slice");
-    }
 }
 
 /// The sockets systemd (or a predecessor) passed, else those bound from `--listen` and

@@ -102,9 +102,6 @@ pub struct Settings {
     /// Longest wait for a complete request head.
     #[serde(serialize_with = "as_secs")]
     pub header_timeout: Duration,
-    /// Scheduler time slice of the HTTP runtime's threads; zero leaves the kernel's.
-    #[serde(serialize_with = "as_secs")]
-    pub runtime_slice: Duration,
     /// Longest idle time of a kept-alive connection; 0 means no keep-alive.
     #[serde(serialize_with = "as_secs")]
     pub keepalive_timeout: Duration,

@@ -85,21 +85,6 @@ pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// A scheduler time slice: zero (the kernel's own), or from 0.1 ms to 100 ms, the range the
-/// kernel takes (it would silently clamp a value outside it, so it is refused here instead).
-pub fn parse_slice(text: &str) -> Result<Duration, String> {
-    match parse_duration(text)? {
-        slice if slice.is_zero() => Ok(slice),
-        slice if (Duration::from_micros(100)..=Duration::from_millis(100)).contains(&slice) => {
-            Ok(slice)
-        }
-        _ => Err(format!(
-            "`{}` is outside 0.1ms to 100ms, the slices the kernel takes (0 leaves its own)",
-            text.trim()
-        )),
-    }
-}
-
 /// What a size may look like, for error messages.
 const SIZE_FORMS: &str = "a number of bytes (`4096`), or a number and a unit: KiB, MiB, GiB or \
      TiB for powers of 1024 (`512MiB`), kB, MB, GB or TB for powers of 1000 (`500MB`)";
@@ -217,17 +202,6 @@ mod tests {
             assert!(e.contains("no value for \"no limit\""), "{e}");
         }
         assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
-    }
-
-    #[test]
-    fn slices_are_zero_or_within_the_kernels_range() {
-        assert_eq!(parse_slice("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_slice("0.1ms"), Ok(Duration::from_micros(100)));
-        assert_eq!(parse_slice("100ms"), Ok(Duration::from_millis(100)));
-        for outside in ["0.05ms", "101ms", "1s"] {
-            let e = parse_slice(outside).unwrap_err();
-            assert!(e.contains("outside 0.1ms to 100ms"), "{e}");
-        }
     }
 
     #[test]

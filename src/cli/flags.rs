@@ -11,7 +11,7 @@ use clap::Args;
 use super::Sources;
 use crate::logging::LogFormat;
 use crate::settings::WorkerSched;
-use crate::units::{parse_duration, parse_positive_duration, parse_size, parse_slice};
+use crate::units::{parse_duration, parse_positive_duration, parse_size};
 
 /// The serve flags as given; [`Flags::resolve`] turns them into the
 /// [`Settings`](crate::settings::Settings) in force.
@@ -148,12 +148,6 @@ pub struct Flags {
     /// from the accept or, on a kept-alive connection, from the first byte of the next request.
     #[arg(long, env = "FORKPOOL_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub header_timeout: Duration,
-
-    /// Time slice the server's own HTTP threads ask the scheduler for (Linux 6.12+), from
-    /// 0.1ms to 100ms, e.g. `0.1ms`: a thread that wakes with a shorter slice than the one
-    /// running preempts it at once. 0 leaves the kernel's (1.4 ms on 2 CPUs).
-    #[arg(long, env = "FORKPOOL_RUNTIME_SLICE", default_value = "0s", value_parser = parse_slice)]
-    pub runtime_slice: Duration,
 
     /// Close a kept-alive connection idle for this long between requests; 0 turns keep-alive off.
     #[arg(long, env = "FORKPOOL_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]

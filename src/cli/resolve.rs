@@ -149,7 +149,6 @@ impl Flags {
             upgrade_timeout: self.upgrade_timeout,
             pid_file: self.pid_file,
             header_timeout: self.header_timeout,
-            runtime_slice: self.runtime_slice,
             keepalive_timeout: self.keepalive_timeout,
             body_timeout: self.body_timeout,
             send_timeout: self.send_timeout,

@@ -7,14 +7,12 @@
 //! Connections are accepted by our own loop (`listener`) over hyper's HTTP/1.1 connection
 //! (`connection`), not by `axum::serve`, which has no header, body or idle timeouts and no
 //! connection cap. `fd_budget` sizes the cap from `RLIMIT_NOFILE`. `trim` gives the heap
-//! memory of a burst back to the kernel once the burst is over. `slice` sets the scheduler time
-//! slice of the HTTP threads (`--runtime-slice`; the binary applies it as the runtime starts).
+//! memory of a burst back to the kernel once the burst is over.
 
 mod connection;
 mod fd_budget;
 mod listener;
 mod refusal;
-pub mod slice;
 mod trim;
 
 use std::future::Future;
