@@ -56,6 +56,7 @@ fn tail_scenario_reports_every_phase_and_the_threads_that_waited() {
     assert!(saturated["heavy_ok"].as_u64().unwrap() >= 1, "{saturated}");
     for phase in phases {
         assert_eq!(phase["totals_ms"].as_array().unwrap().len(), 30, "{phase}");
+        own_waits_are_parts_of_their_probes(phase);
         let (c, f, t) = (&phase["connect"], &phase["first_byte"], &phase["total"]);
         assert!(c["p50"].as_f64().unwrap() > 0.0, "{phase}");
         assert!(f["p50"].as_f64() <= t["p50"].as_f64(), "{phase}");
@@ -84,4 +85,32 @@ fn tail_scenario_reports_every_phase_and_the_threads_that_waited() {
         svg.starts_with("<svg") && svg.contains("4 heavy jobs"),
         "{svg:.200}"
     );
+}
+
+/// Each probe has its own run-queue wait, and the slow probes listed are exactly those over
+/// 2 ms, each with its start on the monotonic clock and the probe thread named for a trace.
+fn own_waits_are_parts_of_their_probes(phase: &serde_json::Value) {
+    let floats = |key: &str| -> Vec<f64> {
+        let list = phase[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{key}: {phase}"));
+        list.iter().map(|v| v.as_f64().unwrap()).collect()
+    };
+    let (totals, own) = (floats("totals_ms"), floats("own_wait_ms"));
+    assert_eq!(own.len(), totals.len(), "{phase}");
+    // Each probe's wait is read around that probe alone: together they are part of the phase's.
+    let phase_wait = phase["probe_wait_ms"].as_f64().unwrap();
+    assert!(own.iter().sum::<f64>() <= phase_wait + 1e-3, "{phase}");
+    let slow = phase["slow"].as_array().unwrap();
+    let over: Vec<u64> = (0..totals.len() as u64)
+        .filter(|&i| totals[i as usize] > 2.0)
+        .collect();
+    let listed: Vec<u64> = slow.iter().map(|p| p["index"].as_u64().unwrap()).collect();
+    assert_eq!(listed, over, "{phase}");
+    for p in slow {
+        assert!(p["start_ns"].as_u64().unwrap() > 0, "{p}");
+        assert!(p["own_wait_ms"].is_f64(), "{p}");
+    }
+    assert!(phase["probe_tid"].as_u64().unwrap() > 0, "{phase}");
+    assert!(phase["steal_ms"].as_f64().unwrap() >= 0.0, "{phase}");
 }

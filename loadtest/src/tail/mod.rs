@@ -30,7 +30,7 @@ use super::report::nearest_rank;
 use super::scenarios::Run;
 use forkpool::prime::mersenne;
 use lean::{probe, thread_cpu, Responder, Timing};
-use sched::{own_wait_ns, Owner, Snapshot, ThreadWait};
+use sched::{OwnWait, Owner, Snapshot, ThreadWait};
 
 /// Longest wait for one probe's response.
 const PROBE_LIMIT: Duration = Duration::from_secs(5);
@@ -40,6 +40,10 @@ const HEAVY_LIMIT: Duration = Duration::from_secs(120);
 const ERRORS_KEPT: usize = 5;
 /// Threads listed per phase in the table (the JSON has all).
 const THREADS_SHOWN: usize = 8;
+/// A probe slower than this is listed on its own in the JSON (`slow`), with when it started,
+/// for `benches/sched_delays.py --probes` to name who waited during it: about twice the idle
+/// worst case on a quiet machine, half a scheduler tick at HZ=250.
+const SLOW: Duration = Duration::from_millis(2);
 
 /// The scenario's settings (from the command line).
 #[derive(Debug, Clone)]
@@ -98,10 +102,42 @@ pub struct TailPhase {
     pub probe_cpu_us: f64,
     /// The probe thread's run-queue wait over the phase, ms (part of the figures above).
     pub probe_wait_ms: f64,
+    /// CPU time the hypervisor took from the machine's CPUs during the phase, ms (all CPUs, in
+    /// 10 ms ticks; `None` without a steal count): stalls no thread's run-queue wait shows.
+    pub steal_ms: Option<f64>,
+    /// The probe thread's id (gone by the time the thread table is read), for a trace.
+    pub probe_tid: u32,
     /// Every total, in probe order, ms (for the plot).
     pub totals_ms: Vec<f64>,
+    /// The probe thread's own run-queue wait during each probe, in probe order, ms. An upper
+    /// bound of what the probe itself added, not a part to subtract: it counts from just
+    /// before the probe to just after it (so it can exceed the total), and it includes the
+    /// time the probe thread was preempted by the server's thread answering it on the same
+    /// CPU (on loopback the woken server often runs on the probe's CPU). Which of the two a
+    /// slow probe's wait was, only a scheduler trace tells (`benches/sched_delays.py --probes`).
+    pub own_wait_ms: Vec<f64>,
+    /// The probes slower than [`SLOW`], in probe order.
+    pub slow: Vec<SlowProbe>,
     /// What each thread of the server, its workers and this program did meanwhile.
     pub threads: Vec<ThreadWait>,
+}
+
+/// One probe slower than [`SLOW`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SlowProbe {
+    /// Its position in the phase, from 0.
+    pub index: usize,
+    /// When it began, `CLOCK_MONOTONIC` in ns: the clock of `perf sched record -k mono`.
+    pub start_ns: u64,
+    /// Time to `connect` returning, ms.
+    pub connect_ms: f64,
+    /// Time to the first response byte, ms.
+    pub first_byte_ms: f64,
+    /// Time to the whole response, ms.
+    pub total_ms: f64,
+    /// The probe thread's own run-queue wait around it, ms (an upper bound, see
+    /// [`TailPhase::own_wait_ms`]).
+    pub own_wait_ms: f64,
 }
 
 /// Nearest-rank percentiles, ms.
@@ -132,27 +168,40 @@ impl Tail99 {
     }
 }
 
+/// One probe as the probe thread saw it.
+struct Sample {
+    /// When it began, `CLOCK_MONOTONIC` ns.
+    start_ns: u64,
+    timing: Timing,
+    /// The probe thread's run-queue wait from just before the probe to just after it.
+    own_wait: Duration,
+}
+
 /// One series of probes as the probe thread saw it.
 struct Series {
-    timings: Vec<Timing>,
+    samples: Vec<Sample>,
     errors: usize,
     reasons: Vec<String>,
     late: usize,
     cpu: Duration,
     own_wait_ns: u64,
+    tid: u32,
 }
 
 /// `n` probes of `addr`, started `spacing` apart on a fixed schedule (a late probe does not
 /// shift the ones after it). Runs on the calling (blocking) thread.
 fn series(addr: SocketAddr, n: usize, spacing: Duration) -> Series {
-    let (cpu0, wait0) = (thread_cpu(), own_wait_ns().unwrap_or(0));
+    let own = OwnWait::open();
+    let waited = || own.as_ref().and_then(OwnWait::ns).unwrap_or(0);
+    let (cpu0, wait0) = (thread_cpu(), waited());
     let mut s = Series {
-        timings: Vec::with_capacity(n),
+        samples: Vec::with_capacity(n),
         errors: 0,
         reasons: Vec::new(),
         late: 0,
         cpu: Duration::ZERO,
         own_wait_ns: 0,
+        tid: rustix::thread::gettid().as_raw_nonzero().get() as u32,
     };
     let start = Instant::now();
     for i in 0..n {
@@ -161,8 +210,13 @@ fn series(addr: SocketAddr, n: usize, spacing: Duration) -> Series {
             Some(wait) => std::thread::sleep(wait),
             None => s.late += usize::from(due.elapsed() > spacing),
         }
+        let (start_ns, before) = (monotonic_ns(), waited());
         match probe(addr, PROBE_LIMIT) {
-            Ok(t) => s.timings.push(t),
+            Ok(timing) => s.samples.push(Sample {
+                start_ns,
+                timing,
+                own_wait: Duration::from_nanos(waited().saturating_sub(before)),
+            }),
             Err(e) => {
                 s.errors += 1;
                 if s.reasons.len() < ERRORS_KEPT {
@@ -172,8 +226,14 @@ fn series(addr: SocketAddr, n: usize, spacing: Duration) -> Series {
         }
     }
     s.cpu = thread_cpu().saturating_sub(cpu0);
-    s.own_wait_ns = own_wait_ns().unwrap_or(0).saturating_sub(wait0);
+    s.own_wait_ns = waited().saturating_sub(wait0);
     s
+}
+
+/// `CLOCK_MONOTONIC` now, ns (the clock `Instant` reads, and `perf record -k mono`'s).
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// Runs [`series`] on a thread of its own named `lean-probe`, so that its run-queue wait shows
@@ -191,21 +251,31 @@ async fn probe_series(addr: SocketAddr, plan: &TailPlan) -> Series {
 }
 
 impl TailPhase {
-    fn of(label: String, jobs: usize, s: Series, threads: Vec<ThreadWait>) -> TailPhase {
-        let ms = |f: fn(&Timing) -> Duration| -> Vec<f64> {
-            s.timings.iter().map(|t| f(t).as_secs_f64() * 1e3).collect()
+    fn of(
+        label: String,
+        jobs: usize,
+        s: Series,
+        threads: Vec<ThreadWait>,
+        steal_ms: Option<f64>,
+    ) -> TailPhase {
+        let ms = |f: fn(&Sample) -> Duration| -> Vec<f64> {
+            s.samples.iter().map(|t| f(t).as_secs_f64() * 1e3).collect()
         };
-        let attempts = (s.timings.len() + s.errors).max(1);
+        let attempts = (s.samples.len() + s.errors).max(1);
         TailPhase {
             label,
             jobs,
             all_busy: true,
             heavy_ok: 0,
             heavy_failed: 0,
-            connect: Tail99::of(ms(|t| t.connect)),
-            first_byte: Tail99::of(ms(|t| t.first_byte)),
-            totals_ms: ms(|t| t.total),
-            total: Tail99::of(ms(|t| t.total)),
+            connect: Tail99::of(ms(|t| t.timing.connect)),
+            first_byte: Tail99::of(ms(|t| t.timing.first_byte)),
+            totals_ms: ms(|t| t.timing.total),
+            total: Tail99::of(ms(|t| t.timing.total)),
+            own_wait_ms: ms(|t| t.own_wait),
+            slow: slow_probes(&s.samples),
+            probe_tid: s.tid,
+            steal_ms,
             errors: s.errors,
             error_reasons: s.reasons,
             late: s.late,
@@ -214,6 +284,24 @@ impl TailPhase {
             threads,
         }
     }
+}
+
+/// The probes slower than [`SLOW`].
+fn slow_probes(samples: &[Sample]) -> Vec<SlowProbe> {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    samples
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.timing.total > SLOW)
+        .map(|(index, p)| SlowProbe {
+            index,
+            start_ns: p.start_ns,
+            connect_ms: ms(p.timing.connect),
+            first_byte_ms: ms(p.timing.first_byte),
+            total_ms: ms(p.timing.total),
+            own_wait_ms: ms(p.own_wait),
+        })
+        .collect()
 }
 
 impl Run {
@@ -245,7 +333,7 @@ impl Run {
         let procs = [(Owner::Loadtest, std::process::id())];
         let snapshot = Snapshot::take(&procs);
         let s = probe_series(responder.addr, plan).await;
-        let threads = snapshot.since();
+        let (threads, steal) = (snapshot.since(), snapshot.stolen_ms());
         // Connections the probe never made (errors) leave the responder waiting: let it go.
         for _ in 0..s.errors {
             let _ = std::net::TcpStream::connect(responder.addr);
@@ -253,7 +341,7 @@ impl Run {
         tokio::task::spawn_blocking(move || responder.join())
             .await
             .ok()?;
-        Some(TailPhase::of("probe alone".into(), 0, s, threads))
+        Some(TailPhase::of("probe alone".into(), 0, s, threads, steal))
     }
 
     /// One phase: `jobs` heavy jobs kept in flight (none: idle) while the probes run.
@@ -267,13 +355,13 @@ impl Run {
         procs.extend(plan.worker_pids.iter().map(|&p| (Owner::Worker, p)));
         let snapshot = Snapshot::take(&procs);
         let s = probe_series(self.target.addr, plan).await;
-        let threads = snapshot.since();
+        let (threads, steal) = (snapshot.since(), snapshot.stolen_ms());
         stop.store(true, Ordering::Relaxed);
         let label = match jobs {
             0 => "idle".to_owned(),
             n => format!("{n} heavy jobs"),
         };
-        let mut phase = TailPhase::of(label, jobs, s, threads);
+        let mut phase = TailPhase::of(label, jobs, s, threads, steal);
         phase.all_busy = all_busy;
         for (ok, failed) in loops.join_all().await {
             phase.heavy_ok += ok;
@@ -315,10 +403,10 @@ impl Tail {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\ntail: lean probe, /testrequest on a new connection, {} probes {:.1} ms apart; heavy job {} digits (ms)\n  {:<14} {:>5} {:>4}  {:>23}  {:>23}  {:>37}  {:>7} {:>8}",
+            "\ntail: lean probe, /testrequest on a new connection, {} probes {:.1} ms apart; heavy job {} digits (ms)\n  {:<14} {:>5} {:>4}  {:>23}  {:>23}  {:>37}  {:>7} {:>8}  {:>5} {:>6} {:>6}",
             self.probes, self.spacing_ms, self.heavy_digits, "phase", "ok", "err",
             "connect p50 p99 max", "first byte p50 p99 max", "total p50 p90 p99 p99.9 max",
-            "cpu/µs", "wait ms"
+            "cpu/µs", "wait ms", "slow", "own", "steal"
         );
         for p in self.probe_alone.iter().chain(&self.phases) {
             let (c, f, t) = (&p.connect, &p.first_byte, &p.total);
@@ -327,16 +415,19 @@ impl Tail {
             } else {
                 "  (workers NOT all busy)"
             };
+            let own = p.slow.iter().filter(|s| s.own_wait_ms * 2.0 > s.total_ms);
             let _ = writeln!(
                 out,
-                "  {:<14} {:>5} {:>4}  {:>7.3} {:>7.3} {:>7.3}  {:>7.3} {:>7.3} {:>7.3}  {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3}  {:>7.1} {:>8.2}{busy}",
+                "  {:<14} {:>5} {:>4}  {:>7.3} {:>7.3} {:>7.3}  {:>7.3} {:>7.3} {:>7.3}  {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3}  {:>7.1} {:>8.2}  {:>5} {:>6} {:>6}{busy}",
                 p.label, p.totals_ms.len(), p.errors, c.p50, c.p99, c.max, f.p50, f.p99, f.max,
-                t.p50, t.p90, t.p99, t.p999, t.max, p.probe_cpu_us, p.probe_wait_ms
+                t.p50, t.p90, t.p99, t.p999, t.max, p.probe_cpu_us, p.probe_wait_ms,
+                p.slow.len(), own.count(), p.steal_ms.map_or("-".into(), |ms| format!("{ms:.0}"))
             );
         }
         let _ = writeln!(
             out,
-            "  (cpu/µs and wait ms: the probe thread's own CPU time per probe and its run-queue wait over the phase)"
+            "  (cpu/µs and wait ms: the probe thread's own CPU time per probe and its run-queue wait over the phase;\n   slow: probes over {} ms; own: those of them during which the probe thread was runnable but not running for\n   more than half the total, whether behind another task or preempted by the server thread answering it;\n   steal: ms the hypervisor took from this machine's CPUs during the phase, in 10 ms ticks)",
+            SLOW.as_millis()
         );
         for p in &self.phases {
             thread_rows(&mut out, p);

@@ -61,6 +61,8 @@ pub struct ThreadWait {
 pub struct Snapshot {
     threads: HashMap<u32, Counters>,
     procs: Vec<(Owner, u32)>,
+    /// The machine's steal time then, ns (`None` where `/proc/stat` has no steal column).
+    steal_ns: Option<u64>,
 }
 
 impl Snapshot {
@@ -74,7 +76,16 @@ impl Snapshot {
         Snapshot {
             threads,
             procs: procs.to_vec(),
+            steal_ns: steal_ns(),
         }
+    }
+
+    /// CPU time the hypervisor took from this virtual machine's CPUs since [`Snapshot::take`],
+    /// ms, all CPUs together: time a thread seemed to run (or a CPU seemed idle) while its
+    /// virtual CPU was not running at all. No thread's run-queue wait shows it. The kernel
+    /// counts it in ticks (10 ms at USER_HZ 100), so a phase's figure is that coarse.
+    pub fn stolen_ms(&self) -> Option<f64> {
+        Some(steal_ns()?.saturating_sub(self.steal_ns?) as f64 / 1e6)
     }
 
     /// What each thread did since [`Snapshot::take`], busiest waiters first.
@@ -115,6 +126,21 @@ impl Snapshot {
             slices: now.slices.saturating_sub(before.slices),
         })
     }
+}
+
+/// The steal time of all CPUs so far, ns: the eighth number of `/proc/stat`'s `cpu` line, in
+/// USER_HZ ticks.
+fn steal_ns() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: u64 = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .nth(8)?
+        .parse()
+        .ok()?;
+    let per_s = rustix::param::clock_ticks_per_second();
+    Some(ticks * 1_000_000_000 / per_s)
 }
 
 /// The thread ids of `pid` (none if it is gone).
@@ -164,10 +190,29 @@ fn cpus_allowed(task: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
-/// This thread's run-queue wait so far, from `/proc/thread-self/schedstat`.
-pub fn own_wait_ns() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    text.split_whitespace().nth(1)?.parse().ok()
+/// The calling thread's own run-queue wait, read as often as wanted from one open
+/// `/proc/thread-self/schedstat`: a `pread` each time, one system call and no allocation, so
+/// it can bracket every probe. The file names the thread that opened it, wherever it is read.
+pub struct OwnWait {
+    file: std::fs::File,
+}
+
+impl OwnWait {
+    /// Opens the calling thread's `schedstat`; `None` without schedstats.
+    pub fn open() -> Option<OwnWait> {
+        let file = std::fs::File::open("/proc/thread-self/schedstat").ok()?;
+        Some(OwnWait { file })
+    }
+
+    /// Nanoseconds the thread has spent runnable but not running, so far.
+    pub fn ns(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        // Three numbers of at most 20 digits each and their separators.
+        let mut buf = [0u8; 64];
+        let len = self.file.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(&buf[..len]).ok()?;
+        text.split_whitespace().nth(1)?.parse().ok()
+    }
 }
 
 #[cfg(test)]
@@ -198,5 +243,22 @@ mod tests {
         assert_eq!((spinner.class, spinner.owner), ("other", Owner::Loadtest));
         assert!(spinner.run_ms >= 25.0, "{spinner:?}");
         assert!(spinner.slices >= 1 && !spinner.cpus.is_empty());
+    }
+
+    #[test]
+    fn own_wait_reads_the_thread_that_opened_it_wherever_it_is_read() {
+        let mine = OwnWait::open().expect("schedstats are on");
+        let (pid, tid) = (
+            std::process::id(),
+            rustix::thread::gettid().as_raw_nonzero(),
+        );
+        // This thread is blocked in `join` while the other one reads, so its counters stand
+        // still: both readings must be the same number, this thread's, not the reader's.
+        let reader = std::thread::spawn(move || {
+            let direct = counters(pid, tid.get() as u32).unwrap().wait_ns;
+            (direct, mine.ns().unwrap())
+        });
+        let (direct, through) = reader.join().unwrap();
+        assert_eq!(direct, through);
     }
 }
