@@ -10,7 +10,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::load::{Connection, Kind, Load};
-use common::{status, wait_until, Server};
+use common::{status, wait_until, Http, Server};
 
 /// Jobs the burst sends, over 64 kept-alive connections.
 const BURST_JOBS: u64 = 20_000;
