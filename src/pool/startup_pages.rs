@@ -72,9 +72,8 @@ fn clean_file_mappings(smaps: &str) -> Vec<Range<usize>> {
             candidate = mapping;
         } else if let Some(kib) = line.strip_prefix("Anonymous:") {
             let untouched = kib.trim().trim_end_matches("kB").trim() == "0";
-            match (candidate.take(), untouched) {
-                (Some(range), true) => clean.push(range),
-                (Some(_) | None, _) => {}
+            if let (Some(range), true) = (candidate.take(), untouched) {
+                clean.push(range);
             }
         }
     }
@@ -130,6 +129,6 @@ Anonymous:             0 kB
             clean_file_mappings(SMAPS),
             [0x55d0a0200000..0x55d0a03cf000, 0x55d0a03cf000..0x55d0a0909000]
         );
-        assert_eq!(clean_file_mappings("not smaps"), []);
+        assert!(clean_file_mappings("not smaps").is_empty());
     }
 }
