@@ -118,3 +118,38 @@ fn describe() {
     describe_gauge!(LS_RUNNING, "`ls` processes running for /ls");
     describe_counter!(LS_TOTAL, "/ls requests by outcome");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes the allocator has handed out and not had back, all arenas.
+    fn allocated() -> usize {
+        // SAFETY: mallinfo2 only reads the allocator's counters (taking each arena's lock).
+        unsafe { libc::mallinfo2() }.uordblks
+    }
+
+    #[test]
+    fn folding_frees_the_samples_at_once() {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&BUCKETS)
+            .unwrap()
+            .build_recorder();
+        let handle = recorder.handle();
+        let histogram = metrics::with_local_recorder(&recorder, || metrics::histogram!("t"));
+        // A million samples: about 8 MB of sample blocks, far above what the other tests of
+        // this process allocate meanwhile. Without the pins after the upkeep none of it is
+        // freed (measured: 0 bytes).
+        for i in 0..1_000_000 {
+            histogram.record(f64::from(i % 100) / 1000.0);
+        }
+        let before = allocated();
+        fold_histograms(&handle);
+        let freed = before.saturating_sub(allocated());
+        assert!(
+            freed >= 6 << 20,
+            "folding freed {freed} bytes of about 8 MB of samples"
+        );
+        assert!(handle.render().contains("t_count 1000000"));
+    }
+}
