@@ -6,8 +6,13 @@ Each run starts its own server on 127.0.0.1 port 0 (`--workers 2` by default), w
 workers, lets it settle, and reads VmRSS of every process: *idle*. Then `wrk` (which must be
 installed) sends a closed-loop burst (`-t1 -c64 -d5s` on `/isprime?number=7` by default), and
 RSS is read again at once (*right after*) and `--after` seconds later (*N s after*). The server
-is stopped with SIGTERM at the end of each run. Prints one table per run, the sums, the ratio
+is stopped with SIGTERM at the end of each run. Each run first drops the binary from the
+page cache (see `evict`), so that two builds compare alike however their files were written. Prints one table per run, the sums, the ratio
 of the late sum to idle, wrk's requests/s and the load average before and after.
+
+Each figure is given twice: VmRSS (every page a process maps, so the binary's code pages,
+shared by the server and its workers, count once per process) and PSS (each shared page
+split between the processes that map it, so the PSS sum is the tree's memory).
 
     cargo dist
     python3 benches/memory_after_burst.py                  # 3 runs, the cargo dist build
@@ -26,16 +31,31 @@ import time
 DEFAULT_BINARY = "target/x86_64-unknown-linux-gnu/release/forkpool"
 
 
-def rss_kib(pid):
-    """VmRSS of `pid` in KiB (0 if it is gone)."""
+def field_kib(path, name):
+    """The `name:` field of a /proc file in KiB (0 if the process is gone)."""
     try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
+        with open(path) as fields:
+            for line in fields:
+                if line.startswith(name + ":"):
                     return int(line.split()[1])
     except FileNotFoundError:
         pass
     return 0
+
+
+def rss_kib(pid):
+    """VmRSS of `pid` in KiB (0 if it is gone)."""
+    return field_kib(f"/proc/{pid}/status", "VmRSS")
+
+
+def pss_kib(pid):
+    """PSS of `pid` in KiB (0 if it is gone)."""
+    return field_kib(f"/proc/{pid}/smaps_rollup", "Pss")
+
+
+def memory(pids):
+    """(VmRSS, PSS) of each pid, in KiB."""
+    return [(rss_kib(p), pss_kib(p)) for p in pids]
 
 
 def children(pid):
@@ -45,6 +65,20 @@ def children(pid):
         with open(f"/proc/{pid}/task/{task}/children") as kids:
             pids += [int(p) for p in kids.read().split()]
     return sorted(pids)
+
+
+def evict(binary):
+    """Drops `binary`'s pages from the page cache (written back first), so that each run reads
+    it in the same way, by the kernel's readahead. How a file got into the page cache changes
+    RSS: a binary just written by `cp` sits there in larger folios, and the kernel then maps
+    more of it around each fault (measured: 3.1 instead of 2.5 MiB per idle worker for the
+    same bytes). No process may map it at that moment (mapped pages stay)."""
+    fd = os.open(binary, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def start(binary, workers):
@@ -84,26 +118,32 @@ def loadavg():
 
 
 def run_once(args, number):
+    evict(args.binary)
     server, url = start(args.binary, args.workers)
     try:
         pids = [server.pid] + wait_for_workers(server, args.workers)
         time.sleep(args.settle)
-        idle = [rss_kib(p) for p in pids]
+        idle = memory(pids)
         rate = burst(url, args.path, args.connections, args.duration)
-        right_after = [rss_kib(p) for p in pids]
+        right_after = memory(pids)
         time.sleep(args.after)
-        late = [rss_kib(p) for p in pids]
+        late = memory(pids)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
     names = ["server"] + [f"worker {i + 1}" for i in range(len(pids) - 1)]
     print(f"run {number}: {args.path} at {rate:,.0f} req/s, load average {loadavg()}")
-    print(f"  {'MiB':<10}{'idle':>8}{'right after':>13}{f'{args.after:g} s after':>12}")
-    for name, a, b, c in zip(names + ["sum"], idle + [sum(idle)],
-                             right_after + [sum(right_after)], late + [sum(late)]):
-        print(f"  {name:<10}{a / 1024:>8.1f}{b / 1024:>13.1f}{c / 1024:>12.1f}")
-    print(f"  {args.after:g} s after / idle: {sum(late) / sum(idle):.2f}")
-    return sum(idle), sum(late), rate
+    late_title = f"{args.after:g} s after"
+    print(f"  {'MiB (RSS/PSS)':<14}{'idle':>12}{'right after':>14}{late_title:>14}")
+    total = lambda col: (sum(r for r, _ in col), sum(p for _, p in col))
+    for name, *cols in zip(names + ["sum"], idle + [total(idle)],
+                           right_after + [total(right_after)], late + [total(late)]):
+        print(f"  {name:<14}" + "".join(
+            f"{f'{r / 1024:.1f}/{p / 1024:.1f}':>{w}}" for (r, p), w in zip(cols, (12, 14, 14))))
+    print(f"  {args.after:g} s after / idle: RSS {total(late)[0] / total(idle)[0]:.2f}, "
+          f"PSS {total(late)[1] / total(idle)[1]:.2f}")
+    idle, late = total(idle), total(late)
+    return idle, late, rate
 
 
 def main():
@@ -119,12 +159,13 @@ def main():
     args = parser.parse_args()
     print(f"{args.binary}, {args.workers} workers, load average {loadavg()}")
     results = [run_once(args, i + 1) for i in range(args.runs)]
-    idle = [r[0] / 1024 for r in results]
-    late = [r[1] / 1024 for r in results]
-    print(f"idle sum {min(idle):.1f}-{max(idle):.1f} MiB, {args.after:g} s after "
-          f"{min(late):.1f}-{max(late):.1f} MiB, ratio "
-          + ", ".join(f"{r[1] / r[0]:.2f}" for r in results)
-          + "; req/s " + ", ".join(f"{r[2]:,.0f}" for r in results))
+    for i, kind in enumerate(["RSS", "PSS"]):
+        idle = [r[0][i] / 1024 for r in results]
+        late = [r[1][i] / 1024 for r in results]
+        print(f"{kind}: idle sum {min(idle):.1f}-{max(idle):.1f} MiB, {args.after:g} s after "
+              f"{min(late):.1f}-{max(late):.1f} MiB, ratio "
+              + ", ".join(f"{r[1][i] / r[0][i]:.2f}" for r in results))
+    print("req/s " + ", ".join(f"{r[2]:,.0f}" for r in results))
 
 
 if __name__ == "__main__":

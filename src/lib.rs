@@ -74,7 +74,9 @@
 //!   `pool::process` (one child process: spawn, handshake, kill, reap); `pool::protocol`
 //!   (JSON-lines messages, framing, `PROTOCOL_VERSION`, the `Job` trait and its `Weight`
 //!   hint); `pool::status` (per-worker rows); `pool::worker` (the worker side: `run::<J>()`,
-//!   and the allocator that turns a failed allocation in a worker into a recognisable exit).
+//!   and the allocator that turns a failed allocation in a worker into a recognisable exit);
+//!   `pool::startup_pages` (a worker unmaps the code pages its start-up mapped, once it has
+//!   said hello).
 //! - [`jobs`]: the server's job types (`IsPrimeJob`) and how its workers log them; no HTTP, so
 //!   worker mode needs only this and the pool.
 //! - [`prime`]: primality, pure functions (and `mersenne`, the heavy job of tests and load);
@@ -86,8 +88,8 @@
 //!   every stable code with its status, and `HttpError`, which every typed error implements
 //!   next to its definition to say its code.
 //! - [`logging`]: tracing to stderr, `LogFormat`.
-//! - [`telemetry`]: the server's metric names (constants, described once) and the
-//!   process-wide Prometheus recorder.
+//! - [`telemetry`]: the server's metric names (constants, described once), the process-wide
+//!   Prometheus recorder, and `fold_histograms` (the upkeep, with the folded samples freed).
 //! - [`systemd`]: the service manager's protocols (sockets passed by `LISTEN_FDS`, `READY=1`
 //!   and the other notifications, the watchdog), and `command_with_listeners`, which passes
 //!   sockets the same way to a process we start.

@@ -5,6 +5,15 @@
 //! Every family recorded anywhere in the server is named by a constant here and described in
 //! `describe`: a family without `# HELP` fails `promtool check metrics` (tests/ops.rs). The
 //! `process_*` families are not recorded but rendered at scrape time (`routes::ops`).
+//!
+//! Histogram samples are kept raw until an upkeep folds them into their buckets
+//! ([`fold_histograms`], the one way the server does it). The exporter frees the folded
+//! samples' blocks through crossbeam-epoch's deferred reclamation: they stay allocated until
+//! the global epoch has moved on twice, which only a later pin on some thread does. After a
+//! burst nothing pins any more (an empty histogram's upkeep does not), so without the extra
+//! pins in [`fold_histograms`] the last upkeep's blocks (about 1.4 MB after a 5 s burst of
+//! `/isprime`, issue 24) stayed allocated until the next burst, and no `malloc_trim` could
+//! return their pages.
 
 use std::sync::OnceLock;
 
@@ -63,6 +72,27 @@ pub fn recorder() -> PrometheusHandle {
         .clone()
 }
 
+/// Folds every histogram's raw samples into its buckets (the exporter's upkeep), then frees
+/// the folded samples' memory at once instead of at some later pin (see the module doc).
+///
+/// Each pin-and-flush hands this thread's deferred frees to the global queue, tries to advance
+/// the global epoch and runs up to eight of the queued batches (crossbeam-epoch's
+/// `COLLECT_STEPS`) whose epoch is two behind. [`RELEASE_PINS`] rounds run a 5 s burst's
+/// batches (32 blocks each, one or a few per histogram and upkeep) with room to spare.
+/// Failure mode: a thread that stays pinned (recording a sample at that moment) holds the
+/// epoch back; the batches then go at a later pin, as without this.
+pub fn fold_histograms(handle: &PrometheusHandle) {
+    handle.run_upkeep();
+    for _ in 0..RELEASE_PINS {
+        crossbeam_epoch::pin().flush();
+    }
+}
+
+/// Pin-and-flush rounds after an upkeep: two advance the epoch past the upkeep's batches, the
+/// rest run the global queue eight batches at a time. Each round costs well under a
+/// microsecond when there is nothing to run.
+const RELEASE_PINS: usize = 32;
+
 /// `# HELP` of every family named above.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
@@ -87,4 +117,39 @@ fn describe() {
     describe_gauge!(QUEUE_DEPTH, "Jobs waiting for a worker");
     describe_gauge!(LS_RUNNING, "`ls` processes running for /ls");
     describe_counter!(LS_TOTAL, "/ls requests by outcome");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes the allocator has handed out and not had back, all arenas.
+    fn allocated() -> usize {
+        // SAFETY: mallinfo2 only reads the allocator's counters (taking each arena's lock).
+        unsafe { libc::mallinfo2() }.uordblks
+    }
+
+    #[test]
+    fn folding_frees_the_samples_at_once() {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&BUCKETS)
+            .unwrap()
+            .build_recorder();
+        let handle = recorder.handle();
+        let histogram = metrics::with_local_recorder(&recorder, || metrics::histogram!("t"));
+        // A million samples: about 8 MB of sample blocks, far above what the other tests of
+        // this process allocate meanwhile. Without the pins after the upkeep none of it is
+        // freed (measured: 0 bytes).
+        for i in 0..1_000_000 {
+            histogram.record(f64::from(i % 100) / 1000.0);
+        }
+        let before = allocated();
+        fold_histograms(&handle);
+        let freed = before.saturating_sub(allocated());
+        assert!(
+            freed >= 6 << 20,
+            "folding freed {freed} bytes of about 8 MB of samples"
+        );
+        assert!(handle.render().contains("t_count 1000000"));
+    }
 }

@@ -1,15 +1,16 @@
-//! Memory after a burst (issue 24): what a burst of kept-alive connections made the server
-//! allocate goes back to the kernel once the burst is over. The test waits for that event
-//! (anonymous RSS back under a bound) and asserts no time: how soon and how far it comes back,
-//! in the release build, is `benches/memory_after_burst.py`'s figure (README, Performance). The
-//! server is a process of its own, so the other tests' load cannot keep it from going quiet.
+//! Memory (issue 24): what a burst of kept-alive connections made the server allocate goes
+//! back to the kernel once the burst is over, and a live worker's resident memory is what its
+//! jobs run, not what its start ran. The tests wait for those events (RSS under a bound) and
+//! assert no time: how soon and how far, in the release build, is
+//! `benches/memory_after_burst.py`'s figure (README, Performance). The server is a process of
+//! its own, so the other tests' load cannot keep it from going quiet.
 
 use crate::common;
 
 use std::time::Duration;
 
 use common::load::{Connection, Kind, Load};
-use common::{wait_until, Server};
+use common::{status, wait_until, Http, Server};
 
 /// Jobs the burst sends, over 64 kept-alive connections.
 const BURST_JOBS: u64 = 20_000;
@@ -61,4 +62,45 @@ fn the_server_gives_a_bursts_memory_back_once_it_is_over() {
         "anonymous RSS {idle} KiB idle, {peak} KiB after the burst, still {} KiB 30 s later (bound {bound} KiB)",
         anon_kib(server.pid())
     );
+}
+
+/// VmRSS of `pid` in KiB, as `ps` shows it.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+#[test]
+fn a_live_worker_holds_a_fraction_of_what_the_server_does_and_still_serves() {
+    let server = Server::start(&["--workers", "2"]);
+    server.wait_for_workers(2);
+    // A worker is the same binary; its start maps as much of it as the server's start did
+    // (about 70% of the server's RSS in this debug build, 50% in the release build) unless
+    // it lets go of those pages after its hello.
+    let bound = rss_kib(server.pid()) / 3;
+    let rows = wait_until(Duration::from_secs(30), || {
+        let rows = status(&server)["workers"].as_array()?.clone();
+        let kib: Vec<u64> = rows
+            .iter()
+            .filter_map(|w| w["rss_bytes"].as_u64())
+            .map(|b| b / 1024)
+            .collect();
+        (kib.len() == 2 && kib.iter().all(|&k| k <= bound)).then_some(kib)
+    });
+    assert!(
+        rows.is_some(),
+        "worker RSS in /status above a third of the server's ({bound} KiB) for 30 s: {}",
+        status(&server)["workers"]
+    );
+    // The code a job runs comes back on demand.
+    for number in ["7", "1000000007", "170141183460469231731687303715884105727"] {
+        assert_eq!(
+            server.get(&format!("/isprime?number={number}")).json()["isPrime"],
+            true
+        );
+    }
 }

@@ -192,6 +192,7 @@ mod process;
 pub mod protocol;
 mod queue;
 mod scale;
+mod startup_pages;
 mod status;
 pub mod worker;
 

@@ -21,6 +21,9 @@
 //! death signal fires when the parent's *thread* that spawned us exits, which is why the pool
 //! spawns workers from its own long-lived thread.
 //!
+//! Once it has said hello, the worker unmaps the code pages its start-up mapped (the
+//! `startup_pages` module: its RSS then holds what its jobs run, not what its start ran).
+//!
 //! (Its own process group is set by the pool at spawn time, so that a kill reaches anything a
 //! job might start.) It exits when stdin reaches EOF. stdout is the protocol channel: logs go
 //! to stderr only.
@@ -308,6 +311,8 @@ pub fn run<J: Job>(settings: &WorkerSettings, log: &dyn JobLog) -> Result<(), Wo
     let stdout = std::io::stdout();
     let mut output = stdout.lock();
     say_hello::<J>(&mut output)?;
+    let released = super::startup_pages::release();
+    tracing::debug!(released, "start-up pages unmapped");
     let mut line = Vec::new();
     loop {
         // About to block for more jobs: no alarms while there is nothing to yield.

@@ -388,7 +388,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         metrics::gauge!(name).set(value as f64);
     }
     metrics::gauge!(telemetry::QUEUE_DEPTH).set(state.pool.queue_depth() as f64);
-    state.metrics.run_upkeep();
+    telemetry::fold_histograms(&state.metrics);
     let mut text = state.metrics.render();
     match ProcessStats::read() {
         Ok(stats) => append_process_metrics(&mut text, &stats),

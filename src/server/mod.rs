@@ -33,6 +33,7 @@ use crate::routes::state::{AppState, Phase};
 use crate::routes::Routers;
 use crate::settings::Settings;
 use crate::systemd::{self, NotifyState};
+use crate::telemetry;
 use crate::upgrade::{PidFile, Upgrader};
 use connection::{Registry, Timeouts};
 use fd_budget::ADMIN_MAX_CONNECTIONS;
@@ -360,7 +361,7 @@ async fn drain_histograms(metrics: PrometheusHandle) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         every.tick().await;
-        metrics.run_upkeep();
+        telemetry::fold_histograms(&metrics);
     }
 }
 

@@ -33,6 +33,8 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::telemetry;
+
 /// How often the CPU clock is read.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -54,7 +56,7 @@ pub(super) async fn give_back_after_bursts(metrics: PrometheusHandle) {
             continue;
         };
         if burst.tick(now) {
-            metrics.run_upkeep();
+            telemetry::fold_histograms(&metrics);
             // SAFETY: malloc_trim only takes the allocator's own locks and releases free
             // pages; it is safe to call from any thread at any time.
             let released = unsafe { libc::malloc_trim(0) } == 1;
