@@ -77,7 +77,7 @@ pub fn recorder() -> PrometheusHandle {
 ///
 /// Each pin-and-flush hands this thread's deferred frees to the global queue, tries to advance
 /// the global epoch and runs up to eight of the queued batches (crossbeam-epoch's
-/// `COLLECT_STEPS`) whose epoch is two behind. [`RELEASE_PINS`] rounds run a 5 s burst's
+/// `COLLECT_STEPS`) whose epoch is two behind. `RELEASE_PINS` (32) rounds run a 5 s burst's
 /// batches (32 blocks each, one or a few per histogram and upkeep) with room to spare.
 /// Failure mode: a thread that stays pinned (recording a sample at that moment) holds the
 /// epoch back; the batches then go at a later pin, as without this.
