@@ -16,7 +16,9 @@
 //!   a file: `cli::flags` (clap's `Flags`, the flags as given; every flag also `FORKPOOL_*` and
 //!   a key of the config file), `cli::load` (`Cli::load_from`: flag > env > config file >
 //!   default, and `Sources`, where each value came from), `cli::config_file` (the TOML reader:
-//!   each key checked by its flag's parser), `cli::resolve` (`Flags::resolve() -> Settings`,
+//!   each key checked by its flag's parser), `cli::grammar` (the flags without their
+//!   environment variables and clap's messages with the value's source, shared by the two
+//!   readers), `cli::resolve` (`Flags::resolve() -> Settings`,
 //!   refusing flags that contradict each other), `cli::worker` (`WorkerArgs`, the
 //!   `forkpool worker` flags the server spells and parses by hand), `cli::man` (`man_page()`,
 //!   clap_mangen's, with UNITS and ENVIRONMENT sections).

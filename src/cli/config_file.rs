@@ -9,7 +9,7 @@ use std::path::Path;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory};
 
-use super::load::{attributed, command_without_env};
+use super::grammar::{attributed, command_without_env};
 use super::Cli;
 
 /// Turns each key of the TOML file into `--key=value`, for flags not set by flag or env;

@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 mod config_file;
 mod flags;
+mod grammar;
 mod load;
 mod man;
 mod resolve;
