@@ -38,6 +38,7 @@ mod client;
 mod lifecycle;
 mod load;
 mod overload;
+mod percentile;
 mod plot;
 mod probe;
 mod procs;

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::percentile::nearest_rank;
+
 /// Everything one run measured. Scenarios that were not asked for stay `None`; a scenario that
 /// could not run records why in `errors` and leaves the rest of the report intact.
 #[derive(Debug, Default, Serialize)]
@@ -34,7 +36,7 @@ pub struct Report {
     /// The restart scenario: restarts on a launcher-held socket under load.
     pub restart: Option<Lifecycle>,
     /// The tail scenario: the lean probe idle and saturated.
-    pub tail: Option<crate::tail::Tail>,
+    pub tail: Option<crate::tail::report::Tail>,
     pub errors: Vec<String>,
     /// Every /testrequest probe, in order, for the plot.
     pub samples: Vec<Sample>,
@@ -105,15 +107,6 @@ impl Stats {
             },
         }
     }
-}
-
-/// The nearest-rank `p`th percentile of `sorted` (ascending); 0 when empty.
-pub fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[index.clamp(1, sorted.len()) - 1]
 }
 
 #[derive(Debug, Serialize)]

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::{Tail, TailPhase};
+use super::report::{Tail, TailPhase};
 use crate::LoadtestError;
 
 const DOTS: RGBColor = RGBColor(31, 119, 180);
