@@ -10,7 +10,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::load::{Connection, Kind, Load};
-use common::{status, wait_until, Http, Server};
+use common::{rss_kib, status, wait_until, Http, Server};
 
 /// Jobs the burst sends, over 64 kept-alive connections.
 const BURST_JOBS: u64 = 20_000;
@@ -18,12 +18,7 @@ const BURST_JOBS: u64 = 20_000;
 /// Anonymous resident memory of `pid` in KiB (RssAnon: the heap, stacks and other private
 /// memory, not the binary's code pages, which a burst also pages in and no trim gives back).
 fn anon_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("RssAnon in /proc/PID/status")
+    common::status_kib(pid, "RssAnon").expect("RssAnon in /proc/PID/status")
 }
 
 #[test]
@@ -62,16 +57,6 @@ fn the_server_gives_a_bursts_memory_back_once_it_is_over() {
         "anonymous RSS {idle} KiB idle, {peak} KiB after the burst, still {} KiB 30 s later (bound {bound} KiB)",
         anon_kib(server.pid())
     );
-}
-
-/// VmRSS of `pid` in KiB, as `ps` shows it.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
 }
 
 #[test]

@@ -797,14 +797,19 @@ pub fn processes() -> impl Iterator<Item = Proc> {
         .filter_map(proc_info)
 }
 
-/// Resident memory of `pid` in KiB (VmRSS), or 0 once it is gone.
+/// Resident memory of `pid` in KiB (VmRSS, as `ps` shows it), or 0 once it is gone.
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status_kib(pid, "VmRSS").unwrap_or(0)
+}
+
+/// The `field` of `/proc/PID/status` in KiB (`VmRSS`, `RssAnon`...), or `None` once `pid` is
+/// gone.
+pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Descriptors `pid` has open.
