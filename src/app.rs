@@ -145,6 +145,7 @@ fn pool_config(settings: &Settings) -> PoolConfig {
         workers: settings.workers,
         workers_min: settings.workers_min,
         worker_idle_timeout: settings.worker_idle_timeout,
+        worker_release_after: Some(settings.worker_release_after).filter(|after| !after.is_zero()),
         queue: settings.queue as usize,
         job_timeout: settings.job_timeout,
         max_line: settings.max_line as usize,

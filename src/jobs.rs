@@ -169,6 +169,7 @@ mod tests {
                 version: env!("CARGO_PKG_VERSION").into(),
                 pid: u32::MAX,
                 kind: IsPrimeJob::KIND.into(),
+                release: true,
             },
         };
         let verdict: Reply<IsPrimeOutput, IsPrimeError> = Reply {

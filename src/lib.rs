@@ -77,8 +77,8 @@
 //!   (JSON-lines messages, framing, `PROTOCOL_VERSION`, the `Job` trait and its `Weight`
 //!   hint); `pool::status` (per-worker rows); `pool::worker` (the worker side: `run::<J>()`,
 //!   and the allocator that turns a failed allocation in a worker into a recognisable exit);
-//!   `pool::startup_pages` (a worker unmaps the code pages its start-up mapped, once it has
-//!   said hello).
+//!   `pool::code_pages` (a worker unmaps the code pages its start-up mapped once it has said
+//!   hello, and those its jobs mapped when the pool's release line says it has been idle).
 //! - [`jobs`]: the server's job types (`IsPrimeJob`) and how its workers log them; no HTTP, so
 //!   worker mode needs only this and the pool.
 //! - [`prime`]: primality, pure functions (and `mersenne`, the heavy job of tests and load);

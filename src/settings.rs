@@ -48,6 +48,9 @@ pub struct Settings {
     /// A worker of an elastic pool idle this long retires, down to `workers_min`.
     #[serde(serialize_with = "as_secs")]
     pub worker_idle_timeout: Duration,
+    /// A worker idle this long after jobs lets go of the code pages they mapped; 0 means never.
+    #[serde(serialize_with = "as_secs")]
+    pub worker_release_after: Duration,
     /// Jobs that may wait for a worker.
     pub queue: u32,
     /// Deadline of one job, queue wait plus run time.

@@ -42,6 +42,11 @@ pub struct Flags {
     #[arg(long, env = "FORKPOOL_WORKER_IDLE_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub worker_idle_timeout: Duration,
 
+    /// A worker that has run jobs and then sat idle this long is told to let go of the code
+    /// pages those jobs mapped (its next jobs map them again); 0 means never.
+    #[arg(long, env = "FORKPOOL_WORKER_RELEASE_AFTER", default_value = "1s", value_parser = parse_duration)]
+    pub worker_release_after: Duration,
+
     /// Jobs that may wait for a worker; beyond that a request gets 503 with Retry-After.
     #[arg(long, env = "FORKPOOL_QUEUE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub queue: u32,

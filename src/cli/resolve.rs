@@ -127,6 +127,7 @@ impl Flags {
             workers: workers_max,
             workers_min,
             worker_idle_timeout: self.worker_idle_timeout,
+            worker_release_after: self.worker_release_after,
             queue: self.queue,
             job_timeout: self.job_timeout,
             job_slow: self.job_slow,

@@ -192,7 +192,7 @@ mod process;
 pub mod protocol;
 mod queue;
 mod scale;
-mod startup_pages;
+mod code_pages;
 mod status;
 pub mod worker;
 
@@ -238,6 +238,11 @@ pub struct PoolConfig {
     /// How long a worker of an elastic pool may idle before it retires, down to
     /// [`workers_min`](Self::workers_min).
     pub worker_idle_timeout: Duration,
+    /// How long a worker that has run jobs may sit idle before the pool tells it to let go
+    /// of the code pages those jobs mapped (the protocol's release line; its next jobs map
+    /// them again, a few dozen minor faults). `None`: never after its start. Default
+    /// [`DEFAULT_RELEASE_AFTER`].
+    pub worker_release_after: Option<Duration>,
     /// Jobs that may wait for a worker; one more is refused with [`PoolError::QueueFull`].
     pub queue: usize,
     /// Deadline of one job, from `submit` to its answer: queue wait plus run time.
@@ -271,8 +276,8 @@ pub struct PoolConfig {
 }
 
 impl PoolConfig {
-    /// `workers` slots, a fixed pool (with a 10 s idle timeout, should it be made elastic), a
-    /// queue of 256, a 60 s deadline, 1 MiB lines, no recycling (by jobs or memory), no
+    /// `workers` slots, a fixed pool (with a 10 s idle timeout, should it be made elastic),
+    /// workers told to release their jobs' code pages after 1 s idle, a queue of 256, a 60 s deadline, 1 MiB lines, no recycling (by jobs or memory), no
     /// slow-job log, batches of up to 32 light jobs, metrics named `forkpool_*`, unavailable
     /// after 5 failed starts.
     pub fn new(workers: usize) -> PoolConfig {
@@ -280,6 +285,7 @@ impl PoolConfig {
             workers,
             workers_min: workers,
             worker_idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            worker_release_after: Some(DEFAULT_RELEASE_AFTER),
             queue: 256,
             job_timeout: Duration::from_secs(60),
             max_line: 1 << 20,
@@ -327,6 +333,11 @@ impl PoolConfig {
 /// [`PoolConfig::worker_idle_timeout`] by default: PHP-FPM's `pm.process_idle_timeout`, which
 /// operators of an elastic pool know.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// [`PoolConfig::worker_release_after`] by default: long against the gaps between the jobs
+/// of a burst, so that a busy worker is never told, and short against the seconds after a
+/// burst in which its memory is read (issue 24: within 1.5x of idle 5 s after a burst).
+pub const DEFAULT_RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 /// Shortest protocol line a pool accepts as `max_line`: a worker's hello must fit.
 pub const MIN_LINE: usize = 256;

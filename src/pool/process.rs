@@ -17,7 +17,9 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use super::lifecycle::Exit;
 use super::oom::OomWatch;
-use super::protocol::{decode, Hello, HelloLine, LineReader, ProtocolError, PROTOCOL_VERSION};
+use super::protocol::{
+    decode, Hello, HelloLine, LineReader, ProtocolError, PROTOCOL_VERSION, RELEASE,
+};
 use super::WorkerCommand;
 
 /// How long a new worker may take to say hello before it counts as a failed start.
@@ -127,6 +129,8 @@ pub(super) struct WorkerProcess {
     pub(super) started: Instant,
     /// The package version it reported in its hello (shown per slot in `/status`).
     pub(super) version: String,
+    /// Its hello said it understands the release line ([`RELEASE`]).
+    releases: bool,
     /// Tells whether a SIGKILL we did not send was the OOM killer's.
     oom: Arc<OomWatch>,
 }
@@ -161,6 +165,7 @@ impl WorkerProcess {
             stdout: LineReader::new(stdout, spec.max_line),
             started: Instant::now(),
             version: String::new(),
+            releases: false,
             oom: spec.oom.clone(),
         };
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, worker.handshake(spec)).await {
@@ -189,7 +194,24 @@ impl WorkerProcess {
         let hello = decode::<HelloLine>(&line)?.hello;
         check_hello(&hello, spec.kind, self.pid)?;
         self.version = hello.version;
+        self.releases = hello.release;
         Ok(())
+    }
+
+    /// Tells the worker, which has no job, to let go of the memory its last jobs mapped
+    /// (see [`RELEASE`]); nothing if its hello did not say it understands. No answer comes.
+    /// A failed write means the worker is gone: its stdout's end is the driver's next event.
+    pub(super) async fn release(&mut self) {
+        if !self.releases {
+            return;
+        }
+        let mut line = RELEASE.to_vec();
+        line.push(b'\n');
+        // The worker has read every line sent so far, so the pipe is empty and a line this
+        // short goes in at once.
+        if let Err(error) = self.stdin.write_all(&line).await {
+            tracing::debug!(pid = self.pid, %error, "release line not written");
+        }
     }
 
     /// Writes what is left of `outbox` (whole protocol lines) while waiting for the next line

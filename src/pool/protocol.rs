@@ -5,6 +5,8 @@
 //!                 (at start)
 //! pool -> worker  {"id":7,"tag":"<the submitter's tag>","job":{...}}
 //! worker -> pool  {"id":7,"ms":0.41,"ok":{...}}   or   {"id":7,"ms":0.02,"err":...}
+//! pool -> worker  {"release":true}     (no answer; only to a worker whose hello said
+//!                                       "release":true, and only while it has no job)
 //! ```
 //!
 //! The pool may write several job lines before it reads a reply (see [`Weight`]): the worker
@@ -12,6 +14,11 @@
 //! has run every job it has read so far (its input buffer is empty), all in one write, so
 //! that the pool wakes once per batch rather than once per job. A worker holding a single job
 //! therefore answers it as soon as it is done, and a crash then is that job's.
+//!
+//! The release line ([`RELEASE`]) tells an idle worker that its last jobs are some time past:
+//! it lets go of the code pages they mapped (README, Performance: memory after a burst). A
+//! worker opts in through its hello, so a worker program that predates the line, or is of
+//! someone else's making, is never sent it and the protocol version stays the same.
 //!
 //! Every message is one line of JSON. Lines are capped in both directions: a worker that sends
 //! more than `max_line` bytes without a newline is broken (or hostile) and gets replaced, and
@@ -106,7 +113,16 @@ pub struct Hello {
     pub pid: u32,
     /// The [`Job::KIND`] it serves.
     pub kind: String,
+    /// It understands the [`RELEASE`] line. `false` when the hello does not say (a worker
+    /// program that predates the line): such a worker is never sent it.
+    #[serde(default)]
+    pub release: bool,
 }
+
+/// The line (without its newline) by which the pool tells an idle worker whose hello said
+/// [`Hello::release`] to let go of the memory its last jobs mapped. Matched byte for byte, so
+/// that a job line (which has an `id`) can never be taken for it.
+pub const RELEASE: &[u8] = br#"{"release":true}"#;
 
 /// The hello as it travels: `{"hello": {...}}`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -270,6 +286,17 @@ mod tests {
             reader.next_line().await,
             Err(ProtocolError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn only_a_hello_that_says_so_opts_in_to_the_release_line_which_no_job_line_can_be() {
+        let older = br#"{"hello":{"protocol":1,"version":"0.1.0","pid":7,"kind":"k"}}"#;
+        assert!(!decode::<HelloLine>(older).unwrap().hello.release);
+        let newer = br#"{"hello":{"protocol":1,"version":"0.1.0","pid":7,"kind":"k","release":true}}"#;
+        assert!(decode::<HelloLine>(newer).unwrap().hello.release);
+        // A job line always has an id, so no job can be taken for the release line.
+        assert!(decode::<Request<u32>>(RELEASE).is_err());
+        assert!(decode::<serde_json::Value>(RELEASE).is_ok(), "one line of JSON like the rest");
     }
 
     #[test]

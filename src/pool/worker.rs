@@ -21,8 +21,10 @@
 //! death signal fires when the parent's *thread* that spawned us exits, which is why the pool
 //! spawns workers from its own long-lived thread.
 //!
-//! Once it has said hello, the worker unmaps the code pages its start-up mapped (the
-//! `startup_pages` module: its RSS then holds what its jobs run, not what its start ran).
+//! Once it has said hello, the worker unmaps the code pages its start-up mapped, and again
+//! whenever the pool sends the release line (it has been idle a while after jobs): the
+//! `code_pages` module. Its RSS then holds what its next jobs run, not what its start or a
+//! past burst ran.
 //!
 //! (Its own process group is set by the pool at spawn time, so that a kill reaches anything a
 //! job might start.) It exits when stdin reaches EOF. stdout is the protocol channel: logs go
@@ -39,7 +41,7 @@ use rustix::process::{Pid, Resource, Rlimit, Signal};
 
 use super::protocol::{
     decode, encode, encode_into, Hello, HelloLine, Job, Outcome, Reply, Request, Weight,
-    EXIT_OUT_OF_MEMORY, PROTOCOL_VERSION,
+    EXIT_OUT_OF_MEMORY, PROTOCOL_VERSION, RELEASE,
 };
 
 /// The scheduling class a worker runs in.
@@ -311,16 +313,20 @@ pub fn run<J: Job>(settings: &WorkerSettings, log: &dyn JobLog) -> Result<(), Wo
     let stdout = std::io::stdout();
     let mut output = stdout.lock();
     say_hello::<J>(&mut output)?;
-    let released = super::startup_pages::release();
-    tracing::debug!(released, "start-up pages unmapped");
+    release_code_pages("start-up");
     let mut line = Vec::new();
     loop {
         // About to block for more jobs: no alarms while there is nothing to yield.
         if let (Some(timer), true) = (&mut yields, input.buffer().is_empty()) {
             timer.set(false)?;
         }
-        let Some(request) = read_request::<J>(&mut input, &mut line, settings.max_line)? else {
-            break;
+        let request = match read_message::<J>(&mut input, &mut line, settings.max_line)? {
+            Some(Message::Job(request)) => request,
+            Some(Message::Release) => {
+                release_code_pages("idle");
+                continue;
+            }
+            None => break,
         };
         // Light jobs take microseconds: arming for them would only add two system calls to
         // each batch (measured: +50% of a worker's calls per request on /isprime?number=7).
@@ -364,6 +370,7 @@ fn say_hello<J: Job>(output: &mut impl Write) -> Result<(), WorkerError> {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid,
             kind: J::KIND.to_string(),
+            release: true,
         },
     };
     output.write_all(&encode(&hello))?;
@@ -372,12 +379,27 @@ fn say_hello<J: Job>(output: &mut impl Write) -> Result<(), WorkerError> {
     Ok(())
 }
 
-/// The next job, or `None` at EOF. `line` is the caller's buffer, reused across jobs.
-fn read_request<J: Job>(
+/// What the pool sends a worker.
+enum Message<J> {
+    /// A job to run and answer.
+    Job(Request<J>),
+    /// The protocol's release line: the worker is idle, its last jobs some time past.
+    Release,
+}
+
+/// Lets go of the code pages mapped since the last time (see the `code_pages` module), at
+/// start-up (`when`: "start-up") or when the pool says the worker is idle ("idle").
+fn release_code_pages(when: &str) {
+    let released = super::code_pages::release();
+    tracing::debug!(released, when, "code pages unmapped");
+}
+
+/// The next message, or `None` at EOF. `line` is the caller's buffer, reused across jobs.
+fn read_message<J: Job>(
     input: &mut impl BufRead,
     line: &mut Vec<u8>,
     max_line: u64,
-) -> Result<Option<Request<J>>, WorkerError> {
+) -> Result<Option<Message<J>>, WorkerError> {
     line.clear();
     let read = input.take(max_line + 1).read_until(b'\n', line)?;
     if read == 0 {
@@ -390,8 +412,11 @@ fn read_request<J: Job>(
         });
     }
     line.pop();
+    if line == RELEASE {
+        return Ok(Some(Message::Release));
+    }
     decode(line)
-        .map(Some)
+        .map(|request| Some(Message::Job(request)))
         .map_err(|e| WorkerError::BadLine(e.to_string()))
 }
 

@@ -82,6 +82,10 @@ struct Tenure {
     /// When it last finished a batch (or said hello): an elastic pool retires it once idle
     /// for `PoolConfig::worker_idle_timeout`.
     idle_since: Instant,
+    /// When it finished the batch whose code pages it still holds: it is told to let them go
+    /// once idle for `PoolConfig::worker_release_after`. `None` after its hello (it let go of
+    /// its start's pages by itself) and once told, until its next batch.
+    unreleased_since: Option<Instant>,
 }
 
 impl Tenure {
@@ -95,6 +99,7 @@ impl Tenure {
             over_rss: false,
             replacement: None,
             idle_since: Instant::now(),
+            unreleased_since: None,
         }
     }
 
@@ -127,7 +132,7 @@ enum Event<J: Job> {
     LifeChanged,
     /// The replacement on its way is ready, or failed to start.
     Replacement(Result<(WorkerProcess, OwnedSemaphorePermit), SpawnError>),
-    /// The worker has been idle for the pool's idle timeout (an elastic pool only).
+    /// The worker has been idle until its next deadline (see `Driver::quiet_until`).
     Idle,
 }
 
@@ -204,9 +209,10 @@ impl<J: Job> Driver<J> {
             Event::Jobs(batch) => {
                 let step = self.on_batch(t, batch).await;
                 t.idle_since = Instant::now();
+                t.unreleased_since = Some(t.idle_since);
                 step
             }
-            Event::Idle => self.on_idle(t),
+            Event::Idle => self.on_quiet(t).await,
             Event::Closed => Step::Retire,
             Event::IdleOutput(line) => on_idle_output(&mut t.worker, line).await,
             Event::LifeChanged => Step::Continue,
@@ -215,6 +221,7 @@ impl<J: Job> Driver<J> {
     }
 
     async fn next_event(&mut self, t: &mut Tenure) -> Event<J> {
+        let quiet_until = self.quiet_until(t);
         let (worker, replacement) = (&mut t.worker, &mut t.replacement);
         let replacement = async {
             match replacement {
@@ -222,15 +229,45 @@ impl<J: Job> Driver<J> {
                 None => std::future::pending().await,
             }
         };
-        let idle_until = t.idle_since + self.pool.config.worker_idle_timeout;
+        let sleep = tokio::time::sleep_until(quiet_until.unwrap_or_else(Instant::now).into());
         tokio::select! {
             jobs = self.pool.next_batch() => jobs.map_or(Event::Closed, Event::Jobs),
-            () = tokio::time::sleep_until(idle_until.into()), if self.pool.size.elastic() => {
-                Event::Idle
-            }
+            () = sleep, if quiet_until.is_some() => Event::Idle,
             line = worker.next_line() => Event::IdleOutput(line),
             Ok(()) = self.life.changed() => Event::LifeChanged,
             started = replacement => Event::Replacement(started),
+        }
+    }
+
+    /// When the idle worker is next due for something, if ever: the release of its last jobs'
+    /// code pages, or (an elastic pool) its idle timeout.
+    fn quiet_until(&self, t: &Tenure) -> Option<Instant> {
+        self.release_at(t).into_iter().chain(self.idle_out_at(t)).min()
+    }
+
+    /// When the worker is due to be told to release its last jobs' code pages, if it is.
+    fn release_at(&self, t: &Tenure) -> Option<Instant> {
+        let after = self.pool.config.worker_release_after?;
+        Some(t.unreleased_since? + after)
+    }
+
+    /// When an elastic pool looks at whether the idle worker retires (a fixed pool: never).
+    fn idle_out_at(&self, t: &Tenure) -> Option<Instant> {
+        let elastic = self.pool.size.elastic();
+        elastic.then(|| t.idle_since + self.pool.config.worker_idle_timeout)
+    }
+
+    /// The idle worker reached `quiet_until`: it is told to let go of its last jobs' code
+    /// pages if that is due, and an elastic pool sees whether it retires.
+    async fn on_quiet(&mut self, t: &mut Tenure) -> Step {
+        let now = Instant::now();
+        if self.release_at(t).is_some_and(|at| at <= now) {
+            t.worker.release().await;
+            t.unreleased_since = None;
+        }
+        match self.idle_out_at(t).is_some_and(|at| at <= now) {
+            true => self.on_idle(t),
+            false => Step::Continue,
         }
     }
 

@@ -1,11 +1,15 @@
-//! A worker lets go of the code pages its start-up mapped, once it has said hello.
+//! A worker lets go of the code pages its start-up mapped, once it has said hello, and of
+//! those its jobs mapped, when the pool tells it that it has been idle a while after them.
 //!
 //! Why: a worker is the whole program re-executed. Its start (the program's self-relocation,
 //! libc and Rust runtime set-up, argument parsing, logging, the hello) faults in pages of the
 //! executable all over its text and read-only data, and the kernel maps 64 KiB around each
 //! fault (fault-around) when the file is in the page cache, as it is. Measured on the
 //! `cargo dist` build (issue 24): 2.3 MiB of each idle worker's 2.5 MiB RSS were such
-//! file-backed pages, of which its job loop runs a fraction.
+//! file-backed pages, of which its job loop runs a fraction. Its jobs fault in more: after a
+//! burst of `/isprime` a worker held 1.5 MiB, 1.0 MiB of it the job path's code pages, and
+//! held them for as long as it lived, idle or not (the protocol's release line, sent by the
+//! pool after `PoolConfig::worker_release_after` idle, now ends that).
 //!
 //! What: [`release`] reads `/proc/self/smaps` and calls `madvise(MADV_DONTNEED)` on every
 //! private, file-backed mapping that is not writable and holds no page of its own
@@ -13,7 +17,8 @@
 //! build's libraries). For such a mapping this only drops the page-table entries: every page
 //! is still the file's page in the page cache, and the next access maps the same bytes again
 //! (a minor fault, as for a page never touched before). What the job loop runs comes back on
-//! the first jobs; the rest stays unmapped.
+//! the first jobs; the rest stays unmapped. The same call after a burst drops the job path's
+//! pages too; the worker's next jobs map them again.
 //!
 //! What it is not: a saving of physical memory while the server runs. The pages stay in the
 //! page cache, and the server (the same executable) maps most of them itself; what falls is
@@ -30,7 +35,8 @@
 //! Failure modes: none that stop the worker. An unreadable `smaps` or a refused `madvise`
 //! (a locked mapping: `EINVAL`) leaves the pages mapped, as before this existed. Cost: the
 //! first jobs after the hello pay the minor faults of the pages they run (each fault maps up
-//! to 64 KiB), once per worker.
+//! to 64 KiB), once per worker and once more after each release by the pool, which comes
+//! only after the worker has been idle (1 s by default): a busy worker is never told.
 
 use std::ops::Range;
 
