@@ -9,10 +9,29 @@ const DURATION_FORMS: &str = "a number and a unit (ms, s, m or h: `500ms`, `10s`
      several from the largest unit down (`1m30s`, `1h 15m`), or a number alone for seconds \
      (`1.5`)";
 
+/// The longest duration any setting takes. Every timeout becomes a deadline, `Instant::now()`
+/// plus the setting, and an `Instant` that far out overflows: with `u64` seconds allowed, a
+/// `--job-timeout` of 2^63 s made every `/isprime` a 500 (the handler panicked adding it), and
+/// a `--worker-release-after` or `--worker-idle-timeout` that long panicked a pool driver
+/// after every batch. A century is longer than any deadline means, and far from the overflow.
+pub const LONGEST_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Parses a duration: a number and a unit (`250ms`, `10s`, `2m`, `1h`, fractions allowed:
 /// `1.5s`), several of them from the largest unit down, each unit at most once (`1m30s`,
-/// `1h 15m`, `2m 0.5s`), or a plain number of seconds (`1.5`).
+/// `1h 15m`, `2m 0.5s`), or a plain number of seconds (`1.5`). At most [`LONGEST_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_any_duration(text)?;
+    match duration <= LONGEST_DURATION {
+        true => Ok(duration),
+        false => Err(format!(
+            "`{}` is longer than 100 years, the longest duration a setting takes",
+            text.trim()
+        )),
+    }
+}
+
+/// [`parse_duration`] without the upper bound.
+fn parse_any_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let invalid = |why: &str| format!("`{text}` {why}; a duration is {DURATION_FORMS}");
     if text.is_empty() {
@@ -171,6 +190,17 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration(".5s").is_err());
         assert!(parse_duration("1e3").is_err());
+    }
+
+    #[test]
+    fn a_duration_past_a_century_is_refused_before_it_can_overflow_a_deadline() {
+        assert_eq!(parse_duration("876000h"), Ok(LONGEST_DURATION));
+        for too_long in ["876000h 1s", "18000000000000000000", "9223372036854775808s"] {
+            let e = parse_duration(too_long).unwrap_err();
+            assert!(e.contains("longer than 100 years"), "{too_long}: {e}");
+        }
+        // The longest is still a deadline the clock can hold.
+        assert!(std::time::Instant::now().checked_add(LONGEST_DURATION).is_some());
     }
 
     #[test]

@@ -188,3 +188,17 @@ fn an_address_that_cannot_be_listened_on_names_the_variable_it_came_from() {
     let expected = format!("--listen {address} (from the environment variable FORKPOOL_LISTEN)");
     assert!(stderr.contains(&expected), "{stderr}");
 }
+
+#[test]
+fn a_timeout_too_long_for_the_clock_is_refused_at_start_rather_than_panicking_later() {
+    // 2^63 s: the server started, then `Instant::now() + timeout` panicked: every /isprime was
+    // a 500, and the pool's drivers panicked after each batch.
+    for flag in [
+        "--job-timeout",
+        "--worker-release-after",
+        "--keepalive-timeout",
+    ] {
+        let stderr = refused(&[flag, "9223372036854775808"], &[]);
+        assert!(stderr.contains("longer than 100 years"), "{flag}: {stderr}");
+    }
+}
