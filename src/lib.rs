@@ -62,7 +62,9 @@
 //!   growth: a dormant slot woken when every worker is busy and jobs wait, one start per
 //!   interval); `pool::cpus` (the CPUs this process may use: affinity mask, cgroup v2
 //!   `cpu.max`, which cap the growth); `pool::dispatch` (that thread); `pool::queue`
-//!   (fair shares, requeueing, refusal while no worker can start);
+//!   (fair shares, requeueing, refusal while no worker can start); `pool::wakers` (a queued
+//!   job wakes the idle driver of the lowest slot, so a light load stays on the fewest
+//!   workers and the others can retire);
 //!   `pool::estimate` (run times per cost class and the work each slot holds: the predicted
 //!   wait and run that refuse a job, at submission or at dispatch, whose deadline they pass);
 //!   `pool::health` (the pool as a whole, watched: roll generations and the `Roll` handle,

@@ -194,6 +194,7 @@ mod queue;
 mod scale;
 mod code_pages;
 mod status;
+mod wakers;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -219,6 +220,7 @@ use queue::{Pending, Queue, Unqueue};
 pub use scale::GROW_INTERVAL;
 use scale::PoolSize;
 use status::Slot;
+use wakers::Wakers;
 pub use status::{WorkerState, WorkerStatus};
 
 /// Pool settings.
@@ -497,8 +499,9 @@ struct Inner<J: Job> {
     config: PoolConfig,
     spec: SpawnSpec,
     queue: Mutex<Queue<J>>,
-    /// Wakes an idle driver when a job is queued (and all of them at shutdown).
-    job_ready: Notify,
+    /// Wakes the idle driver of the lowest slot when a job is queued (and all of them at
+    /// shutdown).
+    wakers: Wakers,
     /// What each slot shows (`/status`), updated by its driver.
     slots: Vec<Mutex<Slot>>,
     /// The pool as a whole (roll generation, live slots, failed starts; see `health`), which
@@ -588,6 +591,7 @@ impl<J: Job> WorkerPool<J> {
                     false => Mutex::new(Slot::new(WorkerState::Dormant)),
                 })
                 .collect(),
+            wakers: Wakers::new(size.max),
             size,
             pressure: Notify::new(),
             queue: Mutex::new(Queue::new(config.queue)),
@@ -595,7 +599,6 @@ impl<J: Job> WorkerPool<J> {
             estimate: Estimator::new(config.workers),
             config,
             spec,
-            job_ready: Notify::new(),
             life: watch::Sender::new(life),
             spare: Arc::new(Semaphore::new(1)),
             supervisors: Mutex::new(Vec::new()),
@@ -783,7 +786,7 @@ impl<J: Job> Inner<J> {
     /// No new jobs; drivers finish what is queued, then retire.
     fn close(&self) {
         self.queue.lock().unwrap().close();
-        self.job_ready.notify_waiters();
+        self.wakers.wake_all();
         self.change_life(|life| life.closed = true);
     }
 }

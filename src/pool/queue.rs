@@ -5,8 +5,8 @@
 //! killed). A job taken by a driver has been checked for all three at that moment, so no job
 //! whose submitter has gone is ever started.
 //!
-//! The queue is a `VecDeque` behind a mutex, held only for a push or a pop: a driver wakes on
-//! [`Notify`](tokio::sync::Notify) and takes the front job itself, together with the light jobs
+//! The queue is a `VecDeque` behind a mutex, held only for a push or a pop: a driver wakes
+//! (the idle one of the lowest slot, see `wakers`) and takes the front job itself, together with the light jobs
 //! right behind it when it is light (see [`Weight`]). A driver never takes more than its fair
 //! share of what waits (the queue split evenly between the slots), so that a burst is spread
 //! over the workers instead of lining up in one.
@@ -190,7 +190,7 @@ impl<J: Job> Inner<J> {
             }
             queue.push_back(job);
         }
-        self.job_ready.notify_one();
+        self.wakers.wake_one();
         Ok(())
     }
 
@@ -214,31 +214,44 @@ impl<J: Job> Inner<J> {
     /// Waits for work: the next live job and, when it is light, the light jobs right behind
     /// it (see [`Inner::take_light`]). `None` once the pool is closed and the queue is empty.
     /// Jobs whose submitter has stopped waiting are counted and skipped.
-    pub(super) async fn next_batch(&self) -> Option<Vec<Pending<J>>> {
+    pub(super) async fn next_batch(&self, slot: usize) -> Option<Vec<Pending<J>>> {
         loop {
-            // Register interest before looking, so a job queued in between still wakes us.
-            let notified = self.job_ready.notified();
+            // Register interest and count idle before looking, so that a job queued in
+            // between still wakes this driver, or one of a lower slot (see `wakers`).
+            let notified = self.wakers.notified(slot);
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut queue = self.queue.lock().unwrap();
-                while let Some(job) = queue.pop_front() {
-                    let Some(job) = self.take(job) else {
-                        continue;
-                    };
-                    let light = job.travels_light();
-                    let mut batch = vec![job];
-                    if light {
-                        self.take_light(&mut queue, &mut batch, self.config.max_batch);
-                    }
-                    return Some(batch);
-                }
-                if queue.closed {
-                    return None;
-                }
+            let waiting = self.wakers.waiting(slot, || self.jobs_waiting());
+            if let Some(found) = self.take_batch() {
+                // Out of the queue's lock: the guard looks at the queue as it goes.
+                drop(waiting);
+                return found;
             }
             notified.await;
         }
+    }
+
+    /// The next batch from the queue: one heavy job, or light ones (see `take_light`);
+    /// `Some(None)` once the queue is closed and empty, `None` while it is open and empty.
+    fn take_batch(&self) -> Option<Option<Vec<Pending<J>>>> {
+        let mut queue = self.queue.lock().unwrap();
+        while let Some(job) = queue.pop_front() {
+            let Some(job) = self.take(job) else {
+                continue;
+            };
+            let light = job.travels_light();
+            let mut batch = vec![job];
+            if light {
+                self.take_light(&mut queue, &mut batch, self.config.max_batch);
+            }
+            return Some(Some(batch));
+        }
+        queue.closed.then_some(None)
+    }
+
+    /// Whether jobs wait in the queue.
+    fn jobs_waiting(&self) -> bool {
+        !self.queue.lock().unwrap().jobs.is_empty()
     }
 
     /// More light jobs for a worker that runs only light ones, never waiting: at most `room`.
@@ -301,7 +314,7 @@ impl<J: Job> Inner<J> {
                 queue.push_front(job);
             }
         }
-        self.job_ready.notify_waiters();
+        self.wakers.wake_all();
     }
 }
 

@@ -231,7 +231,7 @@ impl<J: Job> Driver<J> {
         };
         let sleep = tokio::time::sleep_until(quiet_until.unwrap_or_else(Instant::now).into());
         tokio::select! {
-            jobs = self.pool.next_batch() => jobs.map_or(Event::Closed, Event::Jobs),
+            jobs = self.pool.next_batch(self.slot) => jobs.map_or(Event::Closed, Event::Jobs),
             () = sleep, if quiet_until.is_some() => Event::Idle,
             line = worker.next_line() => Event::IdleOutput(line),
             Ok(()) = self.life.changed() => Event::LifeChanged,
