@@ -9,12 +9,12 @@ const DURATION_FORMS: &str = "a number and a unit (ms, s, m or h: `500ms`, `10s`
      several from the largest unit down (`1m30s`, `1h 15m`), or a number alone for seconds \
      (`1.5`)";
 
-/// The longest duration any setting takes. Every timeout becomes a deadline, `Instant::now()`
-/// plus the setting, and an `Instant` that far out overflows: with `u64` seconds allowed, a
-/// `--job-timeout` of 2^63 s made every `/isprime` a 500 (the handler panicked adding it), and
-/// a `--worker-release-after` or `--worker-idle-timeout` that long panicked a pool driver
-/// after every batch. A century is longer than any deadline means, and far from the overflow.
-pub const LONGEST_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// The longest duration any setting takes, the pool's own bound (one constant for both).
+/// Every timeout becomes a deadline, `Instant::now()` plus the setting, and an `Instant` that
+/// far out overflows: with `u64` seconds allowed, a `--job-timeout` of 2^63 s made every
+/// `/isprime` a 500 (the handler panicked adding it), and a `--worker-release-after` or
+/// `--worker-idle-timeout` that long panicked a pool driver after every batch.
+pub use crate::pool::LONGEST_DURATION;
 
 /// Parses a duration: a number and a unit (`250ms`, `10s`, `2m`, `1h`, fractions allowed:
 /// `1.5s`), several of them from the largest unit down, each unit at most once (`1m30s`,

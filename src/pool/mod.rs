@@ -325,12 +325,36 @@ impl PoolConfig {
             PoolConfigError::BreakerAtZero
         } else if self.job_slow.is_some_and(|slow| slow >= self.job_timeout) {
             PoolConfigError::SlowNotBelowDeadline
+        } else if let Some(setting) = self.too_long() {
+            PoolConfigError::TooLong(setting)
         } else {
             return Ok(());
         };
         Err(problem)
     }
+
+    /// The first duration above [`LONGEST_DURATION`], by its name: each one is added to an
+    /// `Instant` (a job's deadline at every `submit`, a driver's next idle deadline after
+    /// every batch), which would panic that far out.
+    fn too_long(&self) -> Option<&'static str> {
+        let durations = [
+            ("job_timeout", Some(self.job_timeout)),
+            ("worker_idle_timeout", Some(self.worker_idle_timeout)),
+            ("worker_release_after", self.worker_release_after),
+        ];
+        durations
+            .into_iter()
+            .find(|(_, duration)| duration.is_some_and(|d| d > LONGEST_DURATION))
+            .map(|(setting, _)| setting)
+    }
 }
+
+/// The longest duration a [`PoolConfig`] takes (100 years). Every duration in it ends up
+/// added to `Instant::now()`, and an `Instant` that far out overflows: a `job_timeout` of
+/// `Duration::MAX` panicked every `submit`, a `worker_idle_timeout` or `worker_release_after`
+/// that long (a natural way to write "never") panicked the drivers. A century is longer than
+/// any deadline means, and far from the overflow.
+pub const LONGEST_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// [`PoolConfig::worker_idle_timeout`] by default: PHP-FPM's `pm.process_idle_timeout`, which
 /// operators of an elastic pool know.
@@ -384,6 +408,10 @@ pub enum PoolConfigError {
     /// could be logged as slow.
     #[error("job_slow must be below job_timeout: a job is killed at its deadline")]
     SlowNotBelowDeadline,
+    /// A duration (the value: its field's name) is above [`LONGEST_DURATION`]: the deadline
+    /// it makes would overflow the clock and panic.
+    #[error("{0} is longer than 100 years, the longest duration a pool takes")]
+    TooLong(&'static str),
 }
 
 /// How the pool starts a worker: a fresh [`Command`](std::process::Command) per worker, whose
@@ -827,6 +855,35 @@ mod tests {
             refused(|c| c.job_slow = Some(c.job_timeout)),
             PoolConfigError::SlowNotBelowDeadline
         );
+    }
+
+    #[test]
+    fn durations_too_long_for_the_clock_are_refused_by_name() {
+        // `Duration::MAX` is how a library user writes "never": it made `submit` (a job's
+        // deadline) or the drivers (the next idle deadline) panic on `Instant` overflow.
+        let refused = |change: fn(&mut PoolConfig)| {
+            let mut config = PoolConfig::new(2);
+            change(&mut config);
+            config.validate()
+        };
+        assert_eq!(
+            refused(|c| c.job_timeout = Duration::MAX),
+            Err(PoolConfigError::TooLong("job_timeout"))
+        );
+        assert_eq!(
+            refused(|c| c.worker_idle_timeout = Duration::MAX),
+            Err(PoolConfigError::TooLong("worker_idle_timeout"))
+        );
+        assert_eq!(
+            refused(|c| c.worker_release_after = Some(Duration::MAX)),
+            Err(PoolConfigError::TooLong("worker_release_after"))
+        );
+        let mut config = PoolConfig::new(2);
+        config.job_timeout = LONGEST_DURATION;
+        config.worker_idle_timeout = LONGEST_DURATION;
+        config.worker_release_after = Some(LONGEST_DURATION);
+        assert_eq!(config.validate(), Ok(()), "the longest is still a deadline");
+        assert!(Instant::now().checked_add(LONGEST_DURATION).is_some());
     }
 
     /// A job type for pools that never run one.
