@@ -213,22 +213,11 @@ impl<J: Job> Inner<J> {
 
     /// Waits for work: the next live job and, when it is light, the light jobs right behind
     /// it (see [`Inner::take_light`]). `None` once the pool is closed and the queue is empty.
-    /// Jobs whose submitter has stopped waiting are counted and skipped.
+    /// Jobs whose submitter has stopped waiting are counted and skipped. Slot `slot` counts
+    /// idle meanwhile (see `wakers`); cancel-safe: a dropped wait hands its wake-up on.
     pub(super) async fn next_batch(&self, slot: usize) -> Option<Vec<Pending<J>>> {
-        loop {
-            // Register interest and count idle before looking, so that a job queued in
-            // between still wakes this driver, or one of a lower slot (see `wakers`).
-            let notified = self.wakers.notified(slot);
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let waiting = self.wakers.waiting(slot, || self.jobs_waiting());
-            if let Some(found) = self.take_batch() {
-                // Out of the queue's lock: the guard looks at the queue as it goes.
-                drop(waiting);
-                return found;
-            }
-            notified.await;
-        }
+        let look = || self.take_batch();
+        self.wakers.wait_for(slot, look, || self.jobs_waiting()).await
     }
 
     /// The next batch from the queue: one heavy job, or light ones (see `take_light`);

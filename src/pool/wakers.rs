@@ -11,24 +11,31 @@
 //! idle long enough to be released or retired; a burst still reaches every worker, since
 //! each job queued wakes one more.
 //!
-//! How: one `Notify` per slot, and the set of slots whose driver waits for a job. A driver is
-//! in the set while it waits (a [`Waiting`] guard, dropped when it stops waiting for any
-//! reason, its wait cancelled included). Queuing a job wakes the lowest slot in the set and
-//! takes it out, so that the next job queued before that driver runs wakes another.
+//! How: one `Notify` per slot, and the set of slots whose driver waits for a job
+//! ([`Wakers::wait_for`]). A driver is in the set while it waits (a [`Waiting`] guard, dropped
+//! when it stops waiting for any reason, its wait cancelled included). Queuing a job wakes the
+//! lowest slot in the set and takes it out, so that the next job queued before that driver
+//! runs wakes another; the woken driver looks at the queue and, if it finds nothing (another
+//! driver was quicker), goes back into the set.
 //!
 //! Guarantees: no job is left waiting while a driver idles. A driver enters the set and
 //! registers with its `Notify` before it looks at the queue, so a job queued after the look
-//! wakes it, or a lower slot. A driver that leaves the set while the queue still holds jobs
+//! wakes it, or a lower slot. A driver that stops waiting while the queue still holds jobs
 //! (it took its share and more is left, or its wait was cancelled after it was woken) wakes
-//! the next lowest slot on its way out, so a wake-up never dies with a cancelled wait.
+//! the next lowest slot on its way out, so a wake-up never dies with a cancelled wait. One
+//! job wakes one driver: a woken driver looks again itself rather than passing the wake-up
+//! on. Lock order: neither the idle set's lock nor the queue's is held while the other is
+//! taken (the guard's drop takes them one after the other, and is never dropped inside the
+//! queue's lock).
 //!
 //! Failure modes: none of its own. A woken driver may find the queue empty (another took the
-//! job first) and waits again.
+//! job first) and waits again. A wake-up whose wait was cancelled after it came stays with
+//! the slot's `Notify` (tokio keeps it as a permit): that slot's next wait spends it on one
+//! look more, nothing else.
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
 /// The drivers' wake-ups, one per slot.
@@ -48,15 +55,40 @@ impl Wakers {
         }
     }
 
-    /// Slot `slot`'s wake-up, to enable before [`waiting`](Self::waiting) and the look at the
-    /// queue that follows.
-    pub(super) fn notified(&self, slot: usize) -> Notified<'_> {
-        self.slots[slot].notified()
+    /// Waits, as slot `slot`'s driver, until `look` finds something (a batch of jobs, or the
+    /// queue closed), and returns it. The slot counts idle while this waits; `jobs_left` is
+    /// asked when it stops (found, or its future dropped) and, if the queue still holds jobs,
+    /// the next idle slot is woken.
+    pub(super) async fn wait_for<T>(
+        &self,
+        slot: usize,
+        mut look: impl FnMut() -> Option<T>,
+        jobs_left: impl Fn() -> bool,
+    ) -> T {
+        // Registered with the `Notify` and counted idle before each look, so that a job
+        // queued after the look wakes this slot, or a lower one.
+        let notified = self.slots[slot].notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let waiting = self.waiting(slot, jobs_left);
+        loop {
+            if let Some(found) = look() {
+                // Out of the queue's lock (`look` has let go of it): the guard looks again.
+                drop(waiting);
+                return found;
+            }
+            notified.as_mut().await;
+            // Woken: the wait goes on, without the guard's hand-over (this slot looks next,
+            // and passing the wake-up on would wake another slot to find the job gone).
+            notified.set(self.slots[slot].notified());
+            notified.as_mut().enable();
+            waiting.again();
+        }
     }
 
     /// Slot `slot` waits for a job until the guard is dropped; `jobs_left` is asked then,
     /// and if it says the queue still holds jobs, the next idle slot is woken.
-    pub(super) fn waiting<F: Fn() -> bool>(&self, slot: usize, jobs_left: F) -> Waiting<'_, F> {
+    fn waiting<F: Fn() -> bool>(&self, slot: usize, jobs_left: F) -> Waiting<'_, F> {
         self.idle.lock().unwrap().insert(slot);
         Waiting {
             wakers: self,
@@ -88,6 +120,13 @@ pub(super) struct Waiting<'a, F: Fn() -> bool> {
     jobs_left: F,
 }
 
+impl<F: Fn() -> bool> Waiting<'_, F> {
+    /// The slot waits again after a wake-up, which took it out of the idle set.
+    fn again(&self) {
+        self.wakers.idle.lock().unwrap().insert(self.slot);
+    }
+}
+
 impl<F: Fn() -> bool> Drop for Waiting<'_, F> {
     fn drop(&mut self) {
         self.wakers.idle.lock().unwrap().remove(&self.slot);
@@ -100,23 +139,74 @@ impl<F: Fn() -> bool> Drop for Waiting<'_, F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::poll;
+
+    /// A queue of `n` jobs as the drivers see it: taking one, and whether any is left.
+    struct Jobs(Mutex<usize>);
+
+    impl Jobs {
+        fn take(&self) -> Option<()> {
+            let mut jobs = self.0.lock().unwrap();
+            (*jobs > 0).then(|| *jobs -= 1)
+        }
+        fn left(&self) -> bool {
+            *self.0.lock().unwrap() > 0
+        }
+        fn push(&self, wakers: &Wakers) {
+            *self.0.lock().unwrap() += 1;
+            wakers.wake_one();
+        }
+    }
+
+    fn idle(wakers: &Wakers) -> BTreeSet<usize> {
+        wakers.idle.lock().unwrap().clone()
+    }
 
     #[tokio::test]
     async fn a_job_wakes_the_lowest_idle_slot_and_a_cancelled_wait_passes_it_on() {
-        let wakers = Wakers::new(3);
-        let (mut two, mut one) = (Box::pin(wakers.notified(2)), Box::pin(wakers.notified(1)));
-        two.as_mut().enable();
-        one.as_mut().enable();
-        let waiting_two = wakers.waiting(2, || false);
-        let waiting_one = wakers.waiting(1, || true);
-        wakers.wake_one();
-        assert!(futures_util::poll!(one.as_mut()).is_ready(), "the lowest idle slot");
-        assert!(futures_util::poll!(two.as_mut()).is_pending());
-        assert_eq!(*wakers.idle.lock().unwrap(), BTreeSet::from([2]), "slot 1 counted busy");
-        // Slot 1 stops waiting with jobs left (cancelled, or it took its share): slot 2 wakes.
-        drop(waiting_one);
-        assert!(futures_util::poll!(two.as_mut()).is_ready(), "passed on");
-        drop(waiting_two);
-        assert!(wakers.idle.lock().unwrap().is_empty());
+        let (wakers, jobs) = (Wakers::new(3), Jobs(Mutex::new(0)));
+        let mut two = Box::pin(wakers.wait_for(2, || jobs.take(), || jobs.left()));
+        let mut one = Box::pin(wakers.wait_for(1, || jobs.take(), || jobs.left()));
+        assert!(poll!(two.as_mut()).is_pending());
+        assert!(poll!(one.as_mut()).is_pending());
+        assert_eq!(idle(&wakers), BTreeSet::from([1, 2]));
+        jobs.push(&wakers);
+        assert_eq!(idle(&wakers), BTreeSet::from([2]), "slot 1 woken and counted busy");
+        // Slot 1's wait is cancelled after it was woken (the driver's `select!` took another
+        // branch): slot 2 takes the job instead.
+        drop(one);
+        assert_eq!(poll!(two.as_mut()), std::task::Poll::Ready(()), "passed on");
+        assert!(idle(&wakers).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_woken_slot_that_takes_the_job_wakes_no_other() {
+        let (wakers, jobs) = (Wakers::new(2), Jobs(Mutex::new(0)));
+        let mut zero = Box::pin(wakers.wait_for(0, || jobs.take(), || jobs.left()));
+        let mut one = Box::pin(wakers.wait_for(1, || jobs.take(), || jobs.left()));
+        assert!(poll!(zero.as_mut()).is_pending());
+        assert!(poll!(one.as_mut()).is_pending());
+        jobs.push(&wakers);
+        assert_eq!(poll!(zero.as_mut()), std::task::Poll::Ready(()), "the lowest slot");
+        // One job, one wake-up: slot 1 still waits, not woken to find the queue empty.
+        assert_eq!(idle(&wakers), BTreeSet::from([1]));
+        jobs.push(&wakers);
+        assert_eq!(poll!(one.as_mut()), std::task::Poll::Ready(()), "the next job is its");
+    }
+
+    #[tokio::test]
+    async fn a_wake_up_left_by_a_cancelled_wait_still_leaves_the_next_wait_counted_idle() {
+        let (wakers, jobs) = (Wakers::new(1), Jobs(Mutex::new(0)));
+        let mut first = Box::pin(wakers.wait_for(0, || jobs.take(), || jobs.left()));
+        assert!(poll!(first.as_mut()).is_pending());
+        jobs.push(&wakers);
+        // Cancelled once woken: tokio keeps the wake-up as a permit on slot 0's `Notify`.
+        drop(first);
+        assert_eq!(jobs.take(), Some(()), "taken elsewhere");
+        let mut next = Box::pin(wakers.wait_for(0, || jobs.take(), || jobs.left()));
+        assert!(poll!(next.as_mut()).is_pending(), "the permit spent on a look");
+        assert_eq!(idle(&wakers), BTreeSet::from([0]), "and it waits on, counted idle");
+        jobs.push(&wakers);
+        assert_eq!(poll!(next.as_mut()), std::task::Poll::Ready(()));
     }
 }
