@@ -239,7 +239,7 @@ impl<J: Job> Inner<J> {
     }
 
     /// Whether jobs wait in the queue.
-    fn jobs_waiting(&self) -> bool {
+    pub(super) fn jobs_waiting(&self) -> bool {
         !self.queue.lock().unwrap().jobs.is_empty()
     }
 

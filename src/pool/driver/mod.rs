@@ -258,14 +258,21 @@ impl<J: Job> Driver<J> {
     }
 
     /// The idle worker reached `quiet_until`: it is told to let go of its last jobs' code
-    /// pages if that is due, and an elastic pool sees whether it retires.
+    /// pages if that is due, and an elastic pool sees whether it retires. Neither while jobs
+    /// wait: a job queued as the deadline came may have woken this driver (`select!` then
+    /// picks either), and with no other driver idle it would wait for a busy worker, or a
+    /// new one, while this one retired; the driver takes it instead, and is due again later.
     async fn on_quiet(&mut self, t: &mut Tenure) -> Step {
         let now = Instant::now();
+        if self.pool.jobs_waiting() {
+            return Step::Continue;
+        }
         if self.release_at(t).is_some_and(|at| at <= now) {
             t.worker.release().await;
             t.unreleased_since = None;
         }
-        match self.idle_out_at(t).is_some_and(|at| at <= now) {
+        // Looked at again after the release's write, during which a job may have come.
+        match self.idle_out_at(t).is_some_and(|at| at <= now) && !self.pool.jobs_waiting() {
             true => self.on_idle(t),
             false => Step::Continue,
         }
