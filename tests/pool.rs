@@ -1938,3 +1938,66 @@ fn a_roll_of_an_elastic_pool_at_rest_is_done_once_its_live_workers_are_replaced(
     assert_ne!(new, old);
     assert_eq!(pool.overview().workers.target, 1);
 }
+
+/// A worker that opts in to the release line and then stops reading its stdin: it shrinks
+/// its stdin pipe to one page, reads a job line only as far as its id, answers it, and leaves
+/// the rest of the line (a long number) in the pipe, which is then full. It reads nothing
+/// more, and answers nothing more; it exits once the server is gone.
+fn deaf_worker() -> tempfile::TempPath {
+    let script = format!(
+        r#"#!/usr/bin/env python3
+import fcntl, os, re, time
+fcntl.fcntl(0, 1031, 4096)  # F_SETPIPE_SZ: one page
+hello = '{{"hello":{{"protocol":{PROTOCOL_VERSION},"version":"{version}","pid":%d,"kind":"isprime","release":true}}}}\n'
+os.write(1, (hello % os.getpid()).encode())
+head = b""
+while b',' not in head:
+    head += os.read(0, 1)
+job = int(re.search(rb'"id":(\d+)', head).group(1))
+os.write(1, b'{{"id":%d,"ms":0.1,"ok":{{"is_prime":false,"method":"deterministic"}}}}\n' % job)
+parent = os.getppid()
+while os.getppid() == parent:
+    time.sleep(0.1)
+"#,
+        version = env!("CARGO_PKG_VERSION")
+    );
+    temp_executable("forkpool-deaf-", ".py", &script)
+}
+
+#[test]
+fn a_worker_that_stops_reading_while_idle_is_replaced_rather_than_holding_its_driver() {
+    // The release line went out with a blocking write: to a full pipe it never finished, and
+    // the driver, waiting on it, served its slot no more (nor saw a roll or the pool close).
+    let fake = deaf_worker();
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--worker-program",
+        fake.to_str().unwrap(),
+        "--worker-release-after",
+        "10ms",
+        "--job-timeout",
+        "60s",
+    ]);
+    let first = status_pids(&server)[0];
+    let long = format!("1{}", "0".repeat(8000));
+    let answer = server.post_json("/isprime", &format!(r#"{{"number":"{long}"}}"#));
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    // Idle and due for the release line, which its full pipe cannot take: it is replaced.
+    let second = wait_replaced(&server, first);
+    assert!(server.log().contains("stopped reading"), "{}", server.log());
+    let answer = server.get("/isprime?number=7");
+    assert_eq!(
+        answer.status,
+        200,
+        "the slot serves again: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert!(status_pids(&server).contains(&second));
+    drop(server);
+}

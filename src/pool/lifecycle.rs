@@ -129,7 +129,8 @@ pub enum WorkerExit {
     KilledTimeout,
     /// Killed because the job's submitter went away.
     KilledCancel,
-    /// Killed because it broke the protocol (overlong, malformed or unexpected line).
+    /// Killed because it broke the protocol (overlong, malformed or unexpected line), or
+    /// stopped reading its stdin while idle (the release line found its pipe full).
     Protocol,
     /// Retired by an elastic pool, idle for
     /// [`PoolConfig::worker_idle_timeout`](super::PoolConfig::worker_idle_timeout) with more

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
@@ -200,17 +201,27 @@ impl WorkerProcess {
 
     /// Tells the worker, which has no job, to let go of the memory its last jobs mapped
     /// (see [`RELEASE`]); nothing if its hello did not say it understands. No answer comes.
-    /// A failed write means the worker is gone: its stdout's end is the driver's next event.
-    pub(super) async fn release(&mut self) {
+    /// Never waits: `false` when the worker's stdin does not take the line at once. A worker
+    /// with no job has read every line sent to it, so its pipe is empty, and a full one means
+    /// it stopped reading (broken, or hostile: it can answer a job from the start of its line
+    /// and leave the rest unread); a write waiting on it would hold the driver, deaf to the
+    /// pool's close and rolls, for as long as the worker liked. A failed write means the
+    /// worker is gone: its stdout's end is the driver's next event.
+    pub(super) fn release(&mut self) -> bool {
         if !self.releases {
-            return;
+            return true;
         }
         let mut line = RELEASE.to_vec();
         line.push(b'\n');
-        // The worker has read every line sent so far, so the pipe is empty and a line this
-        // short goes in at once.
-        if let Err(error) = self.stdin.write_all(&line).await {
-            tracing::debug!(pid = self.pid, %error, "release line not written");
+        // One write of fewer than PIPE_BUF bytes goes into a pipe whole or not at all: polled
+        // once, it is written, or the pipe is full (tokio's pipes are non-blocking).
+        match self.stdin.write(&line).now_or_never() {
+            Some(Ok(written)) => written == line.len(),
+            Some(Err(error)) => {
+                tracing::debug!(pid = self.pid, %error, "release line not written");
+                true
+            }
+            None => false,
         }
     }
 

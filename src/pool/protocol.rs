@@ -18,7 +18,10 @@
 //! The release line ([`RELEASE`]) tells an idle worker that its last jobs are some time past:
 //! it lets go of the code pages they mapped (README, Performance: memory after a burst). A
 //! worker opts in through its hello, so a worker program that predates the line, or is of
-//! someone else's making, is never sent it and the protocol version stays the same.
+//! someone else's making, is never sent it and the protocol version stays the same. A worker
+//! that opted in must keep reading its stdin while idle: one whose pipe cannot take the line
+//! at once is killed and replaced (`protocol`), since a write waiting on it would hold its
+//! driver.
 //!
 //! Every message is one line of JSON. Lines are capped in both directions: a worker that sends
 //! more than `max_line` bytes without a newline is broken (or hostile) and gets replaced, and

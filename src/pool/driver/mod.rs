@@ -20,8 +20,9 @@
 //! `stopped`) only once the pool is closed and its queue empty.
 //!
 //! Failure modes: output from a worker that has no job (it died, or wrote out of turn) loses
-//! the worker, which is counted and replaced; everything else is the concern of the files
-//! above, whose own docs name theirs.
+//! the worker, which is counted and replaced, and so does an idle worker whose stdin cannot
+//! take the release line at once (it stopped reading); everything else is the concern of the
+//! files above, whose own docs name theirs.
 
 mod elastic;
 mod exchange;
@@ -268,14 +269,24 @@ impl<J: Job> Driver<J> {
             return Step::Continue;
         }
         if self.release_at(t).is_some_and(|at| at <= now) {
-            t.worker.release().await;
+            if !t.worker.release() {
+                return self.on_deaf(t).await;
+            }
             t.unreleased_since = None;
         }
-        // Looked at again after the release's write, during which a job may have come.
-        match self.idle_out_at(t).is_some_and(|at| at <= now) && !self.pool.jobs_waiting() {
+        match self.idle_out_at(t).is_some_and(|at| at <= now) {
             true => self.on_idle(t),
             false => Step::Continue,
         }
+    }
+
+    /// The idle worker's stdin is full: it stopped reading (see `WorkerProcess::release`).
+    /// It is killed and replaced like any worker that breaks the protocol.
+    async fn on_deaf(&mut self, t: &mut Tenure) -> Step {
+        let exit = t.worker.kill().await;
+        tracing::warn!(pid = t.worker.pid, cause = %exit,
+            "idle worker lost: it stopped reading its stdin (the release line found the pipe full)");
+        Step::Lost(WorkerExit::Protocol)
     }
 
     /// The pool is closed and its queue empty: the worker retires, the slot stops.
