@@ -238,7 +238,8 @@ pub struct PoolConfig {
     /// [`worker_idle_timeout`](Self::worker_idle_timeout).
     pub workers_min: usize,
     /// How long a worker of an elastic pool may idle before it retires, down to
-    /// [`workers_min`](Self::workers_min).
+    /// [`workers_min`](Self::workers_min). At most [`LONGEST_DURATION`], like every duration
+    /// here.
     pub worker_idle_timeout: Duration,
     /// How long a worker that has run jobs may sit idle before the pool tells it to let go
     /// of the code pages those jobs mapped (the protocol's release line; its next jobs map
@@ -279,8 +280,8 @@ pub struct PoolConfig {
 
 impl PoolConfig {
     /// `workers` slots, a fixed pool (with a 10 s idle timeout, should it be made elastic),
-    /// workers told to release their jobs' code pages after 1 s idle, a queue of 256, a 60 s deadline, 1 MiB lines, no recycling (by jobs or memory), no
-    /// slow-job log, batches of up to 32 light jobs, metrics named `forkpool_*`, unavailable
+    /// workers told to release their jobs' code pages after 1 s idle, a queue of 256, a 60 s
+    /// deadline, 1 MiB lines, no recycling (by jobs or memory), no slow-job log, batches of up to 32 light jobs, metrics named `forkpool_*`, unavailable
     /// after 5 failed starts.
     pub fn new(workers: usize) -> PoolConfig {
         PoolConfig {

@@ -6,10 +6,10 @@
 //! whose submitter has gone is ever started.
 //!
 //! The queue is a `VecDeque` behind a mutex, held only for a push or a pop: a driver wakes
-//! (the idle one of the lowest slot, see `wakers`) and takes the front job itself, together with the light jobs
-//! right behind it when it is light (see [`Weight`]). A driver never takes more than its fair
-//! share of what waits (the queue split evenly between the slots), so that a burst is spread
-//! over the workers instead of lining up in one.
+//! (the idle one of the lowest slot, see `wakers`) and takes the front job itself, together
+//! with the light jobs right behind it when it is light (see [`Weight`]). A driver never
+//! takes more than its fair share of what waits (the queue split evenly between the slots),
+//! so that a burst is spread over the workers instead of lining up in one.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

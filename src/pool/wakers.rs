@@ -5,8 +5,8 @@
 //! things then fail. An elastic pool never shrinks: a worker retires after
 //! `PoolConfig::worker_idle_timeout` without a job, and with jobs dealt round, none ever goes
 //! that long while the load lasts (four workers and a job every 2 s: each had one every 8 s,
-//! so with the 10 s default none ever retired). And every worker keeps, or keeps mapping again, the code
-//! its jobs run, where one warm worker would do (see `code_pages`). Waking the lowest idle
+//! so with the 10 s default none ever retired). And every worker keeps, or keeps mapping
+//! again, the code its jobs run, where one warm worker would do (see `code_pages`). Waking the lowest idle
 //! slot instead keeps a light load on the fewest workers, the same ones, and leaves the rest
 //! idle long enough to be released or retired; a burst still reaches every worker, since
 //! each job queued wakes one more.
