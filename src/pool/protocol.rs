@@ -1,8 +1,8 @@
 //! The JSON-lines protocol between the pool and a worker, over the worker's stdin/stdout.
 //!
 //! ```text
-//! worker -> pool  {"hello":{"protocol":1,"version":"0.1.0","pid":4242,"kind":"isprime"}}  once
-//!                 (at start)
+//! worker -> pool  {"hello":{"protocol":1,"version":"0.1.0","pid":4242,"kind":"isprime",
+//!                   "release":true}}   once, at start ("release" may be left out: false)
 //! pool -> worker  {"id":7,"tag":"<the submitter's tag>","job":{...}}
 //! worker -> pool  {"id":7,"ms":0.41,"ok":{...}}   or   {"id":7,"ms":0.02,"err":...}
 //! pool -> worker  {"release":true}     (no answer; only to a worker whose hello said
